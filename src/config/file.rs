@@ -1,0 +1,84 @@
+//! The config file as written by an admin: version 1 of the TOML format.
+//! Private to the config module; [`super::Config`] is what the rest of the crate sees.
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileV1 {
+    pub source: SourceV1,
+    pub portal: PortalV1,
+    #[serde(default)]
+    pub state: Option<StateV1>,
+    #[serde(default)]
+    pub sync: Option<SyncV1>,
+    #[serde(default, rename = "mapping")]
+    pub mappings: Vec<MappingV1>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SourceV1 {
+    pub kind: Option<String>,
+    pub url: String,
+    pub starttls: Option<bool>,
+    pub ca_file: Option<String>,
+    pub bind_dn: Option<String>,
+    pub bind_password_file: Option<String>,
+    pub bind_password_env: Option<String>,
+    pub bind_password_credential: Option<String>,
+    pub timeout_secs: Option<u64>,
+    pub page_size: Option<i64>,
+    pub anchor_attribute: Option<String>,
+    pub users: UsersV1,
+    pub groups: Option<GroupsV1>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct UsersV1 {
+    pub base: String,
+    pub scope: Option<String>,
+    pub filter: Option<String>,
+    pub disabled_filter: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct GroupsV1 {
+    pub base: String,
+    pub scope: Option<String>,
+    pub filter: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PortalV1 {
+    pub url: String,
+    pub token_file: Option<String>,
+    pub token_env: Option<String>,
+    pub token_credential: Option<String>,
+    pub ca_file: Option<String>,
+    pub timeout_secs: Option<u64>,
+    pub page_size: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct StateV1 {
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SyncV1 {
+    pub cycle_timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct MappingV1 {
+    pub from: String,
+    pub to: String,
+    pub multi_valued: Option<bool>,
+}

@@ -1,0 +1,506 @@
+//! Configuration: the TOML file is parsed into private versioned structs ([`file`]) and then
+//! validated into [`Config`], the only form the rest of the crate uses. Every error names the
+//! file, the key and the problem, and never quotes the file's text (it may hold a secret).
+
+mod file;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use url::Url;
+
+use crate::mapping::{AttrPath, Rule};
+use crate::secret::{Secret, SecretSource};
+
+pub const DEFAULT_LDAP_PAGE_SIZE: i32 = 500;
+pub const DEFAULT_PORTAL_PAGE_SIZE: usize = 100;
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_CYCLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+pub const DEFAULT_STATE_PATH: &str = "/var/lib/dirsync/state.db";
+
+/// A config that cannot be used. Fatal: the caller reports it and exits with code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("config error in {file}: {}{problem}", key.as_ref().map(|k| format!("key `{k}`: ")).unwrap_or_default())]
+pub struct ConfigError {
+    pub file: String,
+    /// The dotted key, e.g. `source.users.base`, when the problem is tied to one.
+    pub key: Option<String>,
+    pub problem: String,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub source: SourceConfig,
+    pub portal: PortalConfig,
+    pub state_path: PathBuf,
+    pub cycle_timeout: Duration,
+    pub mapping: Vec<Rule>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    /// OpenLDAP and other RFC 4511 servers; the anchor is `entryUUID`.
+    Ldap,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    One,
+    Subtree,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tls {
+    /// `ldaps://`: TLS from the first byte.
+    Ldaps,
+    /// `ldap://` upgraded with StartTLS before the bind.
+    StartTls,
+    /// `ldap://` in clear text: only when `starttls = false` is set explicitly.
+    None,
+}
+
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    pub kind: SourceKind,
+    pub url: Url,
+    pub tls: Tls,
+    pub ca_file: Option<PathBuf>,
+    /// `None` for an anonymous bind.
+    pub bind: Option<Bind>,
+    pub timeout: Duration,
+    pub page_size: i32,
+    pub anchor_attribute: String,
+    pub users: UserSearch,
+    pub groups: Option<Search>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Bind {
+    pub dn: String,
+    pub password: Secret,
+}
+
+#[derive(Debug, Clone)]
+pub struct Search {
+    pub base: String,
+    pub scope: Scope,
+    pub filter: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct UserSearch {
+    pub search: Search,
+    /// Users in scope that also match this filter are closed in the portal.
+    pub disabled_filter: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PortalConfig {
+    /// The SCIM base URL, always ending in `/`.
+    pub url: Url,
+    pub token: Secret,
+    pub ca_file: Option<PathBuf>,
+    pub timeout: Duration,
+    pub page_size: usize,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            key: None,
+            problem: format!("cannot read the file: {e}"),
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Parses and validates config text; `path` names it in errors and anchors relative paths.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw = parse_toml(path, text)?;
+        Validator {
+            file: path.display().to_string(),
+        }
+        .validate(path, raw)
+    }
+
+    /// The directory scope in one line, for reports.
+    pub fn scope_summary(&self) -> String {
+        format!(
+            "{} base={} filter={}",
+            self.source.url, self.source.users.search.base, self.source.users.search.filter
+        )
+    }
+}
+
+fn parse_toml(path: &Path, text: &str) -> Result<file::FileV1, ConfigError> {
+    let error = |key: Option<String>, message: &str, span: Option<std::ops::Range<usize>>| {
+        let at = span
+            .map(|s| format!("line {}: ", line_of(text, s.start)))
+            .unwrap_or_default();
+        ConfigError {
+            file: path.display().to_string(),
+            key,
+            problem: format!("{at}{}", message.trim()),
+        }
+    };
+    let de = toml::Deserializer::parse(text).map_err(|e| error(None, e.message(), e.span()))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let key = (key != "." && !key.is_empty()).then_some(key);
+        error(key, e.inner().message(), e.inner().span())
+    })
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset).map_or(0, |t| t.matches('\n').count()) + 1
+}
+
+struct Validator {
+    file: String,
+}
+
+impl Validator {
+    fn err(&self, key: &str, problem: impl fmt::Display) -> ConfigError {
+        ConfigError {
+            file: self.file.clone(),
+            key: Some(key.to_string()),
+            problem: problem.to_string(),
+        }
+    }
+
+    fn validate(&self, path: &Path, raw: file::FileV1) -> Result<Config, ConfigError> {
+        let base_dir = path.parent().unwrap_or(Path::new("."));
+        let source = self.source(base_dir, raw.source)?;
+        let portal = self.portal(base_dir, raw.portal)?;
+        let state_path = raw
+            .state
+            .and_then(|s| s.path)
+            .map(|p| resolve(base_dir, &p))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_PATH));
+        let cycle_timeout = self.duration(
+            "sync.cycle_timeout_secs",
+            raw.sync.and_then(|s| s.cycle_timeout_secs),
+            DEFAULT_CYCLE_TIMEOUT,
+        )?;
+        let mapping = self.mapping(raw.mappings)?;
+        Ok(Config {
+            path: path.to_path_buf(),
+            source,
+            portal,
+            state_path,
+            cycle_timeout,
+            mapping,
+        })
+    }
+
+    fn source(&self, base_dir: &Path, s: file::SourceV1) -> Result<SourceConfig, ConfigError> {
+        let kind = match s.kind.as_deref() {
+            None | Some("ldap") | Some("openldap") => SourceKind::Ldap,
+            Some(other) => {
+                return Err(self.err(
+                    "source.kind",
+                    format!("unknown kind {other:?}; expected \"ldap\""),
+                ))
+            }
+        };
+        let url = Url::parse(&s.url)
+            .map_err(|e| self.err("source.url", format!("not a URL ({e})")))?;
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(self.err("source.url", "the URL has no host"));
+        }
+        let tls = match (url.scheme(), s.starttls) {
+            ("ldaps", Some(true)) => {
+                return Err(self.err(
+                    "source.starttls",
+                    "StartTLS makes no sense on an ldaps:// URL, which is already TLS",
+                ))
+            }
+            ("ldaps", _) => Tls::Ldaps,
+            ("ldap", None | Some(true)) => Tls::StartTls,
+            ("ldap", Some(false)) => Tls::None,
+            (other, _) => {
+                return Err(self.err(
+                    "source.url",
+                    format!("scheme {other:?} is not supported; use ldaps:// or ldap://"),
+                ))
+            }
+        };
+        let ca_file = self.existing_file("source.ca_file", base_dir, s.ca_file)?;
+        let bind = match s.bind_dn {
+            Some(dn) if dn.trim().is_empty() => {
+                return Err(self.err("source.bind_dn", "is empty; leave it out for an anonymous bind"))
+            }
+            Some(dn) => {
+                let password = self.secret(
+                    "source.bind_password",
+                    base_dir,
+                    s.bind_password_file,
+                    s.bind_password_env,
+                    s.bind_password_credential,
+                )?;
+                Some(Bind { dn, password })
+            }
+            None => {
+                if s.bind_password_file.is_some()
+                    || s.bind_password_env.is_some()
+                    || s.bind_password_credential.is_some()
+                {
+                    return Err(self.err("source.bind_dn", "a bind password is set but no bind_dn"));
+                }
+                None
+            }
+        };
+        let timeout = self.duration("source.timeout_secs", s.timeout_secs, DEFAULT_TIMEOUT)?;
+        let page_size = match s.page_size {
+            None => DEFAULT_LDAP_PAGE_SIZE,
+            Some(n) if (1..=100_000).contains(&n) => n as i32,
+            Some(n) => return Err(self.err("source.page_size", format!("{n} is out of range 1..=100000"))),
+        };
+        let anchor_attribute = s.anchor_attribute.unwrap_or_else(|| "entryUUID".into());
+        if anchor_attribute.trim().is_empty() {
+            return Err(self.err("source.anchor_attribute", "is empty"));
+        }
+        let users = UserSearch {
+            search: self.search(
+                "source.users",
+                s.users.base,
+                s.users.scope,
+                s.users.filter,
+                "(objectClass=inetOrgPerson)",
+            )?,
+            disabled_filter: match s.users.disabled_filter {
+                Some(f) => Some(self.filter("source.users.disabled_filter", f)?),
+                None => None,
+            },
+        };
+        let groups = match s.groups {
+            Some(g) => Some(self.search(
+                "source.groups",
+                g.base,
+                g.scope,
+                g.filter,
+                "(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames))",
+            )?),
+            None => None,
+        };
+        Ok(SourceConfig {
+            kind,
+            url,
+            tls,
+            ca_file,
+            bind,
+            timeout,
+            page_size,
+            anchor_attribute,
+            users,
+            groups,
+        })
+    }
+
+    fn search(
+        &self,
+        key: &str,
+        base: String,
+        scope: Option<String>,
+        filter: Option<String>,
+        default_filter: &str,
+    ) -> Result<Search, ConfigError> {
+        if base.trim().is_empty() {
+            return Err(self.err(&format!("{key}.base"), "the base DN is empty"));
+        }
+        if !base.contains('=') {
+            return Err(self.err(
+                &format!("{key}.base"),
+                format!("{base:?} is not a DN (expected e.g. \"ou=people,dc=example,dc=com\")"),
+            ));
+        }
+        let scope = match scope.as_deref() {
+            None | Some("subtree") | Some("sub") => Scope::Subtree,
+            Some("one") | Some("onelevel") => Scope::One,
+            Some(other) => {
+                return Err(self.err(
+                    &format!("{key}.scope"),
+                    format!("unknown scope {other:?}; expected \"subtree\" or \"one\""),
+                ))
+            }
+        };
+        let filter = self.filter(
+            &format!("{key}.filter"),
+            filter.unwrap_or_else(|| default_filter.to_string()),
+        )?;
+        Ok(Search {
+            base,
+            scope,
+            filter,
+        })
+    }
+
+    fn filter(&self, key: &str, filter: String) -> Result<String, ConfigError> {
+        let f = filter.trim();
+        let balanced = f.chars().try_fold(0i32, |depth, c| {
+            let d = match c {
+                '(' => depth + 1,
+                ')' => depth - 1,
+                _ => depth,
+            };
+            (d >= 0).then_some(d)
+        }) == Some(0);
+        if !(f.starts_with('(') && f.ends_with(')') && balanced) {
+            return Err(self.err(
+                key,
+                format!("{f:?} is not an LDAP filter (RFC 4515), e.g. \"(objectClass=inetOrgPerson)\""),
+            ));
+        }
+        Ok(f.to_string())
+    }
+
+    fn portal(&self, base_dir: &Path, p: file::PortalV1) -> Result<PortalConfig, ConfigError> {
+        let mut url = Url::parse(&p.url)
+            .map_err(|e| self.err("portal.url", format!("not a URL ({e})")))?;
+        if !matches!(url.scheme(), "https" | "http") {
+            return Err(self.err(
+                "portal.url",
+                format!("scheme {:?} is not supported; use https://", url.scheme()),
+            ));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(self.err("portal.url", "the URL has no host"));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(self.err(
+                "portal.url",
+                "credentials in the URL are not allowed; use token_file",
+            ));
+        }
+        if !url.path().ends_with('/') {
+            url.set_path(&format!("{}/", url.path()));
+        }
+        let token = self.secret("portal.token", base_dir, p.token_file, p.token_env, p.token_credential)?;
+        let ca_file = self.existing_file("portal.ca_file", base_dir, p.ca_file)?;
+        let timeout = self.duration("portal.timeout_secs", p.timeout_secs, DEFAULT_TIMEOUT)?;
+        let page_size = match p.page_size {
+            None => DEFAULT_PORTAL_PAGE_SIZE,
+            Some(n) if (1..=10_000).contains(&n) => n as usize,
+            Some(n) => return Err(self.err("portal.page_size", format!("{n} is out of range 1..=10000"))),
+        };
+        Ok(PortalConfig {
+            url,
+            token,
+            ca_file,
+            timeout,
+            page_size,
+        })
+    }
+
+    fn mapping(&self, raw: Vec<file::MappingV1>) -> Result<Vec<Rule>, ConfigError> {
+        if raw.is_empty() {
+            return Err(self.err(
+                "mapping",
+                "no [[mapping]] entries; at least one must map to userName",
+            ));
+        }
+        let mut rules: Vec<Rule> = Vec::with_capacity(raw.len());
+        for (i, m) in raw.into_iter().enumerate() {
+            let key = format!("mapping[{i}]");
+            if m.from.trim().is_empty() || m.from.contains(|c: char| c.is_whitespace()) {
+                return Err(self.err(&format!("{key}.from"), format!("{:?} is not an LDAP attribute name", m.from)));
+            }
+            let to = AttrPath::parse(&m.to).map_err(|e| self.err(&format!("{key}.to"), e))?;
+            if rules.iter().any(|r| r.to == to) {
+                return Err(self.err(&format!("{key}.to"), format!("`{to}` is mapped twice")));
+            }
+            if to.schema.is_none() && ["id", "externalid", "meta", "active", "schemas"].contains(&to.attr.to_ascii_lowercase().as_str()) {
+                return Err(self.err(&format!("{key}.to"), format!("`{to}` is managed by dirsync itself and cannot be mapped")));
+            }
+            let multi = m.multi_valued.unwrap_or(false);
+            if multi && (to.filter.is_some() || to.sub.is_some()) {
+                return Err(self.err(
+                    &format!("{key}.multi_valued"),
+                    "only a multi-valued attribute of simple values (e.g. faxNumbers) can take several values",
+                ));
+            }
+            rules.push(Rule {
+                from: m.from,
+                to,
+                multi,
+            });
+        }
+        if !rules.iter().any(|r| r.to.is_user_name()) {
+            return Err(self.err("mapping", "no mapping has `to = \"userName\"`: the portal login must come from the directory"));
+        }
+        Ok(rules)
+    }
+
+    fn secret(
+        &self,
+        key: &str,
+        base_dir: &Path,
+        file: Option<String>,
+        env: Option<String>,
+        credential: Option<String>,
+    ) -> Result<Secret, ConfigError> {
+        let mut sources = Vec::new();
+        if let Some(f) = file {
+            sources.push((format!("{key}_file"), SecretSource::File(resolve(base_dir, &f))));
+        }
+        if let Some(e) = env {
+            sources.push((format!("{key}_env"), SecretSource::Env(e)));
+        }
+        if let Some(c) = credential {
+            sources.push((format!("{key}_credential"), SecretSource::Credential(c)));
+        }
+        match sources.len() {
+            0 => Err(self.err(
+                &format!("{key}_file"),
+                format!("missing: set one of {key}_file, {key}_env or {key}_credential (inline secrets are not accepted)"),
+            )),
+            1 => {
+                let (k, src) = &sources[0];
+                src.read().map_err(|e| self.err(k, e))
+            }
+            _ => Err(self.err(
+                &sources[1].0,
+                format!("set only one of {key}_file, {key}_env, {key}_credential"),
+            )),
+        }
+    }
+
+    fn existing_file(&self, key: &str, base_dir: &Path, p: Option<String>) -> Result<Option<PathBuf>, ConfigError> {
+        match p {
+            None => Ok(None),
+            Some(p) => {
+                let path = resolve(base_dir, &p);
+                std::fs::metadata(&path)
+                    .map_err(|e| self.err(key, format!("cannot read {}: {e}", path.display())))?;
+                Ok(Some(path))
+            }
+        }
+    }
+
+    fn duration(&self, key: &str, secs: Option<u64>, default: Duration) -> Result<Duration, ConfigError> {
+        match secs {
+            None => Ok(default),
+            Some(0) => Err(self.err(key, "must be at least 1 second")),
+            Some(s) if s > 24 * 3600 => Err(self.err(key, format!("{s} s is more than a day"))),
+            Some(s) => Ok(Duration::from_secs(s)),
+        }
+    }
+}
+
+/// Relative paths in the config are relative to the config file's directory.
+fn resolve(base_dir: &Path, p: &str) -> PathBuf {
+    let path = PathBuf::from(p);
+    if path.is_absolute() {
+        path
+    } else {
+        base_dir.join(path)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,138 @@
+//! One sync cycle, the one way through the code:
+//! read the directory and the portal → plan (pure) → apply (unless a dry run) → record → report.
+
+use std::time::Duration;
+
+use tracing::info;
+
+use crate::apply::{self, ApplyError};
+use crate::config::Config;
+use crate::plan::{self, Action};
+use crate::portal::{PortalClient, PortalError};
+use crate::report::{self, DirectorySummary, PortalSummary, Report};
+use crate::source::{LdapSource, SourceError};
+use crate::state::{RunRecord, State, StateError};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Compute and report; write nothing anywhere.
+    Plan,
+    /// Compute, apply, record, report.
+    Sync,
+}
+
+/// Why a cycle produced no report. Nothing was closed: a failed read never means "gone".
+#[derive(Debug, thiserror::Error)]
+pub enum CycleError {
+    #[error("directory: {0}")]
+    Source(#[from] SourceError),
+    #[error("portal: {0}")]
+    Portal(#[from] PortalError),
+    #[error("{0}")]
+    State(#[from] StateError),
+    #[error("the cycle did not finish within {} s (sync.cycle_timeout_secs); nothing more was done", .0.as_secs())]
+    Timeout(Duration),
+}
+
+impl From<ApplyError> for CycleError {
+    fn from(e: ApplyError) -> Self {
+        match e {
+            ApplyError::State(s) => CycleError::State(s),
+        }
+    }
+}
+
+/// Runs one cycle within the configured cycle timeout.
+pub async fn run(config: &Config, mode: Mode) -> Result<Report, CycleError> {
+    match tokio::time::timeout(config.cycle_timeout, run_inner(config, mode)).await {
+        Ok(r) => r,
+        Err(_) => Err(CycleError::Timeout(config.cycle_timeout)),
+    }
+}
+
+async fn run_inner(config: &Config, mode: Mode) -> Result<Report, CycleError> {
+    let started_at = report::now();
+    let mut state = match mode {
+        Mode::Sync => Some(State::open(&config.state_path)?),
+        Mode::Plan => State::open_read_only(&config.state_path)?,
+    };
+    let managed = match &state {
+        Some(s) => s.managed()?,
+        None => Default::default(),
+    };
+
+    let attributes: Vec<String> = config.mapping.iter().map(|r| r.from.clone()).collect();
+    let read_directory = async {
+        let mut source = LdapSource::connect(&config.source, &attributes).await?;
+        let snapshot = source.read().await;
+        source.close().await;
+        snapshot
+    };
+    let read_portal = async {
+        let mut portal = PortalClient::new(&config.portal)?;
+        portal.discover().await?;
+        let schema = portal.schema().await?;
+        let users = portal.list_users().await?;
+        Ok::<_, PortalError>((portal, schema, users))
+    };
+    let (snapshot, portal_side) = tokio::join!(read_directory, read_portal);
+    let snapshot = snapshot?;
+    let (portal, schema, portal_users) = portal_side?;
+
+    let plan = plan::compute(&plan::Input {
+        directory: &snapshot.users,
+        bad_entries: &snapshot.bad_entries,
+        portal: &portal_users,
+        managed: &managed,
+        rules: &config.mapping,
+        schema: &schema,
+    });
+    info!(
+        create = plan.count(Action::Create),
+        update = plan.count(Action::Update),
+        reactivate = plan.count(Action::Reactivate),
+        close = plan.count(Action::Close),
+        skipped = plan.skipped.len(),
+        "planned"
+    );
+
+    let managed_count = portal_users
+        .iter()
+        .filter(|p| p.external_id.as_ref().is_some_and(|x| managed.contains(&x.to_ascii_lowercase())))
+        .count()
+        .max(plan.links.len());
+    let directory = DirectorySummary {
+        url: config.source.url.to_string(),
+        users: snapshot.users.len(),
+        disabled: snapshot.users.iter().filter(|u| u.disabled).count(),
+        groups: config.source.groups.as_ref().map(|_| snapshot.groups.len()),
+    };
+    let portal_summary = PortalSummary {
+        url: config.portal.url.to_string(),
+        users: portal_users.len(),
+        managed: managed_count,
+    };
+
+    let (command, applied) = match (mode, state.as_mut()) {
+        (Mode::Sync, Some(state)) => ("sync", Some(apply::apply(&plan, &portal, state).await?)),
+        _ => ("plan", None),
+    };
+    let report = Report::new(command, started_at, directory, portal_summary, plan, applied);
+
+    if let (Mode::Sync, Some(state)) = (mode, state.as_mut()) {
+        let c = |k: &str| report.counts.get(k).copied().unwrap_or(0);
+        state.record_run(&RunRecord {
+            started_at: report.started_at.clone(),
+            finished_at: report.finished_at.clone(),
+            command: command.to_string(),
+            outcome: if report.has_failures() { "partial" } else { "ok" }.to_string(),
+            created: c("create"),
+            updated: c("update"),
+            reactivated: c("reactivate"),
+            closed: c("close"),
+            skipped: c("skipped"),
+            failed: c("failed") + c("rejected"),
+        })?;
+    }
+    Ok(report)
+}

@@ -1,0 +1,29 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use dirsync::cli::{Cli, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_new(&cli.log_level).unwrap_or_else(|_| EnvFilter::new("warn"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dirsync: cannot start the async runtime: {e}");
+            return ExitCode::from(dirsync::exit::FAILURE);
+        }
+    };
+    match runtime.block_on(dirsync::run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("dirsync: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}

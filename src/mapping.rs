@@ -1,0 +1,501 @@
+//! Directory attributes → portal (SCIM) attributes. Pure: no I/O.
+//!
+//! A mapping target is a SCIM attribute path (RFC 7644 §3.5.2) of the forms the portal's
+//! user resource needs:
+//!
+//! * `userName`, `displayName`, `active`: a core attribute;
+//! * `name.familyName`: a sub-attribute of a complex attribute;
+//! * `emails[type eq "work"].value`: one element of a multi-valued complex attribute, picked by
+//!   a value filter on one of its sub-attributes;
+//! * `urn:ietf:params:scim:schemas:extension:faxportal:2.0:User:subUnit`: an extension
+//!   attribute, with any of the forms above after the schema URN.
+//!
+//! A target that is a multi-valued attribute of simple values (e.g. the portal's
+//! `faxNumbers`) takes every value of the directory attribute; any other target takes the
+//! first value.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Serialize, Serializer};
+use serde_json::{Map, Value as Json};
+
+/// A parsed SCIM attribute path.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AttrPath {
+    /// Schema URN of an extension attribute; `None` for the core schema.
+    pub schema: Option<String>,
+    pub attr: String,
+    /// `(sub-attribute, value)` of a `[sub eq "value"]` filter.
+    pub filter: Option<(String, String)>,
+    pub sub: Option<String>,
+}
+
+impl AttrPath {
+    /// Parses a path. The error says what is wrong, for the config error message.
+    pub fn parse(text: &str) -> Result<AttrPath, String> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err("empty attribute path".into());
+        }
+        let (schema, rest) = split_schema(text)?;
+        let (head, filter, sub) = match rest.find('[') {
+            Some(open) => {
+                let close = rest
+                    .find(']')
+                    .ok_or_else(|| format!("`{text}`: `[` without `]`"))?;
+                if close < open {
+                    return Err(format!("`{text}`: `]` before `[`"));
+                }
+                let filter = parse_filter(&rest[open + 1..close])
+                    .map_err(|e| format!("`{text}`: {e}"))?;
+                let after = &rest[close + 1..];
+                let sub = match after.strip_prefix('.') {
+                    Some(s) => Some(s.to_string()),
+                    None if after.is_empty() => None,
+                    None => return Err(format!("`{text}`: expected `.` after `]`")),
+                };
+                (&rest[..open], Some(filter), sub)
+            }
+            None => match rest.split_once('.') {
+                Some((a, s)) => (a, None, Some(s.to_string())),
+                None => (rest, None, None),
+            },
+        };
+        check_name(head).map_err(|e| format!("`{text}`: {e}"))?;
+        if let Some(s) = &sub {
+            check_name(s).map_err(|e| format!("`{text}`: {e}"))?;
+        }
+        if filter.is_some() && sub.is_none() {
+            return Err(format!(
+                "`{text}`: a filtered path must name the sub-attribute to set, e.g. `{head}[type eq \"work\"].value`"
+            ));
+        }
+        Ok(AttrPath {
+            schema,
+            attr: head.to_string(),
+            filter,
+            sub,
+        })
+    }
+
+    /// True for the login attribute, `userName` of the core schema.
+    pub fn is_user_name(&self) -> bool {
+        self.schema.is_none() && self.attr.eq_ignore_ascii_case("userName") && self.sub.is_none()
+    }
+
+    /// The path of the attribute as the portal's `/Schemas` describes it, lowercase:
+    /// `name.familyname`, `emails.value`, `urn:…:user:subunit`.
+    pub fn schema_key(&self) -> String {
+        let mut key = String::new();
+        if let Some(s) = &self.schema {
+            key.push_str(s);
+            key.push(':');
+        }
+        key.push_str(&self.attr);
+        if let Some(s) = &self.sub {
+            key.push('.');
+            key.push_str(s);
+        }
+        key.to_ascii_lowercase()
+    }
+
+    /// The path that removes this value: for a filtered path, the whole matching element
+    /// (removing only `.value` would leave an element with just a `type`).
+    pub fn removal_path(&self) -> String {
+        match &self.filter {
+            Some(_) => AttrPath {
+                sub: None,
+                ..self.clone()
+            }
+            .to_string(),
+            None => self.to_string(),
+        }
+    }
+
+    /// Reads this path's value from a SCIM resource.
+    pub fn get(&self, resource: &Json) -> Option<Value> {
+        let container = match &self.schema {
+            Some(urn) => get_ci(resource, urn)?,
+            None => resource,
+        };
+        let attr = get_ci(container, &self.attr)?;
+        let target = match (&self.filter, &self.sub) {
+            (Some((fsub, fval)), Some(sub)) => {
+                let element = attr
+                    .as_array()?
+                    .iter()
+                    .find(|e| get_ci(e, fsub).and_then(Json::as_str).is_some_and(|v| v.eq_ignore_ascii_case(fval)))?;
+                get_ci(element, sub)?
+            }
+            (None, Some(sub)) => get_ci(attr, sub)?,
+            _ => attr,
+        };
+        Value::from_json(target)
+    }
+
+    /// Writes this path's value into a resource being built for creation.
+    pub fn set(&self, resource: &mut Map<String, Json>, value: &Value) {
+        let container = match &self.schema {
+            Some(urn) => object_entry(resource, urn),
+            None => resource,
+        };
+        match (&self.filter, &self.sub) {
+            (Some((fsub, fval)), Some(sub)) => {
+                let list = container
+                    .entry(self.attr.clone())
+                    .or_insert_with(|| Json::Array(Vec::new()));
+                if !list.is_array() {
+                    *list = Json::Array(Vec::new());
+                }
+                if let Json::Array(items) = list {
+                    let pos = items.iter().position(|e| {
+                        get_ci(e, fsub).and_then(Json::as_str).is_some_and(|v| v.eq_ignore_ascii_case(fval))
+                    });
+                    let element = match pos {
+                        Some(i) => &mut items[i],
+                        None => {
+                            let mut e = Map::new();
+                            e.insert(fsub.clone(), Json::String(fval.clone()));
+                            items.push(Json::Object(e));
+                            let last = items.len() - 1;
+                            &mut items[last]
+                        }
+                    };
+                    if let Json::Object(e) = element {
+                        e.insert(sub.clone(), value.to_json());
+                    }
+                }
+            }
+            (None, Some(sub)) => {
+                object_entry(container, &self.attr).insert(sub.clone(), value.to_json());
+            }
+            _ => {
+                container.insert(self.attr.clone(), value.to_json());
+            }
+        }
+    }
+
+    /// The PATCH operation (RFC 7644 §3.5.2) that takes this attribute from `old` to `new`.
+    pub fn patch_op(&self, old: Option<&Value>, new: Option<&Value>) -> Json {
+        match (old, new, &self.filter) {
+            (_, None, _) => serde_json::json!({"op": "remove", "path": self.removal_path()}),
+            // A filtered `replace` that matches no element is `noTarget` (RFC 7644 §3.5.2.3):
+            // add the element instead.
+            (None, Some(v), Some((fsub, fval))) => {
+                let mut element = Map::new();
+                element.insert(fsub.clone(), Json::String(fval.clone()));
+                if let Some(sub) = &self.sub {
+                    element.insert(sub.clone(), v.to_json());
+                }
+                let path = AttrPath {
+                    filter: None,
+                    sub: None,
+                    ..self.clone()
+                };
+                serde_json::json!({"op": "add", "path": path.to_string(), "value": [element]})
+            }
+            (_, Some(v), _) => {
+                serde_json::json!({"op": "replace", "path": self.to_string(), "value": v.to_json()})
+            }
+        }
+    }
+}
+
+impl fmt::Display for AttrPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(s) = &self.schema {
+            write!(f, "{s}:")?;
+        }
+        f.write_str(&self.attr)?;
+        if let Some((fsub, fval)) = &self.filter {
+            write!(f, "[{fsub} eq \"{fval}\"]")?;
+        }
+        if let Some(s) = &self.sub {
+            write!(f, ".{s}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for AttrPath {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+fn split_schema(text: &str) -> Result<(Option<String>, &str), String> {
+    if !text.to_ascii_lowercase().starts_with("urn:") {
+        return Ok((None, text));
+    }
+    // The attribute name follows the last `:` that is not inside a filter.
+    let end = text.find('[').unwrap_or(text.len());
+    let colon = text[..end]
+        .rfind(':')
+        .ok_or_else(|| format!("`{text}`: schema URN without attribute"))?;
+    let (schema, rest) = (&text[..colon], &text[colon + 1..]);
+    if rest.is_empty() {
+        return Err(format!("`{text}`: schema URN without attribute"));
+    }
+    // A URN attribute path may still carry `.sub`; the URN itself has no dots after
+    // its version (`…:2.0:User`), so split at the first dot after the last colon.
+    Ok((Some(schema.to_string()), rest))
+}
+
+fn parse_filter(text: &str) -> Result<(String, String), String> {
+    let mut parts = text.trim().splitn(3, ' ');
+    let (sub, op, value) = (parts.next(), parts.next(), parts.next());
+    match (sub, op, value) {
+        (Some(sub), Some(op), Some(value)) if op.eq_ignore_ascii_case("eq") => {
+            let value = value.trim();
+            let unquoted = value
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .ok_or_else(|| format!("filter value {value} must be a \"quoted string\""))?;
+            check_name(sub)?;
+            Ok((sub.to_string(), unquoted.to_string()))
+        }
+        _ => Err(format!(
+            "unsupported filter `[{text}]`: only `[subAttribute eq \"value\"]` is supported"
+        )),
+    }
+}
+
+fn check_name(name: &str) -> Result<(), String> {
+    let ok = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '$')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '$');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("`{name}` is not a SCIM attribute name"))
+    }
+}
+
+/// SCIM attribute names are case-insensitive (RFC 7643 §2.1).
+fn get_ci<'a>(value: &'a Json, key: &str) -> Option<&'a Json> {
+    let obj = value.as_object()?;
+    obj.get(key)
+        .or_else(|| obj.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v))
+}
+
+fn object_entry<'a>(map: &'a mut Map<String, Json>, key: &str) -> &'a mut Map<String, Json> {
+    let slot = map
+        .entry(key.to_string())
+        .or_insert_with(|| Json::Object(Map::new()));
+    if !slot.is_object() {
+        *slot = Json::Object(Map::new());
+    }
+    match slot {
+        Json::Object(m) => m,
+        _ => unreachable!("just made an object"),
+    }
+}
+
+/// A mapped attribute value: one string, or a set of strings for a multi-valued target.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Value {
+    One(String),
+    /// Sorted and de-duplicated, so that order never shows up as a change.
+    Many(Vec<String>),
+}
+
+impl Value {
+    pub fn many(mut values: Vec<String>) -> Value {
+        values.sort();
+        values.dedup();
+        Value::Many(values)
+    }
+
+    fn from_json(v: &Json) -> Option<Value> {
+        match v {
+            Json::Null => None,
+            Json::String(s) => Some(Value::One(s.clone())),
+            Json::Bool(b) => Some(Value::One(b.to_string())),
+            Json::Number(n) => Some(Value::One(n.to_string())),
+            Json::Array(items) => {
+                let strings: Vec<String> = items
+                    .iter()
+                    .filter_map(|i| match i {
+                        Json::String(s) => Some(s.clone()),
+                        Json::Bool(b) => Some(b.to_string()),
+                        Json::Number(n) => Some(n.to_string()),
+                        _ => None,
+                    })
+                    .collect();
+                Some(Value::many(strings))
+            }
+            Json::Object(_) => None,
+        }
+    }
+
+    fn to_json(&self) -> Json {
+        match self {
+            Value::One(s) => Json::String(s.clone()),
+            Value::Many(v) => Json::Array(v.iter().cloned().map(Json::String).collect()),
+        }
+    }
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::One(s) => write!(f, "{s:?}"),
+            Value::Many(v) => write!(f, "{v:?}"),
+        }
+    }
+}
+
+/// One configured mapping rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// Directory attribute, compared case-insensitively (LDAP attribute names are).
+    pub from: String,
+    pub to: AttrPath,
+    /// The target takes all values (a multi-valued attribute of simple values).
+    pub multi: bool,
+}
+
+/// What the directory says a user's portal attributes should be.
+pub type Attributes = BTreeMap<AttrPath, Value>;
+
+/// Maps one directory entry's attributes (lowercased names) to portal attributes.
+/// Values are trimmed; empty values count as absent.
+pub fn map_entry(rules: &[Rule], attrs: &BTreeMap<String, Vec<String>>) -> Attributes {
+    let mut out = Attributes::new();
+    for rule in rules {
+        let values: Vec<String> = attrs
+            .get(&rule.from.to_ascii_lowercase())
+            .map(|vs| {
+                vs.iter()
+                    .map(|v| v.trim().to_string())
+                    .filter(|v| !v.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let value = if rule.multi {
+            (!values.is_empty()).then(|| Value::many(values))
+        } else {
+            values.into_iter().next().map(Value::One)
+        };
+        if let Some(v) = value {
+            out.insert(rule.to.clone(), v);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const FAX: &str = "urn:ietf:params:scim:schemas:extension:faxportal:2.0:User";
+
+    #[test]
+    fn parses_the_forms_the_portal_needs() {
+        let p = AttrPath::parse("name.familyName").unwrap();
+        assert_eq!((p.attr.as_str(), p.sub.as_deref()), ("name", Some("familyName")));
+        let p = AttrPath::parse(r#"emails[type eq "work"].value"#).unwrap();
+        assert_eq!(p.filter, Some(("type".into(), "work".into())));
+        assert_eq!(p.to_string(), r#"emails[type eq "work"].value"#);
+        let p = AttrPath::parse(&format!("{FAX}:subUnit")).unwrap();
+        assert_eq!(p.schema.as_deref(), Some(FAX));
+        assert_eq!(p.attr, "subUnit");
+        assert_eq!(p.to_string(), format!("{FAX}:subUnit"));
+        assert_eq!(p.schema_key(), format!("{FAX}:subunit").to_lowercase());
+        assert!(AttrPath::parse("userName").unwrap().is_user_name());
+    }
+
+    #[test]
+    fn rejects_malformed_paths_with_a_reason() {
+        for bad in [
+            "",
+            "emails[type eq \"work\"",
+            "emails[type eq \"work\"]",
+            "emails[type co \"w\"].value",
+            "emails[type eq work].value",
+            "na me",
+            "urn:x:",
+        ] {
+            assert!(AttrPath::parse(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn reads_and_builds_resources() {
+        let mut m = Map::new();
+        let work = AttrPath::parse(r#"emails[type eq "work"].value"#).unwrap();
+        let family = AttrPath::parse("name.familyName").unwrap();
+        let sub = AttrPath::parse(&format!("{FAX}:subUnit")).unwrap();
+        let fax = AttrPath::parse(&format!("{FAX}:faxNumbers")).unwrap();
+        work.set(&mut m, &Value::One("a@x.se".into()));
+        family.set(&mut m, &Value::One("Berg".into()));
+        sub.set(&mut m, &Value::One("Stockholm/Sales".into()));
+        fax.set(&mut m, &Value::many(vec!["2".into(), "1".into()]));
+        let r = Json::Object(m);
+        assert_eq!(
+            r,
+            json!({"emails":[{"type":"work","value":"a@x.se"}],"name":{"familyName":"Berg"},
+                   FAX: {"subUnit":"Stockholm/Sales","faxNumbers":["1","2"]}})
+        );
+        assert_eq!(work.get(&r), Some(Value::One("a@x.se".into())));
+        assert_eq!(family.get(&r), Some(Value::One("Berg".into())));
+        assert_eq!(fax.get(&r), Some(Value::many(vec!["1".into(), "2".into()])));
+        let home = AttrPath::parse(r#"emails[type eq "home"].value"#).unwrap();
+        assert_eq!(home.get(&r), None);
+    }
+
+    #[test]
+    fn attribute_names_are_case_insensitive_when_reading() {
+        let r = json!({"Name": {"FamilyName": "Berg"}, "EMAILS": [{"Type": "Work", "Value": "a@x"}]});
+        assert_eq!(AttrPath::parse("name.familyName").unwrap().get(&r), Some(Value::One("Berg".into())));
+        assert_eq!(
+            AttrPath::parse(r#"emails[type eq "work"].value"#).unwrap().get(&r),
+            Some(Value::One("a@x".into()))
+        );
+    }
+
+    #[test]
+    fn patch_ops_add_replace_and_remove() {
+        let work = AttrPath::parse(r#"phoneNumbers[type eq "work"].value"#).unwrap();
+        let v = Value::One("+46 8 123".into());
+        assert_eq!(
+            work.patch_op(None, Some(&v)),
+            json!({"op":"add","path":"phoneNumbers","value":[{"type":"work","value":"+46 8 123"}]})
+        );
+        assert_eq!(
+            work.patch_op(Some(&v), Some(&Value::One("1".into()))),
+            json!({"op":"replace","path":"phoneNumbers[type eq \"work\"].value","value":"1"})
+        );
+        assert_eq!(
+            work.patch_op(Some(&v), None),
+            json!({"op":"remove","path":"phoneNumbers[type eq \"work\"]"})
+        );
+        let family = AttrPath::parse("name.familyName").unwrap();
+        assert_eq!(
+            family.patch_op(None, Some(&v)),
+            json!({"op":"replace","path":"name.familyName","value":"+46 8 123"})
+        );
+    }
+
+    #[test]
+    fn maps_first_value_or_all_values_and_ignores_blank_ones() {
+        let rules = vec![
+            Rule { from: "sn".into(), to: AttrPath::parse("name.familyName").unwrap(), multi: false },
+            Rule { from: "facsimileTelephoneNumber".into(), to: AttrPath::parse(&format!("{FAX}:faxNumbers")).unwrap(), multi: true },
+            Rule { from: "title".into(), to: AttrPath::parse("title").unwrap(), multi: false },
+        ];
+        let mut attrs = BTreeMap::new();
+        attrs.insert("sn".to_string(), vec![" Berg ".to_string(), "Other".to_string()]);
+        attrs.insert("facsimiletelephonenumber".to_string(), vec!["2".into(), "1".into(), "2".into()]);
+        attrs.insert("title".to_string(), vec!["  ".to_string()]);
+        let out = map_entry(&rules, &attrs);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[&rules[0].to], Value::One("Berg".into()));
+        assert_eq!(out[&rules[1].to], Value::Many(vec!["1".into(), "2".into()]));
+    }
+}

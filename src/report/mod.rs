@@ -1,0 +1,130 @@
+//! Reports: what a plan would do or a sync did, as text for people and JSON for tools.
+//! The same [`Report`] value feeds both, so they always agree.
+
+mod text;
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::apply::{Applied, Outcome, Status};
+use crate::plan::{Action, Change, NeedsAdmin, Plan, Skipped};
+
+pub use self::text::render_text;
+
+/// The current time, RFC 3339 in UTC.
+pub fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DirectorySummary {
+    pub url: String,
+    pub users: usize,
+    pub disabled: usize,
+    pub groups: Option<usize>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PortalSummary {
+    pub url: String,
+    pub users: usize,
+    pub managed: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ReportedChange {
+    #[serde(flatten)]
+    pub change: Change,
+    /// `None` in a dry run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Outcome>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// `plan` (dry run) or `sync`.
+    pub command: String,
+    pub dry_run: bool,
+    pub started_at: String,
+    pub finished_at: String,
+    pub directory: DirectorySummary,
+    pub portal: PortalSummary,
+    pub changes: Vec<ReportedChange>,
+    pub skipped: Vec<Skipped>,
+    pub needs_admin: Vec<NeedsAdmin>,
+    pub notes: Vec<String>,
+    /// Why the run stopped early, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aborted: Option<String>,
+    /// Per action (planned, or applied in a sync), plus `skipped`, `needs_admin`,
+    /// `rejected` and `failed`.
+    pub counts: BTreeMap<String, usize>,
+}
+
+impl Report {
+    pub fn new(
+        command: &str,
+        started_at: String,
+        directory: DirectorySummary,
+        portal: PortalSummary,
+        plan: Plan,
+        applied: Option<Applied>,
+    ) -> Report {
+        let dry_run = applied.is_none();
+        let (outcomes, aborted) = match applied {
+            Some(a) => (a.outcomes.into_iter().map(Some).collect(), a.aborted),
+            None => (vec![None; plan.changes.len()], None),
+        };
+        let changes: Vec<ReportedChange> = plan
+            .changes
+            .into_iter()
+            .zip(outcomes)
+            .map(|(change, outcome)| ReportedChange { change, outcome })
+            .collect();
+        let mut counts = BTreeMap::new();
+        for action in Action::ALL {
+            let n = changes
+                .iter()
+                .filter(|c| c.change.action == action)
+                .filter(|c| c.outcome.as_ref().is_none_or(|o| o.status == Status::Applied))
+                .count();
+            counts.insert(action.label().to_string(), n);
+        }
+        let status_count = |s: Status| {
+            changes
+                .iter()
+                .filter(|c| c.outcome.as_ref().is_some_and(|o| o.status == s))
+                .count()
+        };
+        counts.insert("rejected".into(), status_count(Status::Rejected));
+        counts.insert("failed".into(), status_count(Status::Failed) + status_count(Status::NotAttempted));
+        counts.insert("skipped".into(), plan.skipped.len());
+        counts.insert("needs_admin".into(), plan.needs_admin.len());
+        Report {
+            command: command.to_string(),
+            dry_run,
+            started_at,
+            finished_at: now(),
+            directory,
+            portal,
+            changes,
+            skipped: plan.skipped,
+            needs_admin: plan.needs_admin,
+            notes: plan.notes,
+            aborted,
+            counts,
+        }
+    }
+
+    /// True when some change could not be applied for a reason other than its data.
+    pub fn has_failures(&self) -> bool {
+        self.aborted.is_some() || self.counts.get("failed").copied().unwrap_or(0) > 0
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    }
+}

@@ -1,0 +1,114 @@
+//! The human-readable report.
+
+use std::fmt::Write;
+
+use super::Report;
+use crate::apply::Status;
+use crate::mapping::Value;
+use crate::plan::Action;
+
+const ABSENT: &str = "(none)";
+
+pub fn render_text(r: &Report) -> String {
+    let mut out = String::new();
+    let title = if r.dry_run {
+        "dirsync plan (dry run: nothing was changed)"
+    } else {
+        "dirsync sync"
+    };
+    let _ = writeln!(out, "{title} — {}", r.finished_at);
+    let _ = writeln!(
+        out,
+        "directory {}: {} users in scope ({} disabled){}",
+        r.directory.url,
+        r.directory.users,
+        r.directory.disabled,
+        r.directory.groups.map(|g| format!(", {g} groups")).unwrap_or_default()
+    );
+    let _ = writeln!(
+        out,
+        "portal    {}: {} users, {} managed by dirsync",
+        r.portal.url, r.portal.users, r.portal.managed
+    );
+
+    if r.changes.is_empty() {
+        let _ = writeln!(out, "\nNo changes: the portal matches the directory.");
+    }
+    for action in Action::ALL {
+        let changes: Vec<_> = r.changes.iter().filter(|c| c.change.action == action).collect();
+        if changes.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "\n{} ({}):", heading(action), changes.len());
+        for c in changes {
+            let ch = &c.change;
+            let status = match &c.outcome {
+                None => String::new(),
+                Some(o) => match o.status {
+                    Status::Applied => "  [done]".into(),
+                    Status::Rejected => format!("  [REJECTED: {}]", o.message.as_deref().unwrap_or("")),
+                    Status::Failed => format!("  [FAILED: {}]", o.message.as_deref().unwrap_or("")),
+                    Status::NotAttempted => "  [not attempted]".into(),
+                },
+            };
+            let why = ch.reason.as_ref().map(|r| format!(" — {r}")).unwrap_or_default();
+            let _ = writeln!(out, "  {}{why}{status}", ch.user_name);
+            if let Some(dn) = &ch.dn {
+                let _ = writeln!(out, "      dn: {dn}");
+            }
+            for f in &ch.fields {
+                let _ = writeln!(out, "      {}: {} → {}", f.path, show(&f.old), show(&f.new));
+            }
+        }
+    }
+
+    if !r.needs_admin.is_empty() {
+        let _ = writeln!(out, "\nNeeds an administrator ({}):", r.needs_admin.len());
+        for n in &r.needs_admin {
+            let _ = writeln!(out, "  {}: {}: {} → {} — {}", n.user_name, n.path, show(&n.old), show(&n.new), n.reason);
+        }
+    }
+    if !r.skipped.is_empty() {
+        let _ = writeln!(out, "\nSkipped directory entries ({}):", r.skipped.len());
+        for s in &r.skipped {
+            let _ = writeln!(out, "  {}: {}", s.dn, s.problem);
+        }
+    }
+    if !r.notes.is_empty() {
+        let _ = writeln!(out, "\nNotes:");
+        for n in &r.notes {
+            let _ = writeln!(out, "  {n}");
+        }
+    }
+    if let Some(a) = &r.aborted {
+        let _ = writeln!(out, "\nSTOPPED EARLY: {a}");
+    }
+    let c = |k: &str| r.counts.get(k).copied().unwrap_or(0);
+    let verb = if r.dry_run { "planned" } else { "applied" };
+    let _ = writeln!(
+        out,
+        "\nSummary ({verb}): {} create, {} update, {} reactivate, {} close; {} skipped, {} needs admin, {} rejected, {} failed",
+        c("create"),
+        c("update"),
+        c("reactivate"),
+        c("close"),
+        c("skipped"),
+        c("needs_admin"),
+        c("rejected"),
+        c("failed"),
+    );
+    out
+}
+
+fn heading(a: Action) -> &'static str {
+    match a {
+        Action::Create => "Create",
+        Action::Update => "Update",
+        Action::Reactivate => "Reactivate",
+        Action::Close => "Close (active: false)",
+    }
+}
+
+fn show(v: &Option<Value>) -> String {
+    v.as_ref().map_or_else(|| ABSENT.to_string(), Value::to_string)
+}

@@ -1,0 +1,343 @@
+//! LDAP source on `ldap3` (tokio, rustls): simple bind, LDAPS or StartTLS verified against a
+//! CA file or the system roots, simple paged results (RFC 2696).
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ldap3::adapters::{Adapter, EntriesOnly, PagedResults};
+use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError, SearchEntry};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use tracing::{debug, info};
+
+use super::{BadEntry, DirectoryGroup, DirectoryUser, Snapshot, SourceError};
+use crate::config::{Scope, Search, SourceConfig, Tls};
+
+/// A connected, bound LDAP session.
+pub struct LdapSource {
+    config: SourceConfig,
+    /// Directory attributes to request for users (lowercased, deduplicated).
+    user_attrs: Vec<String>,
+    ldap: Ldap,
+}
+
+/// What a `check` found, for the admin.
+#[derive(Debug, Clone)]
+pub struct SourceCheck {
+    pub users: usize,
+    pub disabled: usize,
+    pub groups: Option<usize>,
+    pub bad_entries: usize,
+}
+
+impl LdapSource {
+    /// Connects, upgrades to TLS as configured, and binds. `attributes` are the directory
+    /// attributes the mapping reads.
+    pub async fn connect(config: &SourceConfig, attributes: &[String]) -> Result<Self, SourceError> {
+        let url = config.url.to_string();
+        let mut settings = LdapConnSettings::new()
+            .set_conn_timeout(config.timeout)
+            .set_starttls(config.tls == Tls::StartTls);
+        if config.tls != Tls::None {
+            settings = settings.set_config(Arc::new(tls_config(config)?));
+        }
+        let (conn, mut ldap) = LdapConnAsync::from_url_with_settings(settings, &config.url)
+            .await
+            .map_err(|e| connect_error(&url, config.tls != Tls::None, e))?;
+        ldap3::drive!(conn);
+        if let Some(bind) = &config.bind {
+            let result = ldap
+                .with_timeout(config.timeout)
+                .simple_bind(&bind.dn, bind.password.expose())
+                .await
+                .map_err(|e| timeout_or(e, "bind", config.timeout, |m| SourceError::Bind {
+                    dn: bind.dn.clone(),
+                    message: m,
+                }))?;
+            if result.rc != 0 {
+                return Err(SourceError::Bind {
+                    dn: bind.dn.clone(),
+                    message: bind_hint(result.rc, &result.text, config.tls == Tls::None),
+                });
+            }
+        }
+        info!(url = %url, tls = ?config.tls, "connected to the directory");
+        let mut user_attrs: Vec<String> = attributes.iter().map(|a| a.to_ascii_lowercase()).collect();
+        user_attrs.push(config.anchor_attribute.to_ascii_lowercase());
+        let mut seen = HashSet::new();
+        user_attrs.retain(|a| seen.insert(a.clone()));
+        Ok(LdapSource {
+            config: config.clone(),
+            user_attrs,
+            ldap,
+        })
+    }
+
+    /// Reads every user and group in scope. All or nothing.
+    pub async fn read(&mut self) -> Result<Snapshot, SourceError> {
+        let mut snapshot = Snapshot::default();
+        let search = self.config.users.search.clone();
+        let entries = self.search(&search, &search.filter, &self.user_attrs.clone()).await?;
+        let disabled: HashSet<String> = match self.config.users.disabled_filter.clone() {
+            Some(f) => {
+                let filter = format!("(&{}{})", search.filter, f);
+                let anchor_attr = [self.config.anchor_attribute.clone()];
+                let anchor = anchor_attr[0].to_ascii_lowercase();
+                self.search(&search, &filter, &anchor_attr)
+                    .await?
+                    .into_iter()
+                    .filter_map(|e| lower_attrs(e).remove(&anchor)?.into_iter().next())
+                    .map(|a| a.to_ascii_lowercase())
+                    .collect()
+            }
+            None => HashSet::new(),
+        };
+        let anchor = self.config.anchor_attribute.to_ascii_lowercase();
+        for entry in entries {
+            match user_from(entry, &anchor) {
+                Ok(mut user) => {
+                    user.disabled = disabled.contains(&user.anchor.to_ascii_lowercase());
+                    snapshot.users.push(user);
+                }
+                Err(bad) => snapshot.bad_entries.push(bad),
+            }
+        }
+        if let Some(groups) = self.config.groups.clone() {
+            let attrs = vec![
+                "cn".to_string(),
+                "member".to_string(),
+                "uniqueMember".to_string(),
+                self.config.anchor_attribute.clone(),
+            ];
+            for entry in self.search(&groups, &groups.filter, &attrs).await? {
+                match group_from(entry, &anchor) {
+                    Ok(g) => snapshot.groups.push(g),
+                    Err(bad) => snapshot.bad_entries.push(bad),
+                }
+            }
+        }
+        info!(
+            users = snapshot.users.len(),
+            disabled = snapshot.users.iter().filter(|u| u.disabled).count(),
+            groups = snapshot.groups.len(),
+            bad_entries = snapshot.bad_entries.len(),
+            "read the directory"
+        );
+        Ok(snapshot)
+    }
+
+    /// Reads the directory and summarises it, for `dirsync check`.
+    pub async fn check(&mut self) -> Result<SourceCheck, SourceError> {
+        let s = self.read().await?;
+        Ok(SourceCheck {
+            users: s.users.len(),
+            disabled: s.users.iter().filter(|u| u.disabled).count(),
+            groups: self.config.groups.as_ref().map(|_| s.groups.len()),
+            bad_entries: s.bad_entries.len(),
+        })
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ldap.unbind().await;
+    }
+
+    /// One paged search. Fails unless the server says the search completed (rc 0).
+    async fn search(&mut self, search: &Search, filter: &str, attrs: &[String]) -> Result<Vec<SearchEntry>, SourceError> {
+        let timeout = self.config.timeout;
+        let fail = |message: String| SourceError::Search {
+            base: search.base.clone(),
+            message,
+        };
+        let adapters: Vec<Box<dyn Adapter<_, _>>> = vec![
+            Box::new(EntriesOnly::new()),
+            Box::new(PagedResults::new(self.config.page_size)),
+        ];
+        let scope = match search.scope {
+            Scope::One => ldap3::Scope::OneLevel,
+            Scope::Subtree => ldap3::Scope::Subtree,
+        };
+        let attrs = attrs.to_vec();
+        let mut stream = self
+            .ldap
+            .with_timeout(timeout)
+            .streaming_search_with(adapters, &search.base, scope, filter, attrs)
+            .await
+            .map_err(|e| timeout_or(e, "search", timeout, fail))?;
+        let mut entries = Vec::new();
+        loop {
+            match stream.next().await {
+                Ok(Some(entry)) => entries.push(SearchEntry::construct(entry)),
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = stream.finish().await;
+                    return Err(timeout_or(e, "search", timeout, fail));
+                }
+            }
+        }
+        let result = stream.finish().await;
+        if result.rc != 0 {
+            return Err(fail(result_message(result.rc, &result.text)));
+        }
+        debug!(base = %search.base, filter, entries = entries.len(), "search complete");
+        Ok(entries)
+    }
+}
+
+fn user_from(entry: SearchEntry, anchor: &str) -> Result<DirectoryUser, BadEntry> {
+    let dn = entry.dn.clone();
+    let mut attrs = lower_attrs(entry);
+    let anchor_value = attrs
+        .remove(anchor)
+        .and_then(|v| v.into_iter().next())
+        .filter(|v| !v.trim().is_empty())
+        .ok_or_else(|| BadEntry {
+            dn: dn.clone(),
+            problem: format!("has no {anchor} (the anchor attribute); is it readable by the bind account?"),
+        })?;
+    Ok(DirectoryUser {
+        dn,
+        anchor: anchor_value,
+        attrs,
+        disabled: false,
+    })
+}
+
+fn group_from(entry: SearchEntry, anchor: &str) -> Result<DirectoryGroup, BadEntry> {
+    let dn = entry.dn.clone();
+    let mut attrs = lower_attrs(entry);
+    let anchor_value = attrs
+        .remove(anchor)
+        .and_then(|v| v.into_iter().next())
+        .ok_or_else(|| BadEntry {
+            dn: dn.clone(),
+            problem: format!("group has no {anchor}"),
+        })?;
+    let name = attrs
+        .remove("cn")
+        .and_then(|v| v.into_iter().next())
+        .unwrap_or_else(|| dn.clone());
+    let mut members = attrs.remove("member").unwrap_or_default();
+    members.extend(attrs.remove("uniquemember").unwrap_or_default());
+    Ok(DirectoryGroup {
+        dn,
+        anchor: anchor_value,
+        name,
+        members,
+    })
+}
+
+/// Attribute names lowercased (LDAP names are case-insensitive). Values that are not valid
+/// UTF-8 arrive in `bin_attrs` and are kept out: no mapped text attribute can use them.
+fn lower_attrs(entry: SearchEntry) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (k, v) in entry.attrs {
+        out.entry(k.to_ascii_lowercase()).or_default().extend(v);
+    }
+    out
+}
+
+fn tls_config(config: &SourceConfig) -> Result<rustls::ClientConfig, SourceError> {
+    let url = config.url.to_string();
+    let tls_err = |message: String| SourceError::Tls {
+        url: url.clone(),
+        message,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    match &config.ca_file {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| tls_err(format!("cannot read CA file {}: {e}", path.display())))?;
+            for cert in certs {
+                let cert = cert.map_err(|e| tls_err(format!("CA file {}: {e}", path.display())))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| tls_err(format!("CA file {}: {e}", path.display())))?;
+            }
+            if roots.is_empty() {
+                return Err(tls_err(format!("CA file {} holds no certificate", path.display())));
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for cert in found.certs {
+                let _ = roots.add(cert);
+            }
+            if roots.is_empty() {
+                return Err(tls_err("no system CA certificates found; set source.ca_file".into()));
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_err(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+fn connect_error(url: &str, tls: bool, e: LdapError) -> SourceError {
+    let message = e.to_string();
+    let lower = message.to_ascii_lowercase();
+    if tls && (lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake")) {
+        SourceError::Tls {
+            url: url.to_string(),
+            message: format!(
+                "{message} (is source.ca_file the CA that signed the server's certificate, and does the URL's host name match it?)"
+            ),
+        }
+    } else {
+        SourceError::Connect {
+            url: url.to_string(),
+            message,
+        }
+    }
+}
+
+fn timeout_or(e: LdapError, operation: &str, timeout: Duration, other: impl FnOnce(String) -> SourceError) -> SourceError {
+    match e {
+        LdapError::Timeout { .. } => SourceError::Timeout {
+            operation: operation.to_string(),
+            seconds: timeout.as_secs(),
+        },
+        e => other(e.to_string()),
+    }
+}
+
+fn bind_hint(rc: u32, text: &str, plain: bool) -> String {
+    let mut message = result_message(rc, text);
+    if rc == 8 || (plain && rc == 13) {
+        message.push_str(
+            "; the server requires a protected connection: use an ldaps:// URL or StartTLS (starttls = true)",
+        );
+    }
+    if rc == 49 {
+        message.push_str("; check source.bind_dn and the bind password");
+    }
+    message
+}
+
+fn result_message(rc: u32, text: &str) -> String {
+    let name = match rc {
+        3 => "timeLimitExceeded",
+        4 => "sizeLimitExceeded",
+        8 => "strongerAuthRequired",
+        10 => "referral",
+        11 => "adminLimitExceeded",
+        12 => "unavailableCriticalExtension",
+        13 => "confidentialityRequired",
+        32 => "noSuchObject",
+        34 => "invalidDNSyntax",
+        49 => "invalidCredentials",
+        50 => "insufficientAccessRights",
+        51 => "busy",
+        52 => "unavailable",
+        53 => "unwillingToPerform",
+        _ => "error",
+    };
+    if text.is_empty() {
+        format!("{name} (LDAP result {rc})")
+    } else {
+        format!("{name} (LDAP result {rc}): {text}")
+    }
+}

@@ -1,0 +1,219 @@
+//! The daemon's own memory: which portal users it manages, and a record of each run.
+//! An embedded SQLite database (inspect it with the `sqlite3` CLI). A row is written only
+//! after the portal confirmed the change it records.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+/// Schema migrations; `PRAGMA user_version` is the number applied.
+const MIGRATIONS: &[&str] = &[
+    // 1: managed users and runs.
+    "CREATE TABLE managed_user (
+         anchor     TEXT PRIMARY KEY COLLATE NOCASE, -- directory anchor = portal externalId
+         portal_id  TEXT NOT NULL,
+         user_name  TEXT NOT NULL,
+         linked_at  TEXT NOT NULL
+     );
+     CREATE TABLE run (
+         id          INTEGER PRIMARY KEY,
+         started_at  TEXT NOT NULL,
+         finished_at TEXT NOT NULL,
+         command     TEXT NOT NULL,
+         outcome     TEXT NOT NULL,
+         created     INTEGER NOT NULL,
+         updated     INTEGER NOT NULL,
+         reactivated INTEGER NOT NULL,
+         closed      INTEGER NOT NULL,
+         skipped     INTEGER NOT NULL,
+         failed      INTEGER NOT NULL
+     );",
+];
+
+/// A state store problem. Fatal for the cycle: without its memory the daemon could not
+/// tell its users from hand-made ones.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state database {path}: {message}")]
+    Open { path: PathBuf, message: String },
+    #[error(
+        "state database {path} has schema version {found}, but this dirsync knows only up to {supported}: \
+         it was written by a newer dirsync; upgrade dirsync or restore a backup"
+    )]
+    NewerSchema { path: PathBuf, found: i64, supported: i64 },
+    #[error("state database: {0}")]
+    Sql(#[from] rusqlite::Error),
+}
+
+/// One finished run, as recorded.
+#[derive(Debug, Clone, Default)]
+pub struct RunRecord {
+    pub started_at: String,
+    pub finished_at: String,
+    pub command: String,
+    pub outcome: String,
+    pub created: usize,
+    pub updated: usize,
+    pub reactivated: usize,
+    pub closed: usize,
+    pub skipped: usize,
+    pub failed: usize,
+}
+
+pub struct State {
+    conn: Connection,
+}
+
+impl State {
+    /// Opens (creating if needed) and migrates the database.
+    pub fn open(path: &Path) -> Result<State, StateError> {
+        let open_err = |message: String| StateError::Open {
+            path: path.to_path_buf(),
+            message,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| open_err(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        let mut state = State { conn };
+        state.migrate(path)?;
+        Ok(state)
+    }
+
+    /// Opens an existing database without writing to it (for dry runs); `None` when there
+    /// is none yet.
+    pub fn open_read_only(path: &Path) -> Result<Option<State>, StateError> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| StateError::Open {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let state = State { conn };
+        state.check_version(path)?;
+        Ok(Some(state))
+    }
+
+    fn check_version(&self, path: &Path) -> Result<i64, StateError> {
+        let found: i64 = self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let supported = MIGRATIONS.len() as i64;
+        if found > supported {
+            return Err(StateError::NewerSchema {
+                path: path.to_path_buf(),
+                found,
+                supported,
+            });
+        }
+        Ok(found)
+    }
+
+    fn migrate(&mut self, path: &Path) -> Result<(), StateError> {
+        let found = self.check_version(path)?;
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+            let tx = self.conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Anchors (lowercased) of the users the daemon manages.
+    pub fn managed(&self) -> Result<HashSet<String>, StateError> {
+        let mut stmt = self.conn.prepare("SELECT anchor FROM managed_user")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        let mut out = HashSet::new();
+        for r in rows {
+            out.insert(r?.to_ascii_lowercase());
+        }
+        Ok(out)
+    }
+
+    /// Records that `anchor` is the portal user `portal_id`.
+    pub fn link(&mut self, anchor: &str, portal_id: &str, user_name: &str) -> Result<(), StateError> {
+        let existing: Option<String> = self
+            .conn
+            .query_row("SELECT portal_id FROM managed_user WHERE anchor = ?1", params![anchor], |r| r.get(0))
+            .optional()?;
+        if existing.as_deref() == Some(portal_id) {
+            return Ok(());
+        }
+        self.conn.execute(
+            "INSERT INTO managed_user (anchor, portal_id, user_name, linked_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(anchor) DO UPDATE SET portal_id = excluded.portal_id, user_name = excluded.user_name,
+                                              linked_at = excluded.linked_at",
+            params![anchor, portal_id, user_name, crate::report::now()],
+        )?;
+        Ok(())
+    }
+
+    pub fn record_run(&mut self, run: &RunRecord) -> Result<(), StateError> {
+        self.conn.execute(
+            "INSERT INTO run (started_at, finished_at, command, outcome, created, updated, reactivated, closed, skipped, failed)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                run.started_at,
+                run.finished_at,
+                run.command,
+                run.outcome,
+                run.created as i64,
+                run.updated as i64,
+                run.reactivated as i64,
+                run.closed as i64,
+                run.skipped as i64,
+                run.failed as i64
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The number of recorded runs.
+    pub fn run_count(&self) -> Result<usize, StateError> {
+        Ok(self.conn.query_row("SELECT count(*) FROM run", [], |r| r.get::<_, i64>(0))? as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/state.db");
+        {
+            let mut s = State::open(&path).unwrap();
+            s.link("AbC-1", "p1", "a@x.se").unwrap();
+            s.link("abc-1", "p2", "a@x.se").unwrap(); // same anchor, any case: relinked
+        }
+        let s = State::open(&path).unwrap();
+        assert_eq!(s.managed().unwrap(), HashSet::from(["abc-1".to_string()]));
+        let ro = State::open_read_only(&path).unwrap().unwrap();
+        assert_eq!(ro.managed().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn read_only_open_of_missing_database_is_none_and_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        assert!(State::open_read_only(&path).unwrap().is_none());
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn newer_schema_is_refused_with_a_clear_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.pragma_update(None, "user_version", 99).unwrap();
+        }
+        let err = State::open(&path).err().unwrap().to_string();
+        assert!(err.contains("schema version 99") && err.contains("newer dirsync"), "{err}");
+    }
+}

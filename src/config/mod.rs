@@ -150,8 +150,15 @@ fn parse_toml(path: &Path, text: &str) -> Result<file::FileV1, ConfigError> {
     };
     let de = toml::Deserializer::parse(text).map_err(|e| error(None, e.message(), e.span()))?;
     serde_path_to_error::deserialize(de).map_err(|e| {
-        let key = e.path().to_string();
-        let key = (key != "." && !key.is_empty()).then_some(key);
+        let mut key = e.path().to_string();
+        if key == "." {
+            key.clear();
+        }
+        // serde names a missing key only in its message; put it in the key path too.
+        if let Some(missing) = e.inner().message().strip_prefix("missing field `").and_then(|m| m.split('`').next()) {
+            key = if key.is_empty() { missing.to_string() } else { format!("{key}.{missing}") };
+        }
+        let key = (!key.is_empty()).then_some(key);
         error(key, e.inner().message(), e.inner().span())
     })
 }

@@ -1,0 +1,192 @@
+//! A throwaway world for one test: a slapd, a scim2-server, a config pointing dirsync at
+//! them, and a way to run the real `dirsync` binary and read what it said.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value as Json;
+use tempfile::TempDir;
+
+use crate::harness::{ScimServer, Slapd};
+
+pub const MAPPINGS: &str = r#"
+[[mapping]]
+from = "mail"
+to = "userName"
+
+[[mapping]]
+from = "mail"
+to = 'emails[type eq "work"].value'
+
+[[mapping]]
+from = "givenName"
+to = "name.givenName"
+
+[[mapping]]
+from = "sn"
+to = "name.familyName"
+
+[[mapping]]
+from = "displayName"
+to = "displayName"
+
+[[mapping]]
+from = "preferredLanguage"
+to = "preferredLanguage"
+
+[[mapping]]
+from = "telephoneNumber"
+to = 'phoneNumbers[type eq "work"].value'
+
+[[mapping]]
+from = "labeledURI"
+to = "profileUrl"
+"#;
+
+/// What one run of the binary did.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// The JSON report (for runs with `--format json`).
+    pub fn json(&self) -> Json {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not a JSON report ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
+    }
+
+    pub fn all_output(&self) -> String {
+        format!("{}\n{}", self.stdout, self.stderr)
+    }
+}
+
+pub struct World {
+    pub ldap: Slapd,
+    pub portal: ScimServer,
+    pub dir: TempDir,
+    /// Extra lines for `[source.users]` (e.g. a disabled_filter).
+    pub users_extra: String,
+    pub source_extra: String,
+}
+
+pub fn person(uid: &str, given: &str, sn: &str, mail: Option<&str>) -> String {
+    let mail = mail.map(|m| format!("mail: {m}\n")).unwrap_or_default();
+    format!(
+        "dn: uid={uid},ou=people,dc=example,dc=com\nobjectClass: inetOrgPerson\nuid: {uid}\ncn: {given} {sn}\n\
+         givenName: {given}\nsn: {sn}\ndisplayName: {given} {sn}\n{mail}preferredLanguage: sv\n\n"
+    )
+}
+
+impl World {
+    pub fn start(ldif: &str) -> World {
+        World {
+            ldap: Slapd::start(ldif),
+            portal: ScimServer::start(),
+            dir: tempfile::tempdir().unwrap(),
+            users_extra: "disabled_filter = \"(employeeType=disabled)\"\n".into(),
+            source_extra: String::new(),
+        }
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("dirsync.toml")
+    }
+
+    /// Writes the config (secrets in files beside it) and returns its path.
+    pub fn write_config(&self) -> PathBuf {
+        std::fs::write(self.dir.path().join("ldap-password"), format!("{}\n", self.ldap.bind_password)).unwrap();
+        std::fs::write(self.dir.path().join("portal-token"), &self.portal.token).unwrap();
+        let text = format!(
+            r#"
+[source]
+url = "{url}"
+starttls = false
+bind_dn = "{bind_dn}"
+bind_password_file = "ldap-password"
+timeout_secs = 10
+page_size = 7
+{source_extra}
+[source.users]
+base = "ou=people,{suffix}"
+filter = "(objectClass=inetOrgPerson)"
+{users_extra}
+[source.groups]
+base = "ou=groups,{suffix}"
+
+[portal]
+url = "{portal}"
+token_file = "portal-token"
+timeout_secs = 10
+page_size = 5
+
+[state]
+path = "state.db"
+{MAPPINGS}"#,
+            url = self.ldap.url,
+            bind_dn = self.ldap.bind_dn,
+            suffix = self.ldap.suffix,
+            portal = self.portal.url,
+            users_extra = self.users_extra,
+            source_extra = self.source_extra,
+        );
+        let path = self.config_path();
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Runs `dirsync --config <config> ARGS` (writing the config first).
+    pub fn dirsync(&self, args: &[&str]) -> Run {
+        let config = self.write_config();
+        run_dirsync(&config, args)
+    }
+
+    pub fn sync(&self) -> Json {
+        let run = self.dirsync(&["sync", "--format", "json"]);
+        assert_eq!(run.code, 0, "sync failed:\n{}", run.all_output());
+        run.json()
+    }
+
+    pub fn plan(&self) -> Json {
+        let run = self.dirsync(&["plan", "--format", "json"]);
+        assert_eq!(run.code, 0, "plan failed:\n{}", run.all_output());
+        run.json()
+    }
+
+    /// The portal user whose userName is `login`.
+    pub fn portal_user(&self, login: &str) -> Json {
+        let users = self.portal.users();
+        let found: Vec<&Json> = users.iter().filter(|u| u["userName"].as_str() == Some(login)).collect();
+        assert_eq!(found.len(), 1, "expected one portal user {login}, found {}: {users:#?}", found.len());
+        found[0].clone()
+    }
+}
+
+pub fn run_dirsync(config: &std::path::Path, args: &[&str]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_dirsync"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("DIRSYNC_LOG")
+        .output()
+        .expect("run dirsync");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Counts per action in a JSON report.
+pub fn count(report: &Json, key: &str) -> u64 {
+    report["counts"][key].as_u64().unwrap_or_else(|| panic!("no count {key} in {report:#}"))
+}
+
+/// A portal resource without its `meta` (which changes on every read of some servers).
+pub fn without_meta(mut v: Json) -> Json {
+    if let Some(o) = v.as_object_mut() {
+        o.remove("meta");
+    }
+    v
+}

@@ -45,7 +45,11 @@ pub enum ApplyError {
     State(#[from] StateError),
 }
 
-pub async fn apply(plan: &Plan, portal: &PortalClient, state: &mut State) -> Result<Applied, ApplyError> {
+pub async fn apply(
+    plan: &Plan,
+    portal: &PortalClient,
+    state: &mut State,
+) -> Result<Applied, ApplyError> {
     for link in &plan.links {
         state.link(&link.anchor, &link.portal_id, &link.user_name)?;
     }
@@ -105,7 +109,11 @@ impl From<StateError> for Failure {
     }
 }
 
-async fn apply_one(change: &Change, portal: &PortalClient, state: &mut State) -> Result<(), Failure> {
+async fn apply_one(
+    change: &Change,
+    portal: &PortalClient,
+    state: &mut State,
+) -> Result<(), Failure> {
     match change.action {
         Action::Create => {
             let created = portal.create_user(create_body(change)).await?;
@@ -113,7 +121,13 @@ async fn apply_one(change: &Change, portal: &PortalClient, state: &mut State) ->
         }
         Action::Update | Action::Reactivate | Action::Close => {
             let id = change.portal_id.as_deref().unwrap_or_default();
-            portal.patch_user(id, patch_operations(change), change.version.as_deref()).await?;
+            portal
+                .patch_user(id, patch_operations(change), change.version.as_deref())
+                .await?;
+            if change.dn.is_some() && change.action != Action::Close {
+                // Still in the directory: (re)confirm the link, e.g. after a relink.
+                state.link(&change.anchor, id, &change.user_name)?;
+            }
         }
     }
     Ok(())

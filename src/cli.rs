@@ -12,7 +12,13 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[command(name = "dirsync", version, about, long_about = None)]
 pub struct Cli {
     /// The config file.
-    #[arg(short, long, global = true, default_value = "/etc/dirsync/dirsync.toml", env = "DIRSYNC_CONFIG")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        default_value = "/etc/dirsync/dirsync.toml",
+        env = "DIRSYNC_CONFIG"
+    )]
     pub config: PathBuf,
 
     /// Log level: error, warn, info, debug or trace (or a tracing filter such as

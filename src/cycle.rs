@@ -98,7 +98,11 @@ async fn run_inner(config: &Config, mode: Mode) -> Result<Report, CycleError> {
 
     let managed_count = portal_users
         .iter()
-        .filter(|p| p.external_id.as_ref().is_some_and(|x| managed.contains(&x.to_ascii_lowercase())))
+        .filter(|p| {
+            p.external_id
+                .as_ref()
+                .is_some_and(|x| managed.contains(&x.to_ascii_lowercase()))
+        })
         .count()
         .max(plan.links.len());
     let directory = DirectorySummary {
@@ -117,7 +121,14 @@ async fn run_inner(config: &Config, mode: Mode) -> Result<Report, CycleError> {
         (Mode::Sync, Some(state)) => ("sync", Some(apply::apply(&plan, &portal, state).await?)),
         _ => ("plan", None),
     };
-    let report = Report::new(command, started_at, directory, portal_summary, plan, applied);
+    let report = Report::new(
+        command,
+        started_at,
+        directory,
+        portal_summary,
+        plan,
+        applied,
+    );
 
     if let (Mode::Sync, Some(state)) = (mode, state.as_mut()) {
         let c = |k: &str| report.counts.get(k).copied().unwrap_or(0);
@@ -125,7 +136,12 @@ async fn run_inner(config: &Config, mode: Mode) -> Result<Report, CycleError> {
             started_at: report.started_at.clone(),
             finished_at: report.finished_at.clone(),
             command: command.to_string(),
-            outcome: if report.has_failures() { "partial" } else { "ok" }.to_string(),
+            outcome: if report.has_failures() {
+                "partial"
+            } else {
+                "ok"
+            }
+            .to_string(),
             created: c("create"),
             updated: c("update"),
             reactivated: c("reactivate"),

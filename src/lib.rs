@@ -56,7 +56,10 @@ pub async fn run(cli: Cli) -> Result<u8, Error> {
             let found = check::check(&config).await?;
             match format {
                 Format::Text => print!("{}", found.to_text()),
-                Format::Json => println!("{}", serde_json::to_string_pretty(&found).unwrap_or_default()),
+                Format::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&found).unwrap_or_default()
+                ),
             }
             Ok(exit::OK)
         }
@@ -71,5 +74,9 @@ async fn report_cycle(config: &Config, mode: Mode, format: Format) -> Result<u8,
         Format::Text => print!("{}", report::render_text(&report)),
         Format::Json => println!("{}", report.to_json()),
     }
-    Ok(if report.has_failures() { exit::FAILURE } else { exit::OK })
+    Ok(if report.has_failures() {
+        exit::FAILURE
+    } else {
+        exit::OK
+    })
 }

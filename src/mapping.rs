@@ -47,8 +47,8 @@ impl AttrPath {
                 if close < open {
                     return Err(format!("`{text}`: `]` before `[`"));
                 }
-                let filter = parse_filter(&rest[open + 1..close])
-                    .map_err(|e| format!("`{text}`: {e}"))?;
+                let filter =
+                    parse_filter(&rest[open + 1..close]).map_err(|e| format!("`{text}`: {e}"))?;
                 let after = &rest[close + 1..];
                 let sub = match after.strip_prefix('.') {
                     Some(s) => Some(s.to_string()),
@@ -122,10 +122,11 @@ impl AttrPath {
         let attr = get_ci(container, &self.attr)?;
         let target = match (&self.filter, &self.sub) {
             (Some((fsub, fval)), Some(sub)) => {
-                let element = attr
-                    .as_array()?
-                    .iter()
-                    .find(|e| get_ci(e, fsub).and_then(Json::as_str).is_some_and(|v| v.eq_ignore_ascii_case(fval)))?;
+                let element = attr.as_array()?.iter().find(|e| {
+                    get_ci(e, fsub)
+                        .and_then(Json::as_str)
+                        .is_some_and(|v| v.eq_ignore_ascii_case(fval))
+                })?;
                 get_ci(element, sub)?
             }
             (None, Some(sub)) => get_ci(attr, sub)?,
@@ -150,7 +151,9 @@ impl AttrPath {
                 }
                 if let Json::Array(items) = list {
                     let pos = items.iter().position(|e| {
-                        get_ci(e, fsub).and_then(Json::as_str).is_some_and(|v| v.eq_ignore_ascii_case(fval))
+                        get_ci(e, fsub)
+                            .and_then(Json::as_str)
+                            .is_some_and(|v| v.eq_ignore_ascii_case(fval))
                     });
                     let element = match pos {
                         Some(i) => &mut items[i],
@@ -266,7 +269,9 @@ fn check_name(name: &str) -> Result<(), String> {
         .chars()
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '$')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '$');
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '$');
     if ok {
         Ok(())
     } else {
@@ -277,8 +282,11 @@ fn check_name(name: &str) -> Result<(), String> {
 /// SCIM attribute names are case-insensitive (RFC 7643 §2.1).
 fn get_ci<'a>(value: &'a Json, key: &str) -> Option<&'a Json> {
     let obj = value.as_object()?;
-    obj.get(key)
-        .or_else(|| obj.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v))
+    obj.get(key).or_else(|| {
+        obj.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v)
+    })
 }
 
 fn object_entry<'a>(map: &'a mut Map<String, Json>, key: &str) -> &'a mut Map<String, Json> {
@@ -398,7 +406,10 @@ mod tests {
     #[test]
     fn parses_the_forms_the_portal_needs() {
         let p = AttrPath::parse("name.familyName").unwrap();
-        assert_eq!((p.attr.as_str(), p.sub.as_deref()), ("name", Some("familyName")));
+        assert_eq!(
+            (p.attr.as_str(), p.sub.as_deref()),
+            ("name", Some("familyName"))
+        );
         let p = AttrPath::parse(r#"emails[type eq "work"].value"#).unwrap();
         assert_eq!(p.filter, Some(("type".into(), "work".into())));
         assert_eq!(p.to_string(), r#"emails[type eq "work"].value"#);
@@ -451,10 +462,16 @@ mod tests {
 
     #[test]
     fn attribute_names_are_case_insensitive_when_reading() {
-        let r = json!({"Name": {"FamilyName": "Berg"}, "EMAILS": [{"Type": "Work", "Value": "a@x"}]});
-        assert_eq!(AttrPath::parse("name.familyName").unwrap().get(&r), Some(Value::One("Berg".into())));
+        let r =
+            json!({"Name": {"FamilyName": "Berg"}, "EMAILS": [{"Type": "Work", "Value": "a@x"}]});
         assert_eq!(
-            AttrPath::parse(r#"emails[type eq "work"].value"#).unwrap().get(&r),
+            AttrPath::parse("name.familyName").unwrap().get(&r),
+            Some(Value::One("Berg".into()))
+        );
+        assert_eq!(
+            AttrPath::parse(r#"emails[type eq "work"].value"#)
+                .unwrap()
+                .get(&r),
             Some(Value::One("a@x".into()))
         );
     }
@@ -485,13 +502,31 @@ mod tests {
     #[test]
     fn maps_first_value_or_all_values_and_ignores_blank_ones() {
         let rules = vec![
-            Rule { from: "sn".into(), to: AttrPath::parse("name.familyName").unwrap(), multi: false },
-            Rule { from: "facsimileTelephoneNumber".into(), to: AttrPath::parse(&format!("{FAX}:faxNumbers")).unwrap(), multi: true },
-            Rule { from: "title".into(), to: AttrPath::parse("title").unwrap(), multi: false },
+            Rule {
+                from: "sn".into(),
+                to: AttrPath::parse("name.familyName").unwrap(),
+                multi: false,
+            },
+            Rule {
+                from: "facsimileTelephoneNumber".into(),
+                to: AttrPath::parse(&format!("{FAX}:faxNumbers")).unwrap(),
+                multi: true,
+            },
+            Rule {
+                from: "title".into(),
+                to: AttrPath::parse("title").unwrap(),
+                multi: false,
+            },
         ];
         let mut attrs = BTreeMap::new();
-        attrs.insert("sn".to_string(), vec![" Berg ".to_string(), "Other".to_string()]);
-        attrs.insert("facsimiletelephonenumber".to_string(), vec!["2".into(), "1".into(), "2".into()]);
+        attrs.insert(
+            "sn".to_string(),
+            vec![" Berg ".to_string(), "Other".to_string()],
+        );
+        attrs.insert(
+            "facsimiletelephonenumber".to_string(),
+            vec!["2".into(), "1".into(), "2".into()],
+        );
         attrs.insert("title".to_string(), vec!["  ".to_string()]);
         let out = map_entry(&rules, &attrs);
         assert_eq!(out.len(), 2);

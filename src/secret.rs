@@ -107,7 +107,9 @@ mod tests {
 
     #[test]
     fn missing_file_error_names_the_path() {
-        let err = SecretSource::File("/nonexistent/pw".into()).read().unwrap_err();
+        let err = SecretSource::File("/nonexistent/pw".into())
+            .read()
+            .unwrap_err();
         assert!(err.contains("/nonexistent/pw"), "{err}");
     }
 

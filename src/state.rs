@@ -41,7 +41,11 @@ pub enum StateError {
         "state database {path} has schema version {found}, but this dirsync knows only up to {supported}: \
          it was written by a newer dirsync; upgrade dirsync or restore a backup"
     )]
-    NewerSchema { path: PathBuf, found: i64, supported: i64 },
+    NewerSchema {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
     #[error("state database: {0}")]
     Sql(#[from] rusqlite::Error),
 }
@@ -73,7 +77,8 @@ impl State {
             message,
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| open_err(format!("cannot create {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| open_err(format!("cannot create {}: {e}", dir.display())))?;
         }
         let conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
@@ -90,17 +95,22 @@ impl State {
         if !path.exists() {
             return Ok(None);
         }
-        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| StateError::Open {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let conn =
+            Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| {
+                StateError::Open {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                }
+            })?;
         let state = State { conn };
         state.check_version(path)?;
         Ok(Some(state))
     }
 
     fn check_version(&self, path: &Path) -> Result<i64, StateError> {
-        let found: i64 = self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let found: i64 = self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))?;
         let supported = MIGRATIONS.len() as i64;
         if found > supported {
             return Err(StateError::NewerSchema {
@@ -135,14 +145,28 @@ impl State {
     }
 
     /// Records that `anchor` is the portal user `portal_id`.
-    pub fn link(&mut self, anchor: &str, portal_id: &str, user_name: &str) -> Result<(), StateError> {
+    pub fn link(
+        &mut self,
+        anchor: &str,
+        portal_id: &str,
+        user_name: &str,
+    ) -> Result<(), StateError> {
         let existing: Option<String> = self
             .conn
-            .query_row("SELECT portal_id FROM managed_user WHERE anchor = ?1", params![anchor], |r| r.get(0))
+            .query_row(
+                "SELECT portal_id FROM managed_user WHERE anchor = ?1",
+                params![anchor],
+                |r| r.get(0),
+            )
             .optional()?;
         if existing.as_deref() == Some(portal_id) {
             return Ok(());
         }
+        // One portal user has one anchor: a relinked user drops its old one.
+        self.conn.execute(
+            "DELETE FROM managed_user WHERE portal_id = ?1 AND anchor <> ?2",
+            params![portal_id, anchor],
+        )?;
         self.conn.execute(
             "INSERT INTO managed_user (anchor, portal_id, user_name, linked_at) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT(anchor) DO UPDATE SET portal_id = excluded.portal_id, user_name = excluded.user_name,
@@ -174,7 +198,9 @@ impl State {
 
     /// The number of recorded runs.
     pub fn run_count(&self) -> Result<usize, StateError> {
-        Ok(self.conn.query_row("SELECT count(*) FROM run", [], |r| r.get::<_, i64>(0))? as usize)
+        Ok(self
+            .conn
+            .query_row("SELECT count(*) FROM run", [], |r| r.get::<_, i64>(0))? as usize)
     }
 }
 
@@ -214,6 +240,9 @@ mod tests {
             c.pragma_update(None, "user_version", 99).unwrap();
         }
         let err = State::open(&path).err().unwrap().to_string();
-        assert!(err.contains("schema version 99") && err.contains("newer dirsync"), "{err}");
+        assert!(
+            err.contains("schema version 99") && err.contains("newer dirsync"),
+            "{err}"
+        );
     }
 }

@@ -155,8 +155,17 @@ fn parse_toml(path: &Path, text: &str) -> Result<file::FileV1, ConfigError> {
             key.clear();
         }
         // serde names a missing key only in its message; put it in the key path too.
-        if let Some(missing) = e.inner().message().strip_prefix("missing field `").and_then(|m| m.split('`').next()) {
-            key = if key.is_empty() { missing.to_string() } else { format!("{key}.{missing}") };
+        if let Some(missing) = e
+            .inner()
+            .message()
+            .strip_prefix("missing field `")
+            .and_then(|m| m.split('`').next())
+        {
+            key = if key.is_empty() {
+                missing.to_string()
+            } else {
+                format!("{key}.{missing}")
+            };
         }
         let key = (!key.is_empty()).then_some(key);
         error(key, e.inner().message(), e.inner().span())
@@ -215,8 +224,8 @@ impl Validator {
                 ))
             }
         };
-        let url = Url::parse(&s.url)
-            .map_err(|e| self.err("source.url", format!("not a URL ({e})")))?;
+        let url =
+            Url::parse(&s.url).map_err(|e| self.err("source.url", format!("not a URL ({e})")))?;
         if url.host_str().is_none_or(str::is_empty) {
             return Err(self.err("source.url", "the URL has no host"));
         }
@@ -240,7 +249,10 @@ impl Validator {
         let ca_file = self.existing_file("source.ca_file", base_dir, s.ca_file)?;
         let bind = match s.bind_dn {
             Some(dn) if dn.trim().is_empty() => {
-                return Err(self.err("source.bind_dn", "is empty; leave it out for an anonymous bind"))
+                return Err(self.err(
+                    "source.bind_dn",
+                    "is empty; leave it out for an anonymous bind",
+                ))
             }
             Some(dn) => {
                 let password = self.secret(
@@ -266,7 +278,12 @@ impl Validator {
         let page_size = match s.page_size {
             None => DEFAULT_LDAP_PAGE_SIZE,
             Some(n) if (1..=100_000).contains(&n) => n as i32,
-            Some(n) => return Err(self.err("source.page_size", format!("{n} is out of range 1..=100000"))),
+            Some(n) => {
+                return Err(self.err(
+                    "source.page_size",
+                    format!("{n} is out of range 1..=100000"),
+                ))
+            }
         };
         let anchor_attribute = s.anchor_attribute.unwrap_or_else(|| "entryUUID".into());
         if anchor_attribute.trim().is_empty() {
@@ -360,15 +377,17 @@ impl Validator {
         if !(f.starts_with('(') && f.ends_with(')') && balanced) {
             return Err(self.err(
                 key,
-                format!("{f:?} is not an LDAP filter (RFC 4515), e.g. \"(objectClass=inetOrgPerson)\""),
+                format!(
+                    "{f:?} is not an LDAP filter (RFC 4515), e.g. \"(objectClass=inetOrgPerson)\""
+                ),
             ));
         }
         Ok(f.to_string())
     }
 
     fn portal(&self, base_dir: &Path, p: file::PortalV1) -> Result<PortalConfig, ConfigError> {
-        let mut url = Url::parse(&p.url)
-            .map_err(|e| self.err("portal.url", format!("not a URL ({e})")))?;
+        let mut url =
+            Url::parse(&p.url).map_err(|e| self.err("portal.url", format!("not a URL ({e})")))?;
         if !matches!(url.scheme(), "https" | "http") {
             return Err(self.err(
                 "portal.url",
@@ -387,13 +406,21 @@ impl Validator {
         if !url.path().ends_with('/') {
             url.set_path(&format!("{}/", url.path()));
         }
-        let token = self.secret("portal.token", base_dir, p.token_file, p.token_env, p.token_credential)?;
+        let token = self.secret(
+            "portal.token",
+            base_dir,
+            p.token_file,
+            p.token_env,
+            p.token_credential,
+        )?;
         let ca_file = self.existing_file("portal.ca_file", base_dir, p.ca_file)?;
         let timeout = self.duration("portal.timeout_secs", p.timeout_secs, DEFAULT_TIMEOUT)?;
         let page_size = match p.page_size {
             None => DEFAULT_PORTAL_PAGE_SIZE,
             Some(n) if (1..=10_000).contains(&n) => n as usize,
-            Some(n) => return Err(self.err("portal.page_size", format!("{n} is out of range 1..=10000"))),
+            Some(n) => {
+                return Err(self.err("portal.page_size", format!("{n} is out of range 1..=10000")))
+            }
         };
         Ok(PortalConfig {
             url,
@@ -415,14 +442,23 @@ impl Validator {
         for (i, m) in raw.into_iter().enumerate() {
             let key = format!("mapping[{i}]");
             if m.from.trim().is_empty() || m.from.contains(|c: char| c.is_whitespace()) {
-                return Err(self.err(&format!("{key}.from"), format!("{:?} is not an LDAP attribute name", m.from)));
+                return Err(self.err(
+                    &format!("{key}.from"),
+                    format!("{:?} is not an LDAP attribute name", m.from),
+                ));
             }
             let to = AttrPath::parse(&m.to).map_err(|e| self.err(&format!("{key}.to"), e))?;
             if rules.iter().any(|r| r.to == to) {
                 return Err(self.err(&format!("{key}.to"), format!("`{to}` is mapped twice")));
             }
-            if to.schema.is_none() && ["id", "externalid", "meta", "active", "schemas"].contains(&to.attr.to_ascii_lowercase().as_str()) {
-                return Err(self.err(&format!("{key}.to"), format!("`{to}` is managed by dirsync itself and cannot be mapped")));
+            if to.schema.is_none()
+                && ["id", "externalid", "meta", "active", "schemas"]
+                    .contains(&to.attr.to_ascii_lowercase().as_str())
+            {
+                return Err(self.err(
+                    &format!("{key}.to"),
+                    format!("`{to}` is managed by dirsync itself and cannot be mapped"),
+                ));
             }
             let multi = m.multi_valued.unwrap_or(false);
             if multi && (to.filter.is_some() || to.sub.is_some()) {
@@ -438,7 +474,10 @@ impl Validator {
             });
         }
         if !rules.iter().any(|r| r.to.is_user_name()) {
-            return Err(self.err("mapping", "no mapping has `to = \"userName\"`: the portal login must come from the directory"));
+            return Err(self.err(
+                "mapping",
+                "no mapping has `to = \"userName\"`: the portal login must come from the directory",
+            ));
         }
         Ok(rules)
     }
@@ -453,7 +492,10 @@ impl Validator {
     ) -> Result<Secret, ConfigError> {
         let mut sources = Vec::new();
         if let Some(f) = file {
-            sources.push((format!("{key}_file"), SecretSource::File(resolve(base_dir, &f))));
+            sources.push((
+                format!("{key}_file"),
+                SecretSource::File(resolve(base_dir, &f)),
+            ));
         }
         if let Some(e) = env {
             sources.push((format!("{key}_env"), SecretSource::Env(e)));
@@ -477,7 +519,12 @@ impl Validator {
         }
     }
 
-    fn existing_file(&self, key: &str, base_dir: &Path, p: Option<String>) -> Result<Option<PathBuf>, ConfigError> {
+    fn existing_file(
+        &self,
+        key: &str,
+        base_dir: &Path,
+        p: Option<String>,
+    ) -> Result<Option<PathBuf>, ConfigError> {
         match p {
             None => Ok(None),
             Some(p) => {
@@ -489,7 +536,12 @@ impl Validator {
         }
     }
 
-    fn duration(&self, key: &str, secs: Option<u64>, default: Duration) -> Result<Duration, ConfigError> {
+    fn duration(
+        &self,
+        key: &str,
+        secs: Option<u64>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
         match secs {
             None => Ok(default),
             Some(0) => Err(self.err(key, "must be at least 1 second")),

@@ -4,7 +4,12 @@ use super::*;
 
 /// Writes the secret files an example refers to into `dir` and points the text at them.
 fn with_secrets_in(dir: &Path, text: &str) -> String {
-    for name in ["ldap-password", "portal-token", "ldap-ca.pem", "portal-ca.pem"] {
+    for name in [
+        "ldap-password",
+        "portal-token",
+        "ldap-ca.pem",
+        "portal-ca.pem",
+    ] {
         std::fs::write(dir.join(name), "not-a-real-secret\n").unwrap();
     }
     text.replace("/etc/dirsync/", &format!("{}/", dir.display()))
@@ -45,7 +50,11 @@ fn every_shipped_example_config_parses() {
             seen += 1;
         }
     }
-    assert!(seen >= 1, "no example configs found in {}", examples.display());
+    assert!(
+        seen >= 1,
+        "no example configs found in {}",
+        examples.display()
+    );
 }
 
 #[test]
@@ -56,11 +65,17 @@ fn minimal_config_gets_safe_defaults() {
     assert_eq!(c.source.page_size, 500);
     assert_eq!(c.source.anchor_attribute, "entryUUID");
     assert_eq!(c.source.users.search.filter, "(objectClass=inetOrgPerson)");
-    assert_eq!(c.source.bind.as_ref().unwrap().password.expose(), "bind-secret-123");
+    assert_eq!(
+        c.source.bind.as_ref().unwrap().password.expose(),
+        "bind-secret-123"
+    );
     assert_eq!(c.portal.token.expose(), "token-secret-456");
     assert_eq!(c.portal.url.as_str(), "http://127.0.0.1:8080/");
     assert_eq!(c.state_path, PathBuf::from(DEFAULT_STATE_PATH));
-    assert!(!format!("{c:?}").contains("secret-"), "Debug must not show secrets");
+    assert!(
+        !format!("{c:?}").contains("secret-"),
+        "Debug must not show secrets"
+    );
 }
 
 #[test]
@@ -68,7 +83,14 @@ fn ldap_urls_use_starttls_unless_told_otherwise() {
     let dir = tempfile::tempdir().unwrap();
     let c = parse_in(dir.path(), &MINIMAL.replace("starttls = false\n", "")).unwrap();
     assert_eq!(c.source.tls, Tls::StartTls);
-    let c = parse_in(dir.path(), &MINIMAL.replace("ldap://127.0.0.1:3890\"\nstarttls = false", "ldaps://127.0.0.1\"")).unwrap();
+    let c = parse_in(
+        dir.path(),
+        &MINIMAL.replace(
+            "ldap://127.0.0.1:3890\"\nstarttls = false",
+            "ldaps://127.0.0.1\"",
+        ),
+    )
+    .unwrap();
     assert_eq!(c.source.tls, Tls::Ldaps);
 }
 
@@ -76,41 +98,142 @@ fn ldap_urls_use_starttls_unless_told_otherwise() {
 #[test]
 fn malformed_configs_name_the_key_and_the_problem() {
     let cases: &[(&str, String, &str, &str)] = &[
-        ("unknown key", MINIMAL.replace("[portal]\n", "[portal]\ntokn_file = \"x\"\n"), "portal.tokn_file", "unknown field `tokn_file`"),
-        ("inline secret", MINIMAL.replace("[portal]\n", "[portal]\ntoken = \"inline-secret-789\"\n"), "portal.token", "unknown field `token`"),
-        ("bad source URL", MINIMAL.replace("ldap://127.0.0.1:3890", "not a url"), "source.url", "not a URL"),
-        ("bad portal URL scheme", MINIMAL.replace("http://127.0.0.1:8080", "ftp://x"), "portal.url", "not supported"),
-        ("missing base DN", MINIMAL.replace("base = \"ou=people,dc=example,dc=com\"\n", ""), "source.users.base", "missing field `base`"),
-        ("empty base DN", MINIMAL.replace("ou=people,dc=example,dc=com", ""), "source.users.base", "empty"),
-        ("unreadable secret file", MINIMAL.replace("bind_password_file = \"pw\"", "bind_password_file = \"/nonexistent/pw\""), "source.bind_password_file", "/nonexistent/pw"),
-        ("no secret at all", MINIMAL.replace("token_file = \"token\"\n", ""), "portal.token_file", "missing"),
-        ("two secret sources", MINIMAL.replace("token_file = \"token\"\n", "token_file = \"token\"\ntoken_env = \"X\"\n"), "portal.token_env", "only one"),
-        ("wrong type", MINIMAL.replace("[source.users]", "page_size = \"big\"\n[source.users]"), "source.page_size", "invalid type"),
-        ("page size out of range", MINIMAL.replace("[source.users]", "page_size = 0\n[source.users]"), "source.page_size", "out of range"),
-        ("bad filter", MINIMAL.replace("[portal]", "filter = \"objectClass=person\"\n[portal]"), "source.users.filter", "not an LDAP filter"),
-        ("bad mapping target", MINIMAL.replace("to = \"userName\"", "to = \"emails[type eq work].value\""), "mapping[0].to", "quoted"),
-        ("no userName mapping", MINIMAL.replace("to = \"userName\"", "to = \"displayName\""), "mapping", "userName"),
-        ("zero timeout", MINIMAL.replace("[portal]\n", "[portal]\ntimeout_secs = 0\n"), "portal.timeout_secs", "at least 1"),
-        ("TOML syntax", MINIMAL.replace("[portal]", "[portal"), "", "line 9"),
-        ("unknown source kind", MINIMAL.replace("[source]\n", "[source]\nkind = \"novell\"\n"), "source.kind", "unknown kind"),
+        (
+            "unknown key",
+            MINIMAL.replace("[portal]\n", "[portal]\ntokn_file = \"x\"\n"),
+            "portal.tokn_file",
+            "unknown field `tokn_file`",
+        ),
+        (
+            "inline secret",
+            MINIMAL.replace("[portal]\n", "[portal]\ntoken = \"inline-secret-789\"\n"),
+            "portal.token",
+            "unknown field `token`",
+        ),
+        (
+            "bad source URL",
+            MINIMAL.replace("ldap://127.0.0.1:3890", "not a url"),
+            "source.url",
+            "not a URL",
+        ),
+        (
+            "bad portal URL scheme",
+            MINIMAL.replace("http://127.0.0.1:8080", "ftp://x"),
+            "portal.url",
+            "not supported",
+        ),
+        (
+            "missing base DN",
+            MINIMAL.replace("base = \"ou=people,dc=example,dc=com\"\n", ""),
+            "source.users.base",
+            "missing field `base`",
+        ),
+        (
+            "empty base DN",
+            MINIMAL.replace("ou=people,dc=example,dc=com", ""),
+            "source.users.base",
+            "empty",
+        ),
+        (
+            "unreadable secret file",
+            MINIMAL.replace(
+                "bind_password_file = \"pw\"",
+                "bind_password_file = \"/nonexistent/pw\"",
+            ),
+            "source.bind_password_file",
+            "/nonexistent/pw",
+        ),
+        (
+            "no secret at all",
+            MINIMAL.replace("token_file = \"token\"\n", ""),
+            "portal.token_file",
+            "missing",
+        ),
+        (
+            "two secret sources",
+            MINIMAL.replace(
+                "token_file = \"token\"\n",
+                "token_file = \"token\"\ntoken_env = \"X\"\n",
+            ),
+            "portal.token_env",
+            "only one",
+        ),
+        (
+            "wrong type",
+            MINIMAL.replace("[source.users]", "page_size = \"big\"\n[source.users]"),
+            "source.page_size",
+            "invalid type",
+        ),
+        (
+            "page size out of range",
+            MINIMAL.replace("[source.users]", "page_size = 0\n[source.users]"),
+            "source.page_size",
+            "out of range",
+        ),
+        (
+            "bad filter",
+            MINIMAL.replace("[portal]", "filter = \"objectClass=person\"\n[portal]"),
+            "source.users.filter",
+            "not an LDAP filter",
+        ),
+        (
+            "bad mapping target",
+            MINIMAL.replace("to = \"userName\"", "to = \"emails[type eq work].value\""),
+            "mapping[0].to",
+            "quoted",
+        ),
+        (
+            "no userName mapping",
+            MINIMAL.replace("to = \"userName\"", "to = \"displayName\""),
+            "mapping",
+            "userName",
+        ),
+        (
+            "zero timeout",
+            MINIMAL.replace("[portal]\n", "[portal]\ntimeout_secs = 0\n"),
+            "portal.timeout_secs",
+            "at least 1",
+        ),
+        (
+            "TOML syntax",
+            MINIMAL.replace("[portal]", "[portal"),
+            "",
+            "line 9",
+        ),
+        (
+            "unknown source kind",
+            MINIMAL.replace("[source]\n", "[source]\nkind = \"novell\"\n"),
+            "source.kind",
+            "unknown kind",
+        ),
     ];
     let dir = tempfile::tempdir().unwrap();
     for (what, text, key, problem) in cases {
         let err = parse_in(dir.path(), text).expect_err(what);
         let msg = err.to_string();
-        assert!(msg.contains("dirsync.toml"), "{what}: no file name in {msg:?}");
+        assert!(
+            msg.contains("dirsync.toml"),
+            "{what}: no file name in {msg:?}"
+        );
         if !key.is_empty() {
             assert_eq!(err.key.as_deref(), Some(*key), "{what}: {msg}");
             assert!(msg.contains(&format!("key `{key}`")), "{what}: {msg}");
         }
         assert!(msg.contains(problem), "{what}: {msg:?} lacks {problem:?}");
-        assert!(!msg.contains("secret-"), "{what}: the error quotes a secret: {msg}");
+        assert!(
+            !msg.contains("secret-"),
+            "{what}: the error quotes a secret: {msg}"
+        );
     }
 }
 
 #[test]
 fn relative_paths_are_relative_to_the_config_file() {
     let dir = tempfile::tempdir().unwrap();
-    let c = parse_in(dir.path(), &format!("{MINIMAL}\n[state]\npath = \"state/dirsync.db\"\n")).unwrap();
+    let c = parse_in(
+        dir.path(),
+        &format!("{MINIMAL}\n[state]\npath = \"state/dirsync.db\"\n"),
+    )
+    .unwrap();
     assert_eq!(c.state_path, dir.path().join("state/dirsync.db"));
 }

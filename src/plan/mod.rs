@@ -22,7 +22,12 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 4] = [Action::Create, Action::Update, Action::Reactivate, Action::Close];
+    pub const ALL: [Action; 4] = [
+        Action::Create,
+        Action::Update,
+        Action::Reactivate,
+        Action::Close,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -152,10 +157,38 @@ pub fn compute(input: &Input<'_>) -> Plan {
         .map(|p| (p.user_name.to_ascii_lowercase(), p))
         .collect();
 
+    let in_directory: HashSet<String> = input
+        .directory
+        .iter()
+        .map(|u| u.anchor.to_ascii_lowercase())
+        .collect();
+    let mut relinked: HashSet<String> = HashSet::new();
     for w in &wanted {
         let key = w.user.anchor.to_ascii_lowercase();
         match by_anchor.get(&key).map(Vec::as_slice) {
-            None | Some([]) => plan_create(w, &portal_by_name, &mut plan),
+            None | Some([]) => {
+                // A managed portal user with this login whose own anchor left the directory:
+                // the person came back as a new entry (deleted and recreated). Relink and
+                // reactivate rather than duplicate.
+                let returning = portal_by_name
+                    .get(&w.user_name.to_ascii_lowercase())
+                    .copied()
+                    .filter(|p| {
+                        p.external_id
+                            .as_ref()
+                            .map(|x| x.to_ascii_lowercase())
+                            .is_some_and(|x| {
+                                input.managed.contains(&x) && !in_directory.contains(&x)
+                            })
+                    });
+                match returning {
+                    Some(p) if !w.user.disabled => {
+                        relinked.insert(p.id.clone());
+                        plan_relink(w, p, input.rules, input.schema, &mut plan);
+                    }
+                    _ => plan_create(w, &portal_by_name, &mut plan),
+                }
+            }
             Some([p]) => {
                 plan.links.push(Link {
                     anchor: w.user.anchor.clone(),
@@ -164,20 +197,25 @@ pub fn compute(input: &Input<'_>) -> Plan {
                 });
                 plan_existing(w, p, input.rules, input.schema, &mut plan);
             }
-            Some(many) => plan.skipped.push(Skipped {
-                dn: w.user.dn.clone(),
-                problem: format!(
+            Some(many) => {
+                plan.skipped.push(Skipped {
+                    dn: w.user.dn.clone(),
+                    problem: format!(
                     "{} portal users carry externalId {} ({}); resolve the duplicate in the portal",
                     many.len(),
                     w.user.anchor,
                     many.iter().map(|p| p.user_name.as_str()).collect::<Vec<_>>().join(", ")
                 ),
-            }),
+                })
+            }
         }
     }
 
-    plan_closures(input, &mut plan);
-    plan.changes.sort_by(|a, b| (a.action, &a.user_name.to_ascii_lowercase()).cmp(&(b.action, &b.user_name.to_ascii_lowercase())));
+    plan_closures(input, &in_directory, &relinked, &mut plan);
+    plan.changes.sort_by(|a, b| {
+        (a.action, &a.user_name.to_ascii_lowercase())
+            .cmp(&(b.action, &b.user_name.to_ascii_lowercase()))
+    });
     plan
 }
 
@@ -217,13 +255,96 @@ fn plan_create(w: &Wanted<'_>, portal_by_name: &HashMap<String, &PortalUser>, pl
     });
 }
 
-fn plan_existing(w: &Wanted<'_>, p: &PortalUser, rules: &[Rule], schema: &PortalSchema, plan: &mut Plan) {
+fn plan_existing(
+    w: &Wanted<'_>,
+    p: &PortalUser,
+    rules: &[Rule],
+    schema: &PortalSchema,
+    plan: &mut Plan,
+) {
     if w.user.disabled {
         if p.active {
-            plan.changes.push(close(p, &w.user.anchor, Some(&w.user.dn), "disabled in the directory"));
+            plan.changes.push(close(
+                p,
+                &w.user.anchor,
+                Some(&w.user.dn),
+                "disabled in the directory",
+            ));
         }
         return;
     }
+    let fields = diff_fields(w, p, rules, schema, plan);
+    let action = if !p.active {
+        Action::Reactivate
+    } else if !fields.is_empty() {
+        Action::Update
+    } else {
+        return;
+    };
+    plan.changes.push(Change {
+        action,
+        anchor: w.user.anchor.clone(),
+        user_name: p.user_name.clone(),
+        dn: Some(w.user.dn.clone()),
+        portal_id: Some(p.id.clone()),
+        version: p.version.clone(),
+        reason: (action == Action::Reactivate).then(|| "active in the directory again".to_string()),
+        fields,
+    });
+}
+
+/// The directory entry is new (new anchor) but the person is the one a managed portal user
+/// was for: point that user's `externalId` at the new anchor, reactivate it if closed.
+fn plan_relink(
+    w: &Wanted<'_>,
+    p: &PortalUser,
+    rules: &[Rule],
+    schema: &PortalSchema,
+    plan: &mut Plan,
+) {
+    let mut fields = vec![FieldChange {
+        path: external_id_path(),
+        old: p.external_id.clone().map(Value::One),
+        new: Some(Value::One(w.user.anchor.clone())),
+    }];
+    fields.extend(diff_fields(w, p, rules, schema, plan));
+    plan.changes.push(Change {
+        action: if p.active {
+            Action::Update
+        } else {
+            Action::Reactivate
+        },
+        anchor: w.user.anchor.clone(),
+        user_name: p.user_name.clone(),
+        dn: Some(w.user.dn.clone()),
+        portal_id: Some(p.id.clone()),
+        version: p.version.clone(),
+        reason: Some(
+            "back in the directory as a new entry (new anchor); relinked to the portal user it had"
+                .into(),
+        ),
+        fields,
+    });
+}
+
+fn external_id_path() -> AttrPath {
+    AttrPath {
+        schema: None,
+        attr: "externalId".into(),
+        filter: None,
+        sub: None,
+    }
+}
+
+/// The mapped attributes where the portal differs from the directory. Changes the portal
+/// will not take (immutable, read-only) go to `plan.needs_admin` instead.
+fn diff_fields(
+    w: &Wanted<'_>,
+    p: &PortalUser,
+    rules: &[Rule],
+    schema: &PortalSchema,
+    plan: &mut Plan,
+) -> Vec<FieldChange> {
     let mut fields = Vec::new();
     // Every mapped attribute, including those the directory no longer has: those are
     // removed from the portal too.
@@ -256,35 +377,19 @@ fn plan_existing(w: &Wanted<'_>, p: &PortalUser, rules: &[Rule], schema: &Portal
             new,
         });
     }
-    let action = if !p.active {
-        Action::Reactivate
-    } else if !fields.is_empty() {
-        Action::Update
-    } else {
-        return;
-    };
-    plan.changes.push(Change {
-        action,
-        anchor: w.user.anchor.clone(),
-        user_name: p.user_name.clone(),
-        dn: Some(w.user.dn.clone()),
-        portal_id: Some(p.id.clone()),
-        version: p.version.clone(),
-        reason: (action == Action::Reactivate).then(|| "active in the directory again".to_string()),
-        fields,
-    });
+    fields
 }
 
-fn plan_closures(input: &Input<'_>, plan: &mut Plan) {
-    let in_directory: HashSet<String> = input
-        .directory
-        .iter()
-        .map(|u| u.anchor.to_ascii_lowercase())
-        .collect();
+fn plan_closures(
+    input: &Input<'_>,
+    in_directory: &HashSet<String>,
+    relinked: &HashSet<String>,
+    plan: &mut Plan,
+) {
     let leaving: Vec<&PortalUser> = input
         .portal
         .iter()
-        .filter(|p| p.active)
+        .filter(|p| p.active && !relinked.contains(&p.id))
         .filter(|p| {
             p.external_id
                 .as_ref()
@@ -305,7 +410,8 @@ fn plan_closures(input: &Input<'_>, plan: &mut Plan) {
     }
     for p in leaving {
         let anchor = p.external_id.clone().unwrap_or_default();
-        plan.changes.push(close(p, &anchor, None, "no longer in the directory scope"));
+        plan.changes
+            .push(close(p, &anchor, None, "no longer in the directory scope"));
     }
 }
 
@@ -326,8 +432,11 @@ fn close(p: &PortalUser, anchor: &str, dn: Option<&str>, reason: &str) -> Change
 /// compared without case, as the portal does; everything else exactly.
 fn same(path: &AttrPath, old: Option<&Value>, new: Option<&Value>) -> bool {
     match (old, new) {
-        (Some(Value::One(a)), Some(Value::One(b))) if path.is_user_name() => a.eq_ignore_ascii_case(b),
-        (Some(Value::Many(a)), Some(Value::One(b))) | (Some(Value::One(b)), Some(Value::Many(a))) => a.len() == 1 && &a[0] == b,
+        (Some(Value::One(a)), Some(Value::One(b))) if path.is_user_name() => {
+            a.eq_ignore_ascii_case(b)
+        }
+        (Some(Value::Many(a)), Some(Value::One(b)))
+        | (Some(Value::One(b)), Some(Value::Many(a))) => a.len() == 1 && &a[0] == b,
         _ => old == new,
     }
 }

@@ -24,7 +24,9 @@ fn rules() -> Vec<Rule> {
 }
 
 fn portal_schema() -> PortalSchema {
-    PortalSchema::from_json(&serde_json::from_str(include_str!("../../tests/fixtures/portal/schemas.json")).unwrap())
+    PortalSchema::from_json(
+        &serde_json::from_str(include_str!("../../tests/fixtures/portal/schemas.json")).unwrap(),
+    )
 }
 
 fn dir_user(uid: &str, mail: Option<&str>, sn: &str) -> DirectoryUser {
@@ -52,7 +54,11 @@ fn portal_user_for(u: &DirectoryUser, id: &str) -> PortalUser {
     PortalUser::from_json(body).unwrap()
 }
 
-fn plan_with(directory: &[DirectoryUser], portal: &[PortalUser], managed: &HashSet<String>) -> Plan {
+fn plan_with(
+    directory: &[DirectoryUser],
+    portal: &[PortalUser],
+    managed: &HashSet<String>,
+) -> Plan {
     let rules = rules();
     let schema = portal_schema();
     compute(&Input {
@@ -66,22 +72,41 @@ fn plan_with(directory: &[DirectoryUser], portal: &[PortalUser], managed: &HashS
 }
 
 fn managed(users: &[&DirectoryUser]) -> HashSet<String> {
-    users.iter().map(|u| u.anchor.to_ascii_lowercase()).collect()
+    users
+        .iter()
+        .map(|u| u.anchor.to_ascii_lowercase())
+        .collect()
 }
 
 #[test]
 fn first_cycle_creates_every_user_with_the_mapped_attributes() {
-    let dir = vec![dir_user("anna", Some("anna@example.se"), "Berg"), dir_user("bo", Some("bo@example.se"), "Ek")];
+    let dir = vec![
+        dir_user("anna", Some("anna@example.se"), "Berg"),
+        dir_user("bo", Some("bo@example.se"), "Ek"),
+    ];
     let plan = plan_with(&dir, &[], &HashSet::new());
     assert_eq!(plan.count(Action::Create), 2);
-    let anna = plan.changes.iter().find(|c| c.user_name == "anna@example.se").unwrap();
+    let anna = plan
+        .changes
+        .iter()
+        .find(|c| c.user_name == "anna@example.se")
+        .unwrap();
     let body = crate::apply::create_body(anna);
     assert_eq!(body["userName"], "anna@example.se");
     assert_eq!(body["externalId"], "uuid-anna");
     assert_eq!(body["active"], true);
-    assert_eq!(body["name"], json!({"givenName": "anna", "familyName": "Berg"}));
-    assert_eq!(body["emails"], json!([{"type": "work", "value": "anna@example.se"}]));
-    assert!(body.get("phoneNumbers").is_none(), "absent attributes are not sent");
+    assert_eq!(
+        body["name"],
+        json!({"givenName": "anna", "familyName": "Berg"})
+    );
+    assert_eq!(
+        body["emails"],
+        json!([{"type": "work", "value": "anna@example.se"}])
+    );
+    assert!(
+        body.get("phoneNumbers").is_none(),
+        "absent attributes are not sent"
+    );
 }
 
 #[test]
@@ -99,7 +124,9 @@ fn changed_surname_is_one_field_change_and_nothing_else() {
     let p = portal_user_for(&anna, "p1");
     let mut renamed = anna.clone();
     renamed.attrs.insert("sn".into(), vec!["Lind".into()]);
-    renamed.attrs.insert("displayname".into(), vec!["anna Berg".into()]);
+    renamed
+        .attrs
+        .insert("displayname".into(), vec!["anna Berg".into()]);
     let plan = plan_with(&[renamed], &[p], &managed(&[&anna]));
     assert_eq!(plan.changes.len(), 1);
     let c = &plan.changes[0];
@@ -123,7 +150,8 @@ fn changed_surname_is_one_field_change_and_nothing_else() {
 #[test]
 fn attribute_removed_in_the_directory_is_removed_in_the_portal() {
     let mut anna = dir_user("anna", Some("anna@example.se"), "Berg");
-    anna.attrs.insert("telephonenumber".into(), vec!["+46 8 1".into()]);
+    anna.attrs
+        .insert("telephonenumber".into(), vec!["+46 8 1".into()]);
     let p = portal_user_for(&anna, "p1");
     anna.attrs.remove("telephonenumber");
     let plan = plan_with(std::slice::from_ref(&anna), &[p], &managed(&[&anna]));
@@ -141,8 +169,14 @@ fn user_gone_from_the_directory_is_closed_not_deleted() {
     let plan = plan_with(std::slice::from_ref(&bo), &portal, &managed(&[&anna, &bo]));
     assert_eq!(plan.changes.len(), 1);
     let c = &plan.changes[0];
-    assert_eq!((c.action, c.portal_id.as_deref()), (Action::Close, Some("p1")));
-    assert_eq!(c.reason.as_deref(), Some("no longer in the directory scope"));
+    assert_eq!(
+        (c.action, c.portal_id.as_deref()),
+        (Action::Close, Some("p1"))
+    );
+    assert_eq!(
+        c.reason.as_deref(),
+        Some("no longer in the directory scope")
+    );
     assert_eq!(
         crate::apply::patch_operations(c),
         vec![json!({"op": "replace", "path": "active", "value": false})]
@@ -159,7 +193,10 @@ fn disabled_user_is_closed_and_never_created() {
     let plan = plan_with(&[anna.clone(), cid], &[p], &managed(&[&anna]));
     assert_eq!(plan.changes.len(), 1, "{:?}", plan.changes);
     assert_eq!(plan.changes[0].action, Action::Close);
-    assert_eq!(plan.changes[0].reason.as_deref(), Some("disabled in the directory"));
+    assert_eq!(
+        plan.changes[0].reason.as_deref(),
+        Some("disabled in the directory")
+    );
 }
 
 #[test]
@@ -181,9 +218,18 @@ fn returning_user_is_reactivated_with_pending_changes_not_duplicated() {
 #[test]
 fn hand_made_portal_users_are_left_alone() {
     let anna = dir_user("anna", Some("anna@example.se"), "Berg");
-    let hand_made = PortalUser::from_json(json!({"id": "h1", "userName": "boss@example.se", "active": true})).unwrap();
-    let foreign = PortalUser::from_json(json!({"id": "h2", "userName": "x@example.se", "externalId": "other-system-1"})).unwrap();
-    let plan = plan_with(std::slice::from_ref(&anna), &[hand_made, foreign], &managed(&[&anna]));
+    let hand_made =
+        PortalUser::from_json(json!({"id": "h1", "userName": "boss@example.se", "active": true}))
+            .unwrap();
+    let foreign = PortalUser::from_json(
+        json!({"id": "h2", "userName": "x@example.se", "externalId": "other-system-1"}),
+    )
+    .unwrap();
+    let plan = plan_with(
+        std::slice::from_ref(&anna),
+        &[hand_made, foreign],
+        &managed(&[&anna]),
+    );
     assert_eq!(plan.changes.len(), 1);
     assert_eq!(plan.changes[0].action, Action::Create);
 }
@@ -191,11 +237,16 @@ fn hand_made_portal_users_are_left_alone() {
 #[test]
 fn directory_user_whose_login_a_hand_made_portal_user_has_is_reported_not_duplicated() {
     let anna = dir_user("anna", Some("Anna@Example.se"), "Berg");
-    let hand_made = PortalUser::from_json(json!({"id": "h1", "userName": "anna@example.se"})).unwrap();
+    let hand_made =
+        PortalUser::from_json(json!({"id": "h1", "userName": "anna@example.se"})).unwrap();
     let plan = plan_with(&[anna], &[hand_made], &HashSet::new());
     assert!(plan.changes.is_empty());
     assert_eq!(plan.skipped.len(), 1);
-    assert!(plan.skipped[0].problem.contains("not manage"), "{}", plan.skipped[0].problem);
+    assert!(
+        plan.skipped[0].problem.contains("not manage"),
+        "{}",
+        plan.skipped[0].problem
+    );
 }
 
 #[test]
@@ -210,7 +261,11 @@ fn entries_without_mail_or_sharing_a_mail_are_skipped_and_the_rest_sync() {
     let plan = plan_with(&dir, &[], &HashSet::new());
     assert_eq!(plan.changes.len(), 1);
     assert_eq!(plan.changes[0].user_name, "anna@example.se");
-    let problems: BTreeMap<&str, &str> = plan.skipped.iter().map(|s| (s.dn.as_str(), s.problem.as_str())).collect();
+    let problems: BTreeMap<&str, &str> = plan
+        .skipped
+        .iter()
+        .map(|s| (s.dn.as_str(), s.problem.as_str()))
+        .collect();
     assert_eq!(problems.len(), 4, "{problems:?}");
     assert!(problems["uid=nomail,ou=people,dc=example,dc=com"].contains("no mail"));
     assert!(problems["uid=twin1,ou=people,dc=example,dc=com"].contains("uid=twin2"));
@@ -232,13 +287,23 @@ fn immutable_login_change_needs_an_admin_and_other_changes_still_apply() {
     let anna = dir_user("anna", Some("anna@example.se"), "Berg");
     let p = portal_user_for(&anna, "p1");
     let mut changed = anna.clone();
-    changed.attrs.insert("mail".into(), vec!["anna.berg@example.se".into()]);
+    changed
+        .attrs
+        .insert("mail".into(), vec!["anna.berg@example.se".into()]);
     let plan = plan_with(&[changed], &[p], &managed(&[&anna]));
     assert_eq!(plan.needs_admin.len(), 1);
     assert!(plan.needs_admin[0].path.is_user_name());
-    assert_eq!(plan.needs_admin[0].new, Some(Value::One("anna.berg@example.se".into())));
+    assert_eq!(
+        plan.needs_admin[0].new,
+        Some(Value::One("anna.berg@example.se".into()))
+    );
     let c = &plan.changes[0];
-    assert_eq!(c.fields.len(), 1, "only the work email changes: {:?}", c.fields);
+    assert_eq!(
+        c.fields.len(),
+        1,
+        "only the work email changes: {:?}",
+        c.fields
+    );
     assert_eq!(c.fields[0].path.attr, "emails");
 }
 
@@ -248,7 +313,10 @@ fn login_differing_only_in_case_is_no_change() {
     let mut p = portal_user_for(&anna, "p1");
     p.resource["userName"] = json!("ANNA@example.se");
     let plan = plan_with(std::slice::from_ref(&anna), &[p], &managed(&[&anna]));
-    assert!(plan.changes.is_empty() && plan.needs_admin.is_empty(), "{plan:?}");
+    assert!(
+        plan.changes.is_empty() && plan.needs_admin.is_empty(),
+        "{plan:?}"
+    );
 }
 
 #[test]
@@ -272,7 +340,9 @@ fn two_portal_users_with_one_anchor_are_reported_and_untouched() {
     changed.attrs.insert("sn".into(), vec!["Lind".into()]);
     let plan = plan_with(&[changed], &[p1, p2], &managed(&[&anna]));
     assert!(plan.changes.is_empty());
-    assert!(plan.skipped[0].problem.contains("2 portal users carry externalId uuid-anna"));
+    assert!(plan.skipped[0]
+        .problem
+        .contains("2 portal users carry externalId uuid-anna"));
 }
 
 #[test]
@@ -282,4 +352,52 @@ fn anchors_match_regardless_of_case() {
     p.external_id = Some("UUID-ANNA".into());
     let plan = plan_with(std::slice::from_ref(&anna), &[p], &managed(&[&anna]));
     assert!(plan.changes.is_empty());
+}
+
+#[test]
+fn recreated_entry_relinks_and_reactivates_the_closed_portal_user() {
+    let anna = dir_user("anna", Some("anna@example.se"), "Berg");
+    let mut p = portal_user_for(&anna, "p1");
+    p.active = false;
+    let mut recreated = anna.clone();
+    recreated.anchor = "uuid-anna-2".into();
+    let plan = plan_with(&[recreated], &[p], &managed(&[&anna]));
+    assert_eq!(plan.changes.len(), 1, "{:?}", plan.changes);
+    let c = &plan.changes[0];
+    assert_eq!(
+        (c.action, c.portal_id.as_deref()),
+        (Action::Reactivate, Some("p1"))
+    );
+    let ops = crate::apply::patch_operations(c);
+    assert!(
+        ops.contains(&json!({"op": "replace", "path": "externalId", "value": "uuid-anna-2"})),
+        "{ops:?}"
+    );
+    assert!(ops.contains(&json!({"op": "replace", "path": "active", "value": true})));
+}
+
+#[test]
+fn a_login_held_by_a_managed_user_still_in_the_directory_is_not_relinked() {
+    let anna = dir_user("anna", Some("anna@example.se"), "Berg");
+    let p = portal_user_for(&anna, "p1");
+    let mut impostor = dir_user("anna2", Some("anna@example.se"), "Berg");
+    impostor.anchor = "uuid-other".into();
+    let mut anna_renamed = anna.clone();
+    anna_renamed
+        .attrs
+        .insert("mail".into(), vec!["anna.b@example.se".into()]);
+    // anna is still in the directory (with another mail now); her old login is not free.
+    let plan = plan_with(&[anna_renamed, impostor], &[p], &managed(&[&anna]));
+    assert!(
+        plan.changes
+            .iter()
+            .all(|c| c.portal_id.as_deref() != Some("p1") || c.anchor == "uuid-anna"),
+        "{:?}",
+        plan.changes
+    );
+    assert!(
+        plan.skipped.iter().any(|s| s.dn.starts_with("uid=anna2")),
+        "{:?}",
+        plan.skipped
+    );
 }

@@ -7,7 +7,11 @@ use super::{Skipped, Wanted};
 use crate::mapping::{self, Rule, Value};
 use crate::source::DirectoryUser;
 
-pub(super) fn validate<'a>(users: &'a [DirectoryUser], rules: &[Rule], skipped: &mut Vec<Skipped>) -> Vec<Wanted<'a>> {
+pub(super) fn validate<'a>(
+    users: &'a [DirectoryUser],
+    rules: &[Rule],
+    skipped: &mut Vec<Skipped>,
+) -> Vec<Wanted<'a>> {
     let login_rule = rules.iter().find(|r| r.to.is_user_name());
     let mut ok: Vec<Wanted<'a>> = Vec::new();
     for user in users {
@@ -58,7 +62,10 @@ pub(super) fn validate<'a>(users: &'a [DirectoryUser], rules: &[Rule], skipped: 
     // Logins must be unique (the portal compares them without case).
     let mut by_login: HashMap<String, Vec<usize>> = HashMap::new();
     for (i, w) in ok.iter().enumerate() {
-        by_login.entry(w.user_name.to_ascii_lowercase()).or_default().push(i);
+        by_login
+            .entry(w.user_name.to_ascii_lowercase())
+            .or_default()
+            .push(i);
     }
     let mut dropped = vec![false; ok.len()];
     let mut clashes: Vec<&Vec<usize>> = by_login.values().filter(|v| v.len() > 1).collect();
@@ -66,10 +73,18 @@ pub(super) fn validate<'a>(users: &'a [DirectoryUser], rules: &[Rule], skipped: 
     for idx in clashes {
         for &i in idx {
             dropped[i] = true;
-            let others: Vec<&str> = idx.iter().filter(|&&j| j != i).map(|&j| ok[j].user.dn.as_str()).collect();
+            let others: Vec<&str> = idx
+                .iter()
+                .filter(|&&j| j != i)
+                .map(|&j| ok[j].user.dn.as_str())
+                .collect();
             skipped.push(Skipped {
                 dn: ok[i].user.dn.clone(),
-                problem: format!("login {} is also used by {}", ok[i].user_name, others.join(", ")),
+                problem: format!(
+                    "login {} is also used by {}",
+                    ok[i].user_name,
+                    others.join(", ")
+                ),
             });
         }
     }
@@ -81,14 +96,24 @@ pub(super) fn validate<'a>(users: &'a [DirectoryUser], rules: &[Rule], skipped: 
 
 /// The portal's login is an email address.
 fn check_login(login: &str) -> Result<(), String> {
-    let bad = |why: &str| Err(format!("login {login:?} is not a usable email address: {why}"));
+    let bad = |why: &str| {
+        Err(format!(
+            "login {login:?} is not a usable email address: {why}"
+        ))
+    };
     if login.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return bad("it contains spaces or control characters");
     }
     let Some((local, domain)) = login.split_once('@') else {
         return bad("no @");
     };
-    if local.is_empty() || domain.is_empty() || domain.contains('@') || !domain.contains('.') || domain.starts_with('.') || domain.ends_with('.') {
+    if local.is_empty()
+        || domain.is_empty()
+        || domain.contains('@')
+        || !domain.contains('.')
+        || domain.starts_with('.')
+        || domain.ends_with('.')
+    {
         return bad("it is not of the form name@domain.tld");
     }
     Ok(())
@@ -102,7 +127,16 @@ mod tests {
     fn logins_must_look_like_email_addresses() {
         assert!(check_login("anna.berg@example.se").is_ok());
         assert!(check_login("Anna.Berg+fax@sub.example.se").is_ok());
-        for bad in ["anna", "anna@", "@example.se", "an na@example.se", "a@b@c.se", "a@localhost", "a@example.se.", "a\u{7}@x.se"] {
+        for bad in [
+            "anna",
+            "anna@",
+            "@example.se",
+            "an na@example.se",
+            "a@b@c.se",
+            "a@localhost",
+            "a@example.se.",
+            "a\u{7}@x.se",
+        ] {
             assert!(check_login(bad).is_err(), "{bad:?}");
         }
     }

@@ -8,7 +8,9 @@ mod schema;
 
 use std::time::Duration;
 
-use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, ETAG, IF_MATCH};
+use reqwest::header::{
+    HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, ETAG, IF_MATCH,
+};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value as Json};
 use tracing::{debug, info};
@@ -55,7 +57,10 @@ impl PortalUser {
                 .map(str::to_string),
             // RFC 7643: `active` absent means the service provider's default; portals treat
             // a user without it as active.
-            active: resource.get("active").and_then(Json::as_bool).unwrap_or(true),
+            active: resource
+                .get("active")
+                .and_then(Json::as_bool)
+                .unwrap_or(true),
             version: resource
                 .pointer("/meta/version")
                 .and_then(Json::as_str)
@@ -132,7 +137,11 @@ impl PortalClient {
     pub fn new(config: &PortalConfig) -> Result<PortalClient, PortalError> {
         let mut headers = HeaderMap::new();
         let mut auth = HeaderValue::from_str(&format!("Bearer {}", config.token.expose()))
-            .map_err(|_| PortalError::Protocol("the portal token holds characters not allowed in an HTTP header".into()))?;
+            .map_err(|_| {
+                PortalError::Protocol(
+                    "the portal token holds characters not allowed in an HTTP header".into(),
+                )
+            })?;
         auth.set_sensitive(true);
         headers.insert(AUTHORIZATION, auth);
         headers.insert(ACCEPT, HeaderValue::from_static(SCIM_JSON));
@@ -143,10 +152,12 @@ impl PortalClient {
             .timeout(config.timeout)
             .https_only(config.url.scheme() == "https");
         if let Some(ca) = &config.ca_file {
-            let pem = std::fs::read(ca)
-                .map_err(|e| PortalError::Protocol(format!("cannot read portal.ca_file {}: {e}", ca.display())))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| PortalError::Protocol(format!("portal.ca_file {}: {e}", ca.display())))?;
+            let pem = std::fs::read(ca).map_err(|e| {
+                PortalError::Protocol(format!("cannot read portal.ca_file {}: {e}", ca.display()))
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                PortalError::Protocol(format!("portal.ca_file {}: {e}", ca.display()))
+            })?;
             for cert in certs {
                 builder = builder.add_root_certificate(cert);
             }
@@ -164,7 +175,9 @@ impl PortalClient {
 
     /// Reads `/ServiceProviderConfig` and remembers what the portal supports.
     pub async fn discover(&mut self) -> Result<Capabilities, PortalError> {
-        let (body, _) = self.send(Method::GET, "ServiceProviderConfig", None, None).await?;
+        let (body, _) = self
+            .send(Method::GET, "ServiceProviderConfig", None, None)
+            .await?;
         let flag = |name: &str| {
             body.get(name)
                 .and_then(|v| v.get("supported"))
@@ -183,7 +196,8 @@ impl PortalClient {
         };
         if !caps.patch {
             return Err(PortalError::Protocol(
-                "the portal does not announce PATCH support; dirsync never replaces whole users".into(),
+                "the portal does not announce PATCH support; dirsync never replaces whole users"
+                    .into(),
             ));
         }
         info!(etag = caps.etag, max_results = ?caps.max_results, "portal capabilities");
@@ -216,16 +230,28 @@ impl PortalClient {
             .filter_map(|g| {
                 Some(PortalGroup {
                     id: g.get("id")?.as_str()?.to_string(),
-                    display_name: g.get("displayName").and_then(Json::as_str).unwrap_or_default().to_string(),
-                    external_id: g.get("externalId").and_then(Json::as_str).map(str::to_string),
-                    members: g.get("members").and_then(Json::as_array).map_or(0, Vec::len),
+                    display_name: g
+                        .get("displayName")
+                        .and_then(Json::as_str)
+                        .unwrap_or_default()
+                        .to_string(),
+                    external_id: g
+                        .get("externalId")
+                        .and_then(Json::as_str)
+                        .map(str::to_string),
+                    members: g
+                        .get("members")
+                        .and_then(Json::as_array)
+                        .map_or(0, Vec::len),
                 })
             })
             .collect())
     }
 
     pub async fn create_user(&self, resource: Json) -> Result<PortalUser, PortalError> {
-        let (body, etag) = self.send(Method::POST, "Users", Some(resource), None).await?;
+        let (body, etag) = self
+            .send(Method::POST, "Users", Some(resource), None)
+            .await?;
         let mut user = PortalUser::from_json(body)?;
         if user.version.is_none() {
             user.version = etag;
@@ -236,17 +262,37 @@ impl PortalClient {
     /// PATCHes a user with `operations`. With `if_match` (and ETag support) a concurrent edit
     /// in the portal makes this fail with [`PortalError::PreconditionFailed`] instead of
     /// being overwritten. Returns the new version when the portal sends one.
-    pub async fn patch_user(&self, id: &str, operations: Vec<Json>, if_match: Option<&str>) -> Result<Option<String>, PortalError> {
+    pub async fn patch_user(
+        &self,
+        id: &str,
+        operations: Vec<Json>,
+        if_match: Option<&str>,
+    ) -> Result<Option<String>, PortalError> {
         let body = json!({"schemas": [PATCH_OP], "Operations": operations});
-        let if_match = if self.capabilities.etag { if_match } else { None };
+        let if_match = if self.capabilities.etag {
+            if_match
+        } else {
+            None
+        };
         let (resp, etag) = self
-            .send(Method::PATCH, &format!("Users/{}", encode_id(id)), Some(body), if_match)
+            .send(
+                Method::PATCH,
+                &format!("Users/{}", encode_id(id)),
+                Some(body),
+                if_match,
+            )
             .await?;
-        Ok(etag.or_else(|| resp.pointer("/meta/version").and_then(Json::as_str).map(str::to_string)))
+        Ok(etag.or_else(|| {
+            resp.pointer("/meta/version")
+                .and_then(Json::as_str)
+                .map(str::to_string)
+        }))
     }
 
     pub async fn get_user(&self, id: &str) -> Result<PortalUser, PortalError> {
-        let (body, etag) = self.send(Method::GET, &format!("Users/{}", encode_id(id)), None, None).await?;
+        let (body, etag) = self
+            .send(Method::GET, &format!("Users/{}", encode_id(id)), None, None)
+            .await?;
         let mut user = PortalUser::from_json(body)?;
         if user.version.is_none() {
             user.version = etag;
@@ -268,7 +314,8 @@ impl PortalClient {
             let total = page
                 .get("totalResults")
                 .and_then(Json::as_u64)
-                .ok_or_else(|| PortalError::Protocol(format!("GET /{endpoint}: no totalResults")))? as usize;
+                .ok_or_else(|| PortalError::Protocol(format!("GET /{endpoint}: no totalResults")))?
+                as usize;
             let resources = match page.get("Resources") {
                 Some(Json::Array(r)) => r.clone(),
                 None if total == 0 => Vec::new(),
@@ -288,10 +335,18 @@ impl PortalClient {
             }
             start += got;
         }
-        Err(PortalError::Protocol(format!("GET /{endpoint}: more than {MAX_PAGES} pages")))
+        Err(PortalError::Protocol(format!(
+            "GET /{endpoint}: more than {MAX_PAGES} pages"
+        )))
     }
 
-    async fn send(&self, method: Method, path: &str, body: Option<Json>, if_match: Option<&str>) -> Result<(Json, Option<String>), PortalError> {
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Json>,
+        if_match: Option<&str>,
+    ) -> Result<(Json, Option<String>), PortalError> {
         let url = self
             .base
             .join(path)
@@ -304,7 +359,11 @@ impl PortalClient {
             req = req.header(IF_MATCH, v);
         }
         let resp = req.send().await.map_err(|e| {
-            let what = if e.is_timeout() { "timed out" } else { "failed" };
+            let what = if e.is_timeout() {
+                "timed out"
+            } else {
+                "failed"
+            };
             PortalError::Transient(format!("{method} /{path} {what}: {}", error_chain(&e)))
         })?;
         let status = resp.status();
@@ -313,16 +372,17 @@ impl PortalClient {
             .get(ETAG)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let text = resp
-            .text()
-            .await
-            .map_err(|e| PortalError::Transient(format!("{method} /{path}: reading the answer failed: {e}")))?;
+        let text = resp.text().await.map_err(|e| {
+            PortalError::Transient(format!("{method} /{path}: reading the answer failed: {e}"))
+        })?;
         if status.is_success() {
             if text.trim().is_empty() {
                 return Ok((Json::Null, etag));
             }
             let json = serde_json::from_str(&text).map_err(|e| {
-                PortalError::Protocol(format!("{method} /{path}: HTTP {status} with a body that is not JSON ({e})"))
+                PortalError::Protocol(format!(
+                    "{method} /{path}: HTTP {status} with a body that is not JSON ({e})"
+                ))
             })?;
             return Ok((json, etag));
         }
@@ -332,13 +392,22 @@ impl PortalClient {
             .and_then(Json::as_str)
             .map(str::to_string)
             .unwrap_or_else(|| text.chars().take(200).collect());
-        let scim_type = err.get("scimType").and_then(Json::as_str).map(str::to_string);
+        let scim_type = err
+            .get("scimType")
+            .and_then(Json::as_str)
+            .map(str::to_string);
         Err(match status {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => PortalError::Auth(status.as_u16()),
             StatusCode::PRECONDITION_FAILED => PortalError::PreconditionFailed,
-            StatusCode::NOT_FOUND if method != Method::GET || path.starts_with("Users/") => PortalError::NotFound,
-            StatusCode::TOO_MANY_REQUESTS => PortalError::Transient(format!("{method} /{path}: HTTP 429 (rate limited)")),
-            s if s.is_server_error() => PortalError::Transient(format!("{method} /{path}: HTTP {s}: {detail}")),
+            StatusCode::NOT_FOUND if method != Method::GET || path.starts_with("Users/") => {
+                PortalError::NotFound
+            }
+            StatusCode::TOO_MANY_REQUESTS => {
+                PortalError::Transient(format!("{method} /{path}: HTTP 429 (rate limited)"))
+            }
+            s if s.is_server_error() => {
+                PortalError::Transient(format!("{method} /{path}: HTTP {s}: {detail}"))
+            }
             s if s.is_client_error() && method != Method::GET => PortalError::Rejected {
                 status: s.as_u16(),
                 scim_type,

@@ -30,7 +30,9 @@ impl PortalSchema {
             let Some(id) = schema.get("id").and_then(Json::as_str) else {
                 continue;
             };
-            let prefix = if id.eq_ignore_ascii_case(super::USER_SCHEMA) || !id.to_ascii_lowercase().contains(":extension:") {
+            let prefix = if id.eq_ignore_ascii_case(super::USER_SCHEMA)
+                || !id.to_ascii_lowercase().contains(":extension:")
+            {
                 String::new()
             } else {
                 format!("{}:", id.to_ascii_lowercase())
@@ -40,14 +42,24 @@ impl PortalSchema {
             if id.ends_with(":Group") && prefix.is_empty() {
                 continue;
             }
-            for attr in schema.get("attributes").and_then(Json::as_array).into_iter().flatten() {
+            for attr in schema
+                .get("attributes")
+                .and_then(Json::as_array)
+                .into_iter()
+                .flatten()
+            {
                 let Some(name) = attr.get("name").and_then(Json::as_str) else {
                     continue;
                 };
                 let key = format!("{prefix}{}", name.to_ascii_lowercase());
                 let m = parse(attr);
                 mutability.insert(key.clone(), m);
-                for sub in attr.get("subAttributes").and_then(Json::as_array).into_iter().flatten() {
+                for sub in attr
+                    .get("subAttributes")
+                    .and_then(Json::as_array)
+                    .into_iter()
+                    .flatten()
+                {
                     if let Some(sub_name) = sub.get("name").and_then(Json::as_str) {
                         // A sub-attribute is no more writable than its parent.
                         let sm = strictest(m, parse(sub));
@@ -77,7 +89,10 @@ impl PortalSchema {
 
     /// True when the portal refuses changes to this attribute after creation.
     pub fn is_fixed(&self, path: &AttrPath) -> bool {
-        matches!(self.mutability(path), Mutability::Immutable | Mutability::ReadOnly)
+        matches!(
+            self.mutability(path),
+            Mutability::Immutable | Mutability::ReadOnly
+        )
     }
 }
 
@@ -112,7 +127,10 @@ mod tests {
     #[test]
     fn published_portal_schema_fixes_user_name_only() {
         let s = portal_schema();
-        assert_eq!(s.mutability(&AttrPath::parse("userName").unwrap()), Mutability::Immutable);
+        assert_eq!(
+            s.mutability(&AttrPath::parse("userName").unwrap()),
+            Mutability::Immutable
+        );
         assert!(s.is_fixed(&AttrPath::parse("userName").unwrap()));
         for writable in [
             "displayName",
@@ -123,8 +141,14 @@ mod tests {
             "urn:ietf:params:scim:schemas:extension:faxportal:2.0:User:subUnit",
             "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department",
         ] {
-            assert!(!s.is_fixed(&AttrPath::parse(writable).unwrap()), "{writable}");
+            assert!(
+                !s.is_fixed(&AttrPath::parse(writable).unwrap()),
+                "{writable}"
+            );
         }
-        assert_eq!(s.mutability(&AttrPath::parse("groups").unwrap()), Mutability::ReadOnly);
+        assert_eq!(
+            s.mutability(&AttrPath::parse("groups").unwrap()),
+            Mutability::ReadOnly
+        );
     }
 }

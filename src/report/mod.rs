@@ -89,7 +89,11 @@ impl Report {
             let n = changes
                 .iter()
                 .filter(|c| c.change.action == action)
-                .filter(|c| c.outcome.as_ref().is_none_or(|o| o.status == Status::Applied))
+                .filter(|c| {
+                    c.outcome
+                        .as_ref()
+                        .is_none_or(|o| o.status == Status::Applied)
+                })
                 .count();
             counts.insert(action.label().to_string(), n);
         }
@@ -100,7 +104,10 @@ impl Report {
                 .count()
         };
         counts.insert("rejected".into(), status_count(Status::Rejected));
-        counts.insert("failed".into(), status_count(Status::Failed) + status_count(Status::NotAttempted));
+        counts.insert(
+            "failed".into(),
+            status_count(Status::Failed) + status_count(Status::NotAttempted),
+        );
         counts.insert("skipped".into(), plan.skipped.len());
         counts.insert("needs_admin".into(), plan.needs_admin.len());
         Report {

@@ -23,7 +23,10 @@ pub fn render_text(r: &Report) -> String {
         r.directory.url,
         r.directory.users,
         r.directory.disabled,
-        r.directory.groups.map(|g| format!(", {g} groups")).unwrap_or_default()
+        r.directory
+            .groups
+            .map(|g| format!(", {g} groups"))
+            .unwrap_or_default()
     );
     let _ = writeln!(
         out,
@@ -35,7 +38,11 @@ pub fn render_text(r: &Report) -> String {
         let _ = writeln!(out, "\nNo changes: the portal matches the directory.");
     }
     for action in Action::ALL {
-        let changes: Vec<_> = r.changes.iter().filter(|c| c.change.action == action).collect();
+        let changes: Vec<_> = r
+            .changes
+            .iter()
+            .filter(|c| c.change.action == action)
+            .collect();
         if changes.is_empty() {
             continue;
         }
@@ -46,12 +53,18 @@ pub fn render_text(r: &Report) -> String {
                 None => String::new(),
                 Some(o) => match o.status {
                     Status::Applied => "  [done]".into(),
-                    Status::Rejected => format!("  [REJECTED: {}]", o.message.as_deref().unwrap_or("")),
+                    Status::Rejected => {
+                        format!("  [REJECTED: {}]", o.message.as_deref().unwrap_or(""))
+                    }
                     Status::Failed => format!("  [FAILED: {}]", o.message.as_deref().unwrap_or("")),
                     Status::NotAttempted => "  [not attempted]".into(),
                 },
             };
-            let why = ch.reason.as_ref().map(|r| format!(" — {r}")).unwrap_or_default();
+            let why = ch
+                .reason
+                .as_ref()
+                .map(|r| format!(" — {r}"))
+                .unwrap_or_default();
             let _ = writeln!(out, "  {}{why}{status}", ch.user_name);
             if let Some(dn) = &ch.dn {
                 let _ = writeln!(out, "      dn: {dn}");
@@ -65,7 +78,15 @@ pub fn render_text(r: &Report) -> String {
     if !r.needs_admin.is_empty() {
         let _ = writeln!(out, "\nNeeds an administrator ({}):", r.needs_admin.len());
         for n in &r.needs_admin {
-            let _ = writeln!(out, "  {}: {}: {} → {} — {}", n.user_name, n.path, show(&n.old), show(&n.new), n.reason);
+            let _ = writeln!(
+                out,
+                "  {}: {}: {} → {} — {}",
+                n.user_name,
+                n.path,
+                show(&n.old),
+                show(&n.new),
+                n.reason
+            );
         }
     }
     if !r.skipped.is_empty() {
@@ -110,5 +131,6 @@ fn heading(a: Action) -> &'static str {
 }
 
 fn show(v: &Option<Value>) -> String {
-    v.as_ref().map_or_else(|| ABSENT.to_string(), Value::to_string)
+    v.as_ref()
+        .map_or_else(|| ABSENT.to_string(), Value::to_string)
 }

@@ -34,7 +34,10 @@ pub struct SourceCheck {
 impl LdapSource {
     /// Connects, upgrades to TLS as configured, and binds. `attributes` are the directory
     /// attributes the mapping reads.
-    pub async fn connect(config: &SourceConfig, attributes: &[String]) -> Result<Self, SourceError> {
+    pub async fn connect(
+        config: &SourceConfig,
+        attributes: &[String],
+    ) -> Result<Self, SourceError> {
         let url = config.url.to_string();
         let mut settings = LdapConnSettings::new()
             .set_conn_timeout(config.timeout)
@@ -51,10 +54,12 @@ impl LdapSource {
                 .with_timeout(config.timeout)
                 .simple_bind(&bind.dn, bind.password.expose())
                 .await
-                .map_err(|e| timeout_or(e, "bind", config.timeout, |m| SourceError::Bind {
-                    dn: bind.dn.clone(),
-                    message: m,
-                }))?;
+                .map_err(|e| {
+                    timeout_or(e, "bind", config.timeout, |m| SourceError::Bind {
+                        dn: bind.dn.clone(),
+                        message: m,
+                    })
+                })?;
             if result.rc != 0 {
                 return Err(SourceError::Bind {
                     dn: bind.dn.clone(),
@@ -63,7 +68,8 @@ impl LdapSource {
             }
         }
         info!(url = %url, tls = ?config.tls, "connected to the directory");
-        let mut user_attrs: Vec<String> = attributes.iter().map(|a| a.to_ascii_lowercase()).collect();
+        let mut user_attrs: Vec<String> =
+            attributes.iter().map(|a| a.to_ascii_lowercase()).collect();
         user_attrs.push(config.anchor_attribute.to_ascii_lowercase());
         let mut seen = HashSet::new();
         user_attrs.retain(|a| seen.insert(a.clone()));
@@ -78,7 +84,9 @@ impl LdapSource {
     pub async fn read(&mut self) -> Result<Snapshot, SourceError> {
         let mut snapshot = Snapshot::default();
         let search = self.config.users.search.clone();
-        let entries = self.search(&search, &search.filter, &self.user_attrs.clone()).await?;
+        let entries = self
+            .search(&search, &search.filter, &self.user_attrs.clone())
+            .await?;
         let disabled: HashSet<String> = match self.config.users.disabled_filter.clone() {
             Some(f) => {
                 let filter = format!("(&{}{})", search.filter, f);
@@ -143,7 +151,12 @@ impl LdapSource {
     }
 
     /// One paged search. Fails unless the server says the search completed (rc 0).
-    async fn search(&mut self, search: &Search, filter: &str, attrs: &[String]) -> Result<Vec<SearchEntry>, SourceError> {
+    async fn search(
+        &mut self,
+        search: &Search,
+        filter: &str,
+        attrs: &[String],
+    ) -> Result<Vec<SearchEntry>, SourceError> {
         let timeout = self.config.timeout;
         let fail = |message: String| SourceError::Search {
             base: search.base.clone(),
@@ -193,7 +206,9 @@ fn user_from(entry: SearchEntry, anchor: &str) -> Result<DirectoryUser, BadEntry
         .filter(|v| !v.trim().is_empty())
         .ok_or_else(|| BadEntry {
             dn: dn.clone(),
-            problem: format!("has no {anchor} (the anchor attribute); is it readable by the bind account?"),
+            problem: format!(
+                "has no {anchor} (the anchor attribute); is it readable by the bind account?"
+            ),
         })?;
     Ok(DirectoryUser {
         dn,
@@ -255,7 +270,10 @@ fn tls_config(config: &SourceConfig) -> Result<rustls::ClientConfig, SourceError
                     .map_err(|e| tls_err(format!("CA file {}: {e}", path.display())))?;
             }
             if roots.is_empty() {
-                return Err(tls_err(format!("CA file {} holds no certificate", path.display())));
+                return Err(tls_err(format!(
+                    "CA file {} holds no certificate",
+                    path.display()
+                )));
             }
         }
         None => {
@@ -264,7 +282,9 @@ fn tls_config(config: &SourceConfig) -> Result<rustls::ClientConfig, SourceError
                 let _ = roots.add(cert);
             }
             if roots.is_empty() {
-                return Err(tls_err("no system CA certificates found; set source.ca_file".into()));
+                return Err(tls_err(
+                    "no system CA certificates found; set source.ca_file".into(),
+                ));
             }
         }
     }
@@ -279,7 +299,9 @@ fn tls_config(config: &SourceConfig) -> Result<rustls::ClientConfig, SourceError
 fn connect_error(url: &str, tls: bool, e: LdapError) -> SourceError {
     let message = e.to_string();
     let lower = message.to_ascii_lowercase();
-    if tls && (lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake")) {
+    if tls
+        && (lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake"))
+    {
         SourceError::Tls {
             url: url.to_string(),
             message: format!(
@@ -294,7 +316,12 @@ fn connect_error(url: &str, tls: bool, e: LdapError) -> SourceError {
     }
 }
 
-fn timeout_or(e: LdapError, operation: &str, timeout: Duration, other: impl FnOnce(String) -> SourceError) -> SourceError {
+fn timeout_or(
+    e: LdapError,
+    operation: &str,
+    timeout: Duration,
+    other: impl FnOnce(String) -> SourceError,
+) -> SourceError {
     match e {
         LdapError::Timeout { .. } => SourceError::Timeout {
             operation: operation.to_string(),

@@ -7,7 +7,14 @@ use crate::support::{count, person, without_meta, World};
 
 fn staff(n: usize) -> String {
     (0..n)
-        .map(|i| person(&format!("user{i:02}"), &format!("Given{i}"), &format!("Family{i}"), Some(&format!("user{i:02}@example.se"))))
+        .map(|i| {
+            person(
+                &format!("user{i:02}"),
+                &format!("Given{i}"),
+                &format!("Family{i}"),
+                Some(&format!("user{i:02}@example.se")),
+            )
+        })
         .collect()
 }
 
@@ -24,20 +31,36 @@ fn first_cycle_creates_every_user_with_mapped_attributes_and_second_plans_nothin
     assert_eq!(count(&report, "create"), 13, "{report:#}");
     assert_eq!(count(&report, "failed"), 0);
     let users = w.portal.users();
-    assert_eq!(users.len(), 13, "12 pages of 5 were read and written: {users:#?}");
+    assert_eq!(
+        users.len(),
+        13,
+        "12 pages of 5 were read and written: {users:#?}"
+    );
 
     let tove = w.portal_user("Tove.Lund@example.se");
     let uuid = w.ldap.entry_uuid("uid=tel,ou=people,dc=example,dc=com");
     assert_eq!(tove["externalId"], json!(uuid));
     assert_eq!(tove["active"], json!(true));
-    assert_eq!(tove["name"], json!({"givenName": "Tove", "familyName": "Lund"}));
+    assert_eq!(
+        tove["name"],
+        json!({"givenName": "Tove", "familyName": "Lund"})
+    );
     assert_eq!(tove["displayName"], "Tove Lund");
     assert_eq!(tove["preferredLanguage"], "nb");
-    assert_eq!(tove["emails"], json!([{"type": "work", "value": "Tove.Lund@example.se"}]));
-    assert_eq!(tove["phoneNumbers"], json!([{"type": "work", "value": "+46 8 555 01"}]));
+    assert_eq!(
+        tove["emails"],
+        json!([{"type": "work", "value": "Tove.Lund@example.se"}])
+    );
+    assert_eq!(
+        tove["phoneNumbers"],
+        json!([{"type": "work", "value": "+46 8 555 01"}])
+    );
 
     let again = w.plan();
-    assert!(again["changes"].as_array().unwrap().is_empty(), "second cycle must plan nothing: {again:#}");
+    assert!(
+        again["changes"].as_array().unwrap().is_empty(),
+        "second cycle must plan nothing: {again:#}"
+    );
     let again = w.sync();
     assert!(again["changes"].as_array().unwrap().is_empty());
     assert_eq!(w.portal.users().len(), 13);
@@ -48,7 +71,12 @@ fn changed_surname_becomes_one_patch_of_family_name_and_nothing_else() {
     let w = World::start(&staff(3));
     w.sync();
     let before = w.portal_user("user01@example.se");
-    let others_before: Vec<Json> = w.portal.users().into_iter().filter(|u| u["id"] != before["id"]).collect();
+    let others_before: Vec<Json> = w
+        .portal
+        .users()
+        .into_iter()
+        .filter(|u| u["id"] != before["id"])
+        .collect();
 
     w.ldap.modify("dn: uid=user01,ou=people,dc=example,dc=com\nchangetype: modify\nreplace: sn\nsn: Lindqvist\n");
     let report = w.sync();
@@ -64,8 +92,17 @@ fn changed_surname_becomes_one_patch_of_family_name_and_nothing_else() {
     let after = w.portal_user("user01@example.se");
     let mut expected = without_meta(before.clone());
     expected["name"]["familyName"] = json!("Lindqvist");
-    assert_eq!(without_meta(after), expected, "only name.familyName may change");
-    let others_after: Vec<Json> = w.portal.users().into_iter().filter(|u| u["id"] != before["id"]).collect();
+    assert_eq!(
+        without_meta(after),
+        expected,
+        "only name.familyName may change"
+    );
+    let others_after: Vec<Json> = w
+        .portal
+        .users()
+        .into_iter()
+        .filter(|u| u["id"] != before["id"])
+        .collect();
     assert_eq!(others_after, others_before, "no other user was written to");
 }
 
@@ -80,31 +117,64 @@ fn removed_and_disabled_users_are_closed_and_reactivated_when_they_return() {
     w.ldap.modify("dn: uid=user02,ou=people,dc=example,dc=com\nchangetype: modify\nadd: employeeType\nemployeeType: disabled\n");
     let report = w.sync();
     assert_eq!(count(&report, "close"), 2, "{report:#}");
-    let reasons: Vec<&str> = report["changes"].as_array().unwrap().iter().map(|c| c["reason"].as_str().unwrap()).collect();
-    assert!(reasons.contains(&"no longer in the directory scope") && reasons.contains(&"disabled in the directory"), "{reasons:?}");
+    let reasons: Vec<&str> = report["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["reason"].as_str().unwrap())
+        .collect();
+    assert!(
+        reasons.contains(&"no longer in the directory scope")
+            && reasons.contains(&"disabled in the directory"),
+        "{reasons:?}"
+    );
     for login in ["user01@example.se", "user02@example.se"] {
-        assert_eq!(w.portal_user(login)["active"], json!(false), "{login} is closed, not deleted");
+        assert_eq!(
+            w.portal_user(login)["active"],
+            json!(false),
+            "{login} is closed, not deleted"
+        );
     }
     assert_eq!(w.portal.users().len(), 4);
-    assert!(w.plan()["changes"].as_array().unwrap().is_empty(), "closing is done once");
+    assert!(
+        w.plan()["changes"].as_array().unwrap().is_empty(),
+        "closing is done once"
+    );
 
     // Both come back: the disabled one is enabled again (same entry); the deleted one is
     // added again, a new entry with a new entryUUID but the same login.
-    w.ldap.modify("dn: uid=user02,ou=people,dc=example,dc=com\nchangetype: modify\ndelete: employeeType\n");
-    w.ldap.add(&person("user01", "Given1", "Family1", Some("user01@example.se")));
+    w.ldap.modify(
+        "dn: uid=user02,ou=people,dc=example,dc=com\nchangetype: modify\ndelete: employeeType\n",
+    );
+    w.ldap.add(&person(
+        "user01",
+        "Given1",
+        "Family1",
+        Some("user01@example.se"),
+    ));
     let report = w.sync();
     assert_eq!(count(&report, "reactivate"), 2, "{report:#}");
     assert_eq!(count(&report, "create"), 0);
     let users = w.portal.users();
     assert_eq!(users.len(), 4, "no duplicates");
-    for (login, id) in [("user01@example.se", &gone_id), ("user02@example.se", &disabled_id)] {
+    for (login, id) in [
+        ("user01@example.se", &gone_id),
+        ("user02@example.se", &disabled_id),
+    ] {
         let u = w.portal_user(login);
         assert_eq!(u["active"], json!(true));
         assert_eq!(&u["id"], id, "{login} keeps its portal id");
     }
     let new_uuid = w.ldap.entry_uuid("uid=user01,ou=people,dc=example,dc=com");
-    assert_eq!(w.portal_user("user01@example.se")["externalId"], json!(new_uuid), "relinked to the new entry");
-    assert!(w.plan()["changes"].as_array().unwrap().is_empty(), "and stays linked");
+    assert_eq!(
+        w.portal_user("user01@example.se")["externalId"],
+        json!(new_uuid),
+        "relinked to the new entry"
+    );
+    assert!(
+        w.plan()["changes"].as_array().unwrap().is_empty(),
+        "and stays linked"
+    );
 }
 
 #[test]
@@ -115,16 +185,22 @@ fn hand_made_portal_user_without_external_id_is_untouched() {
         "userName": "boss@example.se", "displayName": "Made by hand", "active": true
     }));
     // The directory has a user with the same login: reported, not duplicated, not adopted.
-    w.ldap.add(&person("boss", "Big", "Boss", Some("Boss@example.se")));
+    w.ldap
+        .add(&person("boss", "Big", "Boss", Some("Boss@example.se")));
     let report = w.sync();
     assert_eq!(count(&report, "create"), 2, "{report:#}");
     let skipped = report["skipped"].as_array().unwrap();
     assert_eq!(skipped.len(), 1, "{report:#}");
-    assert!(skipped[0]["problem"].as_str().unwrap().contains("does not manage"));
+    assert!(skipped[0]["problem"]
+        .as_str()
+        .unwrap()
+        .contains("does not manage"));
     // Nor does the daemon close it when it is not in the directory at all.
     w.ldap.delete("uid=boss,ou=people,dc=example,dc=com");
     w.sync();
-    let (_, now) = w.portal.get(&format!("/Users/{}", boss["id"].as_str().unwrap()));
+    let (_, now) = w
+        .portal
+        .get(&format!("/Users/{}", boss["id"].as_str().unwrap()));
     assert_eq!(without_meta(now), without_meta(boss));
 }
 
@@ -133,7 +209,8 @@ fn plan_changes_nothing_in_the_portal() {
     let w = World::start(&staff(5));
     w.sync();
     // Pending: one create, one update, one close.
-    w.ldap.add(&person("new", "Nils", "Ny", Some("nils@example.se")));
+    w.ldap
+        .add(&person("new", "Nils", "Ny", Some("nils@example.se")));
     w.ldap.modify("dn: uid=user00,ou=people,dc=example,dc=com\nchangetype: modify\nreplace: displayName\ndisplayName: Changed\n");
     w.ldap.delete("uid=user03,ou=people,dc=example,dc=com");
     let before = w.portal.users();
@@ -141,14 +218,43 @@ fn plan_changes_nothing_in_the_portal() {
 
     let run = w.dirsync(&["plan"]);
     assert_eq!(run.code, 0, "{}", run.all_output());
-    assert!(run.stdout.contains("dry run: nothing was changed"), "{}", run.stdout);
-    assert!(run.stdout.contains("displayName: \"Given0 Family0\" → \"Changed\""), "{}", run.stdout);
-    assert!(run.stdout.contains("Summary (planned): 1 create, 1 update, 0 reactivate, 1 close"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("dry run: nothing was changed"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains("displayName: \"Given0 Family0\" → \"Changed\""),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains("Summary (planned): 1 create, 1 update, 0 reactivate, 1 close"),
+        "{}",
+        run.stdout
+    );
     let report = w.plan();
-    assert_eq!((count(&report, "create"), count(&report, "update"), count(&report, "close")), (1, 1, 1));
+    assert_eq!(
+        (
+            count(&report, "create"),
+            count(&report, "update"),
+            count(&report, "close")
+        ),
+        (1, 1, 1)
+    );
 
-    assert_eq!(w.portal.users(), before, "plan must not write to the portal");
-    assert_eq!(std::fs::read(w.dir.path().join("state.db")).unwrap(), state_before, "nor to the state");
+    assert_eq!(
+        w.portal.users(),
+        before,
+        "plan must not write to the portal"
+    );
+    assert_eq!(
+        std::fs::read(w.dir.path().join("state.db")).unwrap(),
+        state_before,
+        "nor to the state"
+    );
 }
 
 #[test]
@@ -163,24 +269,69 @@ fn entries_without_mail_or_sharing_a_mail_are_reported_and_the_others_sync() {
     );
     let w = World::start(&ldif);
     let run = w.dirsync(&["sync", "--format", "json"]);
-    assert_eq!(run.code, 0, "bad entries are reported, not a failure:\n{}", run.all_output());
+    assert_eq!(
+        run.code,
+        0,
+        "bad entries are reported, not a failure:\n{}",
+        run.all_output()
+    );
     let report = run.json();
     assert_eq!(count(&report, "create"), 3, "{report:#}");
     assert_eq!(count(&report, "skipped"), 3);
-    assert_eq!(count(&report, "rejected"), 1, "the portal refused the bad profileUrl");
+    assert_eq!(
+        count(&report, "rejected"),
+        1,
+        "the portal refused the bad profileUrl"
+    );
     let skipped: Vec<(String, String)> = report["skipped"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|s| (s["dn"].as_str().unwrap().to_string(), s["problem"].as_str().unwrap().to_string()))
+        .map(|s| {
+            (
+                s["dn"].as_str().unwrap().to_string(),
+                s["problem"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
-    assert!(skipped.iter().any(|(dn, p)| dn.starts_with("uid=nomail") && p.contains("no mail")), "{skipped:?}");
-    assert!(skipped.iter().any(|(dn, p)| dn.starts_with("uid=twin1") && p.contains("uid=twin2")), "{skipped:?}");
-    assert!(skipped.iter().any(|(dn, p)| dn.starts_with("uid=twin2") && p.contains("uid=twin1")), "{skipped:?}");
-    let rejected = report["changes"].as_array().unwrap().iter().find(|c| c["outcome"]["status"] == "rejected").unwrap();
+    assert!(
+        skipped
+            .iter()
+            .any(|(dn, p)| dn.starts_with("uid=nomail") && p.contains("no mail")),
+        "{skipped:?}"
+    );
+    assert!(
+        skipped
+            .iter()
+            .any(|(dn, p)| dn.starts_with("uid=twin1") && p.contains("uid=twin2")),
+        "{skipped:?}"
+    );
+    assert!(
+        skipped
+            .iter()
+            .any(|(dn, p)| dn.starts_with("uid=twin2") && p.contains("uid=twin1")),
+        "{skipped:?}"
+    );
+    let rejected = report["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["outcome"]["status"] == "rejected")
+        .unwrap();
     assert_eq!(rejected["user_name"], "per.fel@example.se");
-    assert!(rejected["outcome"]["message"].as_str().unwrap().contains("400"), "{rejected:#}");
-    let logins: Vec<String> = w.portal.users().iter().map(|u| u["userName"].as_str().unwrap().to_string()).collect();
+    assert!(
+        rejected["outcome"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("400"),
+        "{rejected:#}"
+    );
+    let logins: Vec<String> = w
+        .portal
+        .users()
+        .iter()
+        .map(|u| u["userName"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(logins.len(), 3, "{logins:?}");
 
     // The text report says the same.
@@ -210,11 +361,25 @@ fn secrets_appear_in_no_log_line_and_no_report() {
     let cfg = w.config_path();
     let run = crate::support::run_dirsync(&cfg, &["--log-level", "trace", "sync"]);
     assert_eq!(run.code, 1, "{}", run.all_output());
-    assert!(run.stderr.contains("refused the credentials"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("refused the credentials"),
+        "{}",
+        run.stderr
+    );
     outputs.push(run.all_output());
     let all = outputs.join("\n");
-    assert!(all.contains("TRACE") || all.contains("DEBUG"), "trace logging was on");
-    for secret in [w.ldap.bind_password.as_str(), w.portal.token.as_str(), "wrong-token-zz9"] {
-        assert!(!all.contains(secret), "secret {secret:?} leaked into the output");
+    assert!(
+        all.contains("TRACE") || all.contains("DEBUG"),
+        "trace logging was on"
+    );
+    for secret in [
+        w.ldap.bind_password.as_str(),
+        w.portal.token.as_str(),
+        "wrong-token-zz9",
+    ] {
+        assert!(
+            !all.contains(secret),
+            "secret {secret:?} leaked into the output"
+        );
     }
 }

@@ -16,8 +16,18 @@ fn starttls_and_ldaps_verify_the_server_against_the_ca_file() {
     for (url, starttls) in [(w.ldap.url.clone(), "true"), (ldaps.clone(), "")] {
         let cfg = w.write_config();
         let text = std::fs::read_to_string(&cfg).unwrap();
-        let mut text = text.replace(&w.ldap.url, &url).replace("starttls = false", &if starttls.is_empty() { String::new() } else { format!("starttls = {starttls}") });
-        text = text.replace("[source.users]", &format!("ca_file = \"{}\"\n[source.users]", ca.display()));
+        let mut text = text.replace(&w.ldap.url, &url).replace(
+            "starttls = false",
+            &if starttls.is_empty() {
+                String::new()
+            } else {
+                format!("starttls = {starttls}")
+            },
+        );
+        text = text.replace(
+            "[source.users]",
+            &format!("ca_file = \"{}\"\n[source.users]", ca.display()),
+        );
         std::fs::write(&cfg, &text).unwrap();
         let run = crate::support::run_dirsync(&cfg, &["check"]);
         assert_eq!(run.code, 0, "{url}: {}", run.all_output());
@@ -27,7 +37,17 @@ fn starttls_and_ldaps_verify_the_server_against_the_ca_file() {
         let other = tempfile::tempdir().unwrap();
         let wrong_ca = other.path().join("wrong-ca.pem");
         let ok = std::process::Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=Wrong CA"])
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=Wrong CA",
+            ])
             .arg("-keyout")
             .arg(other.path().join("k.pem"))
             .arg("-out")
@@ -35,11 +55,24 @@ fn starttls_and_ldaps_verify_the_server_against_the_ca_file() {
             .output()
             .unwrap();
         assert!(ok.status.success());
-        std::fs::write(&cfg, text.replace(&ca.display().to_string(), &wrong_ca.display().to_string())).unwrap();
+        std::fs::write(
+            &cfg,
+            text.replace(&ca.display().to_string(), &wrong_ca.display().to_string()),
+        )
+        .unwrap();
         let run = crate::support::run_dirsync(&cfg, &["check"]);
-        assert_eq!(run.code, 1, "{url}: a wrong CA must fail: {}", run.all_output());
+        assert_eq!(
+            run.code,
+            1,
+            "{url}: a wrong CA must fail: {}",
+            run.all_output()
+        );
         assert!(run.stderr.contains("TLS with"), "{url}: {}", run.stderr);
-        assert!(run.stderr.contains("ca_file"), "{url}: the message points at ca_file: {}", run.stderr);
+        assert!(
+            run.stderr.contains("ca_file"),
+            "{url}: the message points at ca_file: {}",
+            run.stderr
+        );
     }
 }
 
@@ -51,20 +84,41 @@ fn a_server_that_never_answers_times_out_and_closes_nobody() {
     let silent = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = silent.local_addr().unwrap().port();
     let cfg = w.write_config();
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(&w.ldap.url, &format!("ldap://127.0.0.1:{port}")).replace("timeout_secs = 10\npage_size = 7", "timeout_secs = 2\npage_size = 7");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(&w.ldap.url, &format!("ldap://127.0.0.1:{port}"))
+        .replace(
+            "timeout_secs = 10\npage_size = 7",
+            "timeout_secs = 2\npage_size = 7",
+        );
     std::fs::write(&cfg, text).unwrap();
     let started = std::time::Instant::now();
     let run = crate::support::run_dirsync(&cfg, &["sync"]);
     assert_eq!(run.code, 1, "{}", run.all_output());
     assert!(run.stderr.contains("timed out"), "{}", run.stderr);
-    assert!(started.elapsed().as_secs() < 60, "the timeout bounded the run");
-    assert_eq!(w.portal_user("anna@example.se")["active"], serde_json::json!(true));
+    assert!(
+        started.elapsed().as_secs() < 60,
+        "the timeout bounded the run"
+    );
+    assert_eq!(
+        w.portal_user("anna@example.se")["active"],
+        serde_json::json!(true)
+    );
     drop(silent);
 }
 
 #[test]
 fn a_size_limited_search_fails_the_whole_read_instead_of_returning_part_of_it() {
-    let ldif: String = (0..12).map(|i| person(&format!("u{i}"), "G", "F", Some(&format!("u{i}@example.se")))).collect();
+    let ldif: String = (0..12)
+        .map(|i| {
+            person(
+                &format!("u{i}"),
+                "G",
+                "F",
+                Some(&format!("u{i}@example.se")),
+            )
+        })
+        .collect();
     let w = World::start(&ldif);
     w.sync();
     assert_eq!(w.portal.users().len(), 12);
@@ -77,6 +131,11 @@ fn a_size_limited_search_fails_the_whole_read_instead_of_returning_part_of_it() 
     let run = crate::support::run_dirsync(&cfg, &["sync"]);
     assert_eq!(run.code, 1, "{}", run.all_output());
     assert!(run.stderr.contains("sizeLimitExceeded"), "{}", run.stderr);
-    let active = w.portal.users().iter().filter(|u| u["active"] == serde_json::json!(true)).count();
+    let active = w
+        .portal
+        .users()
+        .iter()
+        .filter(|u| u["active"] == serde_json::json!(true))
+        .count();
     assert_eq!(active, 12, "nobody was closed on a partial read");
 }

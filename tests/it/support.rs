@@ -53,8 +53,12 @@ pub struct Run {
 impl Run {
     /// The JSON report (for runs with `--format json`).
     pub fn json(&self) -> Json {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not a JSON report ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not a JSON report ({e}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
     }
 
     pub fn all_output(&self) -> String {
@@ -96,7 +100,11 @@ impl World {
 
     /// Writes the config (secrets in files beside it) and returns its path.
     pub fn write_config(&self) -> PathBuf {
-        std::fs::write(self.dir.path().join("ldap-password"), format!("{}\n", self.ldap.bind_password)).unwrap();
+        std::fs::write(
+            self.dir.path().join("ldap-password"),
+            format!("{}\n", self.ldap.bind_password),
+        )
+        .unwrap();
         std::fs::write(self.dir.path().join("portal-token"), &self.portal.token).unwrap();
         let text = format!(
             r#"
@@ -157,8 +165,16 @@ path = "state.db"
     /// The portal user whose userName is `login`.
     pub fn portal_user(&self, login: &str) -> Json {
         let users = self.portal.users();
-        let found: Vec<&Json> = users.iter().filter(|u| u["userName"].as_str() == Some(login)).collect();
-        assert_eq!(found.len(), 1, "expected one portal user {login}, found {}: {users:#?}", found.len());
+        let found: Vec<&Json> = users
+            .iter()
+            .filter(|u| u["userName"].as_str() == Some(login))
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "expected one portal user {login}, found {}: {users:#?}",
+            found.len()
+        );
         found[0].clone()
     }
 }
@@ -180,7 +196,9 @@ pub fn run_dirsync(config: &std::path::Path, args: &[&str]) -> Run {
 
 /// Counts per action in a JSON report.
 pub fn count(report: &Json, key: &str) -> u64 {
-    report["counts"][key].as_u64().unwrap_or_else(|| panic!("no count {key} in {report:#}"))
+    report["counts"][key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no count {key} in {report:#}"))
 }
 
 /// A portal resource without its `meta` (which changes on every read of some servers).

@@ -59,7 +59,7 @@ pub async fn check(config: &Config) -> Result<CheckReport, CycleError> {
         config: config.path.display().to_string(),
         directory: DirectoryCheck {
             url: config.source.url.to_string(),
-            tls: format!("{:?}", config.source.tls),
+            tls: config.source.tls.label().to_string(),
             bind_dn: config.source.bind.as_ref().map(|b| b.dn.clone()),
             users: found.users,
             disabled: found.disabled,

@@ -62,6 +62,16 @@ pub enum Tls {
     None,
 }
 
+impl Tls {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Tls::Ldaps => "LDAPS",
+            Tls::StartTls => "StartTLS",
+            Tls::None => "plain LDAP, no TLS",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SourceConfig {
     pub kind: SourceKind,

@@ -186,7 +186,7 @@ pub fn compute(input: &Input<'_>) -> Plan {
                         relinked.insert(p.id.clone());
                         plan_relink(w, p, input.rules, input.schema, &mut plan);
                     }
-                    _ => plan_create(w, &portal_by_name, &mut plan),
+                    _ => plan_create(w, input.rules, &portal_by_name, &mut plan),
                 }
             }
             Some([p]) => {
@@ -219,7 +219,12 @@ pub fn compute(input: &Input<'_>) -> Plan {
     plan
 }
 
-fn plan_create(w: &Wanted<'_>, portal_by_name: &HashMap<String, &PortalUser>, plan: &mut Plan) {
+fn plan_create(
+    w: &Wanted<'_>,
+    rules: &[Rule],
+    portal_by_name: &HashMap<String, &PortalUser>,
+    plan: &mut Plan,
+) {
     if w.user.disabled {
         return; // Never create a user the directory says is disabled.
     }
@@ -243,13 +248,15 @@ fn plan_create(w: &Wanted<'_>, portal_by_name: &HashMap<String, &PortalUser>, pl
         portal_id: None,
         version: None,
         reason: None,
-        fields: w
-            .attrs
+        // In the order of the config's mappings, so the report reads as the config does.
+        fields: rules
             .iter()
-            .map(|(path, v)| FieldChange {
-                path: path.clone(),
-                old: None,
-                new: Some(v.clone()),
+            .filter_map(|r| {
+                w.attrs.get(&r.to).map(|v| FieldChange {
+                    path: r.to.clone(),
+                    old: None,
+                    new: Some(v.clone()),
+                })
             })
             .collect(),
     });

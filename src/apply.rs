@@ -6,8 +6,9 @@ use serde::Serialize;
 use serde_json::{json, Map, Value as Json};
 use tracing::{info, warn};
 
-use crate::plan::{Action, Change, Plan};
-use crate::portal::{PortalClient, PortalError, USER_SCHEMA};
+use crate::mapping::Rule;
+use crate::plan::{self, Action, Change, Plan};
+use crate::portal::{PortalClient, PortalError, PortalSchema, USER_SCHEMA};
 use crate::state::{State, StateError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -45,13 +46,21 @@ pub enum ApplyError {
     State(#[from] StateError),
 }
 
+/// What the planner needs to plan a change again after a `412`.
+pub struct Replan<'a> {
+    pub rules: &'a [Rule],
+    pub schema: &'a PortalSchema,
+}
+
 pub async fn apply(
     plan: &Plan,
     portal: &PortalClient,
     state: &mut State,
+    replan: &Replan<'_>,
 ) -> Result<Applied, ApplyError> {
-    for link in &plan.links {
-        state.link(&link.anchor, &link.portal_id, &link.user_name)?;
+    // Users already in step: their link and baseline come from what was just read.
+    for s in &plan.in_sync {
+        state.record(&s.anchor, &s.portal_id, &s.user_name, &s.baseline)?;
     }
     let mut applied = Applied::default();
     for change in &plan.changes {
@@ -62,13 +71,12 @@ pub async fn apply(
             });
             continue;
         }
-        let result = apply_one(change, portal, state).await;
-        let outcome = match result {
-            Ok(()) => {
+        let outcome = match apply_one(change, portal, state, replan).await {
+            Ok(message) => {
                 info!(action = change.action.label(), user = %change.user_name, "applied");
                 Outcome {
                     status: Status::Applied,
-                    message: None,
+                    message,
                 }
             }
             Err(Failure::State(e)) => return Err(e.into()),
@@ -81,9 +89,17 @@ pub async fn apply(
                     PortalError::Rejected { .. } => Status::Rejected,
                     _ => Status::Failed,
                 };
+                let message = match e {
+                    PortalError::PreconditionFailed => {
+                        "the portal user changed again while it was being updated (HTTP 412 twice); \
+                         it is planned again next cycle"
+                            .to_string()
+                    }
+                    e => e.to_string(),
+                };
                 Outcome {
                     status,
-                    message: Some(e.to_string()),
+                    message: Some(message),
                 }
             }
         };
@@ -109,28 +125,65 @@ impl From<StateError> for Failure {
     }
 }
 
+/// Applies one change; `Ok(Some(note))` when it had to be planned again on the way.
 async fn apply_one(
     change: &Change,
     portal: &PortalClient,
     state: &mut State,
-) -> Result<(), Failure> {
-    match change.action {
+    replan: &Replan<'_>,
+) -> Result<Option<String>, Failure> {
+    let id = match change.action {
         Action::Create => {
             let created = portal.create_user(create_body(change)).await?;
-            state.link(&change.anchor, &created.id, &created.user_name)?;
+            state.record(
+                &change.anchor,
+                &created.id,
+                &created.user_name,
+                &change.baseline,
+            )?;
+            return Ok(None);
         }
-        Action::Update | Action::Reactivate | Action::Close => {
-            let id = change.portal_id.as_deref().unwrap_or_default();
-            portal
-                .patch_user(id, patch_operations(change), change.version.as_deref())
-                .await?;
-            if change.dn.is_some() && change.action != Action::Close {
-                // Still in the directory: (re)confirm the link, e.g. after a relink.
-                state.link(&change.anchor, id, &change.user_name)?;
+        _ => change.portal_id.as_deref().unwrap_or_default(),
+    };
+    let mut note = None;
+    let done = match portal
+        .patch_user(id, patch_operations(change), change.version.as_deref())
+        .await
+    {
+        Ok(_) => change.clone(),
+        Err(PortalError::PreconditionFailed) => {
+            // Someone edited the user in the portal after we read it. Read it again and
+            // plan this user again under the same rules, so that edit is not overwritten.
+            let fresh = portal.get_user(id).await?;
+            match plan::replan(change, &fresh, replan.rules, replan.schema) {
+                None => {
+                    note = Some(
+                        "the portal user changed meanwhile (HTTP 412); re-read: nothing left to do"
+                            .to_string(),
+                    );
+                    Change {
+                        fields: Vec::new(),
+                        ..change.clone()
+                    }
+                }
+                Some(again) => {
+                    portal
+                        .patch_user(id, patch_operations(&again), again.version.as_deref())
+                        .await?;
+                    note = Some(format!(
+                        "the portal user changed meanwhile (HTTP 412); re-read and re-planned: {} applied",
+                        again.fields.iter().map(|f| f.path.to_string()).collect::<Vec<_>>().join(", ")
+                    ));
+                    again
+                }
             }
         }
+        Err(e) => return Err(e.into()),
+    };
+    if done.dn.is_some() && done.action != Action::Close {
+        state.record(&done.anchor, id, &done.user_name, &done.baseline)?;
     }
-    Ok(())
+    Ok(note)
 }
 
 /// The resource a create POSTs: the mapped attributes, the anchor as `externalId`, active.
@@ -160,10 +213,8 @@ pub fn patch_operations(change: &Change) -> Vec<Json> {
         .iter()
         .map(|f| f.path.patch_op(f.old.as_ref(), f.new.as_ref()))
         .collect();
-    match change.action {
-        Action::Close => ops.push(json!({"op": "replace", "path": "active", "value": false})),
-        Action::Reactivate => ops.push(json!({"op": "replace", "path": "active", "value": true})),
-        Action::Create | Action::Update => {}
+    if let Some(active) = change.set_active {
+        ops.push(json!({"op": "replace", "path": "active", "value": active}));
     }
     ops
 }

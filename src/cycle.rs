@@ -56,8 +56,8 @@ async fn run_inner(config: &Config, mode: Mode) -> Result<Report, CycleError> {
         Mode::Sync => Some(State::open(&config.state_path)?),
         Mode::Plan => State::open_read_only(&config.state_path)?,
     };
-    let managed = match &state {
-        Some(s) => s.managed()?,
+    let known = match &state {
+        Some(s) => s.baselines()?,
         None => Default::default(),
     };
 
@@ -83,7 +83,7 @@ async fn run_inner(config: &Config, mode: Mode) -> Result<Report, CycleError> {
         directory: &snapshot.users,
         bad_entries: &snapshot.bad_entries,
         portal: &portal_users,
-        managed: &managed,
+        state: &known,
         rules: &config.mapping,
         schema: &schema,
     });
@@ -101,10 +101,9 @@ async fn run_inner(config: &Config, mode: Mode) -> Result<Report, CycleError> {
         .filter(|p| {
             p.external_id
                 .as_ref()
-                .is_some_and(|x| managed.contains(&x.to_ascii_lowercase()))
+                .is_some_and(|x| known.contains_key(&x.to_ascii_lowercase()))
         })
-        .count()
-        .max(plan.links.len());
+        .count();
     let directory = DirectorySummary {
         url: config.source.url.to_string(),
         users: snapshot.users.len(),
@@ -118,7 +117,16 @@ async fn run_inner(config: &Config, mode: Mode) -> Result<Report, CycleError> {
     };
 
     let (command, applied) = match (mode, state.as_mut()) {
-        (Mode::Sync, Some(state)) => ("sync", Some(apply::apply(&plan, &portal, state).await?)),
+        (Mode::Sync, Some(state)) => {
+            let replan = apply::Replan {
+                rules: &config.mapping,
+                schema: &schema,
+            };
+            (
+                "sync",
+                Some(apply::apply(&plan, &portal, state, &replan).await?),
+            )
+        }
         _ => ("plan", None),
     };
     let report = Report::new(

@@ -318,7 +318,8 @@ impl Value {
         Value::Many(values)
     }
 
-    fn from_json(v: &Json) -> Option<Value> {
+    /// Reads a value as SCIM (or the state store) holds it; `null` and objects are absent.
+    pub fn from_json(v: &Json) -> Option<Value> {
         match v {
             Json::Null => None,
             Json::String(s) => Some(Value::One(s.clone())),
@@ -340,7 +341,7 @@ impl Value {
         }
     }
 
-    fn to_json(&self) -> Json {
+    pub fn to_json(&self) -> Json {
         match self {
             Value::One(s) => Json::String(s.clone()),
             Value::Many(v) => Json::Array(v.iter().cloned().map(Json::String).collect()),
@@ -357,6 +358,21 @@ impl fmt::Display for Value {
     }
 }
 
+/// Who owns a mapped portal attribute.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Owner {
+    /// Admin-locked: the directory value always wins; a portal edit is reverted.
+    #[default]
+    Directory,
+    /// User-editable: written when the user is created, never again.
+    Portal,
+    /// The directory value flows when the directory changed it since the last sync,
+    /// unless the user changed it in the portal too: then the portal value stays and the
+    /// conflict is reported.
+    Merge,
+}
+
 /// One configured mapping rule.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
@@ -365,6 +381,7 @@ pub struct Rule {
     pub to: AttrPath,
     /// The target takes all values (a multi-valued attribute of simple values).
     pub multi: bool,
+    pub owner: Owner,
 }
 
 /// What the directory says a user's portal attributes should be.
@@ -506,16 +523,19 @@ mod tests {
                 from: "sn".into(),
                 to: AttrPath::parse("name.familyName").unwrap(),
                 multi: false,
+                owner: Owner::Directory,
             },
             Rule {
                 from: "facsimileTelephoneNumber".into(),
                 to: AttrPath::parse(&format!("{FAX}:faxNumbers")).unwrap(),
                 multi: true,
+                owner: Owner::Directory,
             },
             Rule {
                 from: "title".into(),
                 to: AttrPath::parse("title").unwrap(),
                 multi: false,
+                owner: Owner::Directory,
             },
         ];
         let mut attrs = BTreeMap::new();

@@ -2,10 +2,13 @@
 //! An embedded SQLite database (inspect it with the `sqlite3` CLI). A row is written only
 //! after the portal confirmed the change it records.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use crate::mapping::{AttrPath, Value};
+use crate::plan::Baseline;
 
 /// Schema migrations; `PRAGMA user_version` is the number applied.
 const MIGRATIONS: &[&str] = &[
@@ -28,6 +31,15 @@ const MIGRATIONS: &[&str] = &[
          closed      INTEGER NOT NULL,
          skipped     INTEGER NOT NULL,
          failed      INTEGER NOT NULL
+     );",
+    // 2: the last-synced value of each directory- or merge-owned attribute, for the
+    //    three-way rule. `value` is JSON (a string or a list of strings); NULL means the
+    //    attribute was synced as absent. A missing row means never synced.
+    "CREATE TABLE synced_value (
+         anchor TEXT NOT NULL COLLATE NOCASE,
+         path   TEXT NOT NULL,
+         value  TEXT,
+         PRIMARY KEY (anchor, path)
      );",
 ];
 
@@ -144,6 +156,74 @@ impl State {
         Ok(out)
     }
 
+    /// Every managed user (anchor lowercased) with its last-synced values.
+    pub fn baselines(&self) -> Result<HashMap<String, Baseline>, StateError> {
+        let mut out: HashMap<String, Baseline> = self
+            .managed()?
+            .into_iter()
+            .map(|a| (a, Baseline::new()))
+            .collect();
+        let mut stmt = self
+            .conn
+            .prepare("SELECT anchor, path, value FROM synced_value")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+            ))
+        })?;
+        for row in rows {
+            let (anchor, path, value) = row?;
+            // A row this dirsync cannot read counts as never synced: the directory value
+            // then flows, which is the safe reading.
+            let Ok(path) = AttrPath::parse(&path) else {
+                continue;
+            };
+            let value = match value {
+                None => None,
+                Some(text) => match serde_json::from_str(&text)
+                    .ok()
+                    .and_then(|j| Value::from_json(&j))
+                {
+                    Some(v) => Some(v),
+                    None => continue,
+                },
+            };
+            out.entry(anchor.to_ascii_lowercase())
+                .or_default()
+                .insert(path, value);
+        }
+        Ok(out)
+    }
+
+    /// Records, in one transaction, that `anchor` is the portal user `portal_id` and that
+    /// its attributes were last synced as `baseline`. Call only after the portal confirmed.
+    pub fn record(
+        &mut self,
+        anchor: &str,
+        portal_id: &str,
+        user_name: &str,
+        baseline: &Baseline,
+    ) -> Result<(), StateError> {
+        let tx = self.conn.transaction()?;
+        link_in(&tx, anchor, portal_id, user_name)?;
+        tx.execute(
+            "DELETE FROM synced_value WHERE anchor = ?1",
+            params![anchor],
+        )?;
+        {
+            let mut insert =
+                tx.prepare("INSERT INTO synced_value (anchor, path, value) VALUES (?1, ?2, ?3)")?;
+            for (path, value) in baseline {
+                let text = value.as_ref().map(|v| v.to_json().to_string());
+                insert.execute(params![anchor, path.to_string(), text])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Records that `anchor` is the portal user `portal_id`.
     pub fn link(
         &mut self,
@@ -151,28 +231,9 @@ impl State {
         portal_id: &str,
         user_name: &str,
     ) -> Result<(), StateError> {
-        let existing: Option<String> = self
-            .conn
-            .query_row(
-                "SELECT portal_id FROM managed_user WHERE anchor = ?1",
-                params![anchor],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if existing.as_deref() == Some(portal_id) {
-            return Ok(());
-        }
-        // One portal user has one anchor: a relinked user drops its old one.
-        self.conn.execute(
-            "DELETE FROM managed_user WHERE portal_id = ?1 AND anchor <> ?2",
-            params![portal_id, anchor],
-        )?;
-        self.conn.execute(
-            "INSERT INTO managed_user (anchor, portal_id, user_name, linked_at) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT(anchor) DO UPDATE SET portal_id = excluded.portal_id, user_name = excluded.user_name,
-                                              linked_at = excluded.linked_at",
-            params![anchor, portal_id, user_name, crate::report::now()],
-        )?;
+        let tx = self.conn.transaction()?;
+        link_in(&tx, anchor, portal_id, user_name)?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -204,6 +265,42 @@ impl State {
     }
 }
 
+fn link_in(
+    conn: &Connection,
+    anchor: &str,
+    portal_id: &str,
+    user_name: &str,
+) -> Result<(), StateError> {
+    let existing: Option<String> = conn
+        .query_row(
+            "SELECT portal_id FROM managed_user WHERE anchor = ?1",
+            params![anchor],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if existing.as_deref() == Some(portal_id) {
+        return Ok(());
+    }
+    // One portal user has one anchor: a relinked user drops its old one.
+    let old: Vec<String> = {
+        let mut stmt =
+            conn.prepare("SELECT anchor FROM managed_user WHERE portal_id = ?1 AND anchor <> ?2")?;
+        let rows = stmt.query_map(params![portal_id, anchor], |r| r.get(0))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    for a in old {
+        conn.execute("DELETE FROM synced_value WHERE anchor = ?1", params![a])?;
+        conn.execute("DELETE FROM managed_user WHERE anchor = ?1", params![a])?;
+    }
+    conn.execute(
+        "INSERT INTO managed_user (anchor, portal_id, user_name, linked_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT(anchor) DO UPDATE SET portal_id = excluded.portal_id, user_name = excluded.user_name,
+                                          linked_at = excluded.linked_at",
+        params![anchor, portal_id, user_name, crate::report::now()],
+    )?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,6 +318,35 @@ mod tests {
         assert_eq!(s.managed().unwrap(), HashSet::from(["abc-1".to_string()]));
         let ro = State::open_read_only(&path).unwrap().unwrap();
         assert_eq!(ro.managed().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn baselines_round_trip_including_absent_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let mut s = State::open(&path).unwrap();
+        let mut b = Baseline::new();
+        b.insert(
+            AttrPath::parse("name.familyName").unwrap(),
+            Some(Value::One("Berg".into())),
+        );
+        b.insert(
+            AttrPath::parse(r#"phoneNumbers[type eq "work"].value"#).unwrap(),
+            None,
+        );
+        b.insert(
+            AttrPath::parse("urn:x:y:faxNumbers").unwrap(),
+            Some(Value::many(vec!["2".into(), "1".into()])),
+        );
+        s.record("A-1", "p1", "a@x.se", &b).unwrap();
+        drop(s);
+        let mut s = State::open(&path).unwrap();
+        assert_eq!(s.baselines().unwrap().get("a-1"), Some(&b));
+        // Relinking another anchor to the same portal user forgets the old one.
+        s.record("A-2", "p1", "a@x.se", &Baseline::new()).unwrap();
+        let all = s.baselines().unwrap();
+        assert_eq!(all.len(), 1);
+        assert!(all["a-2"].is_empty());
     }
 
     #[test]

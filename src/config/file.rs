@@ -81,4 +81,5 @@ pub(super) struct MappingV1 {
     pub from: String,
     pub to: String,
     pub multi_valued: Option<bool>,
+    pub owner: Option<String>,
 }

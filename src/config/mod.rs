@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use url::Url;
 
-use crate::mapping::{AttrPath, Rule};
+use crate::mapping::{AttrPath, Owner, Rule};
 use crate::secret::{Secret, SecretSource};
 
 pub const DEFAULT_LDAP_PAGE_SIZE: i32 = 500;
@@ -477,10 +477,30 @@ impl Validator {
                     "only a multi-valued attribute of simple values (e.g. faxNumbers) can take several values",
                 ));
             }
+            let owner = match m.owner.as_deref() {
+                None | Some("directory") => Owner::Directory,
+                Some("portal") => Owner::Portal,
+                Some("merge") => Owner::Merge,
+                Some(other) => {
+                    return Err(self.err(
+                        &format!("{key}.owner"),
+                        format!(
+                        "unknown owner {other:?}; expected \"directory\", \"portal\" or \"merge\""
+                    ),
+                    ))
+                }
+            };
+            if to.is_user_name() && owner != Owner::Directory {
+                return Err(self.err(
+                    &format!("{key}.owner"),
+                    "userName is the login: it must be owned by the directory",
+                ));
+            }
             rules.push(Rule {
                 from: m.from,
                 to,
                 multi,
+                owner,
             });
         }
         if !rules.iter().any(|r| r.to.is_user_name()) {

@@ -2,28 +2,32 @@
 //! plain values (directory users, portal users, the daemon's state, the rules) and returns
 //! a [`Plan`]; it performs no I/O, so every rule here is tested without servers.
 
+pub mod user;
 mod validate;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Serialize;
 
 use crate::mapping::{self, AttrPath, Attributes, Rule, Value};
-use crate::portal::{Mutability, PortalSchema, PortalUser};
+use crate::portal::{PortalSchema, PortalUser};
 use crate::source::{BadEntry, DirectoryUser};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     Create,
+    /// Link an existing hand-made portal user to its directory entry.
+    Adopt,
     Update,
     Reactivate,
     Close,
 }
 
 impl Action {
-    pub const ALL: [Action; 4] = [
+    pub const ALL: [Action; 5] = [
         Action::Create,
+        Action::Adopt,
         Action::Update,
         Action::Reactivate,
         Action::Close,
@@ -32,9 +36,32 @@ impl Action {
     pub fn label(self) -> &'static str {
         match self {
             Action::Create => "create",
+            Action::Adopt => "adopt",
             Action::Update => "update",
             Action::Reactivate => "reactivate",
             Action::Close => "close",
+        }
+    }
+}
+
+/// Why an attribute is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Why {
+    /// The directory changed it since the last sync.
+    DirectoryChange,
+    /// It is admin-locked and was edited in the portal: the directory value is put back.
+    RevertedPortalEdit,
+    /// No last-synced value is known (a new, adopted or newly mapped attribute).
+    Initial,
+}
+
+impl Why {
+    pub fn label(self) -> &'static str {
+        match self {
+            Why::DirectoryChange => "directory change",
+            Why::RevertedPortalEdit => "reverted portal edit",
+            Why::Initial => "initial value",
         }
     }
 }
@@ -45,7 +72,13 @@ pub struct FieldChange {
     pub path: AttrPath,
     pub old: Option<Value>,
     pub new: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why: Option<Why>,
 }
+
+/// The last-synced value of each directory- or merge-owned attribute of one user; a path
+/// that is missing was never synced, one mapped to `None` was synced as absent.
+pub type Baseline = BTreeMap<AttrPath, Option<Value>>;
 
 /// One portal user to create or change.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -60,10 +93,27 @@ pub struct Change {
     pub portal_id: Option<String>,
     /// The portal version (ETag) the change was computed from.
     pub version: Option<String>,
-    /// Why a user is closed or reactivated.
+    /// Why a user is closed, reactivated or adopted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     pub fields: Vec<FieldChange>,
+    /// `active` to set, for closures, reactivations and adoptions of closed users.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub set_active: Option<bool>,
+    /// What the state records once the portal confirmed the change.
+    #[serde(skip)]
+    pub baseline: Baseline,
+    /// What the change was planned from, to plan it again if the portal user changes
+    /// between plan and apply.
+    #[serde(skip)]
+    pub from: Option<Planned>,
+}
+
+/// The inputs of a user's change that the planner needs again after a `412`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Planned {
+    pub desired: Attributes,
+    pub base: Option<Baseline>,
 }
 
 /// A directory entry that is not synced this cycle, and why.
@@ -85,12 +135,24 @@ pub struct NeedsAdmin {
     pub reason: String,
 }
 
-/// A portal user matched to a directory entry by `externalId`, for the state store.
+/// A `merge` attribute both sides changed: the portal value was kept.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Link {
+pub struct Conflict {
+    pub anchor: String,
+    pub user_name: String,
+    pub path: AttrPath,
+    pub last_synced: Option<Value>,
+    pub directory: Option<Value>,
+    pub portal: Option<Value>,
+}
+
+/// A linked user with nothing to change, whose link and baseline the state records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InSync {
     pub anchor: String,
     pub portal_id: String,
     pub user_name: String,
+    pub baseline: Baseline,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -98,9 +160,10 @@ pub struct Plan {
     pub changes: Vec<Change>,
     pub skipped: Vec<Skipped>,
     pub needs_admin: Vec<NeedsAdmin>,
-    /// Portal users this cycle recognised as the daemon's (externalId = a directory anchor).
+    pub conflicts: Vec<Conflict>,
+    /// Linked users with nothing to change.
     #[serde(skip)]
-    pub links: Vec<Link>,
+    pub in_sync: Vec<InSync>,
     /// Things the admin should know that are not changes (e.g. closures held back).
     pub notes: Vec<String>,
 }
@@ -117,8 +180,9 @@ pub struct Input<'a> {
     /// Entries the source could not read as users (no anchor).
     pub bad_entries: &'a [BadEntry],
     pub portal: &'a [PortalUser],
-    /// Anchors (lowercased) of the portal users the daemon manages, from its state.
-    pub managed: &'a HashSet<String>,
+    /// The daemon's memory: the anchors (lowercased) of the users it manages, with their
+    /// last-synced values.
+    pub state: &'a HashMap<String, Baseline>,
     pub rules: &'a [Rule],
     pub schema: &'a PortalSchema,
 }
@@ -151,52 +215,17 @@ pub fn compute(input: &Input<'_>) -> Plan {
             by_anchor.entry(x.to_ascii_lowercase()).or_default().push(p);
         }
     }
-    let portal_by_name: HashMap<String, &PortalUser> = input
-        .portal
-        .iter()
-        .map(|p| (p.user_name.to_ascii_lowercase(), p))
-        .collect();
-
     let in_directory: HashSet<String> = input
         .directory
         .iter()
         .map(|u| u.anchor.to_ascii_lowercase())
         .collect();
-    let mut relinked: HashSet<String> = HashSet::new();
+    let mut claimed: HashSet<String> = HashSet::new();
     for w in &wanted {
         let key = w.user.anchor.to_ascii_lowercase();
         match by_anchor.get(&key).map(Vec::as_slice) {
-            None | Some([]) => {
-                // A managed portal user with this login whose own anchor left the directory:
-                // the person came back as a new entry (deleted and recreated). Relink and
-                // reactivate rather than duplicate.
-                let returning = portal_by_name
-                    .get(&w.user_name.to_ascii_lowercase())
-                    .copied()
-                    .filter(|p| {
-                        p.external_id
-                            .as_ref()
-                            .map(|x| x.to_ascii_lowercase())
-                            .is_some_and(|x| {
-                                input.managed.contains(&x) && !in_directory.contains(&x)
-                            })
-                    });
-                match returning {
-                    Some(p) if !w.user.disabled => {
-                        relinked.insert(p.id.clone());
-                        plan_relink(w, p, input.rules, input.schema, &mut plan);
-                    }
-                    _ => plan_create(w, input.rules, &portal_by_name, &mut plan),
-                }
-            }
-            Some([p]) => {
-                plan.links.push(Link {
-                    anchor: w.user.anchor.clone(),
-                    portal_id: p.id.clone(),
-                    user_name: p.user_name.clone(),
-                });
-                plan_existing(w, p, input.rules, input.schema, &mut plan);
-            }
+            None | Some([]) => plan_unlinked(w, input, &in_directory, &mut claimed, &mut plan),
+            Some([p]) => plan_linked(w, p, input.state.get(&key), input, &mut plan),
             Some(many) => {
                 plan.skipped.push(Skipped {
                     dn: w.user.dn.clone(),
@@ -211,24 +240,97 @@ pub fn compute(input: &Input<'_>) -> Plan {
         }
     }
 
-    plan_closures(input, &in_directory, &relinked, &mut plan);
+    plan_closures(input, &in_directory, &claimed, &mut plan);
     plan.changes.sort_by(|a, b| {
-        (a.action, &a.user_name.to_ascii_lowercase())
-            .cmp(&(b.action, &b.user_name.to_ascii_lowercase()))
+        (a.action, a.user_name.to_ascii_lowercase())
+            .cmp(&(b.action, b.user_name.to_ascii_lowercase()))
     });
     plan
 }
 
-fn plan_create(
+/// A directory user with no portal user carrying its anchor: relink a returning managed
+/// user, adopt a hand-made one, or create.
+fn plan_unlinked(
     w: &Wanted<'_>,
-    rules: &[Rule],
-    portal_by_name: &HashMap<String, &PortalUser>,
+    input: &Input<'_>,
+    in_directory: &HashSet<String>,
+    claimed: &mut HashSet<String>,
     plan: &mut Plan,
 ) {
     if w.user.disabled {
-        return; // Never create a user the directory says is disabled.
+        return; // Never create or adopt a user the directory says is disabled.
     }
-    if let Some(p) = portal_by_name.get(&w.user_name.to_ascii_lowercase()) {
+    let login = w.user_name.to_ascii_lowercase();
+    let managed_elsewhere = |p: &PortalUser| {
+        p.external_id
+            .as_ref()
+            .map(|x| x.to_ascii_lowercase())
+            .is_some_and(|x| input.state.contains_key(&x))
+    };
+
+    // A managed portal user with this login whose own anchor left the directory: the
+    // person came back as a new entry (deleted and recreated). Relink, don't duplicate.
+    if let Some(p) = input.portal.iter().find(|p| {
+        p.user_name.eq_ignore_ascii_case(&login)
+            && managed_elsewhere(p)
+            && p.external_id
+                .as_ref()
+                .is_some_and(|x| !in_directory.contains(&x.to_ascii_lowercase()))
+    }) {
+        claimed.insert(p.id.clone());
+        let old_anchor = p.external_id.clone().unwrap_or_default();
+        let base = input.state.get(&old_anchor.to_ascii_lowercase());
+        let reason =
+            "back in the directory as a new entry (new anchor); relinked to the portal user it had";
+        push_linking_change(w, p, base, input, reason, plan);
+        return;
+    }
+
+    // Hand-made portal users (no externalId) with this login or primary email.
+    let candidates: Vec<&PortalUser> = input
+        .portal
+        .iter()
+        .filter(|p| p.external_id.is_none() && !claimed.contains(&p.id))
+        .filter(|p| {
+            p.user_name.eq_ignore_ascii_case(&login)
+                || primary_email(p).is_some_and(|e| e.eq_ignore_ascii_case(&login))
+        })
+        .collect();
+    match candidates.as_slice() {
+        [] => {}
+        [p] => {
+            claimed.insert(p.id.clone());
+            let how = if p.user_name.eq_ignore_ascii_case(&login) {
+                "userName"
+            } else {
+                "primary email"
+            };
+            let reason = format!("existing portal user matched by {how}; now managed by dirsync");
+            push_linking_change(w, p, None, input, &reason, plan);
+            return;
+        }
+        many => {
+            plan.skipped.push(Skipped {
+                dn: w.user.dn.clone(),
+                problem: format!(
+                    "ambiguous: {} portal users match login {} ({}); none is adopted",
+                    many.len(),
+                    w.user_name,
+                    many.iter()
+                        .map(|p| p.user_name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+            return;
+        }
+    }
+
+    if let Some(p) = input
+        .portal
+        .iter()
+        .find(|p| p.user_name.eq_ignore_ascii_case(&login))
+    {
         plan.skipped.push(Skipped {
             dn: w.user.dn.clone(),
             problem: format!(
@@ -249,24 +351,72 @@ fn plan_create(
         version: None,
         reason: None,
         // In the order of the config's mappings, so the report reads as the config does.
-        fields: rules
+        fields: input
+            .rules
             .iter()
             .filter_map(|r| {
                 w.attrs.get(&r.to).map(|v| FieldChange {
                     path: r.to.clone(),
                     old: None,
                     new: Some(v.clone()),
+                    why: None,
                 })
             })
             .collect(),
+        set_active: None,
+        baseline: user::created_baseline(&w.attrs, input.rules),
+        from: None,
     });
 }
 
-fn plan_existing(
+/// Adoption or relink: set `externalId`, bring the attributes in line, open if closed.
+fn push_linking_change(
     w: &Wanted<'_>,
     p: &PortalUser,
-    rules: &[Rule],
-    schema: &PortalSchema,
+    base: Option<&Baseline>,
+    input: &Input<'_>,
+    reason: &str,
+    plan: &mut Plan,
+) {
+    let d = user::diff(&w.user.anchor, &w.attrs, base, p, input.rules, input.schema);
+    plan.conflicts.extend(d.conflicts);
+    plan.needs_admin.extend(d.needs_admin);
+    let mut fields = vec![FieldChange {
+        path: external_id_path(),
+        old: p.external_id.clone().map(Value::One),
+        new: Some(Value::One(w.user.anchor.clone())),
+        why: None,
+    }];
+    fields.extend(d.fields);
+    let adopting = p.external_id.is_none();
+    plan.changes.push(Change {
+        action: match (adopting, p.active) {
+            (true, _) => Action::Adopt,
+            (false, true) => Action::Update,
+            (false, false) => Action::Reactivate,
+        },
+        anchor: w.user.anchor.clone(),
+        user_name: p.user_name.clone(),
+        dn: Some(w.user.dn.clone()),
+        portal_id: Some(p.id.clone()),
+        version: p.version.clone(),
+        reason: Some(reason.to_string()),
+        fields,
+        set_active: (!p.active).then_some(true),
+        baseline: d.baseline,
+        from: Some(Planned {
+            desired: w.attrs.clone(),
+            base: base.cloned(),
+        }),
+    });
+}
+
+/// A directory user linked to portal user `p` by its anchor.
+fn plan_linked(
+    w: &Wanted<'_>,
+    p: &PortalUser,
+    base: Option<&Baseline>,
+    input: &Input<'_>,
     plan: &mut Plan,
 ) {
     if w.user.disabled {
@@ -280,12 +430,20 @@ fn plan_existing(
         }
         return;
     }
-    let fields = diff_fields(w, p, rules, schema, plan);
+    let d = user::diff(&w.user.anchor, &w.attrs, base, p, input.rules, input.schema);
+    plan.conflicts.extend(d.conflicts);
+    plan.needs_admin.extend(d.needs_admin);
     let action = if !p.active {
         Action::Reactivate
-    } else if !fields.is_empty() {
+    } else if !d.fields.is_empty() {
         Action::Update
     } else {
+        plan.in_sync.push(InSync {
+            anchor: w.user.anchor.clone(),
+            portal_id: p.id.clone(),
+            user_name: p.user_name.clone(),
+            baseline: d.baseline,
+        });
         return;
     };
     plan.changes.push(Change {
@@ -296,42 +454,52 @@ fn plan_existing(
         portal_id: Some(p.id.clone()),
         version: p.version.clone(),
         reason: (action == Action::Reactivate).then(|| "active in the directory again".to_string()),
-        fields,
+        fields: d.fields,
+        set_active: (action == Action::Reactivate).then_some(true),
+        baseline: d.baseline,
+        from: Some(Planned {
+            desired: w.attrs.clone(),
+            base: base.cloned(),
+        }),
     });
 }
 
-/// The directory entry is new (new anchor) but the person is the one a managed portal user
-/// was for: point that user's `externalId` at the new anchor, reactivate it if closed.
-fn plan_relink(
-    w: &Wanted<'_>,
-    p: &PortalUser,
+/// Plans a change again from a freshly read portal user (after a `412`), under the same
+/// rules. `None` when nothing is left to do.
+pub fn replan(
+    change: &Change,
+    fresh: &PortalUser,
     rules: &[Rule],
     schema: &PortalSchema,
-    plan: &mut Plan,
-) {
-    let mut fields = vec![FieldChange {
-        path: external_id_path(),
-        old: p.external_id.clone().map(Value::One),
-        new: Some(Value::One(w.user.anchor.clone())),
-    }];
-    fields.extend(diff_fields(w, p, rules, schema, plan));
-    plan.changes.push(Change {
-        action: if p.active {
-            Action::Update
-        } else {
-            Action::Reactivate
-        },
-        anchor: w.user.anchor.clone(),
-        user_name: p.user_name.clone(),
-        dn: Some(w.user.dn.clone()),
-        portal_id: Some(p.id.clone()),
-        version: p.version.clone(),
-        reason: Some(
-            "back in the directory as a new entry (new anchor); relinked to the portal user it had"
-                .into(),
-        ),
-        fields,
-    });
+) -> Option<Change> {
+    let mut next = change.clone();
+    next.version = fresh.version.clone();
+    if change.action == Action::Close {
+        return fresh.active.then_some(next);
+    }
+    let from = change.from.as_ref()?;
+    let d = user::diff(
+        &change.anchor,
+        &from.desired,
+        from.base.as_ref(),
+        fresh,
+        rules,
+        schema,
+    );
+    let mut fields: Vec<FieldChange> = change
+        .fields
+        .iter()
+        .filter(|f| {
+            f.path == external_id_path()
+                && fresh.external_id.as_deref() != Some(change.anchor.as_str())
+        })
+        .cloned()
+        .collect();
+    fields.extend(d.fields);
+    next.fields = fields;
+    next.baseline = d.baseline;
+    next.set_active = (!fresh.active).then_some(true);
+    (!next.fields.is_empty() || next.set_active.is_some()).then_some(next)
 }
 
 fn external_id_path() -> AttrPath {
@@ -343,65 +511,35 @@ fn external_id_path() -> AttrPath {
     }
 }
 
-/// The mapped attributes where the portal differs from the directory. Changes the portal
-/// will not take (immutable, read-only) go to `plan.needs_admin` instead.
-fn diff_fields(
-    w: &Wanted<'_>,
-    p: &PortalUser,
-    rules: &[Rule],
-    schema: &PortalSchema,
-    plan: &mut Plan,
-) -> Vec<FieldChange> {
-    let mut fields = Vec::new();
-    // Every mapped attribute, including those the directory no longer has: those are
-    // removed from the portal too.
-    for path in rules.iter().map(|r| &r.to) {
-        let new = w.attrs.get(path).cloned();
-        let old = path.get(&p.resource);
-        if same(path, old.as_ref(), new.as_ref()) {
-            continue;
-        }
-        if schema.is_fixed(path) {
-            plan.needs_admin.push(NeedsAdmin {
-                anchor: w.user.anchor.clone(),
-                user_name: p.user_name.clone(),
-                path: path.clone(),
-                old,
-                new,
-                reason: format!(
-                    "`{path}` is {} in the portal: change it there by hand, or recreate the user",
-                    match schema.mutability(path) {
-                        Mutability::ReadOnly => "read-only",
-                        _ => "immutable",
-                    }
-                ),
-            });
-            continue;
-        }
-        fields.push(FieldChange {
-            path: path.clone(),
-            old,
-            new,
-        });
-    }
-    fields
+/// The portal user's primary email: the one marked primary, else the only one.
+fn primary_email(p: &PortalUser) -> Option<&str> {
+    let emails = p.resource.get("emails")?.as_array()?;
+    let primary = emails
+        .iter()
+        .find(|e| e.get("primary").and_then(serde_json::Value::as_bool) == Some(true))
+        .or(if emails.len() == 1 {
+            emails.first()
+        } else {
+            None
+        })?;
+    primary.get("value")?.as_str()
 }
 
 fn plan_closures(
     input: &Input<'_>,
     in_directory: &HashSet<String>,
-    relinked: &HashSet<String>,
+    claimed: &HashSet<String>,
     plan: &mut Plan,
 ) {
     let leaving: Vec<&PortalUser> = input
         .portal
         .iter()
-        .filter(|p| p.active && !relinked.contains(&p.id))
+        .filter(|p| p.active && !claimed.contains(&p.id))
         .filter(|p| {
             p.external_id
                 .as_ref()
                 .map(|x| x.to_ascii_lowercase())
-                .is_some_and(|x| input.managed.contains(&x) && !in_directory.contains(&x))
+                .is_some_and(|x| input.state.contains_key(&x) && !in_directory.contains(&x))
         })
         .collect();
     if leaving.is_empty() {
@@ -432,19 +570,9 @@ fn close(p: &PortalUser, anchor: &str, dn: Option<&str>, reason: &str) -> Change
         version: p.version.clone(),
         reason: Some(reason.to_string()),
         fields: Vec::new(),
-    }
-}
-
-/// Whether the portal already holds what the directory wants. The login (`userName`) is
-/// compared without case, as the portal does; everything else exactly.
-fn same(path: &AttrPath, old: Option<&Value>, new: Option<&Value>) -> bool {
-    match (old, new) {
-        (Some(Value::One(a)), Some(Value::One(b))) if path.is_user_name() => {
-            a.eq_ignore_ascii_case(b)
-        }
-        (Some(Value::Many(a)), Some(Value::One(b)))
-        | (Some(Value::One(b)), Some(Value::Many(a))) => a.len() == 1 && &a[0] == b,
-        _ => old == new,
+        set_active: Some(false),
+        baseline: Baseline::new(),
+        from: None,
     }
 }
 

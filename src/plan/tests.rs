@@ -1,8 +1,9 @@
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use serde_json::json;
 
 use super::*;
+use crate::mapping::{self, Owner};
 use crate::portal::PortalSchema;
 
 fn rules() -> Vec<Rule> {
@@ -19,6 +20,7 @@ fn rules() -> Vec<Rule> {
         from: from.into(),
         to: AttrPath::parse(to).unwrap(),
         multi: false,
+        owner: Owner::Directory,
     })
     .collect()
 }
@@ -47,34 +49,47 @@ fn dir_user(uid: &str, mail: Option<&str>, sn: &str) -> DirectoryUser {
 
 /// The portal user a create of `u` would have produced.
 fn portal_user_for(u: &DirectoryUser, id: &str) -> PortalUser {
-    let plan = plan_with(std::slice::from_ref(u), &[], &HashSet::new());
+    let plan = plan_with(std::slice::from_ref(u), &[], &State::new());
     let mut body = crate::apply::create_body(&plan.changes[0]);
     body["id"] = json!(id);
     body["meta"] = json!({"version": "W/\"1\""});
     PortalUser::from_json(body).unwrap()
 }
 
-fn plan_with(
+type State = HashMap<String, Baseline>;
+
+fn plan_with(directory: &[DirectoryUser], portal: &[PortalUser], state: &State) -> Plan {
+    plan_with_rules(directory, portal, state, &rules())
+}
+
+fn plan_with_rules(
     directory: &[DirectoryUser],
     portal: &[PortalUser],
-    managed: &HashSet<String>,
+    state: &State,
+    rules: &[Rule],
 ) -> Plan {
-    let rules = rules();
     let schema = portal_schema();
     compute(&Input {
         directory,
         bad_entries: &[],
         portal,
-        managed,
-        rules: &rules,
+        state,
+        rules,
         schema: &schema,
     })
 }
 
-fn managed(users: &[&DirectoryUser]) -> HashSet<String> {
+/// The state after these users were created (or last synced) as they are now.
+fn managed(users: &[&DirectoryUser]) -> State {
     users
         .iter()
-        .map(|u| u.anchor.to_ascii_lowercase())
+        .map(|u| {
+            let attrs = mapping::map_entry(&rules(), &u.attrs);
+            (
+                u.anchor.to_ascii_lowercase(),
+                user::created_baseline(&attrs, &rules()),
+            )
+        })
         .collect()
 }
 
@@ -84,7 +99,7 @@ fn first_cycle_creates_every_user_with_the_mapped_attributes() {
         dir_user("anna", Some("anna@example.se"), "Berg"),
         dir_user("bo", Some("bo@example.se"), "Ek"),
     ];
-    let plan = plan_with(&dir, &[], &HashSet::new());
+    let plan = plan_with(&dir, &[], &State::new());
     assert_eq!(plan.count(Action::Create), 2);
     let anna = plan
         .changes
@@ -115,7 +130,7 @@ fn a_portal_that_matches_needs_nothing() {
     let p = portal_user_for(&anna, "p1");
     let plan = plan_with(std::slice::from_ref(&anna), &[p], &managed(&[&anna]));
     assert!(plan.changes.is_empty(), "{:?}", plan.changes);
-    assert_eq!(plan.links.len(), 1);
+    assert_eq!(plan.in_sync.len(), 1);
 }
 
 #[test]
@@ -139,6 +154,7 @@ fn changed_surname_is_one_field_change_and_nothing_else() {
             path: AttrPath::parse("name.familyName").unwrap(),
             old: Some(Value::One("Berg".into())),
             new: Some(Value::One("Lind".into())),
+            why: Some(Why::DirectoryChange),
         }]
     );
     assert_eq!(
@@ -216,7 +232,7 @@ fn returning_user_is_reactivated_with_pending_changes_not_duplicated() {
 }
 
 #[test]
-fn hand_made_portal_users_are_left_alone() {
+fn hand_made_portal_users_that_match_no_one_are_left_alone() {
     let anna = dir_user("anna", Some("anna@example.se"), "Berg");
     let hand_made =
         PortalUser::from_json(json!({"id": "h1", "userName": "boss@example.se", "active": true}))
@@ -235,11 +251,13 @@ fn hand_made_portal_users_are_left_alone() {
 }
 
 #[test]
-fn directory_user_whose_login_a_hand_made_portal_user_has_is_reported_not_duplicated() {
+fn login_held_by_a_portal_user_of_another_system_is_reported_not_duplicated() {
     let anna = dir_user("anna", Some("Anna@Example.se"), "Berg");
-    let hand_made =
-        PortalUser::from_json(json!({"id": "h1", "userName": "anna@example.se"})).unwrap();
-    let plan = plan_with(&[anna], &[hand_made], &HashSet::new());
+    let foreign = PortalUser::from_json(
+        json!({"id": "h1", "userName": "anna@example.se", "externalId": "other-idm-7"}),
+    )
+    .unwrap();
+    let plan = plan_with(&[anna], &[foreign], &State::new());
     assert!(plan.changes.is_empty());
     assert_eq!(plan.skipped.len(), 1);
     assert!(
@@ -258,7 +276,7 @@ fn entries_without_mail_or_sharing_a_mail_are_skipped_and_the_rest_sync() {
         dir_user("twin2", Some("TWIN@example.se"), "B"),
         dir_user("odd", Some("odd@example.se\u{1}"), "C"),
     ];
-    let plan = plan_with(&dir, &[], &HashSet::new());
+    let plan = plan_with(&dir, &[], &State::new());
     assert_eq!(plan.changes.len(), 1);
     assert_eq!(plan.changes[0].user_name, "anna@example.se");
     let problems: BTreeMap<&str, &str> = plan
@@ -277,7 +295,7 @@ fn entries_without_mail_or_sharing_a_mail_are_skipped_and_the_rest_sync() {
 fn control_characters_in_other_values_skip_the_entry() {
     let mut anna = dir_user("anna", Some("anna@example.se"), "Berg");
     anna.attrs.insert("sn".into(), vec!["Be\u{0}rg".into()]);
-    let plan = plan_with(&[anna], &[], &HashSet::new());
+    let plan = plan_with(&[anna], &[], &State::new());
     assert!(plan.changes.is_empty());
     assert!(plan.skipped[0].problem.contains("control characters"));
 }
@@ -400,4 +418,280 @@ fn a_login_held_by_a_managed_user_still_in_the_directory_is_not_relinked() {
         "{:?}",
         plan.skipped
     );
+}
+
+// --- adoption ---
+
+#[test]
+fn hand_made_portal_user_with_the_same_login_is_adopted_not_duplicated() {
+    let anna = dir_user("anna", Some("Anna@Example.se"), "Berg");
+    let hand_made = PortalUser::from_json(
+        json!({"id": "h1", "userName": "anna@example.se", "displayName": "Anna (by hand)"}),
+    )
+    .unwrap();
+    let plan = plan_with(&[anna], &[hand_made], &State::new());
+    assert_eq!(plan.changes.len(), 1, "{:?}", plan.changes);
+    let c = &plan.changes[0];
+    assert_eq!(
+        (c.action, c.portal_id.as_deref()),
+        (Action::Adopt, Some("h1"))
+    );
+    assert!(c.reason.as_deref().unwrap().contains("matched by userName"));
+    let ops = crate::apply::patch_operations(c);
+    assert!(
+        ops.contains(&json!({"op": "replace", "path": "externalId", "value": "uuid-anna"})),
+        "{ops:?}"
+    );
+    assert!(
+        ops.contains(&json!({"op": "replace", "path": "displayName", "value": "anna Berg"})),
+        "{ops:?}"
+    );
+    assert!(
+        !ops.iter().any(|o| o["path"] == "userName"),
+        "a case-only difference in the login is no change"
+    );
+}
+
+#[test]
+fn hand_made_portal_user_is_adopted_by_primary_email_too() {
+    let anna = dir_user("anna", Some("anna@example.se"), "Berg");
+    let hand_made = PortalUser::from_json(json!({"id": "h1", "userName": "aberg", "emails": [
+        {"value": "old@example.se", "type": "home"},
+        {"value": "ANNA@example.se", "type": "work", "primary": true}]}))
+    .unwrap();
+    let plan = plan_with(&[anna], &[hand_made], &State::new());
+    assert_eq!(plan.changes[0].action, Action::Adopt);
+    assert!(plan.changes[0]
+        .reason
+        .as_deref()
+        .unwrap()
+        .contains("primary email"));
+    // userName is immutable in the portal: adopting cannot fix it, an admin must.
+    assert_eq!(plan.needs_admin.len(), 1);
+    assert!(plan.needs_admin[0].path.is_user_name());
+}
+
+#[test]
+fn ambiguous_adoption_adopts_nothing_and_is_reported() {
+    let anna = dir_user("anna", Some("anna@example.se"), "Berg");
+    let by_login =
+        PortalUser::from_json(json!({"id": "h1", "userName": "anna@example.se"})).unwrap();
+    let by_mail = PortalUser::from_json(json!({"id": "h2", "userName": "aberg", "emails": [{"value": "anna@example.se", "primary": true}]})).unwrap();
+    let plan = plan_with(&[anna], &[by_login, by_mail], &State::new());
+    assert!(plan.changes.is_empty(), "{:?}", plan.changes);
+    assert!(
+        plan.skipped[0]
+            .problem
+            .starts_with("ambiguous: 2 portal users"),
+        "{:?}",
+        plan.skipped
+    );
+}
+
+#[test]
+fn closed_hand_made_user_is_adopted_and_opened() {
+    let anna = dir_user("anna", Some("anna@example.se"), "Berg");
+    let hand_made =
+        PortalUser::from_json(json!({"id": "h1", "userName": "anna@example.se", "active": false}))
+            .unwrap();
+    let plan = plan_with(&[anna], &[hand_made], &State::new());
+    assert_eq!(plan.changes[0].set_active, Some(true));
+}
+
+// --- owners: the three-way rule ---
+
+fn rules_with(owner_of: &[(&str, Owner)]) -> Vec<Rule> {
+    rules()
+        .into_iter()
+        .map(|mut r| {
+            if let Some((_, o)) = owner_of
+                .iter()
+                .find(|(p, _)| r.to == AttrPath::parse(p).unwrap())
+            {
+                r.owner = *o;
+            }
+            r
+        })
+        .collect()
+}
+
+/// anna as created, her portal user with `portal_edits` applied, the directory with
+/// `directory_edits` applied: the plan under `rules`.
+fn three_way(
+    rules: &[Rule],
+    portal_edits: &[(&str, serde_json::Value)],
+    directory_edits: &[(&str, &str)],
+) -> Plan {
+    let anna = dir_user("anna", Some("anna@example.se"), "Berg");
+    let state: State = [(
+        "uuid-anna".to_string(),
+        user::created_baseline(&mapping::map_entry(rules, &anna.attrs), rules),
+    )]
+    .into();
+    let mut p = portal_user_for(&anna, "p1");
+    for (pointer, v) in portal_edits {
+        *p.resource.pointer_mut(pointer).unwrap() = v.clone();
+    }
+    let mut now = anna.clone();
+    for (attr, v) in directory_edits {
+        now.attrs.insert(attr.to_string(), vec![v.to_string()]);
+    }
+    plan_with_rules(&[now], &[p], &state, rules)
+}
+
+#[test]
+fn directory_owned_portal_edit_is_reverted_and_said_so() {
+    let plan = three_way(&rules(), &[("/displayName", json!("Annie!"))], &[]);
+    let f = &plan.changes[0].fields;
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].new, Some(Value::One("anna Berg".into())));
+    assert_eq!(f[0].why, Some(Why::RevertedPortalEdit));
+}
+
+#[test]
+fn portal_owned_edit_survives_even_a_directory_change() {
+    let rules = rules_with(&[("displayName", Owner::Portal)]);
+    let plan = three_way(
+        &rules,
+        &[("/displayName", json!("Annie!"))],
+        &[("displayname", "Anna B.")],
+    );
+    assert!(
+        plan.changes.is_empty() && plan.conflicts.is_empty(),
+        "{plan:?}"
+    );
+}
+
+#[test]
+fn portal_owned_attribute_is_written_at_creation() {
+    let rules = rules_with(&[("displayName", Owner::Portal)]);
+    let anna = dir_user("anna", Some("anna@example.se"), "Berg");
+    let plan = plan_with_rules(&[anna], &[], &State::new(), &rules);
+    let body = crate::apply::create_body(&plan.changes[0]);
+    assert_eq!(body["displayName"], "anna Berg");
+    assert!(!plan.changes[0]
+        .baseline
+        .contains_key(&AttrPath::parse("displayName").unwrap()));
+}
+
+#[test]
+fn merge_directory_only_change_flows() {
+    let rules = rules_with(&[("displayName", Owner::Merge)]);
+    let plan = three_way(&rules, &[], &[("displayname", "Anna B.")]);
+    let f = &plan.changes[0].fields;
+    assert_eq!(
+        (f.len(), f[0].new.clone(), f[0].why),
+        (
+            1,
+            Some(Value::One("Anna B.".into())),
+            Some(Why::DirectoryChange)
+        )
+    );
+    assert_eq!(
+        plan.changes[0].baseline[&AttrPath::parse("displayName").unwrap()],
+        Some(Value::One("Anna B.".into()))
+    );
+}
+
+#[test]
+fn merge_portal_only_change_stays() {
+    let rules = rules_with(&[("displayName", Owner::Merge)]);
+    let plan = three_way(&rules, &[("/displayName", json!("Annie!"))], &[]);
+    assert!(
+        plan.changes.is_empty() && plan.conflicts.is_empty(),
+        "{plan:?}"
+    );
+}
+
+#[test]
+fn merge_both_changed_keeps_the_portal_value_and_reports_three_values() {
+    let rules = rules_with(&[("displayName", Owner::Merge)]);
+    let plan = three_way(
+        &rules,
+        &[("/displayName", json!("Annie!"))],
+        &[("displayname", "Anna B.")],
+    );
+    assert!(plan.changes.is_empty(), "{:?}", plan.changes);
+    assert_eq!(
+        plan.conflicts,
+        vec![Conflict {
+            anchor: "uuid-anna".into(),
+            user_name: "anna@example.se".into(),
+            path: AttrPath::parse("displayName").unwrap(),
+            last_synced: Some(Value::One("anna Berg".into())),
+            directory: Some(Value::One("Anna B.".into())),
+            portal: Some(Value::One("Annie!".into())),
+        }]
+    );
+    // The baseline stays, so the conflict is reported until one side gives way.
+    assert_eq!(
+        plan.in_sync[0].baseline[&AttrPath::parse("displayName").unwrap()],
+        Some(Value::One("anna Berg".into()))
+    );
+}
+
+#[test]
+fn merge_conflict_resolved_by_the_user_stops_being_reported() {
+    let rules = rules_with(&[("displayName", Owner::Merge)]);
+    let plan = three_way(
+        &rules,
+        &[("/displayName", json!("Anna B."))],
+        &[("displayname", "Anna B.")],
+    );
+    assert!(
+        plan.changes.is_empty() && plan.conflicts.is_empty(),
+        "{plan:?}"
+    );
+    assert_eq!(
+        plan.in_sync[0].baseline[&AttrPath::parse("displayName").unwrap()],
+        Some(Value::One("Anna B.".into()))
+    );
+}
+
+#[test]
+fn merge_without_a_baseline_lets_the_directory_value_flow() {
+    let rules = rules_with(&[("displayName", Owner::Merge)]);
+    let anna = dir_user("anna", Some("anna@example.se"), "Berg");
+    let mut p = portal_user_for(&anna, "p1");
+    p.resource["displayName"] = json!("Annie!");
+    let state: State = [("uuid-anna".to_string(), Baseline::new())].into();
+    let plan = plan_with_rules(&[anna], &[p], &state, &rules);
+    assert_eq!(plan.changes[0].fields[0].why, Some(Why::Initial));
+}
+
+#[test]
+fn replan_after_412_honours_an_edit_made_in_between() {
+    let rules = rules_with(&[("displayName", Owner::Merge)]);
+    let anna = dir_user("anna", Some("anna@example.se"), "Berg");
+    let state = managed(&[&anna]);
+    let p = portal_user_for(&anna, "p1");
+    let mut now = anna.clone();
+    now.attrs.insert("sn".into(), vec!["Lind".into()]);
+    now.attrs
+        .insert("displayname".into(), vec!["Anna Lind".into()]);
+    let plan = plan_with_rules(&[now], std::slice::from_ref(&p), &state, &rules);
+    assert_eq!(plan.changes[0].fields.len(), 2);
+    // Meanwhile the user renames herself in the portal (merge attribute).
+    let mut fresh = p.clone();
+    fresh.resource["displayName"] = json!("Annie");
+    fresh.version = Some("W/\"9\"".into());
+    let again = replan(&plan.changes[0], &fresh, &rules, &portal_schema()).unwrap();
+    assert_eq!(again.version.as_deref(), Some("W/\"9\""));
+    assert_eq!(again.fields.len(), 1, "{:?}", again.fields);
+    assert_eq!(
+        again.fields[0].path,
+        AttrPath::parse("name.familyName").unwrap()
+    );
+}
+
+#[test]
+fn replan_with_nothing_left_is_none() {
+    let anna = dir_user("anna", Some("anna@example.se"), "Berg");
+    let p = portal_user_for(&anna, "p1");
+    let mut now = anna.clone();
+    now.attrs.insert("sn".into(), vec!["Lind".into()]);
+    let plan = plan_with(&[now], std::slice::from_ref(&p), &managed(&[&anna]));
+    let mut fresh = p;
+    fresh.resource["name"]["familyName"] = json!("Lind");
+    assert!(replan(&plan.changes[0], &fresh, &rules(), &portal_schema()).is_none());
 }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::apply::{Applied, Outcome, Status};
-use crate::plan::{Action, Change, NeedsAdmin, Plan, Skipped};
+use crate::plan::{Action, Change, Conflict, NeedsAdmin, Plan, Skipped};
 
 pub use self::text::render_text;
 
@@ -55,12 +55,14 @@ pub struct Report {
     pub changes: Vec<ReportedChange>,
     pub skipped: Vec<Skipped>,
     pub needs_admin: Vec<NeedsAdmin>,
+    /// `merge` attributes changed on both sides: the portal value was kept.
+    pub conflicts: Vec<Conflict>,
     pub notes: Vec<String>,
     /// Why the run stopped early, if it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub aborted: Option<String>,
     /// Per action (planned, or applied in a sync), plus `skipped`, `needs_admin`,
-    /// `rejected` and `failed`.
+    /// `conflicts`, `rejected` and `failed`.
     pub counts: BTreeMap<String, usize>,
 }
 
@@ -110,6 +112,7 @@ impl Report {
         );
         counts.insert("skipped".into(), plan.skipped.len());
         counts.insert("needs_admin".into(), plan.needs_admin.len());
+        counts.insert("conflicts".into(), plan.conflicts.len());
         Report {
             command: command.to_string(),
             dry_run,
@@ -120,6 +123,7 @@ impl Report {
             changes,
             skipped: plan.skipped,
             needs_admin: plan.needs_admin,
+            conflicts: plan.conflicts,
             notes: plan.notes,
             aborted,
             counts,

@@ -5,7 +5,7 @@ use std::fmt::Write;
 use super::Report;
 use crate::apply::Status;
 use crate::mapping::Value;
-use crate::plan::Action;
+use crate::plan::{Action, Why};
 
 const ABSENT: &str = "(none)";
 
@@ -70,7 +70,19 @@ pub fn render_text(r: &Report) -> String {
                 let _ = writeln!(out, "      dn: {dn}");
             }
             for f in &ch.fields {
-                let _ = writeln!(out, "      {}: {} → {}", f.path, show(&f.old), show(&f.new));
+                let why = match f.why {
+                    Some(w @ (Why::RevertedPortalEdit | Why::DirectoryChange)) => {
+                        format!("  ({})", w.label())
+                    }
+                    _ => String::new(),
+                };
+                let _ = writeln!(
+                    out,
+                    "      {}: {} → {}{why}",
+                    f.path,
+                    show(&f.old),
+                    show(&f.new)
+                );
             }
         }
     }
@@ -86,6 +98,20 @@ pub fn render_text(r: &Report) -> String {
                 show(&n.old),
                 show(&n.new),
                 n.reason
+            );
+        }
+    }
+    if !r.conflicts.is_empty() {
+        let _ = writeln!(out, "\nConflicts: changed in both the directory and the portal; the portal value was kept ({}):", r.conflicts.len());
+        for c in &r.conflicts {
+            let _ = writeln!(
+                out,
+                "  {}: {}: last synced {}, directory now {}, portal now {}",
+                c.user_name,
+                c.path,
+                show(&c.last_synced),
+                show(&c.directory),
+                show(&c.portal)
             );
         }
     }
@@ -108,13 +134,15 @@ pub fn render_text(r: &Report) -> String {
     let verb = if r.dry_run { "planned" } else { "applied" };
     let _ = writeln!(
         out,
-        "\nSummary ({verb}): {} create, {} update, {} reactivate, {} close; {} skipped, {} needs admin, {} rejected, {} failed",
+        "\nSummary ({verb}): {} create, {} adopt, {} update, {} reactivate, {} close; {} skipped, {} needs admin, {} conflicts, {} rejected, {} failed",
         c("create"),
+        c("adopt"),
         c("update"),
         c("reactivate"),
         c("close"),
         c("skipped"),
         c("needs_admin"),
+        c("conflicts"),
         c("rejected"),
         c("failed"),
     );
@@ -124,6 +152,7 @@ pub fn render_text(r: &Report) -> String {
 fn heading(a: Action) -> &'static str {
     match a {
         Action::Create => "Create",
+        Action::Adopt => "Adopt (existing portal users now managed)",
         Action::Update => "Update",
         Action::Reactivate => "Reactivate",
         Action::Close => "Close (active: false)",

@@ -85,7 +85,7 @@ fn changed_surname_becomes_one_patch_of_family_name_and_nothing_else() {
     assert_eq!(changes[0]["action"], "update");
     assert_eq!(
         changes[0]["fields"],
-        json!([{"path": "name.familyName", "old": "Family1", "new": "Lindqvist"}])
+        json!([{"path": "name.familyName", "old": "Family1", "new": "Lindqvist", "why": "directory_change"}])
     );
     assert_eq!(changes[0]["outcome"]["status"], "applied");
 
@@ -184,24 +184,18 @@ fn hand_made_portal_user_without_external_id_is_untouched() {
         "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
         "userName": "boss@example.se", "displayName": "Made by hand", "active": true
     }));
-    // The directory has a user with the same login: reported, not duplicated, not adopted.
-    w.ldap
-        .add(&person("boss", "Big", "Boss", Some("Boss@example.se")));
     let report = w.sync();
     assert_eq!(count(&report, "create"), 2, "{report:#}");
-    let skipped = report["skipped"].as_array().unwrap();
-    assert_eq!(skipped.len(), 1, "{report:#}");
-    assert!(skipped[0]["problem"]
-        .as_str()
-        .unwrap()
-        .contains("does not manage"));
-    // Nor does the daemon close it when it is not in the directory at all.
-    w.ldap.delete("uid=boss,ou=people,dc=example,dc=com");
+    assert_eq!(count(&report, "adopt"), 0);
+    // Users come and go in the directory; the hand-made user is never touched.
+    w.ldap.delete("uid=user01,ou=people,dc=example,dc=com");
+    let report = w.sync();
+    assert_eq!(count(&report, "close"), 1, "{report:#}");
     w.sync();
     let (_, now) = w
         .portal
         .get(&format!("/Users/{}", boss["id"].as_str().unwrap()));
-    assert_eq!(without_meta(now), without_meta(boss));
+    assert_eq!(now, boss, "not even its meta changed: no write reached it");
 }
 
 #[test]
@@ -225,13 +219,13 @@ fn plan_changes_nothing_in_the_portal() {
     );
     assert!(
         run.stdout
-            .contains("displayName: \"Given0 Family0\" → \"Changed\""),
+            .contains("displayName: \"Given0 Family0\" → \"Changed\"  (directory change)"),
         "{}",
         run.stdout
     );
     assert!(
         run.stdout
-            .contains("Summary (planned): 1 create, 1 update, 0 reactivate, 1 close"),
+            .contains("Summary (planned): 1 create, 0 adopt, 1 update, 0 reactivate, 1 close"),
         "{}",
         run.stdout
     );

@@ -7,8 +7,8 @@ use tracing::info;
 
 use crate::apply::{self, ApplyError};
 use crate::config::Config;
-use crate::plan::{self, Action};
-use crate::portal::{PortalClient, PortalError};
+use crate::plan::{self, Action, Plan};
+use crate::portal::{PortalClient, PortalError, PortalSchema};
 use crate::report::{self, DirectorySummary, PortalSummary, Report};
 use crate::source::{LdapSource, SourceError};
 use crate::state::{RunRecord, State, StateError};
@@ -44,15 +44,32 @@ impl From<ApplyError> for CycleError {
 
 /// Runs one cycle within the configured cycle timeout.
 pub async fn run(config: &Config, mode: Mode) -> Result<Report, CycleError> {
-    match tokio::time::timeout(config.cycle_timeout, run_inner(config, mode)).await {
+    let cycle = async {
+        let prepared = prepare(config, mode).await?;
+        finish(config, prepared).await
+    };
+    match tokio::time::timeout(config.cycle_timeout, cycle).await {
         Ok(r) => r,
         Err(_) => Err(CycleError::Timeout(config.cycle_timeout)),
     }
 }
 
-async fn run_inner(config: &Config, mode: Mode) -> Result<Report, CycleError> {
+/// A cycle that has read both sides and planned, ready to apply.
+pub struct Prepared {
+    mode: Mode,
+    started_at: String,
+    state: Option<State>,
+    portal: PortalClient,
+    schema: PortalSchema,
+    directory: DirectorySummary,
+    portal_summary: PortalSummary,
+    pub plan: Plan,
+}
+
+/// Reads the directory and the portal (at the same time) and plans.
+pub async fn prepare(config: &Config, mode: Mode) -> Result<Prepared, CycleError> {
     let started_at = report::now();
-    let mut state = match mode {
+    let state = match mode {
         Mode::Sync => Some(State::open(&config.state_path)?),
         Mode::Plan => State::open_read_only(&config.state_path)?,
     };
@@ -89,14 +106,16 @@ async fn run_inner(config: &Config, mode: Mode) -> Result<Report, CycleError> {
     });
     info!(
         create = plan.count(Action::Create),
+        adopt = plan.count(Action::Adopt),
         update = plan.count(Action::Update),
         reactivate = plan.count(Action::Reactivate),
         close = plan.count(Action::Close),
         skipped = plan.skipped.len(),
+        conflicts = plan.conflicts.len(),
         "planned"
     );
 
-    let managed_count = portal_users
+    let managed = portal_users
         .iter()
         .filter(|p| {
             p.external_id
@@ -104,18 +123,39 @@ async fn run_inner(config: &Config, mode: Mode) -> Result<Report, CycleError> {
                 .is_some_and(|x| known.contains_key(&x.to_ascii_lowercase()))
         })
         .count();
-    let directory = DirectorySummary {
-        url: config.source.url.to_string(),
-        users: snapshot.users.len(),
-        disabled: snapshot.users.iter().filter(|u| u.disabled).count(),
-        groups: config.source.groups.as_ref().map(|_| snapshot.groups.len()),
-    };
-    let portal_summary = PortalSummary {
-        url: config.portal.url.to_string(),
-        users: portal_users.len(),
-        managed: managed_count,
-    };
+    Ok(Prepared {
+        mode,
+        started_at,
+        state,
+        portal,
+        schema,
+        directory: DirectorySummary {
+            url: config.source.url.to_string(),
+            users: snapshot.users.len(),
+            disabled: snapshot.users.iter().filter(|u| u.disabled).count(),
+            groups: config.source.groups.as_ref().map(|_| snapshot.groups.len()),
+        },
+        portal_summary: PortalSummary {
+            url: config.portal.url.to_string(),
+            users: portal_users.len(),
+            managed,
+        },
+        plan,
+    })
+}
 
+/// Applies a prepared plan (in a sync), records the run, and reports.
+pub async fn finish(config: &Config, prepared: Prepared) -> Result<Report, CycleError> {
+    let Prepared {
+        mode,
+        started_at,
+        mut state,
+        portal,
+        schema,
+        directory,
+        portal_summary,
+        plan,
+    } = prepared;
     let (command, applied) = match (mode, state.as_mut()) {
         (Mode::Sync, Some(state)) => {
             let replan = apply::Replan {
@@ -151,11 +191,13 @@ async fn run_inner(config: &Config, mode: Mode) -> Result<Report, CycleError> {
             }
             .to_string(),
             created: c("create"),
+            adopted: c("adopt"),
             updated: c("update"),
             reactivated: c("reactivate"),
             closed: c("close"),
             skipped: c("skipped"),
             failed: c("failed") + c("rejected"),
+            conflicts: c("conflicts"),
         })?;
     }
     Ok(report)

@@ -40,7 +40,9 @@ const MIGRATIONS: &[&str] = &[
          path   TEXT NOT NULL,
          value  TEXT,
          PRIMARY KEY (anchor, path)
-     );",
+     );
+     ALTER TABLE run ADD COLUMN adopted INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE run ADD COLUMN conflicts INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// A state store problem. Fatal for the cycle: without its memory the daemon could not
@@ -70,11 +72,13 @@ pub struct RunRecord {
     pub command: String,
     pub outcome: String,
     pub created: usize,
+    pub adopted: usize,
     pub updated: usize,
     pub reactivated: usize,
     pub closed: usize,
     pub skipped: usize,
     pub failed: usize,
+    pub conflicts: usize,
 }
 
 pub struct State {
@@ -239,8 +243,9 @@ impl State {
 
     pub fn record_run(&mut self, run: &RunRecord) -> Result<(), StateError> {
         self.conn.execute(
-            "INSERT INTO run (started_at, finished_at, command, outcome, created, updated, reactivated, closed, skipped, failed)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            "INSERT INTO run (started_at, finished_at, command, outcome, created, updated, reactivated, closed,
+                              skipped, failed, adopted, conflicts)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             params![
                 run.started_at,
                 run.finished_at,
@@ -251,7 +256,9 @@ impl State {
                 run.reactivated as i64,
                 run.closed as i64,
                 run.skipped as i64,
-                run.failed as i64
+                run.failed as i64,
+                run.adopted as i64,
+                run.conflicts as i64
             ],
         )?;
         Ok(())

@@ -8,3 +8,4 @@ mod support;
 mod cli;
 mod skeleton;
 mod source;
+mod three_way;

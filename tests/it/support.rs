@@ -73,6 +73,8 @@ pub struct World {
     /// Extra lines for `[source.users]` (e.g. a disabled_filter).
     pub users_extra: String,
     pub source_extra: String,
+    /// The `[[mapping]]` tables (default [`MAPPINGS`]).
+    pub mappings: String,
 }
 
 pub fn person(uid: &str, given: &str, sn: &str, mail: Option<&str>) -> String {
@@ -91,6 +93,7 @@ impl World {
             dir: tempfile::tempdir().unwrap(),
             users_extra: "disabled_filter = \"(employeeType=disabled)\"\n".into(),
             source_extra: String::new(),
+            mappings: MAPPINGS.to_string(),
         }
     }
 
@@ -131,13 +134,14 @@ page_size = 5
 
 [state]
 path = "state.db"
-{MAPPINGS}"#,
+{mappings}"#,
             url = self.ldap.url,
             bind_dn = self.ldap.bind_dn,
             suffix = self.ldap.suffix,
             portal = self.portal.url,
             users_extra = self.users_extra,
             source_extra = self.source_extra,
+            mappings = self.mappings,
         );
         let path = self.config_path();
         std::fs::write(&path, text).unwrap();
@@ -207,4 +211,20 @@ pub fn without_meta(mut v: Json) -> Json {
         o.remove("meta");
     }
     v
+}
+
+/// [`MAPPINGS`] with `owner = OWNER` added to the mapping whose `to` is `to`.
+pub fn mappings_with_owner(owners: &[(&str, &str)]) -> String {
+    let mut out = MAPPINGS.to_string();
+    for (to, owner) in owners {
+        let line = format!("to = {to}\n");
+        assert!(out.contains(&line), "no mapping to {to}");
+        out = out.replace(&line, &format!("{line}owner = \"{owner}\"\n"));
+    }
+    out
+}
+
+/// The loaded config of a world, for tests that drive the library directly.
+pub fn load_config(w: &World) -> dirsync::config::Config {
+    dirsync::config::Config::load(&w.write_config()).unwrap()
 }

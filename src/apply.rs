@@ -7,7 +7,8 @@ use serde_json::{json, Map, Value as Json};
 use tracing::{info, warn};
 
 use crate::mapping::Rule;
-use crate::plan::{self, Action, Change, Plan};
+use crate::plan::groups::Member;
+use crate::plan::{self, Action, Change, GroupAction, Plan};
 use crate::portal::{PortalClient, PortalError, PortalSchema, USER_SCHEMA};
 use crate::state::{State, StateError};
 
@@ -35,6 +36,8 @@ pub struct Outcome {
 #[derive(Debug, Default)]
 pub struct Applied {
     pub outcomes: Vec<Outcome>,
+    /// What happened to each group change, in plan order.
+    pub group_outcomes: Vec<Outcome>,
     /// Why the run stopped early, if it did.
     pub aborted: Option<String>,
 }
@@ -105,7 +108,129 @@ pub async fn apply(
         };
         applied.outcomes.push(outcome);
     }
+    apply_groups(plan, portal, state, &mut applied).await?;
     Ok(applied)
+}
+
+/// Group changes, after the users: members are resolved to portal ids now, so users
+/// created in this cycle can be members.
+async fn apply_groups(
+    plan: &Plan,
+    portal: &PortalClient,
+    state: &mut State,
+    applied: &mut Applied,
+) -> Result<(), ApplyError> {
+    if plan.group_changes.is_empty() {
+        return Ok(());
+    }
+    let ids = state.portal_ids()?;
+    let known = state.groups()?;
+    for gc in &plan.group_changes {
+        if applied.aborted.is_some() {
+            applied.group_outcomes.push(Outcome {
+                status: Status::NotAttempted,
+                message: None,
+            });
+            continue;
+        }
+        let mut missing = Vec::new();
+        let mut resolve = |m: &Member| {
+            let id = m.portal_id.clone().or_else(|| {
+                m.anchor
+                    .as_ref()
+                    .and_then(|a| ids.get(&a.to_ascii_lowercase()).cloned())
+            });
+            if id.is_none() {
+                missing.push(m.user_name.clone());
+            }
+            id
+        };
+        let result = match gc.action {
+            GroupAction::Create => {
+                let members: Vec<String> = gc.add.iter().filter_map(&mut resolve).collect();
+                match portal.create_group(&gc.name, &gc.anchor, &members).await {
+                    Ok(id) => state
+                        .record_group(&gc.anchor, &id, &gc.name, true)
+                        .map(|_| Ok(())),
+                    Err(e) => Ok(Err(e)),
+                }
+            }
+            GroupAction::Update => {
+                let id = gc.portal_id.clone().unwrap_or_default();
+                let mut ops = Vec::new();
+                if let Some((_, new)) = &gc.rename {
+                    ops.push(json!({"op": "replace", "path": "displayName", "value": new}));
+                }
+                let add: Vec<Json> = gc
+                    .add
+                    .iter()
+                    .filter_map(&mut resolve)
+                    .map(|v| json!({"value": v}))
+                    .collect();
+                if !add.is_empty() {
+                    ops.push(json!({"op": "add", "path": "members", "value": add}));
+                }
+                for m in &gc.remove {
+                    if let Some(v) = &m.portal_id {
+                        ops.push(
+                            json!({"op": "remove", "path": format!("members[value eq \"{v}\"]")}),
+                        );
+                    }
+                }
+                if ops.is_empty() {
+                    Ok(Ok(()))
+                } else {
+                    match portal.patch_group(&id, ops).await {
+                        Ok(()) => {
+                            let created = known
+                                .get(&gc.anchor.to_ascii_lowercase())
+                                .is_some_and(|k| k.created);
+                            state
+                                .record_group(&gc.anchor, &id, &gc.name, created)
+                                .map(|_| Ok(()))
+                        }
+                        Err(e) => Ok(Err(e)),
+                    }
+                }
+            }
+            GroupAction::Delete => {
+                let id = gc.portal_id.clone().unwrap_or_default();
+                match portal.delete_group(&id).await {
+                    Ok(()) | Err(PortalError::NotFound) => {
+                        state.forget_group(&gc.anchor).map(|_| Ok(()))
+                    }
+                    Err(e) => Ok(Err(e)),
+                }
+            }
+        };
+        let outcome = match result? {
+            Ok(()) => Outcome {
+                status: Status::Applied,
+                message: (!missing.is_empty()).then(|| {
+                    format!(
+                        "not added (not in the portal yet; next cycle): {}",
+                        missing.join(", ")
+                    )
+                }),
+            },
+            Err(e) => {
+                warn!(group = %gc.name, error = %e, "group change not applied");
+                if e.is_fatal() {
+                    applied.aborted = Some(e.to_string());
+                }
+                Outcome {
+                    status: if matches!(e, PortalError::Rejected { .. }) {
+                        Status::Rejected
+                    } else {
+                        Status::Failed
+                    },
+                    message: Some(e.to_string()),
+                }
+            }
+        };
+        applied.group_outcomes.push(outcome);
+    }
+    Ok(())
 }
 
 enum Failure {

@@ -44,7 +44,7 @@ pub struct StateCheck {
 }
 
 pub async fn check(config: &Config) -> Result<CheckReport, CycleError> {
-    let attributes: Vec<String> = config.mapping.iter().map(|r| r.from.clone()).collect();
+    let attributes = crate::cycle::source_attributes(config);
     let mut source = LdapSource::connect(&config.source, &attributes).await?;
     let found = source.check().await;
     source.close().await;

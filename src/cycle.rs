@@ -73,12 +73,14 @@ pub async fn prepare(config: &Config, mode: Mode) -> Result<Prepared, CycleError
         Mode::Sync => Some(State::open(&config.state_path)?),
         Mode::Plan => State::open_read_only(&config.state_path)?,
     };
-    let known = match &state {
-        Some(s) => s.baselines()?,
+    let (known, known_groups) = match &state {
+        Some(s) => (s.baselines()?, s.groups()?),
         None => Default::default(),
     };
+    let rules = plan::effective_rules(&config.mapping, &config.access);
+    let mirror_groups = config.access.portal_groups.is_some();
 
-    let attributes: Vec<String> = config.mapping.iter().map(|r| r.from.clone()).collect();
+    let attributes = source_attributes(config);
     let read_directory = async {
         let mut source = LdapSource::connect(&config.source, &attributes).await?;
         let snapshot = source.read().await;
@@ -90,19 +92,28 @@ pub async fn prepare(config: &Config, mode: Mode) -> Result<Prepared, CycleError
         portal.discover().await?;
         let schema = portal.schema().await?;
         let users = portal.list_users().await?;
-        Ok::<_, PortalError>((portal, schema, users))
+        let groups = if mirror_groups {
+            portal.list_groups().await?
+        } else {
+            Vec::new()
+        };
+        Ok::<_, PortalError>((portal, schema, users, groups))
     };
     let (snapshot, portal_side) = tokio::join!(read_directory, read_portal);
     let snapshot = snapshot?;
-    let (portal, schema, portal_users) = portal_side?;
+    let (portal, schema, portal_users, portal_groups) = portal_side?;
 
     let plan = plan::compute(&plan::Input {
         directory: &snapshot.users,
         bad_entries: &snapshot.bad_entries,
         portal: &portal_users,
         state: &known,
-        rules: &config.mapping,
+        rules: &rules,
         schema: &schema,
+        groups: &snapshot.groups,
+        access: &config.access,
+        portal_groups: &portal_groups,
+        known_groups: &known_groups,
     });
     info!(
         create = plan.count(Action::Create),
@@ -158,8 +169,9 @@ pub async fn finish(config: &Config, prepared: Prepared) -> Result<Report, Cycle
     } = prepared;
     let (command, applied) = match (mode, state.as_mut()) {
         (Mode::Sync, Some(state)) => {
+            let rules = plan::effective_rules(&config.mapping, &config.access);
             let replan = apply::Replan {
-                rules: &config.mapping,
+                rules: &rules,
                 schema: &schema,
             };
             (
@@ -201,4 +213,17 @@ pub async fn finish(config: &Config, prepared: Prepared) -> Result<Report, Cycle
         })?;
     }
     Ok(report)
+}
+
+/// The directory attributes a cycle reads for users: the mapped ones and the sub-unit's.
+pub fn source_attributes(config: &Config) -> Vec<String> {
+    let mut attributes: Vec<String> = config.mapping.iter().map(|r| r.from.clone()).collect();
+    if let Some(crate::access::SubUnitRule {
+        from: crate::access::SubUnitSource::Attribute(a),
+        ..
+    }) = &config.access.sub_unit
+    {
+        attributes.push(a.clone());
+    }
+    attributes
 }

@@ -4,6 +4,7 @@
 //! (pure) → [`apply`] carries them out → [`state`] records them → [`report`] tells the admin.
 //! [`cycle`] is that path; [`cli`] and [`run`] put it behind the command line.
 
+pub mod access;
 pub mod apply;
 pub mod check;
 pub mod cli;

@@ -122,12 +122,20 @@ impl AttrPath {
         let attr = get_ci(container, &self.attr)?;
         let target = match (&self.filter, &self.sub) {
             (Some((fsub, fval)), Some(sub)) => {
-                let element = attr.as_array()?.iter().find(|e| {
-                    get_ci(e, fsub)
-                        .and_then(Json::as_str)
-                        .is_some_and(|v| v.eq_ignore_ascii_case(fval))
-                })?;
+                let element = attr
+                    .as_array()?
+                    .iter()
+                    .find(|e| filter_matches(e, fsub, fval))?;
                 get_ci(element, sub)?
+            }
+            // A sub-attribute of a multi-valued attribute: the list of its values.
+            (None, Some(sub)) if attr.is_array() => {
+                let values: Vec<String> = attr
+                    .as_array()?
+                    .iter()
+                    .filter_map(|e| get_ci(e, sub).and_then(Json::as_str).map(str::to_string))
+                    .collect();
+                return (!values.is_empty()).then(|| Value::many(values));
             }
             (None, Some(sub)) => get_ci(attr, sub)?,
             _ => attr,
@@ -150,11 +158,7 @@ impl AttrPath {
                     *list = Json::Array(Vec::new());
                 }
                 if let Json::Array(items) = list {
-                    let pos = items.iter().position(|e| {
-                        get_ci(e, fsub)
-                            .and_then(Json::as_str)
-                            .is_some_and(|v| v.eq_ignore_ascii_case(fval))
-                    });
+                    let pos = items.iter().position(|e| filter_matches(e, fsub, fval));
                     let element = match pos {
                         Some(i) => &mut items[i],
                         None => {
@@ -170,9 +174,14 @@ impl AttrPath {
                     }
                 }
             }
-            (None, Some(sub)) => {
-                object_entry(container, &self.attr).insert(sub.clone(), value.to_json());
-            }
+            (None, Some(sub)) => match value {
+                Value::Many(values) => {
+                    container.insert(self.attr.clone(), list_elements(sub, values));
+                }
+                Value::One(_) => {
+                    object_entry(container, &self.attr).insert(sub.clone(), value.to_json());
+                }
+            },
             _ => {
                 container.insert(self.attr.clone(), value.to_json());
             }
@@ -197,6 +206,16 @@ impl AttrPath {
                     ..self.clone()
                 };
                 serde_json::json!({"op": "add", "path": path.to_string(), "value": [element]})
+            }
+            // The values of a multi-valued attribute's sub-attribute (`roles.value`): the
+            // whole list is replaced.
+            (_, Some(Value::Many(values)), None) if self.sub.is_some() => {
+                let path = AttrPath {
+                    sub: None,
+                    ..self.clone()
+                };
+                let sub = self.sub.as_deref().unwrap_or("value");
+                serde_json::json!({"op": "replace", "path": path.to_string(), "value": list_elements(sub, values)})
             }
             (_, Some(v), _) => {
                 serde_json::json!({"op": "replace", "path": self.to_string(), "value": v.to_json()})
@@ -277,6 +296,36 @@ fn check_name(name: &str) -> Result<(), String> {
     } else {
         Err(format!("`{name}` is not a SCIM attribute name"))
     }
+}
+
+/// Whether a multi-valued element matches `[fsub eq "fval"]`; booleans and numbers compare
+/// by their text, string values without case (RFC 7643 `caseExact` false).
+fn filter_matches(element: &Json, fsub: &str, fval: &str) -> bool {
+    match get_ci(element, fsub) {
+        Some(Json::String(s)) => s.eq_ignore_ascii_case(fval),
+        Some(Json::Bool(b)) => b.to_string() == fval,
+        Some(Json::Number(n)) => n.to_string() == fval,
+        _ => false,
+    }
+}
+
+/// The elements of a multi-valued complex attribute holding `values` in `sub`. A single
+/// value is the primary one (the portal's role: one primary value).
+fn list_elements(sub: &str, values: &[String]) -> Json {
+    let single = values.len() == 1;
+    Json::Array(
+        values
+            .iter()
+            .map(|v| {
+                let mut e = Map::new();
+                e.insert(sub.to_string(), Json::String(v.clone()));
+                if single {
+                    e.insert("primary".into(), Json::Bool(true));
+                }
+                Json::Object(e)
+            })
+            .collect(),
+    )
 }
 
 /// SCIM attribute names are case-insensitive (RFC 7643 §2.1).
@@ -513,6 +562,40 @@ mod tests {
         assert_eq!(
             family.patch_op(None, Some(&v)),
             json!({"op":"replace","path":"name.familyName","value":"+46 8 123"})
+        );
+    }
+
+    #[test]
+    fn role_list_is_read_written_and_patched_as_one_primary_value() {
+        let roles = AttrPath::parse("roles.value").unwrap();
+        let r = json!({"roles": [{"value": "regular", "primary": true}]});
+        assert_eq!(roles.get(&r), Some(Value::Many(vec!["regular".into()])));
+        assert_eq!(roles.get(&json!({"roles": []})), None);
+        let v = Value::Many(vec!["administrator".into()]);
+        assert_eq!(
+            roles.patch_op(Some(&Value::Many(vec!["regular".into()])), Some(&v)),
+            json!({"op": "replace", "path": "roles", "value": [{"value": "administrator", "primary": true}]})
+        );
+        let mut m = Map::new();
+        roles.set(&mut m, &v);
+        assert_eq!(
+            Json::Object(m),
+            json!({"roles": [{"value": "administrator", "primary": true}]})
+        );
+    }
+
+    #[test]
+    fn one_service_is_one_filtered_element() {
+        let fax = AttrPath::parse(r#"entitlements[value eq "fax"].value"#).unwrap();
+        let r = json!({"entitlements": [{"value": "sms"}, {"value": "FAX"}]});
+        assert_eq!(fax.get(&r), Some(Value::One("FAX".into())));
+        assert_eq!(
+            fax.patch_op(Some(&Value::One("fax".into())), None),
+            json!({"op": "remove", "path": "entitlements[value eq \"fax\"]"})
+        );
+        assert_eq!(
+            fax.patch_op(None, Some(&Value::One("fax".into()))),
+            json!({"op": "add", "path": "entitlements", "value": [{"value": "fax"}]})
         );
     }
 

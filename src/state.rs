@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use crate::mapping::{AttrPath, Value};
-use crate::plan::Baseline;
+use crate::plan::{Baseline, KnownGroup};
 
 /// Schema migrations; `PRAGMA user_version` is the number applied.
 const MIGRATIONS: &[&str] = &[
@@ -42,7 +42,16 @@ const MIGRATIONS: &[&str] = &[
          PRIMARY KEY (anchor, path)
      );
      ALTER TABLE run ADD COLUMN adopted INTEGER NOT NULL DEFAULT 0;
-     ALTER TABLE run ADD COLUMN conflicts INTEGER NOT NULL DEFAULT 0;",
+          ALTER TABLE run ADD COLUMN conflicts INTEGER NOT NULL DEFAULT 0;",
+    // 3: portal groups mirrored from directory groups; `created` says dirsync made it
+    //    (only those are ever deleted).
+    "CREATE TABLE managed_group (
+         anchor     TEXT PRIMARY KEY COLLATE NOCASE,
+         portal_id  TEXT NOT NULL,
+         name       TEXT NOT NULL,
+         created    INTEGER NOT NULL,
+         linked_at  TEXT NOT NULL
+     );",
 ];
 
 /// A state store problem. Fatal for the cycle: without its memory the daemon could not
@@ -225,6 +234,67 @@ impl State {
             }
         }
         tx.commit()?;
+        Ok(())
+    }
+
+    /// Portal ids of the managed users, by lowercased anchor.
+    pub fn portal_ids(&self) -> Result<HashMap<String, String>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT anchor, portal_id FROM managed_user")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = HashMap::new();
+        for row in rows {
+            let (a, id) = row?;
+            out.insert(a.to_ascii_lowercase(), id);
+        }
+        Ok(out)
+    }
+
+    /// The mirrored portal groups, by lowercased directory anchor.
+    pub fn groups(&self) -> Result<HashMap<String, KnownGroup>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT anchor, portal_id, created FROM managed_group")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, bool>(2)?,
+            ))
+        })?;
+        let mut out = HashMap::new();
+        for row in rows {
+            let (anchor, portal_id, created) = row?;
+            out.insert(
+                anchor.to_ascii_lowercase(),
+                KnownGroup { portal_id, created },
+            );
+        }
+        Ok(out)
+    }
+
+    /// Records a mirrored portal group (after the portal confirmed it).
+    pub fn record_group(
+        &mut self,
+        anchor: &str,
+        portal_id: &str,
+        name: &str,
+        created: bool,
+    ) -> Result<(), StateError> {
+        self.conn.execute(
+            "INSERT INTO managed_group (anchor, portal_id, name, created, linked_at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(anchor) DO UPDATE SET portal_id = excluded.portal_id, name = excluded.name",
+            params![anchor, portal_id, name, created, crate::report::now()],
+        )?;
+        Ok(())
+    }
+
+    pub fn forget_group(&mut self, anchor: &str) -> Result<(), StateError> {
+        self.conn.execute(
+            "DELETE FROM managed_group WHERE anchor = ?1",
+            params![anchor],
+        )?;
         Ok(())
     }
 

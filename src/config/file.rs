@@ -14,6 +14,52 @@ pub(super) struct FileV1 {
     pub sync: Option<SyncV1>,
     #[serde(default, rename = "mapping")]
     pub mappings: Vec<MappingV1>,
+    pub roles: Option<RolesV1>,
+    #[serde(default, rename = "service")]
+    pub services: Vec<ServiceV1>,
+    pub portal_groups: Option<PortalGroupsV1>,
+    pub sub_unit: Option<SubUnitV1>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RolesV1 {
+    pub default: Option<String>,
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<RoleRuleV1>,
+    pub keep_one_of: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RoleRuleV1 {
+    pub group: String,
+    pub role: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ServiceV1 {
+    pub group: String,
+    pub service: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PortalGroupsV1 {
+    #[serde(default)]
+    pub groups: Vec<String>,
+    pub filter: Option<String>,
+    pub flatten: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SubUnitV1 {
+    pub from: String,
+    pub base: Option<String>,
+    pub attribute: Option<String>,
+    pub to: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use url::Url;
 
+use crate::access::{
+    AccessRules, GroupRef, PortalGroupRule, RoleRule, ServiceRule, SubUnitRule, SubUnitSource,
+};
 use crate::mapping::{AttrPath, Owner, Rule};
 use crate::secret::{Secret, SecretSource};
 
@@ -18,6 +21,8 @@ pub const DEFAULT_PORTAL_PAGE_SIZE: usize = 100;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_CYCLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 pub const DEFAULT_STATE_PATH: &str = "/var/lib/dirsync/state.db";
+pub const DEFAULT_SUB_UNIT_TARGET: &str =
+    "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department";
 
 /// A config that cannot be used. Fatal: the caller reports it and exits with code 2.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +43,8 @@ pub struct Config {
     pub state_path: PathBuf,
     pub cycle_timeout: Duration,
     pub mapping: Vec<Rule>,
+    /// Roles, services, sub-units and portal groups from the directory.
+    pub access: AccessRules,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +92,8 @@ pub struct SourceConfig {
     pub anchor_attribute: String,
     pub users: UserSearch,
     pub groups: Option<Search>,
+    /// Groups in scope that also match this filter are mirrored as portal groups.
+    pub portal_groups_filter: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -214,6 +223,19 @@ impl Validator {
             DEFAULT_CYCLE_TIMEOUT,
         )?;
         let mapping = self.mapping(raw.mappings)?;
+        let mut source = source;
+        let access = self.access(
+            &source,
+            raw.roles,
+            raw.services,
+            raw.portal_groups,
+            raw.sub_unit,
+            &mapping,
+        )?;
+        if let Some(f) = access.1 {
+            source.portal_groups_filter = Some(f);
+        }
+        let access = access.0;
         Ok(Config {
             path: path.to_path_buf(),
             source,
@@ -221,7 +243,134 @@ impl Validator {
             state_path,
             cycle_timeout,
             mapping,
+            access,
         })
+    }
+
+    /// The access rules, and the extra group filter the source must apply for them.
+    fn access(
+        &self,
+        source: &SourceConfig,
+        roles: Option<file::RolesV1>,
+        services: Vec<file::ServiceV1>,
+        portal_groups: Option<file::PortalGroupsV1>,
+        sub_unit: Option<file::SubUnitV1>,
+        mapping: &[Rule],
+    ) -> Result<(AccessRules, Option<String>), ConfigError> {
+        let group_ref = |key: &str, g: String| {
+            if g.trim().is_empty() {
+                Err(self.err(key, "the group is empty; give its cn or DN"))
+            } else {
+                Ok(GroupRef(g.trim().to_string()))
+            }
+        };
+        let mut rules = AccessRules::default();
+        if let Some(r) = roles {
+            let default = r.default.unwrap_or_else(|| "regular".to_string());
+            if default.trim().is_empty() {
+                return Err(self.err("roles.default", "is empty"));
+            }
+            let mut list = Vec::new();
+            for (i, rule) in r.rules.into_iter().enumerate() {
+                let key = format!("roles.rule[{i}]");
+                if rule.role.trim().is_empty() {
+                    return Err(self.err(&format!("{key}.role"), "is empty"));
+                }
+                list.push(RoleRule {
+                    group: group_ref(&format!("{key}.group"), rule.group)?,
+                    role: rule.role.trim().to_string(),
+                });
+            }
+            rules.keep_one_of = r
+                .keep_one_of
+                .unwrap_or_else(|| vec!["administrator".into(), "account_manager".into()]);
+            rules.roles = Some((list, default.trim().to_string()));
+        }
+        for (i, s) in services.into_iter().enumerate() {
+            let key = format!("service[{i}]");
+            let name = s.service.trim().to_string();
+            if name.is_empty() || name.contains('"') {
+                return Err(self.err(
+                    &format!("{key}.service"),
+                    format!("{:?} is not a service name", s.service),
+                ));
+            }
+            if rules
+                .services
+                .iter()
+                .any(|r| r.service.eq_ignore_ascii_case(&name))
+            {
+                return Err(self.err(
+                    &format!("{key}.service"),
+                    format!("service {name:?} has two rules; list one group per service"),
+                ));
+            }
+            rules.services.push(ServiceRule {
+                group: group_ref(&format!("{key}.group"), s.group)?,
+                service: name,
+            });
+        }
+        let mut filter = None;
+        if let Some(pg) = portal_groups {
+            let mut groups = Vec::new();
+            for (i, g) in pg.groups.into_iter().enumerate() {
+                groups.push(group_ref(&format!("portal_groups.groups[{i}]"), g)?);
+            }
+            if let Some(f) = pg.filter {
+                filter = Some(self.filter("portal_groups.filter", f)?);
+            }
+            if groups.is_empty() && filter.is_none() {
+                return Err(self.err(
+                    "portal_groups",
+                    "name the groups to mirror (groups = [...]) or give a filter",
+                ));
+            }
+            rules.portal_groups = Some(PortalGroupRule {
+                groups,
+                by_filter: filter.is_some(),
+                flatten: pg.flatten.unwrap_or(true),
+            });
+        }
+        if let Some(su) = sub_unit {
+            let from = match su.from.as_str() {
+                "ou" => SubUnitSource::OuPath {
+                    base: su.base.unwrap_or_else(|| source.users.search.base.clone()),
+                },
+                "attribute" => match su.attribute {
+                    Some(a) if !a.trim().is_empty() => {
+                        SubUnitSource::Attribute(a.trim().to_ascii_lowercase())
+                    }
+                    _ => {
+                        return Err(self.err(
+                            "sub_unit.attribute",
+                            "missing: from = \"attribute\" needs the attribute's name",
+                        ))
+                    }
+                },
+                other => {
+                    return Err(self.err(
+                        "sub_unit.from",
+                        format!("unknown source {other:?}; expected \"ou\" or \"attribute\""),
+                    ))
+                }
+            };
+            let to = AttrPath::parse(su.to.as_deref().unwrap_or(DEFAULT_SUB_UNIT_TARGET))
+                .map_err(|e| self.err("sub_unit.to", e))?;
+            if mapping.iter().any(|r| r.to == to) {
+                return Err(self.err(
+                    "sub_unit.to",
+                    format!("`{to}` is also the target of a [[mapping]]"),
+                ));
+            }
+            rules.sub_unit = Some(SubUnitRule { from, to });
+        }
+        if rules.needs_groups() && source.groups.is_none() {
+            return Err(self.err(
+                "source.groups",
+                "missing: roles, services and portal groups come from group membership; say where the groups are",
+            ));
+        }
+        Ok((rules, filter))
     }
 
     fn source(&self, base_dir: &Path, s: file::SourceV1) -> Result<SourceConfig, ConfigError> {
@@ -333,6 +482,7 @@ impl Validator {
             anchor_attribute,
             users,
             groups,
+            portal_groups_filter: None,
         })
     }
 

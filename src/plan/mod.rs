@@ -2,6 +2,7 @@
 //! plain values (directory users, portal users, the daemon's state, the rules) and returns
 //! a [`Plan`]; it performs no I/O, so every rule here is tested without servers.
 
+pub mod groups;
 pub mod user;
 mod validate;
 
@@ -9,9 +10,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Serialize;
 
-use crate::mapping::{self, AttrPath, Attributes, Rule, Value};
-use crate::portal::{PortalSchema, PortalUser};
-use crate::source::{BadEntry, DirectoryUser};
+pub use self::groups::{GroupAction, GroupChange, KnownGroup};
+use crate::access::{self, AccessRules, Membership};
+use crate::mapping::{self, AttrPath, Attributes, Owner, Rule, Value};
+use crate::portal::{PortalGroup, PortalSchema, PortalUser};
+use crate::source::{BadEntry, DirectoryGroup, DirectoryUser};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -74,6 +77,9 @@ pub struct FieldChange {
     pub new: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub why: Option<Why>,
+    /// Where the directory value came from (e.g. the group that grants a role).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// The last-synced value of each directory- or merge-owned attribute of one user; a path
@@ -161,6 +167,8 @@ pub struct Plan {
     pub skipped: Vec<Skipped>,
     pub needs_admin: Vec<NeedsAdmin>,
     pub conflicts: Vec<Conflict>,
+    /// Portal groups to create, update or delete; applied after the users.
+    pub group_changes: Vec<GroupChange>,
     /// Linked users with nothing to change.
     #[serde(skip)]
     pub in_sync: Vec<InSync>,
@@ -183,8 +191,14 @@ pub struct Input<'a> {
     /// The daemon's memory: the anchors (lowercased) of the users it manages, with their
     /// last-synced values.
     pub state: &'a HashMap<String, Baseline>,
+    /// The mapping rules and the access-derived attributes: see [`effective_rules`].
     pub rules: &'a [Rule],
     pub schema: &'a PortalSchema,
+    pub groups: &'a [DirectoryGroup],
+    pub access: &'a AccessRules,
+    pub portal_groups: &'a [PortalGroup],
+    /// Lowercased anchor → the portal group the state links it to.
+    pub known_groups: &'a HashMap<String, KnownGroup>,
 }
 
 /// A directory user that passed validation, with its mapped attributes.
@@ -192,6 +206,31 @@ struct Wanted<'a> {
     user: &'a DirectoryUser,
     attrs: Attributes,
     user_name: String,
+    /// Where derived attributes came from, for the report.
+    why: BTreeMap<AttrPath, String>,
+}
+
+/// The rules the planner diffs by: the config's mappings, then the attributes derived
+/// from group membership and the tree (role, one per service, sub-unit), all owned by
+/// the directory.
+pub fn effective_rules(mapping: &[Rule], access: &AccessRules) -> Vec<Rule> {
+    let mut rules = mapping.to_vec();
+    let derived = |to: AttrPath| Rule {
+        from: String::new(),
+        to,
+        multi: false,
+        owner: Owner::Directory,
+    };
+    if access.roles.is_some() {
+        rules.push(derived(access::role_path()));
+    }
+    for s in &access.services {
+        rules.push(derived(access::service_path(&s.service)));
+    }
+    if let Some(su) = &access.sub_unit {
+        rules.push(derived(su.to.clone()));
+    }
+    rules
 }
 
 /// Computes the plan.
@@ -204,7 +243,20 @@ pub fn compute(input: &Input<'_>) -> Plan {
         });
     }
 
-    let wanted = validate::validate(input.directory, input.rules, &mut plan.skipped);
+    let membership = Membership::new(input.groups);
+    let resolved = access::resolve(input.access, &membership);
+    plan.notes.extend(resolved.problems.iter().cloned());
+    for cycle in membership.cycles() {
+        plan.notes.push(format!(
+            "group cycle in the directory: {cycle} (membership counted once)"
+        ));
+    }
+    let mut wanted = validate::validate(input.directory, input.rules, &mut plan.skipped);
+    for w in &mut wanted {
+        let (derived, why) = access::derive(input.access, &membership, &resolved, w.user);
+        w.attrs.extend(derived);
+        w.why = why;
+    }
 
     // Portal users by externalId (anchors are compared case-insensitively: GUID strings
     // differ in case between tools). Two portal users claiming one anchor is a conflict
@@ -241,6 +293,39 @@ pub fn compute(input: &Input<'_>) -> Plan {
     }
 
     plan_closures(input, &in_directory, &claimed, &mut plan);
+    for change in &mut plan.changes {
+        if let Some(w) = wanted.iter().find(|w| w.user.anchor == change.anchor) {
+            for f in &mut change.fields {
+                f.detail = w.why.get(&f.path).cloned();
+            }
+        }
+    }
+    keep_one_privileged(input, &in_directory, &mut plan);
+
+    if let Some(rule) = &input.access.portal_groups {
+        let users: HashMap<String, (String, String)> = wanted
+            .iter()
+            .filter(|w| !w.user.disabled)
+            .map(|w| {
+                (
+                    w.user.dn.to_ascii_lowercase(),
+                    (w.user.anchor.clone(), w.user_name.clone()),
+                )
+            })
+            .collect();
+        plan.group_changes = groups::plan(
+            &groups::GroupInput {
+                rule,
+                directory: input.groups,
+                membership: &membership,
+                users: &users,
+                portal_users: input.portal,
+                portal_groups: input.portal_groups,
+                known: input.known_groups,
+            },
+            &mut plan.notes,
+        );
+    }
     plan.changes.sort_by(|a, b| {
         (a.action, a.user_name.to_ascii_lowercase())
             .cmp(&(b.action, b.user_name.to_ascii_lowercase()))
@@ -360,6 +445,7 @@ fn plan_unlinked(
                     old: None,
                     new: Some(v.clone()),
                     why: None,
+                    detail: None,
                 })
             })
             .collect(),
@@ -386,6 +472,7 @@ fn push_linking_change(
         old: p.external_id.clone().map(Value::One),
         new: Some(Value::One(w.user.anchor.clone())),
         why: None,
+        detail: None,
     }];
     fields.extend(d.fields);
     let adopting = p.external_id.is_none();
@@ -558,6 +645,104 @@ fn plan_closures(
         plan.changes
             .push(close(p, &anchor, None, "no longer in the directory scope"));
     }
+}
+
+/// Never leave the portal without an active, managed holder of one of the `keep_one_of`
+/// roles: if the plan would demote or close the last one, that one change is held back.
+fn keep_one_privileged(input: &Input<'_>, in_directory: &HashSet<String>, plan: &mut Plan) {
+    let keep = &input.access.keep_one_of;
+    if input.access.roles.is_none() || keep.is_empty() {
+        return;
+    }
+    let role = access::role_path();
+    let privileged = |v: Option<&Value>| match v {
+        Some(Value::Many(roles)) => roles
+            .iter()
+            .any(|r| keep.iter().any(|k| k.eq_ignore_ascii_case(r))),
+        Some(Value::One(r)) => keep.iter().any(|k| k.eq_ignore_ascii_case(r)),
+        None => false,
+    };
+    let managed = |p: &PortalUser| {
+        p.external_id
+            .as_ref()
+            .map(|x| x.to_ascii_lowercase())
+            .is_some_and(|x| input.state.contains_key(&x) || in_directory.contains(&x))
+    };
+    let holders: Vec<&PortalUser> = input
+        .portal
+        .iter()
+        .filter(|p| p.active && managed(p) && privileged(role.get(&p.resource).as_ref()))
+        .collect();
+    if holders.is_empty() {
+        return;
+    }
+    let change_of = |plan: &Plan, id: &str| {
+        plan.changes
+            .iter()
+            .position(|c| c.portal_id.as_deref() == Some(id))
+    };
+    let stays = |plan: &Plan, p: &PortalUser| match change_of(plan, &p.id).map(|i| &plan.changes[i])
+    {
+        None => true,
+        Some(c) if c.set_active == Some(false) => false,
+        Some(c) => c
+            .fields
+            .iter()
+            .find(|f| f.path == role)
+            .is_none_or(|f| privileged(f.new.as_ref())),
+    };
+    let gains = plan.changes.iter().any(|c| {
+        c.set_active != Some(false)
+            && c.fields
+                .iter()
+                .any(|f| f.path == role && privileged(f.new.as_ref()))
+    });
+    if gains || holders.iter().any(|p| stays(plan, p)) {
+        return;
+    }
+    let mut keepers = holders.clone();
+    keepers.sort_by_key(|p| p.user_name.to_ascii_lowercase());
+    let p = keepers[0];
+    let current = role.get(&p.resource);
+    let Some(i) = change_of(plan, &p.id) else {
+        return;
+    };
+    let change = &mut plan.changes[i];
+    let what = if change.set_active == Some(false) {
+        let why = change.reason.clone().unwrap_or_default();
+        plan.changes.remove(i);
+        format!("not closed ({why})")
+    } else {
+        let lost = change
+            .fields
+            .iter()
+            .find(|f| f.path == role)
+            .and_then(|f| f.detail.clone())
+            .unwrap_or_default();
+        change.fields.retain(|f| f.path != role);
+        if let Some(c) = &current {
+            change.baseline.insert(role.clone(), Some(c.clone()));
+        }
+        let emptied = change.fields.is_empty() && change.set_active.is_none();
+        if emptied {
+            let c = plan.changes.remove(i);
+            plan.in_sync.push(InSync {
+                anchor: c.anchor,
+                portal_id: p.id.clone(),
+                user_name: c.user_name,
+                baseline: c.baseline,
+            });
+        }
+        format!(
+            "keeps role {} ({lost})",
+            current.as_ref().map(|v| v.to_string()).unwrap_or_default()
+        )
+    };
+    plan.notes.push(format!(
+        "{}: {what}: it is the last active {} dirsync manages, and a cycle never leaves the portal without one",
+        p.user_name,
+        keep.join(" or ")
+    ));
 }
 
 fn close(p: &PortalUser, anchor: &str, dn: Option<&str>, reason: &str) -> Change {

@@ -76,6 +76,10 @@ fn plan_with_rules(
         state,
         rules,
         schema: &schema,
+        groups: &[],
+        access: &AccessRules::default(),
+        portal_groups: &[],
+        known_groups: &HashMap::new(),
     })
 }
 
@@ -155,6 +159,7 @@ fn changed_surname_is_one_field_change_and_nothing_else() {
             old: Some(Value::One("Berg".into())),
             new: Some(Value::One("Lind".into())),
             why: Some(Why::DirectoryChange),
+            detail: None,
         }]
     );
     assert_eq!(
@@ -694,4 +699,371 @@ fn replan_with_nothing_left_is_none() {
     let mut fresh = p;
     fresh.resource["name"]["familyName"] = json!("Lind");
     assert!(replan(&plan.changes[0], &fresh, &rules(), &portal_schema()).is_none());
+}
+
+// --- access: roles, services, guard rail, portal groups ---
+
+mod access_rules {
+    use super::*;
+    use crate::access::{
+        role_path, service_path, GroupRef, PortalGroupRule, RoleRule, ServiceRule,
+    };
+    use crate::portal::PortalGroup;
+    use crate::source::DirectoryGroup;
+
+    fn group(name: &str, members: &[&DirectoryUser]) -> DirectoryGroup {
+        DirectoryGroup {
+            dn: format!("cn={name},ou=groups,dc=x"),
+            anchor: format!("g-{name}"),
+            name: name.into(),
+            members: members.iter().map(|u| u.dn.clone()).collect(),
+            selected: false,
+        }
+    }
+
+    fn access() -> AccessRules {
+        AccessRules {
+            roles: Some((
+                vec![RoleRule {
+                    group: GroupRef("Fax-Admins".into()),
+                    role: "account_manager".into(),
+                }],
+                "regular".into(),
+            )),
+            services: vec![ServiceRule {
+                group: GroupRef("Fax-Users".into()),
+                service: "fax".into(),
+            }],
+            keep_one_of: vec!["administrator".into(), "account_manager".into()],
+            ..Default::default()
+        }
+    }
+
+    struct World {
+        users: Vec<DirectoryUser>,
+        groups: Vec<DirectoryGroup>,
+        portal: Vec<PortalUser>,
+        portal_groups: Vec<PortalGroup>,
+        known_groups: HashMap<String, KnownGroup>,
+        access: AccessRules,
+    }
+
+    impl World {
+        fn plan(&self) -> Plan {
+            let rules = effective_rules(&rules(), &self.access);
+            let state: State = self
+                .portal
+                .iter()
+                .filter_map(|p| p.external_id.clone())
+                .map(|a| (a.to_ascii_lowercase(), Baseline::new()))
+                .collect();
+            let schema = portal_schema();
+            compute(&Input {
+                directory: &self.users,
+                bad_entries: &[],
+                portal: &self.portal,
+                state: &state,
+                rules: &rules,
+                schema: &schema,
+                groups: &self.groups,
+                access: &self.access,
+                portal_groups: &self.portal_groups,
+                known_groups: &self.known_groups,
+            })
+        }
+
+        /// Portal users as a first cycle would have created them.
+        fn synced(
+            users: Vec<DirectoryUser>,
+            groups: Vec<DirectoryGroup>,
+            access: AccessRules,
+        ) -> World {
+            let mut w = World {
+                users,
+                groups,
+                portal: Vec::new(),
+                portal_groups: Vec::new(),
+                known_groups: HashMap::new(),
+                access,
+            };
+            let plan = w.plan();
+            w.portal = plan
+                .changes
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let mut body = crate::apply::create_body(c);
+                    body["id"] = json!(format!("p{i}"));
+                    PortalUser::from_json(body).unwrap()
+                })
+                .collect();
+            w
+        }
+    }
+
+    #[test]
+    fn role_and_service_follow_groups_and_say_which_group() {
+        let anna = dir_user("anna", Some("anna@example.se"), "Berg");
+        let bo = dir_user("bo", Some("bo@example.se"), "Ek");
+        let mut w = World::synced(
+            vec![anna.clone(), bo.clone()],
+            vec![group("Fax-Admins", &[&anna]), group("Fax-Users", &[&anna])],
+            access(),
+        );
+        let anna_p = w
+            .portal
+            .iter()
+            .find(|p| p.user_name == "anna@example.se")
+            .unwrap();
+        assert_eq!(
+            role_path().get(&anna_p.resource),
+            Some(Value::Many(vec!["account_manager".into()]))
+        );
+        assert_eq!(
+            service_path("fax").get(&anna_p.resource),
+            Some(Value::One("fax".into()))
+        );
+        assert!(w.plan().changes.is_empty());
+
+        // bo joins the admins and the fax group; anna leaves the fax group.
+        w.groups = vec![
+            group("Fax-Admins", &[&anna, &bo]),
+            group("Fax-Users", &[&bo]),
+        ];
+        let plan = w.plan();
+        let bo_c = plan
+            .changes
+            .iter()
+            .find(|c| c.user_name == "bo@example.se")
+            .unwrap();
+        let role_f = bo_c.fields.iter().find(|f| f.path == role_path()).unwrap();
+        assert_eq!(
+            role_f.new,
+            Some(Value::Many(vec!["account_manager".into()]))
+        );
+        assert_eq!(role_f.detail.as_deref(), Some("via group Fax-Admins"));
+        let ops = crate::apply::patch_operations(bo_c);
+        assert!(
+            ops.contains(
+                &json!({"op": "add", "path": "entitlements", "value": [{"value": "fax"}]})
+            ),
+            "{ops:?}"
+        );
+        let anna_c = plan
+            .changes
+            .iter()
+            .find(|c| c.user_name == "anna@example.se")
+            .unwrap();
+        assert_eq!(
+            crate::apply::patch_operations(anna_c),
+            vec![json!({"op": "remove", "path": "entitlements[value eq \"fax\"]"})]
+        );
+    }
+
+    #[test]
+    fn services_the_config_does_not_name_are_left_alone() {
+        let anna = dir_user("anna", Some("anna@example.se"), "Berg");
+        let mut w = World::synced(
+            vec![anna.clone()],
+            vec![group("Fax-Admins", &[]), group("Fax-Users", &[])],
+            access(),
+        );
+        w.portal[0].resource["entitlements"] = json!([{"value": "sms"}]);
+        assert!(
+            w.plan().changes.is_empty(),
+            "sms is not dirsync's to revoke"
+        );
+    }
+
+    #[test]
+    fn the_last_account_manager_is_kept_and_the_report_says_why() {
+        let anna = dir_user("anna", Some("anna@example.se"), "Berg");
+        let bo = dir_user("bo", Some("bo@example.se"), "Ek");
+        let mut w = World::synced(
+            vec![anna.clone(), bo.clone()],
+            vec![group("Fax-Admins", &[&anna]), group("Fax-Users", &[])],
+            access(),
+        );
+        w.groups = vec![group("Fax-Admins", &[]), group("Fax-Users", &[])];
+        let plan = w.plan();
+        assert!(
+            plan.changes.is_empty(),
+            "the demotion is held back: {:?}",
+            plan.changes
+        );
+        assert!(
+            plan.notes
+                .iter()
+                .any(|n| n.starts_with("anna@example.se: keeps role")
+                    && n.contains("last active administrator or account_manager")),
+            "{:?}",
+            plan.notes
+        );
+        // With another account manager appointed, the demotion goes through.
+        w.groups = vec![group("Fax-Admins", &[&bo]), group("Fax-Users", &[])];
+        let plan = w.plan();
+        assert_eq!(plan.changes.len(), 2, "{:?}", plan.changes);
+        // Closing the last one is held back too.
+        w.groups = vec![group("Fax-Admins", &[&anna]), group("Fax-Users", &[])];
+        w.users = vec![bo.clone()];
+        let plan = w.plan();
+        assert!(
+            plan.changes.iter().all(|c| c.action != Action::Close),
+            "{:?}",
+            plan.changes
+        );
+        assert!(
+            plan.notes.iter().any(|n| n.contains("not closed")),
+            "{:?}",
+            plan.notes
+        );
+    }
+
+    fn mirrored(names: &[&str]) -> AccessRules {
+        AccessRules {
+            portal_groups: Some(PortalGroupRule {
+                groups: names.iter().map(|n| GroupRef(n.to_string())).collect(),
+                by_filter: false,
+                flatten: true,
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn mirrored_group_is_created_then_changed_incrementally() {
+        let users: Vec<DirectoryUser> = (0..5)
+            .map(|i| dir_user(&format!("u{i}"), Some(&format!("u{i}@example.se")), "X"))
+            .collect();
+        let refs: Vec<&DirectoryUser> = users.iter().take(3).collect();
+        let mut w = World::synced(
+            users.clone(),
+            vec![group("Share", &refs)],
+            mirrored(&["Share"]),
+        );
+        let plan = w.plan();
+        assert_eq!(plan.group_changes.len(), 1);
+        let g = &plan.group_changes[0];
+        assert_eq!((g.action, g.add.len()), (GroupAction::Create, 3));
+
+        // The portal group as created; then u0 leaves, u4 joins, and the group is renamed.
+        let id_of = |anchor: &str| {
+            w.portal
+                .iter()
+                .find(|p| p.external_id.as_deref() == Some(anchor))
+                .unwrap()
+                .id
+                .clone()
+        };
+        w.portal_groups = vec![PortalGroup {
+            id: "g1".into(),
+            display_name: "Share".into(),
+            external_id: Some("g-Share".into()),
+            members: ["uuid-u0", "uuid-u1", "uuid-u2"]
+                .iter()
+                .map(|a| id_of(a))
+                .collect(),
+        }];
+        assert!(w.plan().group_changes.is_empty(), "in step");
+        let mut renamed = group("Share-2", &[&users[1], &users[2], &users[4]]);
+        renamed.anchor = "g-Share".into();
+        w.groups = vec![renamed];
+        w.access = mirrored(&["Share-2"]);
+        let plan = w.plan();
+        let g = &plan.group_changes[0];
+        assert_eq!(g.action, GroupAction::Update);
+        assert_eq!(g.rename, Some(("Share".into(), "Share-2".into())));
+        assert_eq!(
+            g.add
+                .iter()
+                .map(|m| m.user_name.as_str())
+                .collect::<Vec<_>>(),
+            ["u4@example.se"]
+        );
+        assert_eq!(
+            g.remove
+                .iter()
+                .map(|m| m.portal_id.clone().unwrap())
+                .collect::<Vec<_>>(),
+            [id_of("uuid-u0")]
+        );
+    }
+
+    #[test]
+    fn groups_leaving_scope_are_deleted_only_if_dirsync_made_them_and_hand_made_ones_are_untouched()
+    {
+        let anna = dir_user("anna", Some("anna@example.se"), "Berg");
+        let mut w = World::synced(
+            vec![anna.clone()],
+            vec![group("Share", &[&anna])],
+            mirrored(&["Share"]),
+        );
+        w.portal_groups = vec![
+            PortalGroup {
+                id: "g1".into(),
+                display_name: "Old".into(),
+                external_id: Some("g-Old".into()),
+                members: vec![],
+            },
+            PortalGroup {
+                id: "g2".into(),
+                display_name: "Adopted".into(),
+                external_id: Some("g-Adopted".into()),
+                members: vec![],
+            },
+            PortalGroup {
+                id: "g3".into(),
+                display_name: "Share".into(),
+                external_id: None,
+                members: vec![],
+            },
+        ];
+        w.known_groups = HashMap::from([
+            (
+                "g-old".into(),
+                KnownGroup {
+                    portal_id: "g1".into(),
+                    created: true,
+                },
+            ),
+            (
+                "g-adopted".into(),
+                KnownGroup {
+                    portal_id: "g2".into(),
+                    created: false,
+                },
+            ),
+        ]);
+        let plan = w.plan();
+        let actions: Vec<(GroupAction, &str)> = plan
+            .group_changes
+            .iter()
+            .map(|g| (g.action, g.name.as_str()))
+            .collect();
+        assert_eq!(
+            actions,
+            [(GroupAction::Delete, "Old")],
+            "{:?}",
+            plan.group_changes
+        );
+        assert!(
+            plan.notes
+                .iter()
+                .any(|n| n.contains("\"Share\" exists but was not made by dirsync")),
+            "{:?}",
+            plan.notes
+        );
+        assert!(
+            plan.notes
+                .iter()
+                .any(|n| n.contains("\"Adopted\" is no longer mirrored")),
+            "{:?}",
+            plan.notes
+        );
+        // A directory that returns no groups deletes nothing.
+        w.groups.clear();
+        let plan = w.plan();
+        assert!(plan.group_changes.is_empty());
+        assert!(plan.notes.iter().any(|n| n.contains("NOT deleted")));
+    }
 }

@@ -103,6 +103,7 @@ pub fn diff(
             old: por,
             new: dir.clone(),
             why: Some(why),
+            detail: None,
         });
         out.baseline.insert(path.clone(), dir);
     }

@@ -56,6 +56,7 @@ pub(super) fn validate<'a>(
             user,
             attrs,
             user_name,
+            why: Default::default(),
         });
     }
 

@@ -20,6 +20,7 @@ pub use self::schema::{Mutability, PortalSchema};
 use crate::config::PortalConfig;
 
 pub const USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
+pub const GROUP_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
 pub const PATCH_OP: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
 const SCIM_JSON: &str = "application/scim+json";
 /// An upper bound on pages, so that a server that never reports the end cannot loop us.
@@ -78,7 +79,8 @@ pub struct PortalGroup {
     pub id: String,
     pub display_name: String,
     pub external_id: Option<String>,
-    pub members: usize,
+    /// Member ids (`members[].value`).
+    pub members: Vec<String>,
 }
 
 /// What `/ServiceProviderConfig` announced.
@@ -242,7 +244,14 @@ impl PortalClient {
                     members: g
                         .get("members")
                         .and_then(Json::as_array)
-                        .map_or(0, Vec::len),
+                        .map(|m| {
+                            m.iter()
+                                .filter_map(|e| {
+                                    e.get("value").and_then(Json::as_str).map(str::to_string)
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
                 })
             })
             .collect())
@@ -287,6 +296,51 @@ impl PortalClient {
                 .and_then(Json::as_str)
                 .map(str::to_string)
         }))
+    }
+
+    /// Creates a group with its members (portal user ids); returns its id.
+    pub async fn create_group(
+        &self,
+        name: &str,
+        external_id: &str,
+        members: &[String],
+    ) -> Result<String, PortalError> {
+        let body = json!({
+            "schemas": [GROUP_SCHEMA],
+            "displayName": name,
+            "externalId": external_id,
+            "members": members.iter().map(|m| json!({"value": m})).collect::<Vec<_>>(),
+        });
+        let (created, _) = self.send(Method::POST, "Groups", Some(body), None).await?;
+        created
+            .get("id")
+            .and_then(Json::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| PortalError::Protocol("POST /Groups answered without an id".into()))
+    }
+
+    /// PATCHes a group: incremental member changes and renames.
+    pub async fn patch_group(&self, id: &str, operations: Vec<Json>) -> Result<(), PortalError> {
+        let body = json!({"schemas": [PATCH_OP], "Operations": operations});
+        self.send(
+            Method::PATCH,
+            &format!("Groups/{}", encode_id(id)),
+            Some(body),
+            None,
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn delete_group(&self, id: &str) -> Result<(), PortalError> {
+        self.send(
+            Method::DELETE,
+            &format!("Groups/{}", encode_id(id)),
+            None,
+            None,
+        )
+        .await?;
+        Ok(())
     }
 
     pub async fn get_user(&self, id: &str) -> Result<PortalUser, PortalError> {
@@ -399,7 +453,11 @@ impl PortalClient {
         Err(match status {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => PortalError::Auth(status.as_u16()),
             StatusCode::PRECONDITION_FAILED => PortalError::PreconditionFailed,
-            StatusCode::NOT_FOUND if method != Method::GET || path.starts_with("Users/") => {
+            StatusCode::NOT_FOUND
+                if method != Method::GET
+                    || path.starts_with("Users/")
+                    || path.starts_with("Groups/") =>
+            {
                 PortalError::NotFound
             }
             StatusCode::TOO_MANY_REQUESTS => {

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::apply::{Applied, Outcome, Status};
-use crate::plan::{Action, Change, Conflict, NeedsAdmin, Plan, Skipped};
+use crate::plan::{Action, Change, Conflict, GroupAction, GroupChange, NeedsAdmin, Plan, Skipped};
 
 pub use self::text::render_text;
 
@@ -44,6 +44,14 @@ pub struct ReportedChange {
 }
 
 #[derive(Clone, Debug, Serialize)]
+pub struct ReportedGroupChange {
+    #[serde(flatten)]
+    pub change: GroupChange,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Outcome>,
+}
+
+#[derive(Clone, Debug, Serialize)]
 pub struct Report {
     /// `plan` (dry run) or `sync`.
     pub command: String,
@@ -53,6 +61,7 @@ pub struct Report {
     pub directory: DirectorySummary,
     pub portal: PortalSummary,
     pub changes: Vec<ReportedChange>,
+    pub group_changes: Vec<ReportedGroupChange>,
     pub skipped: Vec<Skipped>,
     pub needs_admin: Vec<NeedsAdmin>,
     /// `merge` attributes changed on both sides: the portal value was kept.
@@ -76,10 +85,24 @@ impl Report {
         applied: Option<Applied>,
     ) -> Report {
         let dry_run = applied.is_none();
-        let (outcomes, aborted) = match applied {
-            Some(a) => (a.outcomes.into_iter().map(Some).collect(), a.aborted),
-            None => (vec![None; plan.changes.len()], None),
+        let (outcomes, group_outcomes, aborted) = match applied {
+            Some(a) => (
+                a.outcomes.into_iter().map(Some).collect(),
+                a.group_outcomes.into_iter().map(Some).collect(),
+                a.aborted,
+            ),
+            None => (
+                vec![None; plan.changes.len()],
+                vec![None; plan.group_changes.len()],
+                None,
+            ),
         };
+        let group_changes: Vec<ReportedGroupChange> = plan
+            .group_changes
+            .into_iter()
+            .zip(group_outcomes.into_iter().chain(std::iter::repeat(None)))
+            .map(|(change, outcome)| ReportedGroupChange { change, outcome })
+            .collect();
         let changes: Vec<ReportedChange> = plan
             .changes
             .into_iter()
@@ -113,6 +136,33 @@ impl Report {
         counts.insert("skipped".into(), plan.skipped.len());
         counts.insert("needs_admin".into(), plan.needs_admin.len());
         counts.insert("conflicts".into(), plan.conflicts.len());
+        for (key, action) in [
+            ("group_create", GroupAction::Create),
+            ("group_update", GroupAction::Update),
+            ("group_delete", GroupAction::Delete),
+        ] {
+            let n = group_changes
+                .iter()
+                .filter(|g| g.change.action == action)
+                .filter(|g| {
+                    g.outcome
+                        .as_ref()
+                        .is_none_or(|o| o.status == Status::Applied)
+                })
+                .count();
+            counts.insert(key.into(), n);
+        }
+        let group_failed = group_changes
+            .iter()
+            .filter(|g| {
+                g.outcome
+                    .as_ref()
+                    .is_some_and(|o| o.status != Status::Applied)
+            })
+            .count();
+        if let Some(f) = counts.get_mut("failed") {
+            *f += group_failed;
+        }
         Report {
             command: command.to_string(),
             dry_run,
@@ -121,6 +171,7 @@ impl Report {
             directory,
             portal,
             changes,
+            group_changes,
             skipped: plan.skipped,
             needs_admin: plan.needs_admin,
             conflicts: plan.conflicts,

@@ -5,7 +5,7 @@ use std::fmt::Write;
 use super::Report;
 use crate::apply::Status;
 use crate::mapping::Value;
-use crate::plan::{Action, Why};
+use crate::plan::{Action, GroupAction, Why};
 
 const ABSENT: &str = "(none)";
 
@@ -34,7 +34,7 @@ pub fn render_text(r: &Report) -> String {
         r.portal.url, r.portal.users, r.portal.managed
     );
 
-    if r.changes.is_empty() {
+    if r.changes.is_empty() && r.group_changes.is_empty() {
         let _ = writeln!(out, "\nNo changes: the portal matches the directory.");
     }
     for action in Action::ALL {
@@ -76,9 +76,14 @@ pub fn render_text(r: &Report) -> String {
                     }
                     _ => String::new(),
                 };
+                let detail = f
+                    .detail
+                    .as_ref()
+                    .map(|d| format!(" [{d}]"))
+                    .unwrap_or_default();
                 let _ = writeln!(
                     out,
-                    "      {}: {} → {}{why}",
+                    "      {}: {} → {}{why}{detail}",
                     f.path,
                     show(&f.old),
                     show(&f.new)
@@ -87,6 +92,45 @@ pub fn render_text(r: &Report) -> String {
         }
     }
 
+    if !r.group_changes.is_empty() {
+        let _ = writeln!(out, "\nPortal groups ({}):", r.group_changes.len());
+        for g in &r.group_changes {
+            let c = &g.change;
+            let status = match &g.outcome {
+                None => String::new(),
+                Some(o) => match o.status {
+                    Status::Applied => match &o.message {
+                        Some(m) => format!("  [done; {m}]"),
+                        None => "  [done]".into(),
+                    },
+                    _ => format!("  [{:?}: {}]", o.status, o.message.as_deref().unwrap_or(""))
+                        .to_uppercase(),
+                },
+            };
+            let what = match c.action {
+                GroupAction::Create => format!("create {} with {} members", c.name, c.add.len()),
+                GroupAction::Update => format!("update {}", c.name),
+                GroupAction::Delete => format!("delete {}", c.name),
+            };
+            let why = c
+                .reason
+                .as_ref()
+                .map(|r| format!(" — {r}"))
+                .unwrap_or_default();
+            let _ = writeln!(out, "  {what}{why}{status}");
+            if let Some((old, new)) = &c.rename {
+                let _ = writeln!(out, "      rename: {old:?} → {new:?}");
+            }
+            if c.action == GroupAction::Update {
+                for m in &c.add {
+                    let _ = writeln!(out, "      + {}", m.user_name);
+                }
+                for m in &c.remove {
+                    let _ = writeln!(out, "      - {}", m.user_name);
+                }
+            }
+        }
+    }
     if !r.needs_admin.is_empty() {
         let _ = writeln!(out, "\nNeeds an administrator ({}):", r.needs_admin.len());
         for n in &r.needs_admin {
@@ -143,9 +187,18 @@ pub fn render_text(r: &Report) -> String {
         c("skipped"),
         c("needs_admin"),
         c("conflicts"),
-        c("rejected"),
+                c("rejected"),
         c("failed"),
     );
+    if !r.group_changes.is_empty() {
+        let _ = writeln!(
+            out,
+            "Portal groups ({verb}): {} create, {} update, {} delete",
+            c("group_create"),
+            c("group_update"),
+            c("group_delete")
+        );
+    }
     out
 }
 

@@ -118,9 +118,25 @@ impl LdapSource {
                 "uniqueMember".to_string(),
                 self.config.anchor_attribute.clone(),
             ];
+            let selected: HashSet<String> = match self.config.portal_groups_filter.clone() {
+                Some(f) => {
+                    let filter = format!("(&{}{})", groups.filter, f);
+                    let anchor_attr = [self.config.anchor_attribute.clone()];
+                    self.search(&groups, &filter, &anchor_attr)
+                        .await?
+                        .into_iter()
+                        .filter_map(|e| lower_attrs(e).remove(&anchor)?.into_iter().next())
+                        .map(|a| a.to_ascii_lowercase())
+                        .collect()
+                }
+                None => HashSet::new(),
+            };
             for entry in self.search(&groups, &groups.filter, &attrs).await? {
                 match group_from(entry, &anchor) {
-                    Ok(g) => snapshot.groups.push(g),
+                    Ok(mut g) => {
+                        g.selected = selected.contains(&g.anchor.to_ascii_lowercase());
+                        snapshot.groups.push(g)
+                    }
                     Err(bad) => snapshot.bad_entries.push(bad),
                 }
             }
@@ -239,6 +255,7 @@ fn group_from(entry: SearchEntry, anchor: &str) -> Result<DirectoryGroup, BadEnt
         anchor: anchor_value,
         name,
         members,
+        selected: false,
     })
 }
 

@@ -32,6 +32,8 @@ pub struct DirectoryGroup {
     pub name: String,
     /// Member DNs as stored (`member` / `uniqueMember`).
     pub members: Vec<String>,
+    /// Matched the configured `portal_groups.filter`.
+    pub selected: bool,
 }
 
 /// An entry the source could not use; it is reported, never synced.

@@ -1,0 +1,422 @@
+//! Access from the directory: role, services, sub-unit and portal-group membership, from
+//! (nested) group membership and the user's place in the tree. Pure: no I/O.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::mapping::{AttrPath, Attributes, Value};
+use crate::source::{DirectoryGroup, DirectoryUser};
+
+/// A directory group named in the config: by DN (contains `=`) or by `cn`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupRef(pub String);
+
+impl GroupRef {
+    fn is_dn(&self) -> bool {
+        self.0.contains('=')
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoleRule {
+    pub group: GroupRef,
+    pub role: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceRule {
+    pub group: GroupRef,
+    pub service: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SubUnitSource {
+    /// The OU path of the user's DN below `base`, outermost first: `Stockholm/Sales`.
+    OuPath { base: String },
+    /// A directory attribute's value (lowercased name).
+    Attribute(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubUnitRule {
+    pub from: SubUnitSource,
+    pub to: AttrPath,
+}
+
+/// Which directory groups are mirrored as portal groups.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PortalGroupRule {
+    pub groups: Vec<GroupRef>,
+    /// Groups the source marked as matching the configured `portal_groups.filter`.
+    pub by_filter: bool,
+    /// Count members of nested groups too (default).
+    pub flatten: bool,
+}
+
+/// The access rules of the config.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AccessRules {
+    /// First match wins; `None` when roles are not managed.
+    pub roles: Option<(Vec<RoleRule>, String)>,
+    pub services: Vec<ServiceRule>,
+    pub sub_unit: Option<SubUnitRule>,
+    pub portal_groups: Option<PortalGroupRule>,
+    /// Roles of which the portal must keep at least one active, managed holder.
+    pub keep_one_of: Vec<String>,
+}
+
+impl AccessRules {
+    pub fn needs_groups(&self) -> bool {
+        self.roles.as_ref().is_some_and(|(r, _)| !r.is_empty())
+            || !self.services.is_empty()
+            || self.portal_groups.is_some()
+    }
+}
+
+/// The role path: a one-element list, marked primary.
+pub fn role_path() -> AttrPath {
+    AttrPath {
+        schema: None,
+        attr: "roles".into(),
+        filter: None,
+        sub: Some("value".into()),
+    }
+}
+
+/// One service's path: `entitlements[value eq "fax"].value`, present when granted.
+pub fn service_path(service: &str) -> AttrPath {
+    AttrPath {
+        schema: None,
+        attr: "entitlements".into(),
+        filter: Some(("value".into(), service.to_string())),
+        sub: Some("value".into()),
+    }
+}
+
+/// The group graph, with transitive membership.
+pub struct Membership<'a> {
+    groups: &'a [DirectoryGroup],
+    /// Lowercased DN → index in `groups`.
+    by_dn: HashMap<String, usize>,
+    /// Lowercased member DN → groups (indices) that list it directly.
+    parents: HashMap<String, Vec<usize>>,
+}
+
+impl<'a> Membership<'a> {
+    pub fn new(groups: &'a [DirectoryGroup]) -> Membership<'a> {
+        let by_dn = groups
+            .iter()
+            .enumerate()
+            .map(|(i, g)| (g.dn.to_ascii_lowercase(), i))
+            .collect();
+        let mut parents: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, g) in groups.iter().enumerate() {
+            for m in &g.members {
+                parents.entry(m.to_ascii_lowercase()).or_default().push(i);
+            }
+        }
+        Membership {
+            groups,
+            by_dn,
+            parents,
+        }
+    }
+
+    /// Resolves a configured group to its DN. The error says why (unknown, ambiguous).
+    pub fn resolve(&self, r: &GroupRef) -> Result<&'a DirectoryGroup, String> {
+        if r.is_dn() {
+            return self
+                .by_dn
+                .get(&r.0.to_ascii_lowercase())
+                .map(|&i| &self.groups[i])
+                .ok_or_else(|| {
+                    format!(
+                        "group {} is not among the groups read from the directory",
+                        r.0
+                    )
+                });
+        }
+        let found: Vec<&DirectoryGroup> = self
+            .groups
+            .iter()
+            .filter(|g| g.name.eq_ignore_ascii_case(&r.0))
+            .collect();
+        match found.as_slice() {
+            [g] => Ok(g),
+            [] => Err(format!(
+                "no directory group named {:?} (check source.groups)",
+                r.0
+            )),
+            many => Err(format!(
+                "{} directory groups are named {:?}; name it by DN: {}",
+                many.len(),
+                r.0,
+                many.iter()
+                    .map(|g| g.dn.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+
+    /// Every group `dn` belongs to, directly or through nested groups (lowercased DNs).
+    /// Cycles are harmless here: each group is visited once.
+    pub fn groups_of(&self, dn: &str) -> BTreeSet<String> {
+        let mut seen = BTreeSet::new();
+        let mut todo = vec![dn.to_ascii_lowercase()];
+        while let Some(cur) = todo.pop() {
+            for &i in self
+                .parents
+                .get(&cur)
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+            {
+                let g = self.groups[i].dn.to_ascii_lowercase();
+                if seen.insert(g.clone()) {
+                    todo.push(g);
+                }
+            }
+        }
+        seen
+    }
+
+    /// The member DNs (lowercased) of a group: direct, or through nested groups too.
+    /// Nested group entries themselves are not members.
+    pub fn members_of(&self, group: &DirectoryGroup, flatten: bool) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        let mut seen = BTreeSet::from([group.dn.to_ascii_lowercase()]);
+        let mut todo = vec![group];
+        while let Some(g) = todo.pop() {
+            for m in &g.members {
+                let key = m.to_ascii_lowercase();
+                match self.by_dn.get(&key) {
+                    Some(&i) => {
+                        if flatten && seen.insert(key) {
+                            todo.push(&self.groups[i]);
+                        }
+                    }
+                    None => {
+                        out.insert(key);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Cycles in the group graph, each as the names along it (`A ⊃ B ⊃ A`).
+    pub fn cycles(&self) -> Vec<String> {
+        // Depth-first search over group → nested group edges, colouring nodes.
+        #[derive(Clone, Copy, PartialEq)]
+        enum Mark {
+            New,
+            Open,
+            Done,
+        }
+        let mut mark = vec![Mark::New; self.groups.len()];
+        let mut found = BTreeSet::new();
+        for start in 0..self.groups.len() {
+            if mark[start] != Mark::New {
+                continue;
+            }
+            // Iterative DFS: (node, next child index), with the current path.
+            let mut stack: Vec<(usize, usize)> = vec![(start, 0)];
+            mark[start] = Mark::Open;
+            while let Some(&mut (node, ref mut next)) = stack.last_mut() {
+                let children: Vec<usize> = self.groups[node]
+                    .members
+                    .iter()
+                    .filter_map(|m| self.by_dn.get(&m.to_ascii_lowercase()).copied())
+                    .collect();
+                if *next < children.len() {
+                    let child = children[*next];
+                    *next += 1;
+                    match mark[child] {
+                        Mark::New => {
+                            mark[child] = Mark::Open;
+                            stack.push((child, 0));
+                        }
+                        Mark::Open => {
+                            let from = stack.iter().position(|&(n, _)| n == child).unwrap_or(0);
+                            let mut names: Vec<&str> = stack[from..]
+                                .iter()
+                                .map(|&(n, _)| self.groups[n].name.as_str())
+                                .collect();
+                            names.push(self.groups[child].name.as_str());
+                            found.insert(names.join(" ⊃ "));
+                        }
+                        Mark::Done => {}
+                    }
+                } else {
+                    mark[node] = Mark::Done;
+                    stack.pop();
+                }
+            }
+        }
+        found.into_iter().collect()
+    }
+}
+
+/// The access-derived attributes of one user, with a note on where each came from.
+pub fn derive(
+    rules: &AccessRules,
+    membership: &Membership<'_>,
+    resolved: &Resolved<'_>,
+    user: &DirectoryUser,
+) -> (Attributes, BTreeMap<AttrPath, String>) {
+    let mut attrs = Attributes::new();
+    let mut why = BTreeMap::new();
+    let groups = membership.groups_of(&user.dn);
+    if let Some((role_rules, default)) = &rules.roles {
+        let hit = role_rules
+            .iter()
+            .zip(&resolved.roles)
+            .find(|(_, g)| g.is_some_and(|g| groups.contains(&g.dn.to_ascii_lowercase())));
+        let (role, note) = match hit {
+            Some((r, Some(g))) => (r.role.clone(), format!("via group {}", g.name)),
+            _ => (
+                default.clone(),
+                "default role: no role group applies".to_string(),
+            ),
+        };
+        attrs.insert(role_path(), Value::Many(vec![role]));
+        why.insert(role_path(), note);
+    }
+    for (rule, group) in rules.services.iter().zip(&resolved.services) {
+        let path = service_path(&rule.service);
+        match group {
+            Some(g) if groups.contains(&g.dn.to_ascii_lowercase()) => {
+                attrs.insert(path.clone(), Value::One(rule.service.clone()));
+                why.insert(path, format!("granted via group {}", g.name));
+            }
+            Some(g) => {
+                why.insert(path, format!("not a member of {}", g.name));
+            }
+            None => {}
+        }
+    }
+    if let Some(su) = &rules.sub_unit {
+        let value = match &su.from {
+            SubUnitSource::OuPath { base } => ou_path(&user.dn, base),
+            SubUnitSource::Attribute(a) => user
+                .attrs
+                .get(a)
+                .and_then(|v| v.first())
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty()),
+        };
+        if let Some(v) = value {
+            attrs.insert(su.to.clone(), Value::One(v));
+        }
+    }
+    (attrs, why)
+}
+
+/// The configured groups resolved against what the directory returned; `None` where a
+/// group could not be resolved (reported once in the plan's notes).
+pub struct Resolved<'a> {
+    pub roles: Vec<Option<&'a DirectoryGroup>>,
+    pub services: Vec<Option<&'a DirectoryGroup>>,
+    pub problems: Vec<String>,
+}
+
+pub fn resolve<'a>(rules: &AccessRules, membership: &Membership<'a>) -> Resolved<'a> {
+    let mut problems = Vec::new();
+    let mut one = |r: &GroupRef, what: &str| match membership.resolve(r) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            problems.push(format!("{what}: {e}"));
+            None
+        }
+    };
+    let roles = rules
+        .roles
+        .as_ref()
+        .map(|(rs, _)| {
+            rs.iter()
+                .map(|r| one(&r.group, &format!("role rule {}", r.role)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let services = rules
+        .services
+        .iter()
+        .map(|s| one(&s.group, &format!("service rule {}", s.service)))
+        .collect();
+    Resolved {
+        roles,
+        services,
+        problems,
+    }
+}
+
+/// `ou=Sales,ou=Stockholm,ou=people,dc=example,dc=com` under `ou=people,dc=example,dc=com`
+/// → `Stockholm/Sales`. Only the OU components between the entry and the base count.
+pub fn ou_path(dn: &str, base: &str) -> Option<String> {
+    let rdns = split_dn(dn);
+    let base_rdns = split_dn(base);
+    if rdns.len() <= base_rdns.len() {
+        return None;
+    }
+    let (own, tail) = rdns.split_at(rdns.len() - base_rdns.len());
+    if !tail
+        .iter()
+        .zip(&base_rdns)
+        .all(|(a, b)| a.eq_ignore_ascii_case(b))
+    {
+        return None;
+    }
+    let ous: Vec<String> = own[1..]
+        .iter()
+        .rev()
+        .filter_map(|rdn| {
+            let (k, v) = rdn.split_once('=')?;
+            k.trim()
+                .eq_ignore_ascii_case("ou")
+                .then(|| unescape(v.trim()))
+        })
+        .collect();
+    (!ous.is_empty()).then(|| ous.join("/"))
+}
+
+/// Splits a DN into RDN strings at unescaped commas, trimming spaces.
+fn split_dn(dn: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut escaped = false;
+    for c in dn.chars() {
+        if escaped {
+            cur.push(c);
+            escaped = false;
+        } else if c == '\\' {
+            cur.push(c);
+            escaped = true;
+        } else if c == ',' {
+            out.push(cur.trim().to_string());
+            cur.clear();
+        } else {
+            cur.push(c);
+        }
+    }
+    if !cur.trim().is_empty() {
+        out.push(cur.trim().to_string());
+    }
+    out
+}
+
+fn unescape(v: &str) -> String {
+    let mut out = String::new();
+    let mut chars = v.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            if let Some(n) = chars.next() {
+                out.push(n);
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,200 @@
+use super::*;
+
+fn group(name: &str, members: &[&str]) -> DirectoryGroup {
+    DirectoryGroup {
+        dn: format!("cn={name},ou=groups,dc=x"),
+        anchor: format!("g-{name}"),
+        name: name.to_string(),
+        members: members.iter().map(|m| m.to_string()).collect(),
+        selected: false,
+    }
+}
+
+fn gdn(name: &str) -> String {
+    format!("cn={name},ou=groups,dc=x")
+}
+
+fn user(uid: &str, dn: &str) -> DirectoryUser {
+    DirectoryUser {
+        dn: dn.to_string(),
+        anchor: uid.to_string(),
+        attrs: BTreeMap::from([("department".to_string(), vec!["Finance".to_string()])]),
+        disabled: false,
+    }
+}
+
+#[test]
+fn membership_is_transitive_three_levels_deep() {
+    let anna = "uid=anna,ou=people,dc=x";
+    let groups = vec![
+        group("Top", &[&gdn("Mid")]),
+        group("Mid", &[&gdn("Low")]),
+        group("Low", &[anna]),
+        group("Other", &["uid=bo,ou=people,dc=x"]),
+    ];
+    let m = Membership::new(&groups);
+    let of = m.groups_of(anna);
+    assert_eq!(
+        of,
+        ["Low", "Mid", "Top"]
+            .iter()
+            .map(|g| gdn(g).to_ascii_lowercase())
+            .collect()
+    );
+    assert_eq!(
+        m.members_of(&groups[0], true),
+        BTreeSet::from([anna.to_string()])
+    );
+    assert!(
+        m.members_of(&groups[0], false).is_empty(),
+        "without flattening, Top has only a group"
+    );
+}
+
+#[test]
+fn group_cycles_are_found_and_do_not_hang() {
+    let anna = "uid=anna,ou=people,dc=x";
+    let groups = vec![
+        group("A", &[&gdn("B"), anna]),
+        group("B", &[&gdn("A")]),
+        group("C", &[&gdn("C")]),
+    ];
+    let m = Membership::new(&groups);
+    assert_eq!(m.groups_of(anna).len(), 2);
+    assert_eq!(
+        m.members_of(&groups[1], true),
+        BTreeSet::from([anna.to_string()])
+    );
+    let cycles = m.cycles();
+    assert!(cycles.contains(&"A ⊃ B ⊃ A".to_string()), "{cycles:?}");
+    assert!(cycles.contains(&"C ⊃ C".to_string()), "{cycles:?}");
+}
+
+#[test]
+fn first_matching_role_rule_wins_with_a_default() {
+    let anna = user("anna", "uid=anna,ou=people,dc=x");
+    let bo = user("bo", "uid=bo,ou=people,dc=x");
+    let cy = user("cy", "uid=cy,ou=people,dc=x");
+    let groups = vec![
+        group("Admins", &[&anna.dn]),
+        group("Managers", &[&gdn("Team")]),
+        group("Team", &[&anna.dn, &bo.dn]),
+        group("Fax", &[&gdn("Team")]),
+    ];
+    let rules = AccessRules {
+        roles: Some((
+            vec![
+                RoleRule {
+                    group: GroupRef("Admins".into()),
+                    role: "administrator".into(),
+                },
+                RoleRule {
+                    group: GroupRef(gdn("Managers")),
+                    role: "account_manager".into(),
+                },
+            ],
+            "regular".into(),
+        )),
+        services: vec![ServiceRule {
+            group: GroupRef("fax".into()),
+            service: "fax".into(),
+        }],
+        ..Default::default()
+    };
+    let m = Membership::new(&groups);
+    let r = resolve(&rules, &m);
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
+    let role = |u: &DirectoryUser| derive(&rules, &m, &r, u).0.get(&role_path()).cloned();
+    assert_eq!(role(&anna), Some(Value::Many(vec!["administrator".into()])));
+    assert_eq!(role(&bo), Some(Value::Many(vec!["account_manager".into()])));
+    assert_eq!(role(&cy), Some(Value::Many(vec!["regular".into()])));
+    let (bo_attrs, why) = derive(&rules, &m, &r, &bo);
+    assert_eq!(
+        bo_attrs.get(&service_path("fax")),
+        Some(&Value::One("fax".into()))
+    );
+    assert_eq!(why[&role_path()], "via group Managers");
+    assert!(!derive(&rules, &m, &r, &cy)
+        .0
+        .contains_key(&service_path("fax")));
+}
+
+#[test]
+fn unknown_and_ambiguous_groups_are_problems_not_matches() {
+    let groups = vec![
+        group("Dup", &[]),
+        DirectoryGroup {
+            dn: "cn=Dup,ou=other,dc=x".into(),
+            ..group("Dup", &[])
+        },
+    ];
+    let rules = AccessRules {
+        roles: Some((
+            vec![
+                RoleRule {
+                    group: GroupRef("Dup".into()),
+                    role: "administrator".into(),
+                },
+                RoleRule {
+                    group: GroupRef("Missing".into()),
+                    role: "account_manager".into(),
+                },
+            ],
+            "regular".into(),
+        )),
+        ..Default::default()
+    };
+    let m = Membership::new(&groups);
+    let r = resolve(&rules, &m);
+    assert_eq!(r.roles, vec![None, None]);
+    assert!(
+        r.problems[0].contains("2 directory groups are named \"Dup\""),
+        "{:?}",
+        r.problems
+    );
+    assert!(
+        r.problems[1].contains("no directory group named \"Missing\""),
+        "{:?}",
+        r.problems
+    );
+}
+
+#[test]
+fn sub_unit_from_the_ou_path_or_an_attribute() {
+    assert_eq!(
+        ou_path(
+            "uid=a,OU=Sales,OU=Stockholm,ou=people,dc=example,dc=com",
+            "ou=people,dc=example,dc=com"
+        )
+        .as_deref(),
+        Some("Stockholm/Sales")
+    );
+    assert_eq!(
+        ou_path(
+            "uid=a,ou=people,dc=example,dc=com",
+            "ou=people,dc=example,dc=com"
+        ),
+        None
+    );
+    assert_eq!(
+        ou_path("uid=a,ou=x,dc=other", "ou=people,dc=example,dc=com"),
+        None
+    );
+    assert_eq!(
+        ou_path("uid=a,ou=R\\, D,ou=people,dc=x", "ou=people,dc=x").as_deref(),
+        Some("R, D")
+    );
+    let to = AttrPath::parse("urn:ietf:params:scim:schemas:extension:faxportal:2.0:User:subUnit")
+        .unwrap();
+    let rules = AccessRules {
+        sub_unit: Some(SubUnitRule {
+            from: SubUnitSource::Attribute("department".into()),
+            to: to.clone(),
+        }),
+        ..Default::default()
+    };
+    let m = Membership::new(&[]);
+    let r = resolve(&rules, &m);
+    let (attrs, _) = derive(&rules, &m, &r, &user("a", "uid=a,ou=people,dc=x"));
+    assert_eq!(attrs[&to], Value::One("Finance".into()));
+}

@@ -1,0 +1,235 @@
+//! Portal groups mirrored from directory groups. Pure.
+//!
+//! A mirrored group is anchored by the directory group's anchor in `externalId`; its
+//! members are the portal users dirsync manages that belong to the directory group
+//! (nested groups flattened by default). Membership changes are incremental: what to add
+//! and what to remove, never the whole list. Hand-made portal groups are never touched;
+//! a group that leaves scope is deleted only if dirsync created it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::Serialize;
+
+use crate::access::{Membership, PortalGroupRule};
+use crate::portal::{PortalGroup, PortalUser};
+use crate::source::DirectoryGroup;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupAction {
+    Create,
+    Update,
+    Delete,
+}
+
+/// A portal group member, by directory anchor (to resolve to a portal id at apply time,
+/// when users created in this cycle have one) or by portal id.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Member {
+    pub user_name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anchor: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub portal_id: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct GroupChange {
+    pub action: GroupAction,
+    pub name: String,
+    pub anchor: String,
+    pub portal_id: Option<String>,
+    /// `(old, new)` display name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rename: Option<(String, String)>,
+    pub add: Vec<Member>,
+    pub remove: Vec<Member>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A portal group the state knows: its id and whether dirsync created it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KnownGroup {
+    pub portal_id: String,
+    pub created: bool,
+}
+
+pub struct GroupInput<'a> {
+    pub rule: &'a PortalGroupRule,
+    pub directory: &'a [DirectoryGroup],
+    pub membership: &'a Membership<'a>,
+    /// Directory users that may be members: lowercased DN → (anchor, login).
+    pub users: &'a HashMap<String, (String, String)>,
+    pub portal_users: &'a [PortalUser],
+    pub portal_groups: &'a [PortalGroup],
+    /// Lowercased anchor → the portal group the state links it to.
+    pub known: &'a HashMap<String, KnownGroup>,
+}
+
+/// Plans the group changes; notes go to `notes`.
+pub fn plan(input: &GroupInput<'_>, notes: &mut Vec<String>) -> Vec<GroupChange> {
+    let mut out = Vec::new();
+    let selected: Vec<&DirectoryGroup> = input
+        .directory
+        .iter()
+        .filter(|g| (input.rule.by_filter && g.selected) || named(input, g))
+        .collect();
+    for r in &input.rule.groups {
+        if let Err(e) = input.membership.resolve(r) {
+            notes.push(format!("portal_groups: {e}"));
+        }
+    }
+    let by_external: HashMap<String, &PortalGroup> = input
+        .portal_groups
+        .iter()
+        .filter_map(|g| g.external_id.as_ref().map(|x| (x.to_ascii_lowercase(), g)))
+        .collect();
+    let user_by_id: HashMap<&str, &PortalUser> = input
+        .portal_users
+        .iter()
+        .map(|u| (u.id.as_str(), u))
+        .collect();
+
+    for g in &selected {
+        let desired: BTreeMap<String, &(String, String)> = input
+            .membership
+            .members_of(g, input.rule.flatten)
+            .into_iter()
+            .filter_map(|dn| input.users.get(&dn).map(|u| (u.0.to_ascii_lowercase(), u)))
+            .collect();
+        let key = g.anchor.to_ascii_lowercase();
+        match by_external.get(&key) {
+            None => {
+                if let Some(hand_made) = input.portal_groups.iter().find(|p| {
+                    p.external_id.is_none() && p.display_name.eq_ignore_ascii_case(&g.name)
+                }) {
+                    notes.push(format!(
+                        "portal group {:?} exists but was not made by dirsync; directory group {} is not mirrored",
+                        hand_made.display_name, g.dn
+                    ));
+                    continue;
+                }
+                out.push(GroupChange {
+                    action: GroupAction::Create,
+                    name: g.name.clone(),
+                    anchor: g.anchor.clone(),
+                    portal_id: None,
+                    rename: None,
+                    add: desired
+                        .values()
+                        .map(|(anchor, login)| Member {
+                            user_name: login.clone(),
+                            anchor: Some(anchor.clone()),
+                            portal_id: None,
+                        })
+                        .collect(),
+                    remove: Vec::new(),
+                    reason: None,
+                });
+            }
+            Some(p) => {
+                let current: BTreeMap<String, &str> = p
+                    .members
+                    .iter()
+                    .map(|id| {
+                        let anchor = user_by_id
+                            .get(id.as_str())
+                            .and_then(|u| u.external_id.as_ref())
+                            .map(|x| x.to_ascii_lowercase())
+                            .unwrap_or_else(|| format!("id:{id}"));
+                        (anchor, id.as_str())
+                    })
+                    .collect();
+                let add: Vec<Member> = desired
+                    .iter()
+                    .filter(|(a, _)| !current.contains_key(*a))
+                    .map(|(_, (anchor, login))| Member {
+                        user_name: login.clone(),
+                        anchor: Some(anchor.clone()),
+                        portal_id: None,
+                    })
+                    .collect();
+                let remove: Vec<Member> = current
+                    .iter()
+                    .filter(|(a, _)| !desired.contains_key(*a))
+                    .map(|(_, id)| Member {
+                        user_name: user_by_id
+                            .get(id)
+                            .map_or_else(|| id.to_string(), |u| u.user_name.clone()),
+                        anchor: None,
+                        portal_id: Some(id.to_string()),
+                    })
+                    .collect();
+                let rename =
+                    (p.display_name != g.name).then(|| (p.display_name.clone(), g.name.clone()));
+                if add.is_empty() && remove.is_empty() && rename.is_none() {
+                    continue;
+                }
+                out.push(GroupChange {
+                    action: GroupAction::Update,
+                    name: g.name.clone(),
+                    anchor: g.anchor.clone(),
+                    portal_id: Some(p.id.clone()),
+                    rename,
+                    add,
+                    remove,
+                    reason: None,
+                });
+            }
+        }
+    }
+
+    // Groups dirsync mirrored before that are no longer selected or no longer exist.
+    let selected_anchors: BTreeSet<String> = selected
+        .iter()
+        .map(|g| g.anchor.to_ascii_lowercase())
+        .collect();
+    let leaving: Vec<(&String, &KnownGroup)> = input
+        .known
+        .iter()
+        .filter(|(a, _)| !selected_anchors.contains(*a))
+        .collect();
+    if !leaving.is_empty() && input.directory.is_empty() {
+        notes.push(format!(
+            "the directory returned no groups: the {} mirrored portal groups are NOT deleted (check source.groups)",
+            leaving.len()
+        ));
+        return out;
+    }
+    for (anchor, known) in leaving {
+        let Some(p) = input.portal_groups.iter().find(|p| p.id == known.portal_id) else {
+            continue; // already gone from the portal
+        };
+        if known.created {
+            out.push(GroupChange {
+                action: GroupAction::Delete,
+                name: p.display_name.clone(),
+                anchor: anchor.clone(),
+                portal_id: Some(p.id.clone()),
+                rename: None,
+                add: Vec::new(),
+                remove: Vec::new(),
+                reason: Some("no longer a mirrored directory group".into()),
+            });
+        } else {
+            notes.push(format!(
+                "portal group {:?} is no longer mirrored; dirsync did not create it, so it is left as it is",
+                p.display_name
+            ));
+        }
+    }
+    out.sort_by(|a, b| {
+        (a.action, a.name.to_ascii_lowercase()).cmp(&(b.action, b.name.to_ascii_lowercase()))
+    });
+    out
+}
+
+fn named(input: &GroupInput<'_>, g: &DirectoryGroup) -> bool {
+    input.rule.groups.iter().any(|r| {
+        input
+            .membership
+            .resolve(r)
+            .is_ok_and(|found| found.dn.eq_ignore_ascii_case(&g.dn))
+    })
+}

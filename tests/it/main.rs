@@ -5,6 +5,7 @@
 mod harness;
 mod support;
 
+mod access;
 mod cli;
 mod skeleton;
 mod source;

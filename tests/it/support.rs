@@ -75,6 +75,11 @@ pub struct World {
     pub source_extra: String,
     /// The `[[mapping]]` tables (default [`MAPPINGS`]).
     pub mappings: String,
+    /// More config appended at the end (roles, services, portal groups, sub-unit).
+    pub extra_config: String,
+    /// The portal URL dirsync is given (default: the scim2-server's; a proxy's in tests
+    /// that count or break requests).
+    pub portal_url: Option<String>,
 }
 
 pub fn person(uid: &str, given: &str, sn: &str, mail: Option<&str>) -> String {
@@ -94,6 +99,8 @@ impl World {
             users_extra: "disabled_filter = \"(employeeType=disabled)\"\n".into(),
             source_extra: String::new(),
             mappings: MAPPINGS.to_string(),
+            extra_config: String::new(),
+            portal_url: None,
         }
     }
 
@@ -134,14 +141,16 @@ page_size = 5
 
 [state]
 path = "state.db"
-{mappings}"#,
+{mappings}
+{extra}"#,
             url = self.ldap.url,
             bind_dn = self.ldap.bind_dn,
             suffix = self.ldap.suffix,
-            portal = self.portal.url,
+            portal = self.portal_url.as_deref().unwrap_or(&self.portal.url),
             users_extra = self.users_extra,
             source_extra = self.source_extra,
             mappings = self.mappings,
+            extra = self.extra_config,
         );
         let path = self.config_path();
         std::fs::write(&path, text).unwrap();
@@ -227,4 +236,27 @@ pub fn mappings_with_owner(owners: &[(&str, &str)]) -> String {
 /// The loaded config of a world, for tests that drive the library directly.
 pub fn load_config(w: &World) -> dirsync::config::Config {
     dirsync::config::Config::load(&w.write_config()).unwrap()
+}
+
+/// A `groupOfNames` under ou=groups (slapd needs at least one member: an empty group gets
+/// the service account, which is no user in scope).
+pub fn group_ldif(cn: &str, member_dns: &[&str]) -> String {
+    let mut s =
+        format!("dn: cn={cn},ou=groups,dc=example,dc=com\nobjectClass: groupOfNames\ncn: {cn}\n");
+    if member_dns.is_empty() {
+        s.push_str("member: cn=dirsync,ou=services,dc=example,dc=com\n");
+    }
+    for m in member_dns {
+        s.push_str(&format!("member: {m}\n"));
+    }
+    s.push('\n');
+    s
+}
+
+pub fn user_dn(uid: &str) -> String {
+    format!("uid={uid},ou=people,dc=example,dc=com")
+}
+
+pub fn group_dn(cn: &str) -> String {
+    format!("cn={cn},ou=groups,dc=example,dc=com")
 }

@@ -207,16 +207,30 @@ fn malformed_configs_name_the_key_and_the_problem() {
             "unknown kind",
         ),
     ];
+    let with_groups = MINIMAL.replace(
+        "[portal]",
+        "[source.groups]\nbase = \"ou=groups,dc=example,dc=com\"\n[portal]",
+    );
+    let more: Vec<(&str, String, &str, &str)> = vec![
+        ("roles without groups", format!("{MINIMAL}\n[roles]\n[[roles.rule]]\ngroup = \"A\"\nrole = \"administrator\"\n"), "source.groups", "missing"),
+        ("empty role", format!("{with_groups}\n[roles]\n[[roles.rule]]\ngroup = \"A\"\nrole = \"\"\n"), "roles.rule[0].role", "empty"),
+        ("service twice", format!("{with_groups}\n[[service]]\ngroup = \"A\"\nservice = \"fax\"\n[[service]]\ngroup = \"B\"\nservice = \"FAX\"\n"), "service[1].service", "two rules"),
+        ("sub-unit attribute missing", format!("{MINIMAL}\n[sub_unit]\nfrom = \"attribute\"\n"), "sub_unit.attribute", "missing"),
+        ("sub-unit source unknown", format!("{MINIMAL}\n[sub_unit]\nfrom = \"dn\"\n"), "sub_unit.from", "unknown source"),
+        ("portal groups with nothing", format!("{with_groups}\n[portal_groups]\n"), "portal_groups", "name the groups"),
+        ("owner unknown", MINIMAL.replace("to = \"userName\"", "to = \"userName\"\nowner = \"nobody\""), "mapping[0].owner", "unknown owner"),
+        ("login not directory-owned", MINIMAL.replace("to = \"userName\"", "to = \"userName\"\nowner = \"merge\""), "mapping[0].owner", "owned by the directory"),
+    ];
     let dir = tempfile::tempdir().unwrap();
-    for (what, text, key, problem) in cases {
-        let err = parse_in(dir.path(), text).expect_err(what);
+    for (what, text, key, problem) in cases.iter().cloned().chain(more) {
+        let err = parse_in(dir.path(), &text).expect_err(what);
         let msg = err.to_string();
         assert!(
             msg.contains("dirsync.toml"),
             "{what}: no file name in {msg:?}"
         );
         if !key.is_empty() {
-            assert_eq!(err.key.as_deref(), Some(*key), "{what}: {msg}");
+            assert_eq!(err.key.as_deref(), Some(key), "{what}: {msg}");
             assert!(msg.contains(&format!("key `{key}`")), "{what}: {msg}");
         }
         assert!(msg.contains(problem), "{what}: {msg:?} lacks {problem:?}");

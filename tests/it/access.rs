@@ -305,7 +305,7 @@ fn mirrored_group_rename_keeps_its_id_and_hand_made_groups_are_never_touched() {
     assert_eq!(w.portal.groups().len(), 2, "no new group");
 
     // Leaving scope: the group dirsync made is deleted; the hand-made one never changes.
-    w.ldap.modify(&format!("dn: cn=Nordic-Share,ou=groups,dc=example,dc=com\nchangetype: modrdn\nnewrdn: cn=Nordic-Archive\ndeleteoldrdn: 1\n"));
+    w.ldap.modify("dn: cn=Nordic-Share,ou=groups,dc=example,dc=com\nchangetype: modrdn\nnewrdn: cn=Nordic-Archive\ndeleteoldrdn: 1\n");
     let report = w.sync();
     assert_eq!(count(&report, "group_delete"), 1, "{report:#}");
     let left = w.portal.groups();

@@ -6,6 +6,11 @@ use serde::Serialize;
 use serde_json::{json, Map, Value as Json};
 use tracing::{info, warn};
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use futures_util::stream::{self, StreamExt};
+
 use crate::mapping::Rule;
 use crate::plan::groups::Member;
 use crate::plan::{self, Action, Change, GroupAction, Plan};
@@ -53,6 +58,10 @@ pub enum ApplyError {
 pub struct Replan<'a> {
     pub rules: &'a [Rule],
     pub schema: &'a PortalSchema,
+    /// Changes in flight at once.
+    pub concurrency: usize,
+    /// Stop after this many failures in a row.
+    pub max_consecutive_failures: usize,
 }
 
 pub async fn apply(
@@ -65,51 +74,112 @@ pub async fn apply(
     for s in &plan.in_sync {
         state.record(&s.anchor, &s.portal_id, &s.user_name, &s.baseline)?;
     }
+    let state = Mutex::new(state);
+    let run = Run {
+        consecutive_failures: AtomicUsize::new(0),
+        stop: Mutex::new(None),
+        max_failures: replan.max_consecutive_failures,
+    };
+    // Bounded concurrency; each change records its own outcome in the state as soon as
+    // the portal confirms it, so an interruption loses nothing that happened.
+    let mut results: Vec<(usize, Result<Outcome, StateError>)> =
+        stream::iter(plan.changes.iter().enumerate())
+            .map(|(i, change)| {
+                let (state, run) = (&state, &run);
+                async move { (i, apply_guarded(change, portal, state, replan, run).await) }
+            })
+            .buffer_unordered(replan.concurrency.max(1))
+            .collect()
+            .await;
+    results.sort_by_key(|(i, _)| *i);
     let mut applied = Applied::default();
-    for change in &plan.changes {
-        if applied.aborted.is_some() {
-            applied.outcomes.push(Outcome {
-                status: Status::NotAttempted,
-                message: None,
-            });
-            continue;
-        }
-        let outcome = match apply_one(change, portal, state, replan).await {
-            Ok(message) => {
-                info!(action = change.action.label(), user = %change.user_name, "applied");
-                Outcome {
-                    status: Status::Applied,
-                    message,
-                }
-            }
-            Err(Failure::State(e)) => return Err(e.into()),
-            Err(Failure::Portal(e)) => {
-                warn!(action = change.action.label(), user = %change.user_name, error = %e, "change not applied");
-                if e.is_fatal() {
-                    applied.aborted = Some(e.to_string());
-                }
-                let status = match e {
-                    PortalError::Rejected { .. } => Status::Rejected,
-                    _ => Status::Failed,
-                };
-                let message = match e {
-                    PortalError::PreconditionFailed => {
-                        "the portal user changed again while it was being updated (HTTP 412 twice); \
-                         it is planned again next cycle"
-                            .to_string()
-                    }
-                    e => e.to_string(),
-                };
-                Outcome {
-                    status,
-                    message: Some(message),
-                }
-            }
-        };
-        applied.outcomes.push(outcome);
+    for (_, r) in results {
+        applied.outcomes.push(r?);
     }
+    applied.aborted = run.stop.lock().map(|s| s.clone()).unwrap_or(None);
+    let state = state.into_inner().unwrap_or_else(|p| p.into_inner());
     apply_groups(plan, portal, state, &mut applied).await?;
     Ok(applied)
+}
+
+/// Shared by the changes of one run: when to stop.
+struct Run {
+    consecutive_failures: AtomicUsize,
+    stop: Mutex<Option<String>>,
+    max_failures: usize,
+}
+
+impl Run {
+    fn stopped(&self) -> bool {
+        self.stop.lock().map(|s| s.is_some()).unwrap_or(true)
+    }
+
+    fn stop_with(&self, why: String) {
+        if let Ok(mut s) = self.stop.lock() {
+            if s.is_none() {
+                *s = Some(why);
+            }
+        }
+    }
+}
+
+async fn apply_guarded(
+    change: &Change,
+    portal: &PortalClient,
+    state: &Mutex<&mut State>,
+    replan: &Replan<'_>,
+    run: &Run,
+) -> Result<Outcome, StateError> {
+    if run.stopped() {
+        return Ok(Outcome {
+            status: Status::NotAttempted,
+            message: None,
+        });
+    }
+    Ok(match apply_one(change, portal, state, replan).await {
+        Ok(message) => {
+            run.consecutive_failures.store(0, Ordering::Relaxed);
+            info!(action = change.action.label(), user = %change.user_name, "applied");
+            Outcome {
+                status: Status::Applied,
+                message,
+            }
+        }
+        Err(Failure::State(e)) => {
+            run.stop_with(e.to_string());
+            return Err(e);
+        }
+        Err(Failure::Portal(e)) => {
+            warn!(action = change.action.label(), user = %change.user_name, error = %e, "change not applied");
+            if e.is_fatal() {
+                run.stop_with(e.to_string());
+            }
+            let status = match e {
+                PortalError::Rejected { .. } => Status::Rejected,
+                _ => Status::Failed,
+            };
+            if status == Status::Failed {
+                let n = run.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                if n >= run.max_failures {
+                    run.stop_with(format!(
+                        "stopped after {n} portal failures in a row (safety.max_consecutive_failures); last: {e}"
+                    ));
+                }
+            } else {
+                run.consecutive_failures.store(0, Ordering::Relaxed);
+            }
+            let message = match e {
+                PortalError::PreconditionFailed => "the portal user changed again while it was being updated \
+                                                    (HTTP 412 twice); it is planned again next cycle"
+                    .to_string(),
+                e => e.to_string(),
+            };
+            Outcome {
+                status,
+                message: Some(message),
+            }
+        }
+    })
 }
 
 /// Group changes, after the users: members are resolved to portal ids now, so users
@@ -254,20 +324,11 @@ impl From<StateError> for Failure {
 async fn apply_one(
     change: &Change,
     portal: &PortalClient,
-    state: &mut State,
+    state: &Mutex<&mut State>,
     replan: &Replan<'_>,
 ) -> Result<Option<String>, Failure> {
     let id = match change.action {
-        Action::Create => {
-            let created = portal.create_user(create_body(change)).await?;
-            state.record(
-                &change.anchor,
-                &created.id,
-                &created.user_name,
-                &change.baseline,
-            )?;
-            return Ok(None);
-        }
+        Action::Create => return create(change, portal, state).await,
         _ => change.portal_id.as_deref().unwrap_or_default(),
     };
     let mut note = None;
@@ -306,9 +367,73 @@ async fn apply_one(
         Err(e) => return Err(e.into()),
     };
     if done.dn.is_some() && done.action != Action::Close {
-        state.record(&done.anchor, id, &done.user_name, &done.baseline)?;
+        locked(state).record(&done.anchor, id, &done.user_name, &done.baseline)?;
     }
     Ok(note)
+}
+
+/// Creates a user. A `409` (the login exists) is most often our own earlier create whose
+/// answer was lost to a timeout or a reset: the user is looked up and taken over instead
+/// of failing, so a retried create never duplicates anyone.
+async fn create(
+    change: &Change,
+    portal: &PortalClient,
+    state: &Mutex<&mut State>,
+) -> Result<Option<String>, Failure> {
+    match portal.create_user(create_body(change)).await {
+        Ok(created) => {
+            locked(state).record(
+                &change.anchor,
+                &created.id,
+                &created.user_name,
+                &change.baseline,
+            )?;
+            Ok(None)
+        }
+        Err(PortalError::Rejected {
+            status: 409,
+            scim_type,
+            detail,
+        }) => {
+            let existing = portal.find_user(&change.user_name).await?;
+            match existing {
+                Some(u)
+                    if u.external_id
+                        .as_deref()
+                        .is_some_and(|x| x.eq_ignore_ascii_case(&change.anchor)) =>
+                {
+                    locked(state).record(&change.anchor, &u.id, &u.user_name, &change.baseline)?;
+                    Ok(Some("HTTP 409: the user already existed with this anchor (an earlier create whose answer was lost); taken over".into()))
+                }
+                Some(u) if u.external_id.is_none() => {
+                    let op = json!({"op": "replace", "path": "externalId", "value": change.anchor});
+                    portal
+                        .patch_user(&u.id, vec![op], u.version.as_deref())
+                        .await?;
+                    // Nothing is known to be synced: the next cycle brings every attribute in line.
+                    locked(state).record(
+                        &change.anchor,
+                        &u.id,
+                        &u.user_name,
+                        &Default::default(),
+                    )?;
+                    Ok(Some("HTTP 409: a user with this login already existed; adopted, its attributes follow next cycle".into()))
+                }
+                _ => Err(Failure::Portal(PortalError::Rejected {
+                    status: 409,
+                    scim_type,
+                    detail,
+                })),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The state, for one short synchronous write. A poisoned lock (a panic elsewhere) still
+/// holds a consistent database: every write is its own transaction.
+fn locked<'a, 'b>(state: &'a Mutex<&'b mut State>) -> std::sync::MutexGuard<'a, &'b mut State> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The resource a create POSTs: the mapped attributes, the anchor as `externalId`, active.

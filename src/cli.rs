@@ -7,9 +7,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 /// Keeps a SCIM 2.0 fax/SMS portal's users in step with Active Directory or LDAP.
 ///
 /// Exit codes: 0 success; 1 runtime failure (directory or portal unreachable, changes that
-/// failed); 2 config or usage error.
+/// failed, a directory that returned no users); 2 config or usage error; 3 a safety guard
+/// held changes back until an admin confirms them.
 #[derive(Debug, Parser)]
-#[command(name = "dirsync", version, about, long_about = None)]
+#[command(name = "dirsync", version, about, long_about = None, after_help = "Exit codes: 0 success; 1 runtime failure; 2 config or usage error; 3 changes held back by a safety guard (see the report).")]
 pub struct Cli {
     /// The config file.
     #[arg(
@@ -45,12 +46,43 @@ pub enum Command {
     Plan {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
+        #[command(flatten)]
+        confirm: Confirm,
+        /// Also save the plan to FILE, to apply it later exactly as reviewed (`dirsync apply FILE`).
+        #[arg(long, value_name = "FILE")]
+        save: Option<PathBuf>,
+    },
+    /// Apply a plan saved with `plan --save`, exactly as reviewed. Refused (exit 3, nothing
+    /// applied) if the directory or the portal changed for a user it affects.
+    Apply {
+        /// The saved plan.
+        file: PathBuf,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
     },
     /// Run one cycle: plan, apply, record, and print what was done.
     Sync {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
+        #[command(flatten)]
+        confirm: Confirm,
     },
+}
+
+/// Releases changes a safety guard held back (exit code 3). Each takes the exact number the
+/// report gave, so a confirmation never covers more than what was reviewed.
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+pub struct Confirm {
+    /// Close these many users even though that is more than [safety] allows.
+    #[arg(long, value_name = "N")]
+    pub confirm_closures: Option<usize>,
+    /// Take away these many group memberships, roles and services even though that is
+    /// more than [safety] allows.
+    #[arg(long, value_name = "N")]
+    pub confirm_removals: Option<usize>,
+    /// Apply although the directory scope (bases, filters, rules) changed since the last sync.
+    #[arg(long)]
+    pub accept_scope_change: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -7,9 +7,10 @@ use tracing::info;
 
 use crate::apply::{self, ApplyError};
 use crate::config::Config;
-use crate::plan::{self, Action, Plan};
+use crate::plan::{self, guard, Action, Plan};
 use crate::portal::{PortalClient, PortalError, PortalSchema};
 use crate::report::{self, DirectorySummary, PortalSummary, Report};
+use crate::saved::SavedPlan;
 use crate::source::{LdapSource, SourceError};
 use crate::state::{RunRecord, State, StateError};
 
@@ -42,10 +43,66 @@ impl From<ApplyError> for CycleError {
     }
 }
 
+/// What the admin said on the command line about this cycle.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// Exact numbers of held-back closures / access removals the admin confirmed.
+    pub confirmed: guard::Confirmed,
+    /// Apply even though the directory scope changed since the last sync.
+    pub accept_scope_change: bool,
+    /// The plan was reviewed and saved: the guards' limits do not hold it back again.
+    pub reviewed: bool,
+}
+
+/// The `meta` key of the scope the last applied sync ran with.
+const SCOPE_KEY: &str = "scope";
+
 /// Runs one cycle within the configured cycle timeout.
-pub async fn run(config: &Config, mode: Mode) -> Result<Report, CycleError> {
+pub async fn run(config: &Config, mode: Mode, options: &Options) -> Result<Report, CycleError> {
     let cycle = async {
-        let prepared = prepare(config, mode).await?;
+        let prepared = prepare(config, mode, options).await?;
+        finish(config, prepared).await
+    };
+    match tokio::time::timeout(config.cycle_timeout, cycle).await {
+        Ok(r) => r,
+        Err(_) => Err(CycleError::Timeout(config.cycle_timeout)),
+    }
+}
+
+/// Applies a saved plan exactly as reviewed, or refuses if an affected user moved.
+pub async fn apply_saved(config: &Config, saved: &SavedPlan) -> Result<Report, CycleError> {
+    let cycle = async {
+        let scope = config.scope_text();
+        let options = Options {
+            accept_scope_change: saved.scope == scope,
+            reviewed: true,
+            ..Options::default()
+        };
+        let mut prepared = prepare(config, Mode::Sync, &options).await?;
+        let mut moved = saved.restrict(&mut prepared.plan);
+        if saved.scope != scope {
+            moved.insert(
+                0,
+                format!(
+                    "the directory scope changed since the plan was saved:\n{}",
+                    scope_diff(&saved.scope, &scope)
+                ),
+            );
+        }
+        if !moved.is_empty() {
+            prepared.may_apply = false;
+            prepared.plan.held.push(guard::Held {
+                kind: "stale_plan".into(),
+                count: moved.len(),
+                limit: "the plan as saved".into(),
+                message: format!(
+                    "the saved plan (from {}) was not applied: {} of its changes no longer match. Run `dirsync plan` again and review.\n  {}",
+                    saved.saved_at,
+                    moved.len(),
+                    moved.join("\n  ")
+                ),
+            });
+        }
         finish(config, prepared).await
     };
     match tokio::time::timeout(config.cycle_timeout, cycle).await {
@@ -63,11 +120,17 @@ pub struct Prepared {
     schema: PortalSchema,
     directory: DirectorySummary,
     portal_summary: PortalSummary,
+    /// False when a guard turned this sync into a plan only.
+    may_apply: bool,
     pub plan: Plan,
 }
 
 /// Reads the directory and the portal (at the same time) and plans.
-pub async fn prepare(config: &Config, mode: Mode) -> Result<Prepared, CycleError> {
+pub async fn prepare(
+    config: &Config,
+    mode: Mode,
+    options: &Options,
+) -> Result<Prepared, CycleError> {
     let started_at = report::now();
     let state = match mode {
         Mode::Sync => Some(State::open(&config.state_path)?),
@@ -103,7 +166,7 @@ pub async fn prepare(config: &Config, mode: Mode) -> Result<Prepared, CycleError
     let snapshot = snapshot?;
     let (portal, schema, portal_users, portal_groups) = portal_side?;
 
-    let plan = plan::compute(&plan::Input {
+    let mut plan = plan::compute(&plan::Input {
         directory: &snapshot.users,
         bad_entries: &snapshot.bad_entries,
         portal: &portal_users,
@@ -115,6 +178,44 @@ pub async fn prepare(config: &Config, mode: Mode) -> Result<Prepared, CycleError
         portal_groups: &portal_groups,
         known_groups: &known_groups,
     });
+    let managed_now = portal_users
+        .iter()
+        .filter(|p| {
+            p.active
+                && p.external_id
+                    .as_ref()
+                    .is_some_and(|x| known.contains_key(&x.to_ascii_lowercase()))
+        })
+        .count();
+    let limits = guard::Limits {
+        max_closures: config.safety.max_closures,
+        max_closure_percent: config.safety.max_closure_percent,
+        max_access_removals: config.safety.max_access_removals,
+        privileged_roles: config.access.keep_one_of.clone(),
+    };
+    if !options.reviewed {
+        let held = guard::apply_limits(&mut plan, managed_now, &limits, options.confirmed);
+        plan.held.extend(held);
+    }
+    let mut may_apply = true;
+    if let Some(s) = &state {
+        let scope = config.scope_text();
+        if let Some(last) = s.meta(SCOPE_KEY)? {
+            if last != scope && !options.accept_scope_change {
+                may_apply = false;
+                plan.held.push(guard::Held {
+                    kind: "scope_change".into(),
+                    count: plan.changes.len() + plan.group_changes.len(),
+                    limit: "the scope of the last sync".into(),
+                    message: format!(
+                        "the directory scope changed since the last sync, so nothing was applied: this run is a plan. \
+                         Review it, then run `dirsync sync --accept-scope-change`.\n{}",
+                        scope_diff(&last, &scope)
+                    ),
+                });
+            }
+        }
+    }
     info!(
         create = plan.count(Action::Create),
         adopt = plan.count(Action::Adopt),
@@ -151,6 +252,7 @@ pub async fn prepare(config: &Config, mode: Mode) -> Result<Prepared, CycleError
             users: portal_users.len(),
             managed,
         },
+        may_apply,
         plan,
     })
 }
@@ -165,14 +267,17 @@ pub async fn finish(config: &Config, prepared: Prepared) -> Result<Report, Cycle
         schema,
         directory,
         portal_summary,
+        may_apply,
         plan,
     } = prepared;
     let (command, applied) = match (mode, state.as_mut()) {
-        (Mode::Sync, Some(state)) => {
+        (Mode::Sync, Some(state)) if may_apply => {
             let rules = plan::effective_rules(&config.mapping, &config.access);
             let replan = apply::Replan {
                 rules: &rules,
                 schema: &schema,
+                concurrency: config.portal.concurrency,
+                max_consecutive_failures: config.safety.max_consecutive_failures,
             };
             (
                 "sync",
@@ -191,6 +296,9 @@ pub async fn finish(config: &Config, prepared: Prepared) -> Result<Report, Cycle
     );
 
     if let (Mode::Sync, Some(state)) = (mode, state.as_mut()) {
+        if may_apply {
+            state.set_meta(SCOPE_KEY, &config.scope_text())?;
+        }
         let c = |k: &str| report.counts.get(k).copied().unwrap_or(0);
         state.record_run(&RunRecord {
             started_at: report.started_at.clone(),
@@ -226,4 +334,22 @@ pub fn source_attributes(config: &Config) -> Vec<String> {
         attributes.push(a.clone());
     }
     attributes
+}
+
+/// The lines of the scope that changed, as `- old` / `+ new`.
+fn scope_diff(old: &str, new: &str) -> String {
+    let old_lines: Vec<&str> = old.lines().collect();
+    let new_lines: Vec<&str> = new.lines().collect();
+    let mut out = Vec::new();
+    for l in &old_lines {
+        if !new_lines.contains(l) {
+            out.push(format!("  - {l}"));
+        }
+    }
+    for l in &new_lines {
+        if !old_lines.contains(l) {
+            out.push(format!("  + {l}"));
+        }
+    }
+    out.join("\n")
 }

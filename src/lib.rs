@@ -14,11 +14,12 @@ pub mod mapping;
 pub mod plan;
 pub mod portal;
 pub mod report;
+pub mod saved;
 pub mod secret;
 pub mod source;
 pub mod state;
 
-use cli::{Cli, Command, Format};
+use cli::{Cli, Command, Confirm, Format};
 use config::{Config, ConfigError};
 use cycle::{CycleError, Mode};
 
@@ -29,6 +30,9 @@ pub mod exit {
     pub const FAILURE: u8 = 1;
     /// The config (or the command line) is wrong.
     pub const CONFIG: u8 = 2;
+    /// A safety guard held changes back (too many closures or removals, or a changed
+    /// scope) until an admin confirms; everything else was applied.
+    pub const HELD: u8 = 3;
 }
 
 /// A failure of a whole command, with the exit code it maps to.
@@ -38,13 +42,15 @@ pub enum Error {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Cycle(#[from] CycleError),
+    #[error(transparent)]
+    Saved(#[from] saved::SavedError),
 }
 
 impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Config(_) => exit::CONFIG,
-            Error::Cycle(_) => exit::FAILURE,
+            Error::Cycle(_) | Error::Saved(_) => exit::FAILURE,
         }
     }
 }
@@ -64,20 +70,51 @@ pub async fn run(cli: Cli) -> Result<u8, Error> {
             }
             Ok(exit::OK)
         }
-        Command::Plan { format } => report_cycle(&config, Mode::Plan, format).await,
-        Command::Sync { format } => report_cycle(&config, Mode::Sync, format).await,
+        Command::Plan {
+            format,
+            confirm,
+            save,
+        } => {
+            let prepared = cycle::prepare(&config, Mode::Plan, &options(confirm)).await?;
+            if let Some(path) = save {
+                saved::SavedPlan::of(&prepared.plan, config.scope_text()).write(&path)?;
+                eprintln!(
+                    "dirsync: plan saved to {}; apply it as reviewed with `dirsync apply {}`",
+                    path.display(),
+                    path.display()
+                );
+            }
+            let report = cycle::finish(&config, prepared).await?;
+            Ok(print_report(&report, format))
+        }
+        Command::Sync { format, confirm } => {
+            let report = cycle::run(&config, Mode::Sync, &options(confirm)).await?;
+            Ok(print_report(&report, format))
+        }
+        Command::Apply { file, format } => {
+            let saved = saved::SavedPlan::read(&file)?;
+            let report = cycle::apply_saved(&config, &saved).await?;
+            Ok(print_report(&report, format))
+        }
     }
 }
 
-async fn report_cycle(config: &Config, mode: Mode, format: Format) -> Result<u8, Error> {
-    let report = cycle::run(config, mode).await?;
+fn options(confirm: Confirm) -> cycle::Options {
+    cycle::Options {
+        confirmed: plan::guard::Confirmed {
+            closures: confirm.confirm_closures,
+            removals: confirm.confirm_removals,
+        },
+        accept_scope_change: confirm.accept_scope_change,
+        reviewed: false,
+    }
+}
+
+/// Prints a report on stdout; returns the exit code it calls for.
+fn print_report(report: &report::Report, format: Format) -> u8 {
     match format {
-        Format::Text => print!("{}", report::render_text(&report)),
+        Format::Text => print!("{}", report::render_text(report)),
         Format::Json => println!("{}", report.to_json()),
     }
-    Ok(if report.has_failures() {
-        exit::FAILURE
-    } else {
-        exit::OK
-    })
+    report.exit_code()
 }

@@ -49,8 +49,13 @@ const MIGRATIONS: &[&str] = &[
          anchor     TEXT PRIMARY KEY COLLATE NOCASE,
          portal_id  TEXT NOT NULL,
          name       TEXT NOT NULL,
-         created    INTEGER NOT NULL,
+                  created    INTEGER NOT NULL,
          linked_at  TEXT NOT NULL
+     );",
+    // 4: small facts about the last accepted sync, e.g. the directory scope it ran with.
+    "CREATE TABLE meta (
+         key   TEXT PRIMARY KEY,
+         value TEXT NOT NULL
      );",
 ];
 
@@ -234,6 +239,23 @@ impl State {
             }
         }
         tx.commit()?;
+        Ok(())
+    }
+
+    pub fn meta(&self, key: &str) -> Result<Option<String>, StateError> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    pub fn set_meta(&mut self, key: &str, value: &str) -> Result<(), StateError> {
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
         Ok(())
     }
 

@@ -12,6 +12,7 @@ pub(super) struct FileV1 {
     pub state: Option<StateV1>,
     #[serde(default)]
     pub sync: Option<SyncV1>,
+    pub safety: Option<SafetyV1>,
     #[serde(default, rename = "mapping")]
     pub mappings: Vec<MappingV1>,
     pub roles: Option<RolesV1>,
@@ -107,6 +108,8 @@ pub(super) struct PortalV1 {
     pub ca_file: Option<String>,
     pub timeout_secs: Option<u64>,
     pub page_size: Option<i64>,
+    pub concurrency: Option<i64>,
+    pub max_retries: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -119,6 +122,15 @@ pub(super) struct StateV1 {
 #[serde(deny_unknown_fields)]
 pub(super) struct SyncV1 {
     pub cycle_timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SafetyV1 {
+    pub max_closures: Option<i64>,
+    pub max_closure_percent: Option<f64>,
+    pub max_access_removals: Option<i64>,
+    pub max_consecutive_failures: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -34,6 +34,20 @@ pub struct ConfigError {
     pub problem: String,
 }
 
+/// Limits that stop a cycle from doing too much damage at once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Safety {
+    /// Hold back closures when a cycle would close more than this many users...
+    pub max_closures: usize,
+    /// ...or more than this share (percent) of the managed users.
+    pub max_closure_percent: f64,
+    /// Hold back group-membership removals, role downgrades and service revocations
+    /// beyond this many.
+    pub max_access_removals: usize,
+    /// Stop a cycle after this many portal failures in a row.
+    pub max_consecutive_failures: usize,
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -42,6 +56,7 @@ pub struct Config {
     pub portal: PortalConfig,
     pub state_path: PathBuf,
     pub cycle_timeout: Duration,
+    pub safety: Safety,
     pub mapping: Vec<Rule>,
     /// Roles, services, sub-units and portal groups from the directory.
     pub access: AccessRules,
@@ -124,6 +139,10 @@ pub struct PortalConfig {
     pub ca_file: Option<PathBuf>,
     pub timeout: Duration,
     pub page_size: usize,
+    /// Portal requests in flight at once.
+    pub concurrency: usize,
+    /// Retries of a transient failure (5xx, 429, timeouts, connection errors).
+    pub max_retries: u32,
 }
 
 impl Config {
@@ -145,6 +164,56 @@ impl Config {
             file: path.display().to_string(),
         }
         .validate(path, raw)
+    }
+
+    /// The directory scope in words, one fact a line: what decides who is in scope and
+    /// what they get. A change here makes the next sync a plan only, until an admin
+    /// accepts it (`--accept-scope-change`).
+    pub fn scope_text(&self) -> String {
+        let s = &self.source;
+        let mut lines = vec![
+            format!("directory: {}", s.url),
+            format!(
+                "users: base {} scope {:?} filter {}",
+                s.users.search.base, s.users.search.scope, s.users.search.filter
+            ),
+            format!(
+                "disabled: {}",
+                s.users.disabled_filter.as_deref().unwrap_or("(none)")
+            ),
+            format!("anchor: {}", s.anchor_attribute),
+        ];
+        if let Some(g) = &s.groups {
+            lines.push(format!(
+                "groups: base {} scope {:?} filter {}",
+                g.base, g.scope, g.filter
+            ));
+        }
+        if let Some((rules, default)) = &self.access.roles {
+            let r: Vec<String> = rules
+                .iter()
+                .map(|r| format!("{}→{}", r.group.0, r.role))
+                .collect();
+            lines.push(format!("roles: {} default {default}", r.join(", ")));
+        }
+        if !self.access.services.is_empty() {
+            let r: Vec<String> = self
+                .access
+                .services
+                .iter()
+                .map(|r| format!("{}→{}", r.group.0, r.service))
+                .collect();
+            lines.push(format!("services: {}", r.join(", ")));
+        }
+        if let Some(pg) = &self.access.portal_groups {
+            let g: Vec<&str> = pg.groups.iter().map(|g| g.0.as_str()).collect();
+            lines.push(format!(
+                "portal groups: {} filter {}",
+                g.join(", "),
+                s.portal_groups_filter.as_deref().unwrap_or("(none)")
+            ));
+        }
+        lines.join("\n")
     }
 
     /// The directory scope in one line, for reports.
@@ -223,6 +292,7 @@ impl Validator {
             DEFAULT_CYCLE_TIMEOUT,
         )?;
         let mapping = self.mapping(raw.mappings)?;
+        let safety = self.safety(raw.safety)?;
         let mut source = source;
         let access = self.access(
             &source,
@@ -242,8 +312,47 @@ impl Validator {
             portal,
             state_path,
             cycle_timeout,
+            safety,
             mapping,
             access,
+        })
+    }
+
+    fn safety(&self, s: Option<file::SafetyV1>) -> Result<Safety, ConfigError> {
+        let s = s.unwrap_or(file::SafetyV1 {
+            max_closures: None,
+            max_closure_percent: None,
+            max_access_removals: None,
+            max_consecutive_failures: None,
+        });
+        let count = |key: &str, v: Option<i64>, default: usize| match v {
+            None => Ok(default),
+            Some(n) if n >= 0 => Ok(n as usize),
+            Some(n) => Err(self.err(key, format!("{n} is negative"))),
+        };
+        let percent = match s.max_closure_percent {
+            None => 20.0,
+            Some(p) if (0.0..=100.0).contains(&p) => p,
+            Some(p) => {
+                return Err(self.err(
+                    "safety.max_closure_percent",
+                    format!("{p} is not a percentage (0 to 100)"),
+                ))
+            }
+        };
+        let failures = count(
+            "safety.max_consecutive_failures",
+            s.max_consecutive_failures,
+            20,
+        )?;
+        if failures == 0 {
+            return Err(self.err("safety.max_consecutive_failures", "must be at least 1"));
+        }
+        Ok(Safety {
+            max_closures: count("safety.max_closures", s.max_closures, 50)?,
+            max_closure_percent: percent,
+            max_access_removals: count("safety.max_access_removals", s.max_access_removals, 200)?,
+            max_consecutive_failures: failures,
         })
     }
 
@@ -582,12 +691,28 @@ impl Validator {
                 return Err(self.err("portal.page_size", format!("{n} is out of range 1..=10000")))
             }
         };
+        let concurrency = match p.concurrency {
+            None => 4,
+            Some(n) if (1..=64).contains(&n) => n as usize,
+            Some(n) => {
+                return Err(self.err("portal.concurrency", format!("{n} is out of range 1..=64")))
+            }
+        };
+        let max_retries = match p.max_retries {
+            None => 4,
+            Some(n) if (0..=20).contains(&n) => n as u32,
+            Some(n) => {
+                return Err(self.err("portal.max_retries", format!("{n} is out of range 0..=20")))
+            }
+        };
         Ok(PortalConfig {
             url,
             token,
             ca_file,
             timeout,
             page_size,
+            concurrency,
+            max_retries,
         })
     }
 

@@ -3,6 +3,7 @@
 //! a [`Plan`]; it performs no I/O, so every rule here is tested without servers.
 
 pub mod groups;
+pub mod guard;
 pub mod user;
 mod validate;
 
@@ -172,8 +173,10 @@ pub struct Plan {
     /// Linked users with nothing to change.
     #[serde(skip)]
     pub in_sync: Vec<InSync>,
-    /// Things the admin should know that are not changes (e.g. closures held back).
+    /// Things the admin should know that are not changes.
     pub notes: Vec<String>,
+    /// Changes a safety guard held back, and how to release them.
+    pub held: Vec<guard::Held>,
 }
 
 impl Plan {
@@ -633,11 +636,16 @@ fn plan_closures(
         return;
     }
     if input.directory.is_empty() {
-        plan.notes.push(format!(
-            "the directory returned no users in scope: the {} managed portal users that would \
-             leave are NOT closed (check the base DN and filter)",
-            leaving.len()
-        ));
+        plan.held.push(guard::Held {
+            kind: "empty_source".into(),
+            count: leaving.len(),
+            limit: "a directory with users".into(),
+            message: format!(
+                "the directory returned no users in scope: the {} managed portal users that would \
+                 leave are NOT closed (check the base DN, the filter and the directory)",
+                leaving.len()
+            ),
+        });
         return;
     }
     for p in leaving {

@@ -348,8 +348,9 @@ fn an_empty_directory_closes_nobody() {
     let p = portal_user_for(&anna, "p1");
     let plan = plan_with(&[], &[p], &managed(&[&anna]));
     assert!(plan.changes.is_empty());
-    assert_eq!(plan.notes.len(), 1);
-    assert!(plan.notes[0].contains("NOT closed"));
+    assert_eq!(plan.held.len(), 1);
+    assert_eq!(plan.held[0].kind, "empty_source");
+    assert!(plan.held[0].message.contains("NOT closed"));
 }
 
 #[test]
@@ -1065,5 +1066,97 @@ mod access_rules {
         let plan = w.plan();
         assert!(plan.group_changes.is_empty());
         assert!(plan.notes.iter().any(|n| n.contains("NOT deleted")));
+    }
+}
+
+// --- safety guards ---
+
+mod guards {
+    use super::*;
+    use crate::plan::guard::{apply_limits, Confirmed, Limits};
+
+    fn limits(max: usize, pct: f64) -> Limits {
+        Limits {
+            max_closures: max,
+            max_closure_percent: pct,
+            max_access_removals: 2,
+            privileged_roles: vec!["administrator".into()],
+        }
+    }
+
+    /// 10 managed users; `leave` of them have left the directory; one other has a new name.
+    fn leaving(leave: usize) -> Plan {
+        let users: Vec<DirectoryUser> = (0..10)
+            .map(|i| dir_user(&format!("u{i}"), Some(&format!("u{i}@example.se")), "X"))
+            .collect();
+        let portal: Vec<PortalUser> = users
+            .iter()
+            .enumerate()
+            .map(|(i, u)| portal_user_for(u, &format!("p{i}")))
+            .collect();
+        let refs: Vec<&DirectoryUser> = users.iter().collect();
+        let mut now: Vec<DirectoryUser> = users[leave..].to_vec();
+        now[0].attrs.insert("sn".into(), vec!["Renamed".into()]);
+        plan_with(&now, &portal, &managed(&refs))
+    }
+
+    #[test]
+    fn too_many_closures_are_held_and_everything_else_goes_on() {
+        let mut plan = leaving(6);
+        let held = apply_limits(&mut plan, 10, &limits(50, 20.0), Confirmed::default());
+        assert_eq!(held.len(), 1);
+        assert_eq!(held[0].count, 6);
+        assert!(
+            held[0].message.contains("--confirm-closures 6"),
+            "{}",
+            held[0].message
+        );
+        assert_eq!(plan.count(Action::Close), 0);
+        assert_eq!(plan.count(Action::Update), 1, "the rename still applies");
+    }
+
+    #[test]
+    fn the_exact_confirmed_number_releases_the_closures_and_no_other_number_does() {
+        let mut plan = leaving(6);
+        let held = apply_limits(
+            &mut plan,
+            10,
+            &limits(50, 20.0),
+            Confirmed {
+                closures: Some(5),
+                removals: None,
+            },
+        );
+        assert!(
+            held[0].message.contains("you confirmed 5, the plan has 6"),
+            "{}",
+            held[0].message
+        );
+        assert_eq!(plan.count(Action::Close), 0);
+        let mut plan = leaving(6);
+        let held = apply_limits(
+            &mut plan,
+            10,
+            &limits(50, 20.0),
+            Confirmed {
+                closures: Some(6),
+                removals: None,
+            },
+        );
+        assert!(held.is_empty());
+        assert_eq!(plan.count(Action::Close), 6);
+    }
+
+    #[test]
+    fn closures_within_both_limits_pass() {
+        let mut plan = leaving(2);
+        assert!(apply_limits(&mut plan, 10, &limits(50, 20.0), Confirmed::default()).is_empty());
+        assert_eq!(plan.count(Action::Close), 2);
+        let mut plan = leaving(2);
+        assert_eq!(
+            apply_limits(&mut plan, 10, &limits(1, 100.0), Confirmed::default()).len(),
+            1,
+            "absolute limit"
+        );
     }
 }

@@ -9,7 +9,7 @@ mod schema;
 use std::time::Duration;
 
 use reqwest::header::{
-    HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, ETAG, IF_MATCH,
+    HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, ETAG, IF_MATCH, RETRY_AFTER,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value as Json};
@@ -98,6 +98,12 @@ pub enum PortalError {
     /// Network trouble, a timeout, 429 or a 5xx. Transient: retried next cycle.
     #[error("portal unreachable or failing: {0}")]
     Transient(String),
+    /// 429: the portal asks us to slow down, for `retry_after` if it said. Transient.
+    #[error("{what}: HTTP 429 (rate limited)")]
+    RateLimited {
+        what: String,
+        retry_after: Option<Duration>,
+    },
     /// 401/403: the token is wrong or lacks rights. Needs an admin; the cycle stops.
     #[error("portal refused the credentials (HTTP {0}): check portal.token_file")]
     Auth(u16),
@@ -131,6 +137,9 @@ pub struct PortalClient {
     http: reqwest::Client,
     base: Url,
     page_size: usize,
+    max_retries: u32,
+    /// Requests sent, retries included (for the report and the tests).
+    requests: std::sync::atomic::AtomicUsize,
     pub capabilities: Capabilities,
 }
 
@@ -171,6 +180,8 @@ impl PortalClient {
             http,
             base: config.url.clone(),
             page_size: config.page_size,
+            max_retries: config.max_retries,
+            requests: std::sync::atomic::AtomicUsize::new(0),
             capabilities: Capabilities::default(),
         })
     }
@@ -298,6 +309,33 @@ impl PortalClient {
         }))
     }
 
+    /// The user with this login, if any (a filter query when the portal supports filters).
+    pub async fn find_user(&self, user_name: &str) -> Result<Option<PortalUser>, PortalError> {
+        if !self.capabilities.filter {
+            return Ok(self
+                .list_users()
+                .await?
+                .into_iter()
+                .find(|u| u.user_name.eq_ignore_ascii_case(user_name)));
+        }
+        let filter = format!(
+            "userName eq \"{}\"",
+            user_name.replace('\\', "\\\\").replace('"', "\\\"")
+        );
+        let query: String = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("filter", &filter)
+            .finish();
+        let (page, _) = self
+            .send(Method::GET, &format!("Users?{query}"), None, None)
+            .await?;
+        let found = page
+            .get("Resources")
+            .and_then(Json::as_array)
+            .and_then(|r| r.first())
+            .cloned();
+        found.map(PortalUser::from_json).transpose()
+    }
+
     /// Creates a group with its members (portal user ids); returns its id.
     pub async fn create_group(
         &self,
@@ -394,6 +432,13 @@ impl PortalClient {
         )))
     }
 
+    /// The number of HTTP requests sent so far, retries included.
+    pub fn request_count(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sends a request, retrying transient failures (connection errors, timeouts, 5xx,
+    /// 429) with exponential backoff and jitter; a 429's `Retry-After` is honoured.
     async fn send(
         &self,
         method: Method,
@@ -401,6 +446,36 @@ impl PortalClient {
         body: Option<Json>,
         if_match: Option<&str>,
     ) -> Result<(Json, Option<String>), PortalError> {
+        let mut attempt = 0u32;
+        loop {
+            let result = self
+                .send_once(method.clone(), path, body.clone(), if_match)
+                .await;
+            let wait = match &result {
+                Err(PortalError::Transient(_)) => backoff(attempt),
+                Err(PortalError::RateLimited { retry_after, .. }) => {
+                    retry_after.unwrap_or_else(|| backoff(attempt))
+                }
+                _ => return result,
+            };
+            if attempt >= self.max_retries {
+                return result;
+            }
+            attempt += 1;
+            debug!(%method, path, attempt, wait_ms = wait.as_millis() as u64, "retrying");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    async fn send_once(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Json>,
+        if_match: Option<&str>,
+    ) -> Result<(Json, Option<String>), PortalError> {
+        self.requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let url = self
             .base
             .join(path)
@@ -421,6 +496,11 @@ impl PortalClient {
             PortalError::Transient(format!("{method} /{path} {what}: {}", error_chain(&e)))
         })?;
         let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
         let etag = resp
             .headers()
             .get(ETAG)
@@ -460,9 +540,10 @@ impl PortalClient {
             {
                 PortalError::NotFound
             }
-            StatusCode::TOO_MANY_REQUESTS => {
-                PortalError::Transient(format!("{method} /{path}: HTTP 429 (rate limited)"))
-            }
+            StatusCode::TOO_MANY_REQUESTS => PortalError::RateLimited {
+                what: format!("{method} /{path}"),
+                retry_after,
+            },
             s if s.is_server_error() => {
                 PortalError::Transient(format!("{method} /{path}: HTTP {s}: {detail}"))
             }
@@ -489,4 +570,52 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = inner.source();
     }
     s
+}
+
+/// The longest wait a `Retry-After` may impose before we give up on it for this cycle.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
+
+/// `Retry-After` in seconds (an HTTP date is rare for APIs; it falls back to backoff).
+fn parse_retry_after(v: &str) -> Option<Duration> {
+    v.trim()
+        .parse::<u64>()
+        .ok()
+        .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER))
+}
+
+/// Exponential backoff from 250 ms, capped at 10 s, with ±50% jitter so that many clients
+/// (or many concurrent requests) do not retry in step.
+fn backoff(attempt: u32) -> Duration {
+    let base = 250u64.saturating_mul(1u64 << attempt.min(6)).min(10_000);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64);
+    // A cheap mix of the clock's nanoseconds: plenty for jitter, no RNG needed.
+    let mixed = nanos.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+    let jitter = 0.5 + (mixed % 1000) as f64 / 1000.0;
+    Duration::from_millis((base as f64 * jitter) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        for attempt in 0..10 {
+            let d = backoff(attempt).as_millis() as u64;
+            let base = (250u64 << attempt.min(6)).min(10_000);
+            assert!(
+                d >= base / 2 && d <= base * 3 / 2,
+                "attempt {attempt}: {d} ms"
+            );
+        }
+    }
+
+    #[test]
+    fn retry_after_in_seconds_is_honoured_and_capped() {
+        assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_retry_after("99999"), Some(MAX_RETRY_AFTER));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+    }
 }

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::apply::{Applied, Outcome, Status};
+use crate::plan::guard::Held;
 use crate::plan::{Action, Change, Conflict, GroupAction, GroupChange, NeedsAdmin, Plan, Skipped};
 
 pub use self::text::render_text;
@@ -66,6 +67,8 @@ pub struct Report {
     pub needs_admin: Vec<NeedsAdmin>,
     /// `merge` attributes changed on both sides: the portal value was kept.
     pub conflicts: Vec<Conflict>,
+    /// Changes a safety guard held back, and how to release them.
+    pub held: Vec<Held>,
     pub notes: Vec<String>,
     /// Why the run stopped early, if it did.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -175,6 +178,7 @@ impl Report {
             skipped: plan.skipped,
             needs_admin: plan.needs_admin,
             conflicts: plan.conflicts,
+            held: plan.held,
             notes: plan.notes,
             aborted,
             counts,
@@ -184,6 +188,17 @@ impl Report {
     /// True when some change could not be applied for a reason other than its data.
     pub fn has_failures(&self) -> bool {
         self.aborted.is_some() || self.counts.get("failed").copied().unwrap_or(0) > 0
+    }
+
+    /// The process exit code this report calls for.
+    pub fn exit_code(&self) -> u8 {
+        if self.has_failures() || self.held.iter().any(|h| h.kind == "empty_source") {
+            crate::exit::FAILURE
+        } else if !self.held.is_empty() {
+            crate::exit::HELD
+        } else {
+            crate::exit::OK
+        }
     }
 
     pub fn to_json(&self) -> String {

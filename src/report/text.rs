@@ -171,6 +171,14 @@ pub fn render_text(r: &Report) -> String {
             let _ = writeln!(out, "  {n}");
         }
     }
+    for h in &r.held {
+        let _ = writeln!(
+            out,
+            "\nHELD BACK ({}): {}",
+            h.kind.replace('_', " "),
+            h.message
+        );
+    }
     if let Some(a) = &r.aborted {
         let _ = writeln!(out, "\nSTOPPED EARLY: {a}");
     }

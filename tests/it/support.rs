@@ -75,8 +75,11 @@ pub struct World {
     pub source_extra: String,
     /// The `[[mapping]]` tables (default [`MAPPINGS`]).
     pub mappings: String,
-    /// More config appended at the end (roles, services, portal groups, sub-unit).
+        /// More config appended at the end (roles, services, portal groups, sub-unit).
     pub extra_config: String,
+    /// The `[safety]` table. Tests of other behaviour run with wide limits (tiny test
+    /// directories would trip the default share limit); the guard tests set their own.
+    pub safety: String,
     /// The portal URL dirsync is given (default: the scim2-server's; a proxy's in tests
     /// that count or break requests).
     pub portal_url: Option<String>,
@@ -99,7 +102,8 @@ impl World {
             users_extra: "disabled_filter = \"(employeeType=disabled)\"\n".into(),
             source_extra: String::new(),
             mappings: MAPPINGS.to_string(),
-            extra_config: String::new(),
+                        extra_config: String::new(),
+            safety: "[safety]\nmax_closure_percent = 100\n".into(),
             portal_url: None,
         }
     }
@@ -141,6 +145,8 @@ page_size = 5
 
 [state]
 path = "state.db"
+
+{safety}
 {mappings}
 {extra}"#,
             url = self.ldap.url,
@@ -150,7 +156,8 @@ path = "state.db"
             users_extra = self.users_extra,
             source_extra = self.source_extra,
             mappings = self.mappings,
-            extra = self.extra_config,
+                        extra = self.extra_config,
+            safety = self.safety,
         );
         let path = self.config_path();
         std::fs::write(&path, text).unwrap();

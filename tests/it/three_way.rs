@@ -221,7 +221,11 @@ fn a_user_edited_between_plan_and_apply_gets_412_and_no_edit_is_lost() {
     directory_edit(&w, "sn", "Lind");
     directory_edit(&w, "telephoneNumber", "+46 8 200");
     let prepared = rt
-        .block_on(dirsync::cycle::prepare(&config, dirsync::cycle::Mode::Sync))
+        .block_on(dirsync::cycle::prepare(
+            &config,
+            dirsync::cycle::Mode::Sync,
+            &Default::default(),
+        ))
         .unwrap();
     assert_eq!(prepared.plan.changes.len(), 1);
     assert_eq!(prepared.plan.changes[0].fields.len(), 2, "sn and the phone");

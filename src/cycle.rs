@@ -284,7 +284,8 @@ pub async fn finish(config: &Config, prepared: Prepared) -> Result<Report, Cycle
                 Some(apply::apply(&plan, &portal, state, &replan).await?),
             )
         }
-        _ => ("plan", None),
+        (Mode::Sync, _) => ("sync", None),
+        (Mode::Plan, _) => ("plan", None),
     };
     let report = Report::new(
         command,

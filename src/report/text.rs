@@ -11,10 +11,10 @@ const ABSENT: &str = "(none)";
 
 pub fn render_text(r: &Report) -> String {
     let mut out = String::new();
-    let title = if r.dry_run {
-        "dirsync plan (dry run: nothing was changed)"
-    } else {
-        "dirsync sync"
+    let title = match (r.dry_run, r.command.as_str()) {
+        (true, "sync") => "dirsync sync (held back: nothing was applied, see below)",
+        (true, _) => "dirsync plan (dry run: nothing was changed)",
+        (false, _) => "dirsync sync",
     };
     let _ = writeln!(out, "{title} — {}", r.finished_at);
     let _ = writeln!(

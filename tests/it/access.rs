@@ -356,3 +356,88 @@ fn sub_unit_follows_ou_moves_and_can_come_from_an_attribute() {
     let ent = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
     assert_eq!(w.portal_user("bo@example.se")[ent]["department"], "Finance");
 }
+
+#[test]
+fn a_3000_member_group_changes_by_requests_proportional_to_the_change_not_the_group() {
+    let uids: Vec<String> = (0..3001).map(|i| format!("m{i:04}")).collect();
+    let mut ldif: String = uids
+        .iter()
+        .map(|u| person(u, "M", u, Some(&format!("{u}@example.se"))))
+        .collect();
+    let members: Vec<String> = uids[..3000].iter().map(|u| user_dn(u)).collect();
+    let member_refs: Vec<&str> = members.iter().map(String::as_str).collect();
+    ldif.push_str(&group_ldif("Big-Share", &member_refs));
+    let mut w = World::start(&ldif);
+    w.extra_config = "[portal_groups]\ngroups = [\"Big-Share\"]\n".into();
+    w.portal_page_size = 100;
+    let proxy = crate::harness::proxy::Proxy::start(&w.portal.url);
+    w.portal_url = Some(proxy.url.clone());
+
+    let report = w.sync();
+    assert_eq!(
+        (count(&report, "create"), count(&report, "group_create")),
+        (3001, 1)
+    );
+    assert_eq!(
+        proxy.count("POST", "/Groups"),
+        1,
+        "the group is created in one request"
+    );
+    let big = || {
+        w.portal
+            .groups()
+            .into_iter()
+            .find(|g| g["displayName"] == "Big-Share")
+            .unwrap()
+    };
+    assert_eq!(big()["members"].as_array().unwrap().len(), 3000);
+
+    // Two members leave, one joins.
+    proxy.clear();
+    w.ldap.modify(&format!(
+        "dn: {}\nchangetype: modify\ndelete: member\nmember: {}\nmember: {}\n-\nadd: member\nmember: {}\n",
+        group_dn("Big-Share"),
+        user_dn("m0000"),
+        user_dn("m0001"),
+        user_dn("m3000")
+    ));
+    let report = w.sync();
+    assert_eq!(count(&report, "group_update"), 1, "{report:#}");
+    let writes: Vec<_> = proxy
+        .requests()
+        .into_iter()
+        .filter(|s| s.method != "GET")
+        .collect();
+    assert_eq!(
+        writes.len(),
+        1,
+        "one write for three membership changes: {writes:?}"
+    );
+    assert_eq!(writes[0].method, "PATCH");
+    let body: Json = serde_json::from_str(&writes[0].body).unwrap();
+    let ops = body["Operations"].as_array().unwrap();
+    assert_eq!(ops.len(), 3, "{body}");
+    assert_eq!(ops.iter().filter(|o| o["op"] == "remove").count(), 2);
+    let add = ops.iter().find(|o| o["op"] == "add").unwrap();
+    assert_eq!(
+        add["value"].as_array().unwrap().len(),
+        1,
+        "only the new member is sent, not the list"
+    );
+    assert!(
+        writes[0].body.len() < 1_000,
+        "the request does not carry the 3000 members"
+    );
+    let reads = proxy.requests().len() - writes.len();
+    eprintln!("3000-member group: 1 write for 3 membership changes; {reads} reads (user and group listing)");
+    let now = big();
+    let ids: Vec<&str> = now["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["value"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2999);
+    assert!(ids.contains(&w.portal_user("m3000@example.se")["id"].as_str().unwrap()));
+    assert!(!ids.contains(&w.portal_user("m0000@example.se")["id"].as_str().unwrap()));
+}

@@ -7,6 +7,7 @@ mod support;
 
 mod access;
 mod cli;
+mod safety;
 mod skeleton;
 mod source;
 mod three_way;

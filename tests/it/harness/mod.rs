@@ -5,6 +5,8 @@
 //!   with TLS (ldaps:// and StartTLS) from a throwaway CA.
 //! - [`ScimServer`]: `scim2-server` (PyPI) serving the portal's published schema from
 //!   `tests/fixtures/portal`, with a random bearer token.
+//! - [`Proxy`]: an HTTP/1.1 reverse proxy to put in front of it, which counts requests and
+//!   injects [`Fault`]s (error statuses, delays, resets) on the test's schedule.
 //!
 //! Everything is synchronous, for plain `#[test]` functions. Each instance has its own
 //! temporary directory and ports, so tests may run in parallel threads. The servers' output
@@ -18,10 +20,13 @@
 // Not every test binary uses every helper.
 #![allow(dead_code)]
 
+pub mod proxy;
+mod proxy_selftest;
 mod scim;
 mod selftest;
 mod slapd;
 
+pub use proxy::{Fault, Proxy, Seen};
 pub use scim::ScimServer;
 pub use slapd::Slapd;
 

@@ -75,11 +75,14 @@ pub struct World {
     pub source_extra: String,
     /// The `[[mapping]]` tables (default [`MAPPINGS`]).
     pub mappings: String,
-        /// More config appended at the end (roles, services, portal groups, sub-unit).
+    /// More config appended at the end (roles, services, portal groups, sub-unit).
     pub extra_config: String,
     /// The `[safety]` table. Tests of other behaviour run with wide limits (tiny test
     /// directories would trip the default share limit); the guard tests set their own.
     pub safety: String,
+    /// `portal.timeout_secs` and `portal.page_size`.
+    pub portal_timeout_secs: u64,
+    pub portal_page_size: usize,
     /// The portal URL dirsync is given (default: the scim2-server's; a proxy's in tests
     /// that count or break requests).
     pub portal_url: Option<String>,
@@ -102,9 +105,11 @@ impl World {
             users_extra: "disabled_filter = \"(employeeType=disabled)\"\n".into(),
             source_extra: String::new(),
             mappings: MAPPINGS.to_string(),
-                        extra_config: String::new(),
+            extra_config: String::new(),
             safety: "[safety]\nmax_closure_percent = 100\n".into(),
             portal_url: None,
+            portal_timeout_secs: 10,
+            portal_page_size: 5,
         }
     }
 
@@ -140,8 +145,8 @@ base = "ou=groups,{suffix}"
 [portal]
 url = "{portal}"
 token_file = "portal-token"
-timeout_secs = 10
-page_size = 5
+timeout_secs = {portal_timeout}
+page_size = {portal_page_size}
 
 [state]
 path = "state.db"
@@ -156,8 +161,10 @@ path = "state.db"
             users_extra = self.users_extra,
             source_extra = self.source_extra,
             mappings = self.mappings,
-                        extra = self.extra_config,
+            extra = self.extra_config,
             safety = self.safety,
+            portal_timeout = self.portal_timeout_secs,
+            portal_page_size = self.portal_page_size,
         );
         let path = self.config_path();
         std::fs::write(&path, text).unwrap();

@@ -1160,3 +1160,82 @@ mod guards {
         );
     }
 }
+
+mod removal_guard {
+    use super::*;
+    use crate::plan::guard::{access_removals, apply_limits, Confirmed, Limits};
+
+    #[test]
+    fn service_revocations_and_role_downgrades_have_their_own_limit() {
+        let service = AttrPath::parse(r#"entitlements[value eq "fax"].value"#).unwrap();
+        let role = crate::access::role_path();
+        let change = |anchor: &str, fields: Vec<FieldChange>| Change {
+            action: Action::Update,
+            anchor: anchor.into(),
+            user_name: format!("{anchor}@x.se"),
+            dn: Some(format!("uid={anchor}")),
+            portal_id: Some(anchor.into()),
+            version: None,
+            reason: None,
+            fields,
+            set_active: None,
+            baseline: Baseline::new(),
+            from: None,
+        };
+        let revoke = FieldChange {
+            path: service.clone(),
+            old: Some(Value::One("fax".into())),
+            new: None,
+            why: Some(Why::DirectoryChange),
+            detail: None,
+        };
+        let demote = FieldChange {
+            path: role.clone(),
+            old: Some(Value::Many(vec!["administrator".into()])),
+            new: Some(Value::Many(vec!["regular".into()])),
+            why: Some(Why::DirectoryChange),
+            detail: None,
+        };
+        let rename = FieldChange {
+            path: AttrPath::parse("displayName").unwrap(),
+            old: Some(Value::One("A".into())),
+            new: Some(Value::One("B".into())),
+            why: Some(Why::DirectoryChange),
+            detail: None,
+        };
+        let mut plan = Plan {
+            changes: vec![
+                change("a", vec![revoke.clone(), rename.clone()]),
+                change("b", vec![demote]),
+                change("c", vec![revoke]),
+            ],
+            ..Default::default()
+        };
+        let limits = Limits {
+            max_closures: 100,
+            max_closure_percent: 100.0,
+            max_access_removals: 2,
+            privileged_roles: vec!["administrator".into()],
+        };
+        assert_eq!(access_removals(&plan, &limits), 3);
+        let held = apply_limits(&mut plan, 3, &limits, Confirmed::default());
+        assert_eq!(held.len(), 1);
+        assert!(
+            held[0].message.contains("--confirm-removals 3"),
+            "{}",
+            held[0].message
+        );
+        assert_eq!(
+            plan.changes.len(),
+            1,
+            "only a's rename is left: {:?}",
+            plan.changes
+        );
+        assert_eq!(plan.changes[0].fields, vec![rename]);
+        assert_eq!(
+            plan.changes[0].baseline.get(&service),
+            Some(&Some(Value::One("fax".into()))),
+            "the held revocation stays owed"
+        );
+    }
+}

@@ -498,3 +498,87 @@ fn kill_9_at_ten_points_of_a_500_user_apply_ends_in_the_uninterrupted_state() {
     assert_eq!(after.len(), 500, "no duplicates");
     assert_eq!(after, shape(clean.portal.users()));
 }
+
+#[test]
+fn a_create_done_by_the_portal_but_reported_failed_is_taken_over_on_409_not_duplicated() {
+    let mut w = World::start(&staff(3));
+    let proxy = Proxy::start(&w.portal.url);
+    w.portal_url = Some(proxy.url.clone());
+    // The first create reaches the portal, but dirsync is told it failed: its retry then
+    // meets 409 uniqueness.
+    proxy.fail_matching(
+        "POST",
+        "/Users",
+        vec![Fault::after_forward(Fault::status(500))],
+    );
+    let report = w.sync();
+    assert_eq!(count(&report, "create"), 3, "{report:#}");
+    let notes: Vec<&str> = report["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["outcome"]["message"].as_str())
+        .collect();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("HTTP 409") && n.contains("taken over")),
+        "{report:#}"
+    );
+    assert_eq!(w.portal.users().len(), 3, "no duplicate");
+    assert!(w.plan()["changes"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn a_run_of_failures_stops_the_cycle_early_and_says_why() {
+    let mut w = World::start(&staff(12));
+    w.sync();
+    let proxy = Proxy::start(&w.portal.url);
+    w.portal_url = Some(proxy.url.clone());
+    w.safety = "[safety]\nmax_closure_percent = 100\nmax_consecutive_failures = 3\n".into();
+    let renames: String = (0..12)
+        .map(|i| format!("dn: uid=s{i:03},ou=people,dc=example,dc=com\nchangetype: modify\nreplace: sn\nsn: R{i}\n\n"))
+        .collect();
+    w.ldap.modify(&renames);
+    proxy.fail_matching(
+        "PATCH",
+        "/Users/",
+        (0..200).map(|_| Fault::status(503)).collect(),
+    );
+    let cfg = w.write_config();
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "page_size = 5",
+        "page_size = 5\nmax_retries = 0\nconcurrency = 1",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let run = run_dirsync(&cfg, &["sync", "--format", "json"]);
+    assert_eq!(run.code, 1, "{}", run.all_output());
+    let report = run.json();
+    assert!(
+        report["aborted"]
+            .as_str()
+            .unwrap()
+            .contains("stopped after 3 portal failures in a row"),
+        "{report:#}"
+    );
+    let statuses: Vec<&str> = report["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["outcome"]["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == "failed").count(),
+        3,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == "not_attempted").count(),
+        9,
+        "{statuses:?}"
+    );
+    // Healed, the next cycle plans and applies the failed changes again.
+    proxy.heal();
+    let report = w.sync();
+    assert_eq!(count(&report, "update"), 12, "{report:#}");
+}

@@ -4,6 +4,7 @@
 //! timeout or a dropped connection fails the whole read: a partial list returned as if it
 //! were complete would look like "everyone else left" and close people.
 
+pub mod ad;
 pub mod ldap;
 
 use std::collections::BTreeMap;

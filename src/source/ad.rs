@@ -1,0 +1,230 @@
+//! Active Directory's dialect, as pure functions over attribute values: binary GUIDs and
+//! SIDs, the account-disabled bit and expiry, `proxyAddresses`, ranged `member` values and
+//! the primary group. The LDAP source calls these; the tests feed them recorded values.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// `userAccountControl` bit: the account is disabled.
+pub const ACCOUNTDISABLE: u32 = 0x2;
+
+/// The standard string form of an `objectGUID`: the first three fields are little-endian.
+pub fn guid_string(bytes: &[u8]) -> Option<String> {
+    let b: &[u8; 16] = bytes.try_into().ok()?;
+    Some(format!(
+        "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
+        b[3], b[2], b[1], b[0], b[5], b[4], b[7], b[6], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]
+    ))
+}
+
+/// `S-1-5-21-…` from a binary `objectSid` (MS-DTYP 2.4.2.2).
+pub fn sid_string(bytes: &[u8]) -> Option<String> {
+    if bytes.len() < 8 {
+        return None;
+    }
+    let revision = bytes[0];
+    let count = bytes[1] as usize;
+    if bytes.len() != 8 + 4 * count {
+        return None;
+    }
+    let authority = bytes[2..8]
+        .iter()
+        .fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
+    let mut s = format!("S-{revision}-{authority}");
+    for i in 0..count {
+        let at = 8 + 4 * i;
+        let sub = u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+        s.push_str(&format!("-{sub}"));
+    }
+    Some(s)
+}
+
+/// Splits a SID into its domain part and the relative id (the last sub-authority).
+pub fn sid_domain_and_rid(sid: &str) -> Option<(&str, u32)> {
+    let (domain, rid) = sid.rsplit_once('-')?;
+    Some((domain, rid.parse().ok()?))
+}
+
+/// Why AD says the account cannot be used, if it can't: the disabled bit, or an
+/// `accountExpires` in the past (100-ns intervals since 1601-01-01; 0 and
+/// 0x7FFFFFFFFFFFFFFF mean never).
+pub fn account_closed(
+    user_account_control: Option<&str>,
+    account_expires: Option<&str>,
+    now: SystemTime,
+) -> Option<String> {
+    if let Some(uac) = user_account_control.and_then(|v| v.trim().parse::<i64>().ok()) {
+        if (uac as u32) & ACCOUNTDISABLE != 0 {
+            return Some(format!("disabled in AD (userAccountControl {uac})"));
+        }
+    }
+    let expires = account_expires.and_then(|v| v.trim().parse::<i64>().ok())?;
+    if expires <= 0 || expires == i64::MAX {
+        return None;
+    }
+    // 11644473600 s between 1601-01-01 and 1970-01-01.
+    let unix_100ns = now.duration_since(UNIX_EPOCH).ok()?.as_nanos() / 100;
+    let now_filetime = unix_100ns as i128 + 116_444_736_000_000_000;
+    (i128::from(expires) <= now_filetime)
+        .then(|| "account expired in AD (accountExpires is in the past)".to_string())
+}
+
+/// A FILETIME for "now plus `secs`" (negative for the past), for tests and seeding.
+pub fn filetime_from_now(secs: i64, now: SystemTime) -> i64 {
+    let unix = now
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+        + secs;
+    (unix + 11_644_473_600) * 10_000_000
+}
+
+/// `proxyAddresses` values: the primary SMTP address (`SMTP:`) and the others (`smtp:`).
+/// Other address types (X500:, SIP:) are left out.
+pub fn smtp_addresses(values: &[String]) -> (Option<String>, Vec<String>) {
+    let mut primary = None;
+    let mut aliases = Vec::new();
+    for v in values {
+        if let Some(a) = v.strip_prefix("SMTP:") {
+            primary = Some(a.to_string());
+        } else if let Some((kind, a)) = v.split_once(':') {
+            if kind.eq_ignore_ascii_case("smtp") {
+                aliases.push(a.to_string());
+            }
+        }
+    }
+    (primary, aliases)
+}
+
+/// A ranged attribute in a search result (`member;range=0-1499`): the attribute, where
+/// the range starts, and where it ends (`None` for `*`, the last range).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Range<'a> {
+    pub attr: &'a str,
+    pub start: u64,
+    pub end: Option<u64>,
+}
+
+pub fn parse_range(key: &str) -> Option<Range<'_>> {
+    let (attr, opts) = key.split_once(';')?;
+    let spec = opts.split(';').find_map(|o| {
+        let (k, v) = o.split_once('=')?;
+        k.eq_ignore_ascii_case("range").then_some(v)
+    })?;
+    let (start, end) = spec.split_once('-')?;
+    Some(Range {
+        attr,
+        start: start.parse().ok()?,
+        end: if end == "*" {
+            None
+        } else {
+            Some(end.parse().ok()?)
+        },
+    })
+}
+
+/// The attribute to ask for to continue after `range` (`member;range=1500-*`), or `None`
+/// when `range` was the last one.
+pub fn next_range(range: &Range<'_>) -> Option<String> {
+    range
+        .end
+        .map(|end| format!("{};range={}-*", range.attr, end + 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn guid_bytes_render_in_the_standard_form() {
+        let bytes: Vec<u8> = (0..16u8).map(|i| i * 0x11).collect();
+        assert_eq!(
+            guid_string(&bytes).unwrap(),
+            "33221100-5544-7766-8899-aabbccddeeff"
+        );
+        assert_eq!(guid_string(&bytes[..15]), None);
+    }
+
+    #[test]
+    fn sids_render_and_split() {
+        // S-1-5-21-1004336348-1177238915-682003330-513 (Domain Users)
+        let mut b = vec![1u8, 5, 0, 0, 0, 0, 0, 5];
+        for sub in [21u32, 1004336348, 1177238915, 682003330, 513] {
+            b.extend_from_slice(&sub.to_le_bytes());
+        }
+        let sid = sid_string(&b).unwrap();
+        assert_eq!(sid, "S-1-5-21-1004336348-1177238915-682003330-513");
+        assert_eq!(
+            sid_domain_and_rid(&sid),
+            Some(("S-1-5-21-1004336348-1177238915-682003330", 513))
+        );
+        assert_eq!(sid_string(&b[..10]), None);
+    }
+
+    #[test]
+    fn disabled_bit_and_expiry_close_the_account() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        assert_eq!(account_closed(Some("512"), None, now), None);
+        assert!(account_closed(Some("514"), None, now)
+            .unwrap()
+            .contains("disabled"));
+        assert!(
+            account_closed(Some("66050"), Some("0"), now).is_some(),
+            "514 | DONT_EXPIRE_PASSWORD"
+        );
+        assert_eq!(
+            account_closed(Some("512"), Some("0"), now),
+            None,
+            "0: never"
+        );
+        assert_eq!(
+            account_closed(Some("512"), Some("9223372036854775807"), now),
+            None,
+            "max: never"
+        );
+        let past = filetime_from_now(-3600, now).to_string();
+        let future = filetime_from_now(3600, now).to_string();
+        assert!(account_closed(Some("512"), Some(&past), now)
+            .unwrap()
+            .contains("expired"));
+        assert_eq!(account_closed(Some("512"), Some(&future), now), None);
+    }
+
+    #[test]
+    fn proxy_addresses_split_into_primary_and_aliases() {
+        let v: Vec<String> = [
+            "smtp:old@x.se",
+            "SMTP:anna@x.se",
+            "X500:/o=x",
+            "sip:anna@x.se",
+            "smtp:a.b@x.se",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let (primary, aliases) = smtp_addresses(&v);
+        assert_eq!(primary.as_deref(), Some("anna@x.se"));
+        assert_eq!(aliases, ["old@x.se", "a.b@x.se"]);
+    }
+
+    #[test]
+    fn ranged_member_values_are_followed_until_the_star() {
+        // As AD returns a 3,200-member group: three ranges.
+        let first = parse_range("member;range=0-1499").unwrap();
+        assert_eq!(
+            first,
+            Range {
+                attr: "member",
+                start: 0,
+                end: Some(1499)
+            }
+        );
+        assert_eq!(next_range(&first).as_deref(), Some("member;range=1500-*"));
+        let second = parse_range("member;range=1500-2999").unwrap();
+        assert_eq!(next_range(&second).as_deref(), Some("member;range=3000-*"));
+        let last = parse_range("member;range=3000-*").unwrap();
+        assert_eq!(last.end, None);
+        assert_eq!(next_range(&last), None);
+        assert_eq!(parse_range("member"), None);
+        assert_eq!(parse_range("member;binary"), None);
+    }
+}

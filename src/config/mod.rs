@@ -66,10 +66,18 @@ pub struct Config {
 pub enum SourceKind {
     /// OpenLDAP and other RFC 4511 servers; the anchor is `entryUUID`.
     Ldap,
+    /// Active Directory (or Samba AD): the anchor is `objectGUID`; disabled and expired
+    /// accounts are read from `userAccountControl` and `accountExpires`.
+    ActiveDirectory,
 }
+
+/// AD's MaxPageSize: a page may not be larger.
+pub const AD_MAX_PAGE_SIZE: i32 = 1000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
+    /// The base entry only (used internally, e.g. for ranged values).
+    Base,
     One,
     Subtree,
 }
@@ -485,10 +493,11 @@ impl Validator {
     fn source(&self, base_dir: &Path, s: file::SourceV1) -> Result<SourceConfig, ConfigError> {
         let kind = match s.kind.as_deref() {
             None | Some("ldap") | Some("openldap") => SourceKind::Ldap,
+            Some("active-directory") | Some("ad") => SourceKind::ActiveDirectory,
             Some(other) => {
                 return Err(self.err(
                     "source.kind",
-                    format!("unknown kind {other:?}; expected \"ldap\""),
+                    format!("unknown kind {other:?}; expected \"ldap\" or \"active-directory\""),
                 ))
             }
         };
@@ -545,6 +554,12 @@ impl Validator {
         let timeout = self.duration("source.timeout_secs", s.timeout_secs, DEFAULT_TIMEOUT)?;
         let page_size = match s.page_size {
             None => DEFAULT_LDAP_PAGE_SIZE,
+            Some(n) if kind == SourceKind::ActiveDirectory && n > i64::from(AD_MAX_PAGE_SIZE) => {
+                return Err(self.err(
+                    "source.page_size",
+                    format!("{n} is more than Active Directory's MaxPageSize ({AD_MAX_PAGE_SIZE})"),
+                ))
+            }
             Some(n) if (1..=100_000).contains(&n) => n as i32,
             Some(n) => {
                 return Err(self.err(
@@ -553,7 +568,10 @@ impl Validator {
                 ))
             }
         };
-        let anchor_attribute = s.anchor_attribute.unwrap_or_else(|| "entryUUID".into());
+        let ad = kind == SourceKind::ActiveDirectory;
+        let anchor_attribute = s
+            .anchor_attribute
+            .unwrap_or_else(|| if ad { "objectGUID" } else { "entryUUID" }.into());
         if anchor_attribute.trim().is_empty() {
             return Err(self.err("source.anchor_attribute", "is empty"));
         }
@@ -563,7 +581,11 @@ impl Validator {
                 s.users.base,
                 s.users.scope,
                 s.users.filter,
-                "(objectClass=inetOrgPerson)",
+                if ad {
+                    "(&(objectCategory=person)(objectClass=user))"
+                } else {
+                    "(objectClass=inetOrgPerson)"
+                },
             )?,
             disabled_filter: match s.users.disabled_filter {
                 Some(f) => Some(self.filter("source.users.disabled_filter", f)?),
@@ -576,7 +598,11 @@ impl Validator {
                 g.base,
                 g.scope,
                 g.filter,
-                "(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames))",
+                if ad {
+                    "(objectClass=group)"
+                } else {
+                    "(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames))"
+                },
             )?),
             None => None,
         };

@@ -11,8 +11,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use tracing::{debug, info};
 
-use super::{BadEntry, DirectoryGroup, DirectoryUser, Snapshot, SourceError};
-use crate::config::{Scope, Search, SourceConfig, Tls};
+use super::{ad, BadEntry, DirectoryGroup, DirectoryUser, Snapshot, SourceError};
+use crate::config::{Scope, Search, SourceConfig, SourceKind, Tls};
 
 /// A connected, bound LDAP session.
 pub struct LdapSource {
@@ -102,22 +102,57 @@ impl LdapSource {
             None => HashSet::new(),
         };
         let anchor = self.config.anchor_attribute.to_ascii_lowercase();
+        let ad = self.config.kind == SourceKind::ActiveDirectory;
+        let now = std::time::SystemTime::now();
         for entry in entries {
             match user_from(entry, &anchor) {
                 Ok(mut user) => {
                     user.disabled = disabled.contains(&user.anchor.to_ascii_lowercase());
+                    if ad {
+                        let first = |k: &str| {
+                            user.attrs
+                                .get(k)
+                                .and_then(|v| v.first())
+                                .map(String::as_str)
+                        };
+                        if ad::account_closed(
+                            first("useraccountcontrol"),
+                            first("accountexpires"),
+                            now,
+                        )
+                        .is_some()
+                        {
+                            user.disabled = true;
+                        }
+                        // proxyAddresses, usable by the mapping as two virtual attributes.
+                        let (primary, aliases) = ad::smtp_addresses(
+                            user.attrs
+                                .get("proxyaddresses")
+                                .map(Vec::as_slice)
+                                .unwrap_or_default(),
+                        );
+                        if let Some(p) = primary {
+                            user.attrs.insert("primarysmtpaddress".into(), vec![p]);
+                        }
+                        if !aliases.is_empty() {
+                            user.attrs.insert("smtpaliases".into(), aliases);
+                        }
+                    }
                     snapshot.users.push(user);
                 }
                 Err(bad) => snapshot.bad_entries.push(bad),
             }
         }
         if let Some(groups) = self.config.groups.clone() {
-            let attrs = vec![
+            let mut attrs = vec![
                 "cn".to_string(),
                 "member".to_string(),
                 "uniqueMember".to_string(),
                 self.config.anchor_attribute.clone(),
             ];
+            if ad {
+                attrs.push("objectSid".into());
+            }
             let selected: HashSet<String> = match self.config.portal_groups_filter.clone() {
                 Some(f) => {
                     let filter = format!("(&{}{})", groups.filter, f);
@@ -131,14 +166,26 @@ impl LdapSource {
                 }
                 None => HashSet::new(),
             };
+            let mut sids: Vec<(String, usize)> = Vec::new();
             for entry in self.search(&groups, &groups.filter, &attrs).await? {
+                let more = pending_ranges(&entry);
                 match group_from(entry, &anchor) {
-                    Ok(mut g) => {
+                    Ok((mut g, sid)) => {
+                        for range in more {
+                            let rest = self.ranged_values(&g.dn, range).await?;
+                            g.members.extend(rest);
+                        }
                         g.selected = selected.contains(&g.anchor.to_ascii_lowercase());
+                        if let Some(sid) = sid {
+                            sids.push((sid, snapshot.groups.len()));
+                        }
                         snapshot.groups.push(g)
                     }
                     Err(bad) => snapshot.bad_entries.push(bad),
                 }
+            }
+            if ad {
+                add_primary_group_members(&mut snapshot, &sids);
             }
         }
         info!(
@@ -149,6 +196,41 @@ impl LdapSource {
             "read the directory"
         );
         Ok(snapshot)
+    }
+
+    /// Fetches the remaining ranges of a ranged attribute (`member;range=1500-*`, …) of one
+    /// entry until the server says `*`.
+    async fn ranged_values(
+        &mut self,
+        dn: &str,
+        mut attr: String,
+    ) -> Result<Vec<String>, SourceError> {
+        let base = Search {
+            base: dn.to_string(),
+            scope: Scope::Base,
+            filter: "(objectClass=*)".into(),
+        };
+        let mut values = Vec::new();
+        for _ in 0..100_000 {
+            let entries = self
+                .search(&base, "(objectClass=*)", std::slice::from_ref(&attr))
+                .await?;
+            let Some(entry) = entries.into_iter().next() else {
+                break;
+            };
+            let mut next = None;
+            for (k, v) in entry.attrs {
+                if let Some(r) = ad::parse_range(&k) {
+                    next = ad::next_range(&r);
+                    values.extend(v);
+                }
+            }
+            match next {
+                Some(n) => attr = n,
+                None => return Ok(values),
+            }
+        }
+        Ok(values)
     }
 
     /// Reads the directory and summarises it, for `dirsync check`.
@@ -183,6 +265,7 @@ impl LdapSource {
             Box::new(PagedResults::new(self.config.page_size)),
         ];
         let scope = match search.scope {
+            Scope::Base => ldap3::Scope::Base,
             Scope::One => ldap3::Scope::OneLevel,
             Scope::Subtree => ldap3::Scope::Subtree,
         };
@@ -213,9 +296,28 @@ impl LdapSource {
     }
 }
 
+/// An entry's attributes: text values by lowercased name, with the binary ones AD uses
+/// turned into their string forms (`objectGUID`, `objectSid`). Other values that are not
+/// valid UTF-8 are left out: no mapped text attribute can use them.
+fn entry_attrs(entry: SearchEntry) -> (String, BTreeMap<String, Vec<String>>) {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (k, v) in entry.attrs {
+        out.entry(k.to_ascii_lowercase()).or_default().extend(v);
+    }
+    for (k, values) in entry.bin_attrs {
+        let key = k.to_ascii_lowercase();
+        let text: Vec<String> = match key.as_str() {
+            "objectguid" => values.iter().filter_map(|b| ad::guid_string(b)).collect(),
+            "objectsid" => values.iter().filter_map(|b| ad::sid_string(b)).collect(),
+            _ => continue,
+        };
+        out.entry(key).or_default().extend(text);
+    }
+    (entry.dn, out)
+}
+
 fn user_from(entry: SearchEntry, anchor: &str) -> Result<DirectoryUser, BadEntry> {
-    let dn = entry.dn.clone();
-    let mut attrs = lower_attrs(entry);
+    let (dn, mut attrs) = entry_attrs(entry);
     let anchor_value = attrs
         .remove(anchor)
         .and_then(|v| v.into_iter().next())
@@ -234,9 +336,12 @@ fn user_from(entry: SearchEntry, anchor: &str) -> Result<DirectoryUser, BadEntry
     })
 }
 
-fn group_from(entry: SearchEntry, anchor: &str) -> Result<DirectoryGroup, BadEntry> {
-    let dn = entry.dn.clone();
-    let mut attrs = lower_attrs(entry);
+/// A group, with its `objectSid` (AD) for primary-group resolution.
+fn group_from(
+    entry: SearchEntry,
+    anchor: &str,
+) -> Result<(DirectoryGroup, Option<String>), BadEntry> {
+    let (dn, mut attrs) = entry_attrs(entry);
     let anchor_value = attrs
         .remove(anchor)
         .and_then(|v| v.into_iter().next())
@@ -248,25 +353,44 @@ fn group_from(entry: SearchEntry, anchor: &str) -> Result<DirectoryGroup, BadEnt
         .remove("cn")
         .and_then(|v| v.into_iter().next())
         .unwrap_or_else(|| dn.clone());
+    let sid = attrs.remove("objectsid").and_then(|v| v.into_iter().next());
     let mut members = attrs.remove("member").unwrap_or_default();
     members.extend(attrs.remove("uniquemember").unwrap_or_default());
-    Ok(DirectoryGroup {
-        dn,
-        anchor: anchor_value,
-        name,
-        members,
-        selected: false,
-    })
+    // AD returns a large group's members in ranges (`member;range=0-1499`); the first
+    // range is here, the source fetches the rest.
+    let ranged: Vec<String> = attrs
+        .keys()
+        .filter(|k| ad::parse_range(k).is_some())
+        .cloned()
+        .collect();
+    for k in ranged {
+        if let Some(v) = attrs.remove(&k) {
+            members.extend(v);
+        }
+    }
+    Ok((
+        DirectoryGroup {
+            dn,
+            anchor: anchor_value,
+            name,
+            members,
+            selected: false,
+        },
+        sid,
+    ))
 }
 
-/// Attribute names lowercased (LDAP names are case-insensitive). Values that are not valid
-/// UTF-8 arrive in `bin_attrs` and are kept out: no mapped text attribute can use them.
+/// The ranged attribute keys of an entry that still have more values to fetch.
+fn pending_ranges(entry: &SearchEntry) -> Vec<String> {
+    entry
+        .attrs
+        .keys()
+        .filter_map(|k| ad::parse_range(k).and_then(|r| ad::next_range(&r)))
+        .collect()
+}
+
 fn lower_attrs(entry: SearchEntry) -> BTreeMap<String, Vec<String>> {
-    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (k, v) in entry.attrs {
-        out.entry(k.to_ascii_lowercase()).or_default().extend(v);
-    }
-    out
+    entry_attrs(entry).1
 }
 
 fn tls_config(config: &SourceConfig) -> Result<rustls::ClientConfig, SourceError> {
@@ -383,5 +507,37 @@ fn result_message(rc: u32, text: &str) -> String {
         format!("{name} (LDAP result {rc})")
     } else {
         format!("{name} (LDAP result {rc}): {text}")
+    }
+}
+
+/// AD leaves a user's primary group (usually Domain Users) out of the group's `member`:
+/// the user names it by `primaryGroupID`, the RID of the group's `objectSid` in the user's
+/// own domain. Add those members, so rules on such groups work.
+fn add_primary_group_members(snapshot: &mut Snapshot, group_sids: &[(String, usize)]) {
+    for user in &snapshot.users {
+        let Some(sid) = user.attrs.get("objectsid").and_then(|v| v.first()) else {
+            continue;
+        };
+        let Some(rid) = user
+            .attrs
+            .get("primarygroupid")
+            .and_then(|v| v.first())
+            .and_then(|r| r.trim().parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Some((domain, _)) = ad::sid_domain_and_rid(sid) else {
+            continue;
+        };
+        let wanted = format!("{domain}-{rid}");
+        if let Some((_, i)) = group_sids
+            .iter()
+            .find(|(s, _)| s.eq_ignore_ascii_case(&wanted))
+        {
+            let g = &mut snapshot.groups[*i];
+            if !g.members.iter().any(|m| m.eq_ignore_ascii_case(&user.dn)) {
+                g.members.push(user.dn.clone());
+            }
+        }
     }
 }

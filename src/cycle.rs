@@ -307,6 +307,8 @@ pub async fn finish(config: &Config, prepared: Prepared) -> Result<Report, Cycle
             command: command.to_string(),
             outcome: if report.has_failures() {
                 "partial"
+            } else if !report.held.is_empty() {
+                "held"
             } else {
                 "ok"
             }

@@ -71,6 +71,19 @@ impl LdapSource {
         let mut user_attrs: Vec<String> =
             attributes.iter().map(|a| a.to_ascii_lowercase()).collect();
         user_attrs.push(config.anchor_attribute.to_ascii_lowercase());
+        if config.kind == SourceKind::ActiveDirectory {
+            for a in [
+                "userAccountControl",
+                "accountExpires",
+                "objectSid",
+                "primaryGroupID",
+                "proxyAddresses",
+            ] {
+                user_attrs.push(a.to_ascii_lowercase());
+            }
+            // The virtual attributes the mapping may use are made from proxyAddresses.
+            user_attrs.retain(|a| a != "primarysmtpaddress" && a != "smtpaliases");
+        }
         let mut seen = HashSet::new();
         user_attrs.retain(|a| seen.insert(a.clone()));
         Ok(LdapSource {

@@ -6,6 +6,7 @@ mod harness;
 mod support;
 
 mod access;
+mod ad;
 mod cli;
 mod safety;
 mod skeleton;

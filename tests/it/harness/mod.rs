@@ -7,6 +7,9 @@
 //!   `tests/fixtures/portal`, with a random bearer token.
 //! - [`Proxy`]: an HTTP/1.1 reverse proxy to put in front of it, which counts requests and
 //!   injects [`Fault`]s (error statuses, delays, resets) on the test's schedule.
+//! - [`SambaDc`]: a throwaway Samba Active Directory domain controller (`dirsync.test`) on
+//!   a loopback address of its own, `127.0.X.Y`, with LDAP, LDAPS (throwaway CA) and helpers
+//!   to add OUs, users and groups (see [`samba`]). Needs root (ports 389/636).
 //!
 //! Everything is synchronous, for plain `#[test]` functions. Each instance has its own
 //! temporary directory and ports, so tests may run in parallel threads. The servers' output
@@ -22,11 +25,14 @@
 
 pub mod proxy;
 mod proxy_selftest;
+pub mod samba;
+mod samba_selftest;
 mod scim;
 mod selftest;
 mod slapd;
 
 pub use proxy::{Fault, Proxy, Seen};
+pub use samba::SambaDc;
 pub use scim::ScimServer;
 pub use slapd::Slapd;
 

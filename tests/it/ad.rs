@@ -1,0 +1,314 @@
+//! Active Directory, against a real Samba AD domain controller started by the harness.
+
+use serde_json::{json, Value as Json};
+use tempfile::TempDir;
+
+use crate::harness::{SambaDc, ScimServer};
+use crate::support::{count, run_dirsync, Run};
+
+struct AdWorld {
+    dc: SambaDc,
+    portal: ScimServer,
+    dir: TempDir,
+    staff: String,
+    /// Replaces the `[source]` connection lines (URL, TLS).
+    connection: String,
+    extra: String,
+}
+
+impl AdWorld {
+    fn start(dc: SambaDc) -> AdWorld {
+        let staff = dc.add_ou("Staff");
+        let connection = format!("url = \"{}\"\nstarttls = false\n", dc.ldap_url);
+        AdWorld {
+            dc,
+            portal: ScimServer::start(),
+            dir: tempfile::tempdir().unwrap(),
+            staff,
+            connection,
+            extra: String::new(),
+        }
+    }
+
+    fn config(&self) -> std::path::PathBuf {
+        std::fs::write(self.dir.path().join("pw"), &self.dc.admin_password).unwrap();
+        std::fs::write(self.dir.path().join("token"), &self.portal.token).unwrap();
+        let text = format!(
+            r#"
+[source]
+kind = "active-directory"
+{connection}
+bind_dn = "{admin}"
+bind_password_file = "pw"
+timeout_secs = 20
+page_size = 50
+
+[source.users]
+base = "{staff}"
+
+[source.groups]
+base = "{base}"
+
+[portal]
+url = "{portal}"
+token_file = "token"
+
+[state]
+path = "state.db"
+
+[safety]
+max_closure_percent = 100
+
+[[mapping]]
+from = "mail"
+to = "userName"
+
+[[mapping]]
+from = "givenName"
+to = "name.givenName"
+
+[[mapping]]
+from = "sn"
+to = "name.familyName"
+
+[[mapping]]
+from = "displayName"
+to = "displayName"
+{extra}
+"#,
+            connection = self.connection,
+            admin = self.dc.admin_dn,
+            staff = self.staff,
+            base = self.dc.base_dn,
+            portal = self.portal.url,
+            extra = self.extra,
+        );
+        let path = self.dir.path().join("dirsync.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        run_dirsync(&self.config(), args)
+    }
+
+    fn sync(&self) -> Json {
+        let run = self.run(&["sync", "--format", "json"]);
+        assert_eq!(run.code, 0, "{}", run.all_output());
+        run.json()
+    }
+
+    fn user(&self, login: &str) -> Json {
+        let users = self.portal.users();
+        users
+            .into_iter()
+            .find(|u| u["userName"] == login)
+            .unwrap_or_else(|| panic!("no portal user {login}"))
+    }
+
+    fn modify(&self, dn: &str, change: &str) {
+        self.dc
+            .ldif(&format!("dn: {dn}\nchangetype: modify\n{change}\n"));
+    }
+}
+
+#[test]
+fn ad_users_under_two_ous_sync_with_guid_anchors_and_renames_and_moves_update_the_same_user() {
+    let w = AdWorld::start(SambaDc::start());
+    let sthlm = w.dc.add_ou("Stockholm,Staff");
+    let oslo = w.dc.add_ou("Oslo,Staff");
+    let anna =
+        w.dc.add_user(&sthlm, "anna", "Anna", "Berg", Some("anna@dirsync.test"));
+    w.dc.add_user(&oslo, "ola", "Ola", "Nordmann", Some("ola@dirsync.test"));
+    let report = w.sync();
+    assert_eq!(count(&report, "create"), 2, "{report:#}");
+    let guid = w.dc.object_guid(&anna);
+    assert_eq!(w.user("anna@dirsync.test")["externalId"], json!(guid));
+    assert!(
+        guid.len() == 36 && guid.chars().filter(|c| *c == '-').count() == 4,
+        "{guid}"
+    );
+    let id = w.user("anna@dirsync.test")["id"].clone();
+
+    // Rename (CN) and move to Oslo: same objectGUID, so the same portal user.
+    w.dc.ldif(&format!("dn: {anna}\nchangetype: modrdn\nnewrdn: CN=Anna Lind\ndeleteoldrdn: 1\nnewsuperior: {oslo}\n"));
+    let moved = format!("CN=Anna Lind,{oslo}");
+    w.modify(
+        &moved,
+        "replace: sn\nsn: Lind\n-\nreplace: displayName\ndisplayName: Anna Lind",
+    );
+    let report = w.sync();
+    assert_eq!(
+        (
+            count(&report, "create"),
+            count(&report, "close"),
+            count(&report, "update")
+        ),
+        (0, 0, 1),
+        "{report:#}"
+    );
+    let after = w.user("anna@dirsync.test");
+    assert_eq!(after["id"], id);
+    assert_eq!(after["name"]["familyName"], "Lind");
+    assert_eq!(w.portal.users().len(), 2);
+}
+
+#[test]
+fn ad_disabled_and_expired_accounts_are_closed_and_reenabled_ones_reactivated() {
+    let w = AdWorld::start(SambaDc::start());
+    let ou = w.dc.add_ou("Sales,Staff");
+    let dis =
+        w.dc.add_user(&ou, "dis", "Dis", "Abled", Some("dis@dirsync.test"));
+    let exp =
+        w.dc.add_user(&ou, "exp", "Ex", "Pired", Some("exp@dirsync.test"));
+    w.dc.add_user(&ou, "ok", "Ok", "Fine", Some("ok@dirsync.test"));
+    w.sync();
+
+    w.modify(&dis, "replace: userAccountControl\nuserAccountControl: 514");
+    let past = dirsync::source::ad::filetime_from_now(-86_400, std::time::SystemTime::now());
+    w.modify(
+        &exp,
+        &format!("replace: accountExpires\naccountExpires: {past}"),
+    );
+    let report = w.sync();
+    assert_eq!(count(&report, "close"), 2, "{report:#}");
+    assert_eq!(w.user("dis@dirsync.test")["active"], json!(false));
+    assert_eq!(w.user("exp@dirsync.test")["active"], json!(false));
+    assert_eq!(w.user("ok@dirsync.test")["active"], json!(true));
+
+    w.modify(&dis, "replace: userAccountControl\nuserAccountControl: 512");
+    w.modify(&exp, "replace: accountExpires\naccountExpires: 0");
+    let report = w.sync();
+    assert_eq!(
+        (count(&report, "reactivate"), count(&report, "create")),
+        (2, 0),
+        "{report:#}"
+    );
+    assert_eq!(w.portal.users().len(), 3);
+    assert!(w.portal.users().iter().all(|u| u["active"] == json!(true)));
+}
+
+#[test]
+fn ad_nested_groups_three_deep_and_the_primary_group_give_roles_and_services() {
+    let mut w = AdWorld::start(SambaDc::start());
+    let ou = w.dc.add_ou("Ops,Staff");
+    let anna =
+        w.dc.add_user(&ou, "anna", "Anna", "Berg", Some("anna@dirsync.test"));
+    let bo =
+        w.dc.add_user(&ou, "bo", "Bo", "Ek", Some("bo@dirsync.test"));
+    let groups = w.dc.add_ou("Groups");
+    let night = w.dc.add_group(&groups, "Night-Shift", &[&anna]);
+    let ops = w.dc.add_group(&groups, "Ops-Team", &[&night]);
+    w.dc.add_group(&groups, "Portal-Admins", &[&ops]);
+    w.dc.add_group(&groups, "Fax-Users", &[&bo]);
+    w.extra = r#"
+[roles]
+default = "regular"
+[[roles.rule]]
+group = "Portal-Admins"
+role = "administrator"
+
+[[service]]
+group = "Fax-Users"
+service = "fax"
+
+# Everyone's primary group: AD does not list its members in `member`.
+[[service]]
+group = "Domain Users"
+service = "sms"
+"#
+    .into();
+    let report = w.sync();
+    assert_eq!(count(&report, "create"), 2, "{report:#}");
+    let roles = |u: &Json| u["roles"][0]["value"].clone();
+    let services = |u: &Json| {
+        let mut s: Vec<String> = u["entitlements"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["value"].as_str().unwrap().into())
+            .collect();
+        s.sort();
+        s
+    };
+    let a = w.user("anna@dirsync.test");
+    let b = w.user("bo@dirsync.test");
+    assert_eq!(roles(&a), "administrator", "three levels down");
+    assert_eq!(roles(&b), "regular");
+    assert_eq!(services(&a), ["sms"], "Domain Users, the primary group");
+    assert_eq!(services(&b), ["fax", "sms"]);
+}
+
+#[test]
+fn ad_ldaps_verifies_with_the_domain_ca_and_a_wrong_ca_fails_clearly() {
+    let mut w = AdWorld::start(SambaDc::start());
+    w.dc.add_user(
+        &w.staff.clone(),
+        "anna",
+        "Anna",
+        "Berg",
+        Some("anna@dirsync.test"),
+    );
+    w.connection = format!(
+        "url = \"{}\"\nca_file = \"{}\"\n",
+        w.dc.ldaps_url,
+        w.dc.ca_file.display()
+    );
+    let run = w.run(&["check"]);
+    assert_eq!(run.code, 0, "{}", run.all_output());
+    assert!(
+        run.stdout.contains("LDAPS") && run.stdout.contains("1 users in scope"),
+        "{}",
+        run.stdout
+    );
+
+    let other = tempfile::tempdir().unwrap();
+    let wrong = other.path().join("wrong.pem");
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=Not the domain CA",
+        ])
+        .arg("-keyout")
+        .arg(other.path().join("k.pem"))
+        .arg("-out")
+        .arg(&wrong)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    w.connection = format!(
+        "url = \"{}\"\nca_file = \"{}\"\n",
+        w.dc.ldaps_url,
+        wrong.display()
+    );
+    let run = w.run(&["check"]);
+    assert_eq!(run.code, 1, "{}", run.all_output());
+    assert!(
+        run.stderr.contains("TLS with") && run.stderr.contains("ca_file"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn ad_refusing_a_plain_simple_bind_says_to_use_ldaps_or_starttls() {
+    let w = AdWorld::start(SambaDc::start_strict());
+    let run = w.run(&["check"]);
+    assert_eq!(run.code, 1, "{}", run.all_output());
+    assert!(
+        run.stderr.contains("use an ldaps:// URL or StartTLS"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !run.all_output().contains(&w.dc.admin_password),
+        "the password is never printed"
+    );
+}

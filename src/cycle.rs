@@ -7,10 +7,12 @@ use tracing::info;
 
 use crate::apply::{self, ApplyError};
 use crate::config::Config;
+use crate::config::SourceKind;
 use crate::plan::{self, guard, Action, Plan};
 use crate::portal::{PortalClient, PortalError, PortalSchema};
 use crate::report::{self, DirectorySummary, PortalSummary, Report};
 use crate::saved::SavedPlan;
+use crate::source::delta;
 use crate::source::{LdapSource, SourceError};
 use crate::state::{RunRecord, State, StateError};
 
@@ -122,6 +124,8 @@ pub struct Prepared {
     portal_summary: PortalSummary,
     /// False when a guard turned this sync into a plan only.
     may_apply: bool,
+    /// What the directory read gave, to remember for the next delta (AD).
+    directory_read: Option<delta::Read>,
     pub plan: Plan,
 }
 
@@ -144,11 +148,15 @@ pub async fn prepare(
     let mirror_groups = config.access.portal_groups.is_some();
 
     let attributes = source_attributes(config);
+    let basis = match &state {
+        Some(s) if config.source.kind == SourceKind::ActiveDirectory => delta::Basis::load(s)?,
+        _ => None,
+    };
     let read_directory = async {
         let mut source = LdapSource::connect(&config.source, &attributes).await?;
-        let snapshot = source.read().await;
+        let read = delta::read(&mut source, config, basis).await;
         source.close().await;
-        snapshot
+        read
     };
     let read_portal = async {
         let mut portal = PortalClient::new(&config.portal)?;
@@ -163,7 +171,9 @@ pub async fn prepare(
         Ok::<_, PortalError>((portal, schema, users, groups))
     };
     let (snapshot, portal_side) = tokio::join!(read_directory, read_portal);
-    let snapshot = snapshot?;
+    let read = snapshot?;
+    let mut snapshot = read.snapshot.clone();
+    snapshot.add_primary_group_members();
     let (portal, schema, portal_users, portal_groups) = portal_side?;
 
     let mut plan = plan::compute(&plan::Input {
@@ -246,7 +256,11 @@ pub async fn prepare(
             users: snapshot.users.len(),
             disabled: snapshot.users.iter().filter(|u| u.disabled).count(),
             groups: config.source.groups.as_ref().map(|_| snapshot.groups.len()),
+            read: if read.delta { "delta" } else { "full" }.into(),
+            read_reason: read.reason.clone(),
+            entries_read: read.snapshot.entries_read,
         },
+        directory_read: Some(read),
         portal_summary: PortalSummary {
             url: config.portal.url.to_string(),
             users: portal_users.len(),
@@ -268,6 +282,7 @@ pub async fn finish(config: &Config, prepared: Prepared) -> Result<Report, Cycle
         directory,
         portal_summary,
         may_apply,
+        directory_read,
         plan,
     } = prepared;
     let (command, applied) = match (mode, state.as_mut()) {
@@ -299,6 +314,9 @@ pub async fn finish(config: &Config, prepared: Prepared) -> Result<Report, Cycle
     if let (Mode::Sync, Some(state)) = (mode, state.as_mut()) {
         if may_apply {
             state.set_meta(SCOPE_KEY, &config.scope_text())?;
+        }
+        if let Some(read) = &directory_read {
+            delta::remember(state, read, config)?;
         }
         let c = |k: &str| report.counts.get(k).copied().unwrap_or(0);
         state.record_run(&RunRecord {

@@ -7,6 +7,7 @@ fn group(name: &str, members: &[&str]) -> DirectoryGroup {
         name: name.to_string(),
         members: members.iter().map(|m| m.to_string()).collect(),
         selected: false,
+        sid: None,
     }
 }
 

@@ -77,6 +77,7 @@ pub(super) struct SourceV1 {
     pub timeout_secs: Option<u64>,
     pub page_size: Option<i64>,
     pub anchor_attribute: Option<String>,
+    pub full_reconcile_hours: Option<u64>,
     pub users: UsersV1,
     pub groups: Option<GroupsV1>,
 }

@@ -113,6 +113,9 @@ pub struct SourceConfig {
     pub timeout: Duration,
     pub page_size: i32,
     pub anchor_attribute: String,
+    /// Active Directory: read only what changed (uSNChanged) between full reads, and read
+    /// everything at least this often.
+    pub full_reconcile: Duration,
     pub users: UserSearch,
     pub groups: Option<Search>,
     /// Groups in scope that also match this filter are mirrored as portal groups.
@@ -615,6 +618,13 @@ impl Validator {
             timeout,
             page_size,
             anchor_attribute,
+            full_reconcile: match s.full_reconcile_hours {
+                None => Duration::from_secs(24 * 3600),
+                Some(0) => {
+                    return Err(self.err("source.full_reconcile_hours", "must be at least 1"))
+                }
+                Some(h) => Duration::from_secs(h.saturating_mul(3600)),
+            },
             users,
             groups,
             portal_groups_filter: None,

@@ -719,6 +719,7 @@ mod access_rules {
             name: name.into(),
             members: members.iter().map(|u| u.dn.clone()).collect(),
             selected: false,
+            sid: None,
         }
     }
 

@@ -26,6 +26,13 @@ pub struct DirectorySummary {
     pub users: usize,
     pub disabled: usize,
     pub groups: Option<usize>,
+    /// `full`, or `delta` (Active Directory: only what changed since the last read).
+    pub read: String,
+    /// Why a full read was needed, when a delta was possible in principle.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_reason: Option<String>,
+    /// Entries the directory returned this cycle.
+    pub entries_read: usize,
 }
 
 #[derive(Clone, Debug, Serialize)]

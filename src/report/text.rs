@@ -28,6 +28,17 @@ pub fn render_text(r: &Report) -> String {
             .map(|g| format!(", {g} groups"))
             .unwrap_or_default()
     );
+    let why = r
+        .directory
+        .read_reason
+        .as_ref()
+        .map(|w| format!(" ({w})"))
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "          {} read{why}: {} entries read",
+        r.directory.read, r.directory.entries_read
+    );
     let _ = writeln!(
         out,
         "portal    {}: {} users, {} managed by dirsync",

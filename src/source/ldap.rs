@@ -20,6 +20,17 @@ pub struct LdapSource {
     /// Directory attributes to request for users (lowercased, deduplicated).
     user_attrs: Vec<String>,
     ldap: Ldap,
+    /// Send the Show Deleted control with the next searches.
+    show_deleted: bool,
+}
+
+/// Which AD domain controller answered, and its highest committed USN.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DcIdentity {
+    pub host: String,
+    pub invocation_id: String,
+    pub usn: u64,
+    pub naming_context: String,
 }
 
 /// What a `check` found, for the admin.
@@ -90,19 +101,145 @@ impl LdapSource {
             config: config.clone(),
             user_attrs,
             ldap,
+            show_deleted: false,
         })
     }
 
     /// Reads every user and group in scope. All or nothing.
     pub async fn read(&mut self) -> Result<Snapshot, SourceError> {
+        self.read_where(None).await
+    }
+
+    /// Reads only the users and groups changed after `usn` (AD `uSNChanged`): a delta.
+    pub async fn read_changed(&mut self, usn: u64) -> Result<Snapshot, SourceError> {
+        self.read_where(Some(format!("(uSNChanged>={})", usn.saturating_add(1))))
+            .await
+    }
+
+    /// The DC this session talks to, and how far its changes go (AD rootDSE), read
+    /// before any delta search so that nothing changed during the search is missed.
+    pub async fn dc_identity(&mut self) -> Result<DcIdentity, SourceError> {
+        let root = self
+            .plain_search(
+                "",
+                ldap3::Scope::Base,
+                "(objectClass=*)",
+                &[
+                    "dnsHostName",
+                    "highestCommittedUSN",
+                    "dsServiceName",
+                    "defaultNamingContext",
+                ],
+            )
+            .await?;
+        let first = |k: &str| {
+            root.get(&k.to_ascii_lowercase())
+                .and_then(|v| v.first())
+                .cloned()
+                .unwrap_or_default()
+        };
+        let usn = first("highestCommittedUSN")
+            .parse::<u64>()
+            .map_err(|_| SourceError::Search {
+                base: "rootDSE".into(),
+                message: "no highestCommittedUSN: is this Active Directory?".into(),
+            })?;
+        let service = first("dsServiceName");
+        let ntds = self
+            .plain_search(
+                &service,
+                ldap3::Scope::Base,
+                "(objectClass=*)",
+                &["invocationId"],
+            )
+            .await?;
+        Ok(DcIdentity {
+            host: first("dnsHostName"),
+            invocation_id: ntds
+                .get("invocationid")
+                .and_then(|v| v.first())
+                .cloned()
+                .unwrap_or_default(),
+            usn,
+            naming_context: first("defaultNamingContext"),
+        })
+    }
+
+    /// Anchors of objects deleted after `usn`: tombstones under `CN=Deleted Objects`, read
+    /// with the Show Deleted control (1.2.840.113556.1.4.417).
+    pub async fn read_deleted(
+        &mut self,
+        naming_context: &str,
+        usn: u64,
+    ) -> Result<Vec<String>, SourceError> {
+        let search = Search {
+            base: format!("CN=Deleted Objects,{naming_context}"),
+            scope: Scope::Subtree,
+            filter: String::new(),
+        };
+        let filter = format!("(&(isDeleted=TRUE)(uSNChanged>={}))", usn.saturating_add(1));
+        let anchor = self.config.anchor_attribute.clone();
+        self.show_deleted = true;
+        let found = self
+            .search(&search, &filter, std::slice::from_ref(&anchor))
+            .await;
+        self.show_deleted = false;
+        let key = anchor.to_ascii_lowercase();
+        Ok(found?
+            .into_iter()
+            .filter_map(|e| lower_attrs(e).remove(&key)?.into_iter().next())
+            .collect())
+    }
+
+    /// One small non-paged search (rootDSE, configuration objects): the first entry's
+    /// attributes.
+    async fn plain_search(
+        &mut self,
+        base: &str,
+        scope: ldap3::Scope,
+        filter: &str,
+        attrs: &[&str],
+    ) -> Result<BTreeMap<String, Vec<String>>, SourceError> {
+        let fail = |message: String| SourceError::Search {
+            base: if base.is_empty() {
+                "rootDSE".into()
+            } else {
+                base.to_string()
+            },
+            message,
+        };
+        let timeout = self.config.timeout;
+        let result = self
+            .ldap
+            .with_timeout(timeout)
+            .search(base, scope, filter, attrs.to_vec())
+            .await
+            .map_err(|e| timeout_or(e, "search", timeout, &fail))?;
+        let (entries, res) = (result.0, result.1);
+        if res.rc != 0 {
+            return Err(fail(result_message(res.rc, &res.text)));
+        }
+        Ok(entries
+            .into_iter()
+            .next()
+            .map(|e| entry_attrs(SearchEntry::construct(e)).1)
+            .unwrap_or_default())
+    }
+
+    async fn read_where(&mut self, extra: Option<String>) -> Result<Snapshot, SourceError> {
+        let and = |f: &str| match &extra {
+            Some(x) => format!("(&{f}{x})"),
+            None => f.to_string(),
+        };
         let mut snapshot = Snapshot::default();
         let search = self.config.users.search.clone();
         let entries = self
-            .search(&search, &search.filter, &self.user_attrs.clone())
+            .search(&search, &and(&search.filter), &self.user_attrs.clone())
             .await?;
+        snapshot.entries_read += entries.len();
         let disabled: HashSet<String> = match self.config.users.disabled_filter.clone() {
             Some(f) => {
-                let filter = format!("(&{}{})", search.filter, f);
+                let filter = and(&format!("(&{}{})", search.filter, f));
                 let anchor_attr = [self.config.anchor_attribute.clone()];
                 let anchor = anchor_attr[0].to_ascii_lowercase();
                 self.search(&search, &filter, &anchor_attr)
@@ -168,7 +305,7 @@ impl LdapSource {
             }
             let selected: HashSet<String> = match self.config.portal_groups_filter.clone() {
                 Some(f) => {
-                    let filter = format!("(&{}{})", groups.filter, f);
+                    let filter = and(&format!("(&{}{})", groups.filter, f));
                     let anchor_attr = [self.config.anchor_attribute.clone()];
                     self.search(&groups, &filter, &anchor_attr)
                         .await?
@@ -179,26 +316,21 @@ impl LdapSource {
                 }
                 None => HashSet::new(),
             };
-            let mut sids: Vec<(String, usize)> = Vec::new();
-            for entry in self.search(&groups, &groups.filter, &attrs).await? {
+            let group_entries = self.search(&groups, &and(&groups.filter), &attrs).await?;
+            snapshot.entries_read += group_entries.len();
+            for entry in group_entries {
                 let more = pending_ranges(&entry);
                 match group_from(entry, &anchor) {
-                    Ok((mut g, sid)) => {
+                    Ok(mut g) => {
                         for range in more {
                             let rest = self.ranged_values(&g.dn, range).await?;
                             g.members.extend(rest);
                         }
                         g.selected = selected.contains(&g.anchor.to_ascii_lowercase());
-                        if let Some(sid) = sid {
-                            sids.push((sid, snapshot.groups.len()));
-                        }
                         snapshot.groups.push(g)
                     }
                     Err(bad) => snapshot.bad_entries.push(bad),
                 }
-            }
-            if ad {
-                add_primary_group_members(&mut snapshot, &sids);
             }
         }
         info!(
@@ -283,6 +415,13 @@ impl LdapSource {
             Scope::Subtree => ldap3::Scope::Subtree,
         };
         let attrs = attrs.to_vec();
+        if self.show_deleted {
+            self.ldap.with_controls(ldap3::controls::RawControl {
+                ctype: "1.2.840.113556.1.4.417".into(),
+                crit: true,
+                val: None,
+            });
+        }
         let mut stream = self
             .ldap
             .with_timeout(timeout)
@@ -350,10 +489,7 @@ fn user_from(entry: SearchEntry, anchor: &str) -> Result<DirectoryUser, BadEntry
 }
 
 /// A group, with its `objectSid` (AD) for primary-group resolution.
-fn group_from(
-    entry: SearchEntry,
-    anchor: &str,
-) -> Result<(DirectoryGroup, Option<String>), BadEntry> {
+fn group_from(entry: SearchEntry, anchor: &str) -> Result<DirectoryGroup, BadEntry> {
     let (dn, mut attrs) = entry_attrs(entry);
     let anchor_value = attrs
         .remove(anchor)
@@ -381,16 +517,14 @@ fn group_from(
             members.extend(v);
         }
     }
-    Ok((
-        DirectoryGroup {
-            dn,
-            anchor: anchor_value,
-            name,
-            members,
-            selected: false,
-        },
+    Ok(DirectoryGroup {
+        dn,
+        anchor: anchor_value,
+        name,
+        members,
+        selected: false,
         sid,
-    ))
+    })
 }
 
 /// The ranged attribute keys of an entry that still have more values to fetch.
@@ -520,37 +654,5 @@ fn result_message(rc: u32, text: &str) -> String {
         format!("{name} (LDAP result {rc})")
     } else {
         format!("{name} (LDAP result {rc}): {text}")
-    }
-}
-
-/// AD leaves a user's primary group (usually Domain Users) out of the group's `member`:
-/// the user names it by `primaryGroupID`, the RID of the group's `objectSid` in the user's
-/// own domain. Add those members, so rules on such groups work.
-fn add_primary_group_members(snapshot: &mut Snapshot, group_sids: &[(String, usize)]) {
-    for user in &snapshot.users {
-        let Some(sid) = user.attrs.get("objectsid").and_then(|v| v.first()) else {
-            continue;
-        };
-        let Some(rid) = user
-            .attrs
-            .get("primarygroupid")
-            .and_then(|v| v.first())
-            .and_then(|r| r.trim().parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Some((domain, _)) = ad::sid_domain_and_rid(sid) else {
-            continue;
-        };
-        let wanted = format!("{domain}-{rid}");
-        if let Some((_, i)) = group_sids
-            .iter()
-            .find(|(s, _)| s.eq_ignore_ascii_case(&wanted))
-        {
-            let g = &mut snapshot.groups[*i];
-            if !g.members.iter().any(|m| m.eq_ignore_ascii_case(&user.dn)) {
-                g.members.push(user.dn.clone());
-            }
-        }
     }
 }

@@ -5,16 +5,17 @@
 //! were complete would look like "everyone else left" and close people.
 
 pub mod ad;
+pub mod delta;
 pub mod ldap;
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-pub use self::ldap::LdapSource;
+pub use self::ldap::{DcIdentity, LdapSource};
 
 /// A user entry as read from the directory, before mapping.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DirectoryUser {
     pub dn: String,
     /// The stable identity (e.g. `entryUUID`), sent to the portal as `externalId`.
@@ -26,7 +27,7 @@ pub struct DirectoryUser {
 }
 
 /// A group entry as read from the directory.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DirectoryGroup {
     pub dn: String,
     pub anchor: String,
@@ -35,21 +36,90 @@ pub struct DirectoryGroup {
     pub members: Vec<String>,
     /// Matched the configured `portal_groups.filter`.
     pub selected: bool,
+    /// The group's `objectSid` (AD), for primary-group membership.
+    #[serde(default)]
+    pub sid: Option<String>,
 }
 
 /// An entry the source could not use; it is reported, never synced.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BadEntry {
     pub dn: String,
     pub problem: String,
 }
 
 /// Everything read from the directory in one cycle.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Snapshot {
     pub users: Vec<DirectoryUser>,
     pub groups: Vec<DirectoryGroup>,
     pub bad_entries: Vec<BadEntry>,
+    /// Entries the searches returned (users and groups), for the report.
+    #[serde(default)]
+    pub entries_read: usize,
+}
+
+impl Snapshot {
+    /// AD leaves a user's primary group (usually Domain Users) out of the group's
+    /// `member`: the user names it by `primaryGroupID`, the RID of the group's `objectSid`
+    /// in the user's own domain. Adds those members, so rules on such groups work.
+    pub fn add_primary_group_members(&mut self) {
+        for user in &self.users {
+            let Some(sid) = user.attrs.get("objectsid").and_then(|v| v.first()) else {
+                continue;
+            };
+            let Some(rid) = user
+                .attrs
+                .get("primarygroupid")
+                .and_then(|v| v.first())
+                .and_then(|r| r.trim().parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Some((domain, _)) = ad::sid_domain_and_rid(sid) else {
+                continue;
+            };
+            let wanted = format!("{domain}-{rid}");
+            if let Some(g) = self.groups.iter_mut().find(|g| {
+                g.sid
+                    .as_deref()
+                    .is_some_and(|s| s.eq_ignore_ascii_case(&wanted))
+            }) {
+                if !g.members.iter().any(|m| m.eq_ignore_ascii_case(&user.dn)) {
+                    g.members.push(user.dn.clone());
+                }
+            }
+        }
+    }
+
+    /// Applies a delta (changed entries, deleted anchors) to a cached full snapshot.
+    pub fn merge(mut self, changed: Snapshot, deleted: &[String]) -> Snapshot {
+        use std::collections::HashSet;
+        let gone: HashSet<String> = deleted.iter().map(|a| a.to_ascii_lowercase()).collect();
+        let users: HashSet<String> = changed
+            .users
+            .iter()
+            .map(|u| u.anchor.to_ascii_lowercase())
+            .collect();
+        let groups: HashSet<String> = changed
+            .groups
+            .iter()
+            .map(|g| g.anchor.to_ascii_lowercase())
+            .collect();
+        self.users.retain(|u| {
+            let a = u.anchor.to_ascii_lowercase();
+            !gone.contains(&a) && !users.contains(&a)
+        });
+        self.groups.retain(|g| {
+            let a = g.anchor.to_ascii_lowercase();
+            !gone.contains(&a) && !groups.contains(&a)
+        });
+        self.users.extend(changed.users);
+        self.groups.extend(changed.groups);
+        self.bad_entries = changed.bad_entries;
+        self.entries_read = changed.entries_read;
+        self
+    }
 }
 
 /// Why a directory read failed. Every variant fails the whole read; no closures follow.

@@ -312,3 +312,142 @@ fn ad_refusing_a_plain_simple_bind_says_to_use_ldaps_or_starttls() {
         "the password is never printed"
     );
 }
+
+/// Bulk-adds `n` enabled users (no password needed: userAccountControl 544) under `ou`.
+fn bulk_users(dc: &SambaDc, ou: &str, n: usize) {
+    let mut ldif = String::new();
+    for i in 0..n {
+        ldif.push_str(&format!(
+            "dn: CN=Bulk {i:04},{ou}\nchangetype: add\nobjectClass: user\nsAMAccountName: bulk{i:04}\n\
+             givenName: Bulk\nsn: N{i:04}\ndisplayName: Bulk {i:04}\nmail: bulk{i:04}@dirsync.test\nuserAccountControl: 544\n\n"
+        ));
+    }
+    dc.ldif(&ldif);
+}
+
+fn read_of(report: &Json) -> (String, u64) {
+    (
+        report["directory"]["read"].as_str().unwrap().to_string(),
+        report["directory"]["entries_read"].as_u64().unwrap(),
+    )
+}
+
+#[test]
+fn ad_delta_cycles_read_only_what_changed_and_reach_the_full_cycle_state() {
+    let w = AdWorld::start(SambaDc::start());
+    let ou = w.dc.add_ou("Bulk,Staff");
+    bulk_users(&w.dc, &ou, 1000);
+    let report = w.sync();
+    assert_eq!(count(&report, "create"), 1000, "{report:#}");
+    assert_eq!(read_of(&report).0, "full");
+    assert_eq!(
+        report["directory"]["read_reason"],
+        "first read: nothing to build a delta on"
+    );
+
+    // Nothing changed: a delta that reads nothing.
+    let report = w.sync();
+    assert_eq!(
+        read_of(&report),
+        ("delta".into(), 0),
+        "{:#}",
+        report["directory"]
+    );
+
+    // Three changes: a new surname, a disabled account, a deleted account.
+    w.modify(&format!("CN=Bulk 0001,{ou}"), "replace: sn\nsn: Changed");
+    w.modify(
+        &format!("CN=Bulk 0002,{ou}"),
+        "replace: userAccountControl\nuserAccountControl: 546",
+    );
+    w.dc.ldif(&format!("dn: CN=Bulk 0003,{ou}\nchangetype: delete\n"));
+    let report = w.sync();
+    assert_eq!(
+        read_of(&report),
+        ("delta".into(), 3),
+        "only the three changed entries were read: {:#}",
+        report["directory"]
+    );
+    assert_eq!(
+        (count(&report, "update"), count(&report, "close")),
+        (1, 2),
+        "{report:#}"
+    );
+    assert_eq!(
+        w.user("bulk0001@dirsync.test")["name"]["familyName"],
+        "Changed"
+    );
+    assert_eq!(w.user("bulk0002@dirsync.test")["active"], json!(false));
+    assert_eq!(
+        w.user("bulk0003@dirsync.test")["active"],
+        json!(false),
+        "deleted in AD: closed on the delta"
+    );
+
+    // The same portal state a full read reaches: forget the delta basis, read everything,
+    // and nothing is left to do.
+    let db = rusqlite::Connection::open(w.dir.path().join("state.db")).unwrap();
+    db.execute("DELETE FROM meta WHERE key = 'ad.delta'", [])
+        .unwrap();
+    let report = w.sync();
+    let (kind, entries) = read_of(&report);
+    assert_eq!(kind, "full");
+    assert!(
+        entries >= 999,
+        "a full read reads every user in scope ({entries})"
+    );
+    assert!(
+        report["changes"].as_array().unwrap().is_empty(),
+        "the delta left the portal as a full read does: {report:#}"
+    );
+}
+
+#[test]
+fn ad_a_changed_invocation_id_or_another_dc_forces_a_full_reconcile() {
+    let w = AdWorld::start(SambaDc::start());
+    let ou = w.dc.add_ou("Few,Staff");
+    bulk_users(&w.dc, &ou, 5);
+    w.sync();
+    assert_eq!(read_of(&w.sync()).0, "delta");
+    let db = rusqlite::Connection::open(w.dir.path().join("state.db")).unwrap();
+    for (field, bogus, reason) in [
+        (
+            "invocation_id",
+            "00000000-0000-0000-0000-000000000000",
+            "invocationId changed",
+        ),
+        (
+            "host",
+            "dc2.elsewhere.test",
+            "another domain controller answered",
+        ),
+    ] {
+        let text: String = db
+            .query_row("SELECT value FROM meta WHERE key = 'ad.delta'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        let mut basis: Json = serde_json::from_str(&text).unwrap();
+        basis[field] = json!(bogus);
+        db.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'ad.delta'",
+            [basis.to_string()],
+        )
+        .unwrap();
+        let report = w.sync();
+        assert_eq!(read_of(&report).0, "full", "{field}");
+        assert!(
+            report["directory"]["read_reason"]
+                .as_str()
+                .unwrap()
+                .contains(reason),
+            "{:#}",
+            report["directory"]
+        );
+        assert_eq!(
+            read_of(&w.sync()).0,
+            "delta",
+            "back to deltas after the full read"
+        );
+    }
+}

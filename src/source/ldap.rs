@@ -214,7 +214,7 @@ impl LdapSource {
             .with_timeout(timeout)
             .search(base, scope, filter, attrs.to_vec())
             .await
-            .map_err(|e| timeout_or(e, "search", timeout, &fail))?;
+            .map_err(|e| timeout_or(e, "search", timeout, fail))?;
         let (entries, res) = (result.0, result.1);
         if res.rc != 0 {
             return Err(fail(result_message(res.rc, &res.text)));

@@ -345,7 +345,7 @@ impl LdapSource {
 
     /// Fetches the remaining ranges of a ranged attribute (`member;range=1500-*`, …) of one
     /// entry until the server says `*`.
-    async fn ranged_values(
+    pub async fn ranged_values(
         &mut self,
         dn: &str,
         mut attr: String,

@@ -451,3 +451,34 @@ fn ad_a_changed_invocation_id_or_another_dc_forces_a_full_reconcile() {
         );
     }
 }
+
+#[test]
+fn ad_ranged_member_values_are_followed_to_the_end() {
+    // Samba does not cut `member` into ranges by itself; ask for a small first range, as
+    // AD's MaxValRange would give, and follow it to `*`.
+    let w = AdWorld::start(SambaDc::start());
+    let ou = w.dc.add_ou("Many,Staff");
+    bulk_users(&w.dc, &ou, 25);
+    let members: Vec<String> = (0..25).map(|i| format!("CN=Bulk {i:04},{ou}")).collect();
+    let refs: Vec<&str> = members.iter().map(String::as_str).collect();
+    let groups = w.dc.add_ou("Groups");
+    let group = w.dc.add_group(&groups, "Big", &refs);
+    let config = dirsync::config::Config::load(&w.config()).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let values = rt.block_on(async {
+        let mut source = dirsync::source::LdapSource::connect(&config.source, &[])
+            .await
+            .unwrap();
+        let values = source
+            .ranged_values(&group, "member;range=0-9".into())
+            .await
+            .unwrap();
+        source.close().await;
+        values
+    });
+    let mut got: Vec<String> = values.iter().map(|v| v.to_ascii_lowercase()).collect();
+    got.sort();
+    let mut want: Vec<String> = members.iter().map(|m| m.to_ascii_lowercase()).collect();
+    want.sort();
+    assert_eq!(got, want, "all 25 members, across two ranges");
+}

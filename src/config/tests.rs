@@ -8,6 +8,7 @@ fn with_secrets_in(dir: &Path, text: &str) -> String {
         "ldap-password",
         "portal-token",
         "ldap-ca.pem",
+        "ad-ca.pem",
         "portal-ca.pem",
     ] {
         std::fs::write(dir.join(name), "not-a-real-secret\n").unwrap();

@@ -165,6 +165,23 @@ impl LdapSource {
         })
     }
 
+    /// The anchors (lowercased) of the entries under `search` that match `filter`.
+    async fn anchors_matching(
+        &mut self,
+        search: &Search,
+        filter: &str,
+    ) -> Result<HashSet<String>, SourceError> {
+        let attr = [self.config.anchor_attribute.clone()];
+        let key = attr[0].to_ascii_lowercase();
+        Ok(self
+            .search(search, filter, &attr)
+            .await?
+            .into_iter()
+            .filter_map(|e| lower_attrs(e).remove(&key)?.into_iter().next())
+            .map(|a| a.to_ascii_lowercase())
+            .collect())
+    }
+
     /// Anchors of objects deleted after `usn`: tombstones under `CN=Deleted Objects`, read
     /// with the Show Deleted control (1.2.840.113556.1.4.417).
     pub async fn read_deleted(
@@ -239,15 +256,8 @@ impl LdapSource {
         snapshot.entries_read += entries.len();
         let disabled: HashSet<String> = match self.config.users.disabled_filter.clone() {
             Some(f) => {
-                let filter = and(&format!("(&{}{})", search.filter, f));
-                let anchor_attr = [self.config.anchor_attribute.clone()];
-                let anchor = anchor_attr[0].to_ascii_lowercase();
-                self.search(&search, &filter, &anchor_attr)
+                self.anchors_matching(&search, &and(&format!("(&{}{})", search.filter, f)))
                     .await?
-                    .into_iter()
-                    .filter_map(|e| lower_attrs(e).remove(&anchor)?.into_iter().next())
-                    .map(|a| a.to_ascii_lowercase())
-                    .collect()
             }
             None => HashSet::new(),
         };
@@ -305,14 +315,8 @@ impl LdapSource {
             }
             let selected: HashSet<String> = match self.config.portal_groups_filter.clone() {
                 Some(f) => {
-                    let filter = and(&format!("(&{}{})", groups.filter, f));
-                    let anchor_attr = [self.config.anchor_attribute.clone()];
-                    self.search(&groups, &filter, &anchor_attr)
+                    self.anchors_matching(&groups, &and(&format!("(&{}{})", groups.filter, f)))
                         .await?
-                        .into_iter()
-                        .filter_map(|e| lower_attrs(e).remove(&anchor)?.into_iter().next())
-                        .map(|a| a.to_ascii_lowercase())
-                        .collect()
                 }
                 None => HashSet::new(),
             };

@@ -263,26 +263,7 @@ fn ad_ldaps_verifies_with_the_domain_ca_and_a_wrong_ca_fails_clearly() {
     );
 
     let other = tempfile::tempdir().unwrap();
-    let wrong = other.path().join("wrong.pem");
-    let out = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=Not the domain CA",
-        ])
-        .arg("-keyout")
-        .arg(other.path().join("k.pem"))
-        .arg("-out")
-        .arg(&wrong)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let wrong = crate::support::unrelated_ca(other.path());
     w.connection = format!(
         "url = \"{}\"\nca_file = \"{}\"\n",
         w.dc.ldaps_url,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value as Json};
 
 use crate::harness::proxy::{Fault, Proxy};
-use crate::support::{count, person, run_dirsync, without_meta, World};
+use crate::support::{count, person, portal_shape, run_dirsync, World};
 
 fn staff(n: usize) -> String {
     (0..n)
@@ -32,22 +32,6 @@ fn active(w: &World) -> usize {
         .iter()
         .filter(|u| u["active"] == json!(true))
         .count()
-}
-
-/// Users, ids and metadata aside, sorted by login: what "the same portal state" means.
-fn shape(users: Vec<Json>) -> Vec<Json> {
-    let mut v: Vec<Json> = users
-        .into_iter()
-        .map(|u| {
-            let mut u = without_meta(u);
-            let o = u.as_object_mut().unwrap();
-            o.remove("id");
-            assert!(o.remove("externalId").is_some(), "every user is linked");
-            u
-        })
-        .collect();
-    v.sort_by_key(|u| u["userName"].as_str().unwrap().to_string());
-    v
 }
 
 #[test]
@@ -433,8 +417,8 @@ fn with_30_percent_of_requests_failing_a_busy_cycle_converges_without_duplicates
     let users = w.portal.users();
     assert_eq!(users.len(), 400, "no duplicate users");
     assert_eq!(
-        shape(users),
-        shape(clean.portal.users()),
+        portal_shape(users),
+        portal_shape(clean.portal.users()),
         "the same portal state as the fault-free run"
     );
     let faulty_requests = proxy.requests().len();
@@ -494,9 +478,9 @@ fn kill_9_at_ten_points_of_a_500_user_apply_ends_in_the_uninterrupted_state() {
     );
     let clean = World::start(&ldif);
     clean.sync();
-    let after = shape(w.portal.users());
+    let after = portal_shape(w.portal.users());
     assert_eq!(after.len(), 500, "no duplicates");
-    assert_eq!(after, shape(clean.portal.users()));
+    assert_eq!(after, portal_shape(clean.portal.users()));
 }
 
 #[test]

@@ -35,26 +35,7 @@ fn starttls_and_ldaps_verify_the_server_against_the_ca_file() {
 
         // A CA that did not sign the server's certificate: refused, with a hint.
         let other = tempfile::tempdir().unwrap();
-        let wrong_ca = other.path().join("wrong-ca.pem");
-        let ok = std::process::Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=Wrong CA",
-            ])
-            .arg("-keyout")
-            .arg(other.path().join("k.pem"))
-            .arg("-out")
-            .arg(&wrong_ca)
-            .output()
-            .unwrap();
-        assert!(ok.status.success());
+        let wrong_ca = crate::support::unrelated_ca(other.path());
         std::fs::write(
             &cfg,
             text.replace(&ca.display().to_string(), &wrong_ca.display().to_string()),

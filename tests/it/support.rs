@@ -274,3 +274,49 @@ pub fn user_dn(uid: &str) -> String {
 pub fn group_dn(cn: &str) -> String {
     format!("cn={cn},ou=groups,dc=example,dc=com")
 }
+
+/// Portal users with ids and metadata aside, sorted by login: what "the same portal
+/// state" means when comparing two runs. Every user must be linked (have an externalId).
+pub fn portal_shape(users: Vec<Json>) -> Vec<Json> {
+    let mut v: Vec<Json> = users
+        .into_iter()
+        .map(|u| {
+            let mut u = without_meta(u);
+            let o = u.as_object_mut().unwrap();
+            o.remove("id");
+            assert!(o.remove("externalId").is_some(), "every user is linked");
+            u
+        })
+        .collect();
+    v.sort_by_key(|u| u["userName"].as_str().unwrap().to_string());
+    v
+}
+
+/// A self-signed CA certificate that signed nothing the tests' servers use.
+pub fn unrelated_ca(dir: &std::path::Path) -> PathBuf {
+    let cert = dir.join("unrelated-ca.pem");
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=Unrelated CA",
+        ])
+        .arg("-keyout")
+        .arg(dir.join("unrelated-ca.key"))
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cert
+}

@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value as Json};
 
-use crate::support::{count, mappings_with_owner, person, without_meta, World};
+use crate::support::{count, mappings_with_owner, person, portal_shape, World};
 
 const ANNA: &str = "uid=anna,ou=people,dc=example,dc=com";
 
@@ -457,21 +457,7 @@ fn kill_9_in_the_middle_of_an_apply_then_restart_converges_without_duplicates() 
     // The same portal state as an uninterrupted run (ids, metadata and anchors aside).
     let clean = World::start(&ldif);
     clean.sync();
-    let shape = |users: Vec<Json>| {
-        let mut v: Vec<Json> = users
-            .into_iter()
-            .map(|u| {
-                let mut u = without_meta(u);
-                let o = u.as_object_mut().unwrap();
-                o.remove("id");
-                assert!(o.remove("externalId").is_some(), "every user is linked");
-                u
-            })
-            .collect();
-        v.sort_by_key(|u| u["userName"].as_str().unwrap().to_string());
-        v
-    };
-    let after_crash = shape(w.portal.users());
+    let after_crash = portal_shape(w.portal.users());
     assert_eq!(after_crash.len(), 300, "no duplicates");
-    assert_eq!(after_crash, shape(clean.portal.users()));
+    assert_eq!(after_crash, portal_shape(clean.portal.users()));
 }

@@ -73,8 +73,20 @@ pub async fn read(
     match (full_reason(basis.as_ref(), &identity, config, now), basis) {
         (None, Some(b)) => {
             let changed = source.read_changed(b.usn).await?;
-            let deleted = source.read_deleted(&identity.naming_context, b.usn).await?;
-            let entries = changed.entries_read + deleted.len();
+            let mut deleted = source.read_deleted(&identity.naming_context, b.usn).await?;
+            // Users changed elsewhere in the domain and not among the in-scope changes
+            // moved out of the users base: they left the scope.
+            let anywhere = source
+                .changed_anywhere(&identity.naming_context, b.usn)
+                .await?;
+            let in_scope: std::collections::HashSet<String> = changed
+                .users
+                .iter()
+                .map(|u| u.anchor.to_ascii_lowercase())
+                .collect();
+                        let entries = changed.entries_read + deleted.len() + anywhere.len();
+            let moved_out: Vec<String> = anywhere.into_iter().filter(|a| !in_scope.contains(a)).collect();
+            deleted.extend(moved_out);
             let mut snapshot = b.snapshot.merge(changed, &deleted);
             snapshot.entries_read = entries;
             Ok(Read {

@@ -165,6 +165,26 @@ impl LdapSource {
         })
     }
 
+    /// Anchors of users changed after `usn` anywhere in the domain (`naming_context`):
+    /// with the delta's in-scope changes, this shows who moved out of the users base.
+    pub async fn changed_anywhere(
+        &mut self,
+        naming_context: &str,
+        usn: u64,
+    ) -> Result<HashSet<String>, SourceError> {
+        let search = Search {
+            base: naming_context.to_string(),
+            scope: Scope::Subtree,
+            filter: String::new(),
+        };
+        let filter = format!(
+            "(&{}(uSNChanged>={}))",
+            self.config.users.search.filter,
+            usn.saturating_add(1)
+        );
+        self.anchors_matching(&search, &filter).await
+    }
+
     /// The anchors (lowercased) of the entries under `search` that match `filter`.
     async fn anchors_matching(
         &mut self,

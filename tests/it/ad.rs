@@ -343,9 +343,11 @@ fn ad_delta_cycles_read_only_what_changed_and_reach_the_full_cycle_state() {
     );
     w.dc.ldif(&format!("dn: CN=Bulk 0003,{ou}\nchangetype: delete\n"));
     let report = w.sync();
+    // Each changed user is seen by the in-scope search and by the domain-wide one that
+    // catches moves out of scope: two reads per changed user, one per deletion.
     assert_eq!(
         read_of(&report),
-        ("delta".into(), 3),
+        ("delta".into(), 5),
         "only the three changed entries were read: {:#}",
         report["directory"]
     );
@@ -462,4 +464,23 @@ fn ad_ranged_member_values_are_followed_to_the_end() {
     let mut want: Vec<String> = members.iter().map(|m| m.to_ascii_lowercase()).collect();
     want.sort();
     assert_eq!(got, want, "all 25 members, across two ranges");
+}
+
+#[test]
+fn ad_a_user_moved_out_of_the_users_base_is_closed_by_the_next_delta() {
+    let w = AdWorld::start(SambaDc::start());
+    let ou = w.dc.add_ou("Movers,Staff");
+    bulk_users(&w.dc, &ou, 3);
+    let elsewhere = w.dc.add_ou("Contractors");
+    w.sync();
+    assert_eq!(read_of(&w.sync()).0, "delta");
+    w.dc.ldif(&format!("dn: CN=Bulk 0001,{ou}\nchangetype: modrdn\nnewrdn: CN=Bulk 0001\ndeleteoldrdn: 1\nnewsuperior: {elsewhere}\n"));
+    let report = w.sync();
+    assert_eq!(read_of(&report).0, "delta");
+    assert_eq!(count(&report, "close"), 1, "{report:#}");
+    assert_eq!(
+        report["changes"][0]["reason"],
+        "no longer in the directory scope"
+    );
+    assert_eq!(w.user("bulk0001@dirsync.test")["active"], json!(false));
 }

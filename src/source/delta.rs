@@ -84,8 +84,11 @@ pub async fn read(
                 .iter()
                 .map(|u| u.anchor.to_ascii_lowercase())
                 .collect();
-                        let entries = changed.entries_read + deleted.len() + anywhere.len();
-            let moved_out: Vec<String> = anywhere.into_iter().filter(|a| !in_scope.contains(a)).collect();
+            let entries = changed.entries_read + deleted.len() + anywhere.len();
+            let moved_out: Vec<String> = anywhere
+                .into_iter()
+                .filter(|a| !in_scope.contains(a))
+                .collect();
             deleted.extend(moved_out);
             let mut snapshot = b.snapshot.merge(changed, &deleted);
             snapshot.entries_read = entries;

@@ -39,13 +39,13 @@ pub struct Cli {
 pub enum Command {
     /// Validate the config, bind to the directory, reach the portal, and say what was found.
     Check {
-        /// Report format: text for people, json for tools.
+        /// Report format: text for people, json for tools, html for a page to open or mail.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
     /// Dry run: compute and print the plan. Never writes to the portal or the state.
     Plan {
-        /// Report format: text for people, json for tools.
+        /// Report format: text for people, json for tools, html for a page to open or mail.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
         #[command(flatten)]
@@ -59,13 +59,13 @@ pub enum Command {
     Apply {
         /// The saved plan.
         file: PathBuf,
-        /// Report format: text for people, json for tools.
+        /// Report format: text for people, json for tools, html for a page to open or mail.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
     /// Run one cycle: plan, apply, record, and print what was done.
     Sync {
-        /// Report format: text for people, json for tools.
+        /// Report format: text for people, json for tools, html for a page to open or mail.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
         #[command(flatten)]
@@ -93,6 +93,8 @@ pub struct Confirm {
 pub enum Format {
     Text,
     Json,
+    /// A self-contained HTML page (plan, sync, apply).
+    Html,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -63,9 +63,13 @@ pub async fn run(cli: Cli) -> Result<u8, Error> {
             let found = check::check(&config).await?;
             match format {
                 Format::Text => print!("{}", found.to_text()),
-                Format::Json => println!(
+                                Format::Json => println!(
                     "{}",
                     serde_json::to_string_pretty(&found).unwrap_or_default()
+                ),
+                Format::Html => print!(
+                    "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>dirsync check</title></head><body><pre>{}</pre></body></html>\n",
+                    report::html_escape(&found.to_text())
                 ),
             }
             Ok(exit::OK)
@@ -115,6 +119,7 @@ fn print_report(report: &report::Report, format: Format) -> u8 {
     match format {
         Format::Text => print!("{}", report::render_text(report)),
         Format::Json => println!("{}", report.to_json()),
+        Format::Html => print!("{}", report::render_html(report)),
     }
     report.exit_code()
 }

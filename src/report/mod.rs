@@ -1,6 +1,7 @@
 //! Reports: what a plan would do or a sync did, as text for people and JSON for tools.
 //! The same [`Report`] value feeds both, so they always agree.
 
+mod html;
 mod text;
 
 use std::collections::BTreeMap;
@@ -11,6 +12,7 @@ use crate::apply::{Applied, Outcome, Status};
 use crate::plan::guard::Held;
 use crate::plan::{Action, Change, Conflict, GroupAction, GroupChange, NeedsAdmin, Plan, Skipped};
 
+pub use self::html::{escape as html_escape, render_html};
 pub use self::text::render_text;
 
 /// The current time, RFC 3339 in UTC.

@@ -377,3 +377,41 @@ fn secrets_appear_in_no_log_line_and_no_report() {
         );
     }
 }
+
+#[test]
+fn the_html_report_is_one_self_contained_page_with_everything_escaped() {
+    let mut ldif = staff(2);
+    ldif.push_str(&person(
+        "evil",
+        "<script>alert(1)</script>",
+        "Q",
+        Some("evil@example.se"),
+    ));
+    ldif.push_str(&person("nomail", "No", "Mail", None));
+    let w = World::start(&ldif);
+    let run = w.dirsync(&["plan", "--format", "html"]);
+    assert_eq!(run.code, 0, "{}", run.all_output());
+    let page = run.stdout;
+    assert!(
+        page.starts_with("<!DOCTYPE html>") && page.trim_end().ends_with("</html>"),
+        "{page}"
+    );
+    assert!(page.contains("<h2>create (3)</h2>"), "{page}");
+    assert!(
+        page.contains("Skipped directory entries") && page.contains("no mail"),
+        "{page}"
+    );
+    assert!(!page.contains("<script>"), "directory values are escaped");
+    assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+    assert!(
+        !page.contains("src=") && !page.contains("href=") && !page.contains("http-equiv"),
+        "nothing external"
+    );
+    let run = w.dirsync(&["sync", "--format", "html"]);
+    assert_eq!(run.code, 0, "{}", run.all_output());
+    assert!(
+        run.stdout.contains("<span class=\"ok\">Applied</span>"),
+        "{}",
+        run.stdout
+    );
+}

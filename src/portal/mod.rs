@@ -408,10 +408,10 @@ impl PortalClient {
                 .and_then(Json::as_u64)
                 .ok_or_else(|| PortalError::Protocol(format!("GET /{endpoint}: no totalResults")))?
                 as usize;
+            // An empty page may leave out `Resources`; a short page is caught below.
             let resources = match page.get("Resources") {
                 Some(Json::Array(r)) => r.clone(),
-                None if total == 0 => Vec::new(),
-                None | Some(_) => Vec::new(),
+                _ => Vec::new(),
             };
             let got = resources.len();
             all.extend(resources);

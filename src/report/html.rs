@@ -6,7 +6,7 @@ use std::fmt::Write;
 use super::Report;
 use crate::apply::Status;
 use crate::mapping::Value;
-use crate::plan::{Action, GroupAction};
+use crate::plan::GroupAction;
 
 /// Escapes text for HTML element content and attribute values.
 pub fn escape(s: &str) -> String {
@@ -101,15 +101,7 @@ pub fn render_html(r: &Report) -> String {
     }
     let _ = writeln!(o, "</tr></table>");
 
-    for action in Action::ALL {
-        let changes: Vec<_> = r
-            .changes
-            .iter()
-            .filter(|c| c.change.action == action)
-            .collect();
-        if changes.is_empty() {
-            continue;
-        }
+    for (action, changes) in r.by_action() {
         let _ = writeln!(o, "<h2>{} ({})</h2><table><tr><th>user</th><th>why</th><th>field</th><th>old</th><th>new</th><th>outcome</th></tr>", action.label(), changes.len());
         for c in changes {
             let ch = &c.change;

@@ -199,6 +199,23 @@ impl Report {
         self.aborted.is_some() || self.counts.get("failed").copied().unwrap_or(0) > 0
     }
 
+    /// The changes grouped by action, in report order; actions with no change left out.
+    pub fn by_action(&self) -> Vec<(Action, Vec<&ReportedChange>)> {
+        Action::ALL
+            .iter()
+            .map(|&a| {
+                (
+                    a,
+                    self.changes
+                        .iter()
+                        .filter(|c| c.change.action == a)
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .filter(|(_, changes)| !changes.is_empty())
+            .collect()
+    }
+
     /// The process exit code this report calls for.
     pub fn exit_code(&self) -> u8 {
         if self.has_failures() || self.held.iter().any(|h| h.kind == "empty_source") {

@@ -48,15 +48,7 @@ pub fn render_text(r: &Report) -> String {
     if r.changes.is_empty() && r.group_changes.is_empty() {
         let _ = writeln!(out, "\nNo changes: the portal matches the directory.");
     }
-    for action in Action::ALL {
-        let changes: Vec<_> = r
-            .changes
-            .iter()
-            .filter(|c| c.change.action == action)
-            .collect();
-        if changes.is_empty() {
-            continue;
-        }
+    for (action, changes) in r.by_action() {
         let _ = writeln!(out, "\n{} ({}):", heading(action), changes.len());
         for c in changes {
             let ch = &c.change;

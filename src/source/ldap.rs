@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ldap3::adapters::{Adapter, EntriesOnly, PagedResults};
-use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError, SearchEntry};
+use ldap3::controls::{Control, ControlType, PagedResults, RawControl};
+use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError, SearchEntry, SearchResult};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use tracing::{debug, info};
@@ -429,43 +429,59 @@ impl LdapSource {
             base: search.base.clone(),
             message,
         };
-        let adapters: Vec<Box<dyn Adapter<_, _>>> = vec![
-            Box::new(EntriesOnly::new()),
-            Box::new(PagedResults::new(self.config.page_size)),
-        ];
         let scope = match search.scope {
             Scope::Base => ldap3::Scope::Base,
             Scope::One => ldap3::Scope::OneLevel,
             Scope::Subtree => ldap3::Scope::Subtree,
         };
         let attrs = attrs.to_vec();
-        if self.show_deleted {
-            self.ldap.with_controls(ldap3::controls::RawControl {
-                ctype: "1.2.840.113556.1.4.417".into(),
-                crit: true,
-                val: None,
-            });
-        }
-        let mut stream = self
-            .ldap
-            .with_timeout(timeout)
-            .streaming_search_with(adapters, &search.base, scope, filter, attrs)
-            .await
-            .map_err(|e| timeout_or(e, "search", timeout, fail))?;
+        // Simple paged results (RFC 2696), page by page, strictly: every page must carry
+        // the paging control back. A server (or a proxy) that drops it would otherwise end
+        // the read early and a partial directory would pass for the whole.
         let mut entries = Vec::new();
+        let mut cookie: Vec<u8> = Vec::new();
         loop {
-            match stream.next().await {
-                Ok(Some(entry)) => entries.push(SearchEntry::construct(entry)),
-                Ok(None) => break,
-                Err(e) => {
-                    let _ = stream.finish().await;
-                    return Err(timeout_or(e, "search", timeout, fail));
+            let mut controls: Vec<RawControl> = vec![PagedResults {
+                size: self.config.page_size,
+                cookie: std::mem::take(&mut cookie),
+            }
+            .into()];
+            if self.show_deleted {
+                controls.push(RawControl {
+                    ctype: SHOW_DELETED_OID.into(),
+                    crit: true,
+                    val: None,
+                });
+            }
+            let SearchResult(items, result) = self
+                .ldap
+                .with_controls(controls)
+                .with_timeout(timeout)
+                .search(&search.base, scope, filter, attrs.clone())
+                .await
+                .map_err(|e| timeout_or(e, "search", timeout, fail))?;
+            if result.rc != 0 {
+                return Err(fail(result_message(result.rc, &result.text)));
+            }
+            // Referrals (AD returns some at the domain root) and intermediate messages
+            // are not entries.
+            entries.extend(
+                items
+                    .into_iter()
+                    .filter(|re| !re.is_ref() && !re.is_intermediate())
+                    .map(SearchEntry::construct),
+            );
+            match page_cookie(&result.ctrls) {
+                Some(next) if next.is_empty() => break,
+                Some(next) => cookie = next,
+                None => {
+                    return Err(fail(
+                        "the server answered a page without the paging control (no cookie): \
+                         the read may be incomplete, so it is refused"
+                            .into(),
+                    ))
                 }
             }
-        }
-        let result = stream.finish().await;
-        if result.rc != 0 {
-            return Err(fail(result_message(result.rc, &result.text)));
         }
         debug!(base = %search.base, filter, entries = entries.len(), "search complete");
         Ok(entries)
@@ -678,5 +694,56 @@ fn result_message(rc: u32, text: &str) -> String {
         format!("{name} (LDAP result {rc})")
     } else {
         format!("{name} (LDAP result {rc}): {text}")
+    }
+}
+
+/// The Show Deleted control (AD): tombstones are returned too.
+const SHOW_DELETED_OID: &str = "1.2.840.113556.1.4.417";
+
+/// The paging cookie a page's result carries: `Some(empty)` on the last page, `None` when
+/// the paging control is missing.
+fn page_cookie(controls: &[Control]) -> Option<Vec<u8>> {
+    controls.iter().find_map(|c| match c {
+        Control(Some(ControlType::PagedResults), raw) => Some(raw.parse::<PagedResults>().cookie),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paged(cookie: &[u8]) -> Control {
+        Control(
+            Some(ControlType::PagedResults),
+            PagedResults {
+                size: 0,
+                cookie: cookie.to_vec(),
+            }
+            .into(),
+        )
+    }
+
+    #[test]
+    fn a_page_without_the_paging_control_has_no_cookie() {
+        assert_eq!(
+            page_cookie(&[paged(b"next-page")]),
+            Some(b"next-page".to_vec())
+        );
+        assert_eq!(
+            page_cookie(&[paged(b"")]),
+            Some(Vec::new()),
+            "the last page"
+        );
+        assert_eq!(page_cookie(&[]), None, "missing: the read is refused");
+        let other = Control(
+            None,
+            RawControl {
+                ctype: "1.2.3.4".into(),
+                crit: false,
+                val: None,
+            },
+        );
+        assert_eq!(page_cookie(&[other]), None);
     }
 }

@@ -320,19 +320,6 @@ impl State {
         Ok(())
     }
 
-    /// Records that `anchor` is the portal user `portal_id`.
-    pub fn link(
-        &mut self,
-        anchor: &str,
-        portal_id: &str,
-        user_name: &str,
-    ) -> Result<(), StateError> {
-        let tx = self.conn.transaction()?;
-        link_in(&tx, anchor, portal_id, user_name)?;
-        tx.commit()?;
-        Ok(())
-    }
-
     pub fn record_run(&mut self, run: &RunRecord) -> Result<(), StateError> {
         self.conn.execute(
             "INSERT INTO run (started_at, finished_at, command, outcome, created, updated, reactivated, closed,
@@ -354,13 +341,6 @@ impl State {
             ],
         )?;
         Ok(())
-    }
-
-    /// The number of recorded runs.
-    pub fn run_count(&self) -> Result<usize, StateError> {
-        Ok(self
-            .conn
-            .query_row("SELECT count(*) FROM run", [], |r| r.get::<_, i64>(0))? as usize)
     }
 }
 
@@ -410,8 +390,8 @@ mod tests {
         let path = dir.path().join("sub/state.db");
         {
             let mut s = State::open(&path).unwrap();
-            s.link("AbC-1", "p1", "a@x.se").unwrap();
-            s.link("abc-1", "p2", "a@x.se").unwrap(); // same anchor, any case: relinked
+            s.record("AbC-1", "p1", "a@x.se", &Baseline::new()).unwrap();
+            s.record("abc-1", "p2", "a@x.se", &Baseline::new()).unwrap(); // same anchor, any case: relinked
         }
         let s = State::open(&path).unwrap();
         assert_eq!(s.managed().unwrap(), HashSet::from(["abc-1".to_string()]));

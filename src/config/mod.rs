@@ -226,14 +226,6 @@ impl Config {
         }
         lines.join("\n")
     }
-
-    /// The directory scope in one line, for reports.
-    pub fn scope_summary(&self) -> String {
-        format!(
-            "{} base={} filter={}",
-            self.source.url, self.source.users.search.base, self.source.users.search.filter
-        )
-    }
 }
 
 fn parse_toml(path: &Path, text: &str) -> Result<file::FileV1, ConfigError> {

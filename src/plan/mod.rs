@@ -13,7 +13,7 @@ use serde::Serialize;
 
 pub use self::groups::{GroupAction, GroupChange, KnownGroup};
 use crate::access::{self, AccessRules, Membership};
-use crate::mapping::{self, AttrPath, Attributes, Owner, Rule, Value};
+use crate::mapping::{AttrPath, Attributes, Owner, Rule, Value};
 use crate::portal::{PortalGroup, PortalSchema, PortalUser};
 use crate::source::{BadEntry, DirectoryGroup, DirectoryUser};
 
@@ -767,11 +767,6 @@ fn close(p: &PortalUser, anchor: &str, dn: Option<&str>, reason: &str) -> Change
         baseline: Baseline::new(),
         from: None,
     }
-}
-
-/// Maps a directory user through the rules (re-exported for the report and tests).
-pub fn map_user(rules: &[Rule], user: &DirectoryUser) -> Attributes {
-    mapping::map_entry(rules, &user.attrs)
 }
 
 #[cfg(test)]

@@ -138,8 +138,6 @@ pub struct PortalClient {
     base: Url,
     page_size: usize,
     max_retries: u32,
-    /// Requests sent, retries included (for the report and the tests).
-    requests: std::sync::atomic::AtomicUsize,
     pub capabilities: Capabilities,
 }
 
@@ -181,7 +179,6 @@ impl PortalClient {
             base: config.url.clone(),
             page_size: config.page_size,
             max_retries: config.max_retries,
-            requests: std::sync::atomic::AtomicUsize::new(0),
             capabilities: Capabilities::default(),
         })
     }
@@ -432,11 +429,6 @@ impl PortalClient {
         )))
     }
 
-    /// The number of HTTP requests sent so far, retries included.
-    pub fn request_count(&self) -> usize {
-        self.requests.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
     /// Sends a request, retrying transient failures (connection errors, timeouts, 5xx,
     /// 429) with exponential backoff and jitter; a 429's `Retry-After` is honoured.
     async fn send(
@@ -474,8 +466,6 @@ impl PortalClient {
         body: Option<Json>,
         if_match: Option<&str>,
     ) -> Result<(Json, Option<String>), PortalError> {
-        self.requests
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let url = self
             .base
             .join(path)

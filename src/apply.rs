@@ -30,6 +30,17 @@ pub enum Status {
     NotAttempted,
 }
 
+impl Status {
+    /// How a portal error counts: the portal refusing the data is `Rejected` (fix the
+    /// entry); anything else is `Failed` (planned again next cycle).
+    fn of(e: &PortalError) -> Status {
+        match e {
+            PortalError::Rejected { .. } => Status::Rejected,
+            _ => Status::Failed,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Outcome {
     pub status: Status,
@@ -154,10 +165,7 @@ async fn apply_guarded(
             if e.is_fatal() {
                 run.stop_with(e.to_string());
             }
-            let status = match e {
-                PortalError::Rejected { .. } => Status::Rejected,
-                _ => Status::Failed,
-            };
+            let status = Status::of(&e);
             if status == Status::Failed {
                 let n = run.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
                 if n >= run.max_failures {
@@ -289,11 +297,7 @@ async fn apply_groups(
                     applied.aborted = Some(e.to_string());
                 }
                 Outcome {
-                    status: if matches!(e, PortalError::Rejected { .. }) {
-                        Status::Rejected
-                    } else {
-                        Status::Failed
-                    },
+                    status: Status::of(&e),
                     message: Some(e.to_string()),
                 }
             }

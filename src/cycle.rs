@@ -65,10 +65,7 @@ pub async fn run(config: &Config, mode: Mode, options: &Options) -> Result<Repor
         let prepared = prepare(config, mode, options).await?;
         finish(config, prepared).await
     };
-    match tokio::time::timeout(config.cycle_timeout, cycle).await {
-        Ok(r) => r,
-        Err(_) => Err(CycleError::Timeout(config.cycle_timeout)),
-    }
+    within_cycle_timeout(config, cycle).await
 }
 
 /// Applies a saved plan exactly as reviewed, or refuses if an affected user moved.
@@ -107,6 +104,14 @@ pub async fn apply_saved(config: &Config, saved: &SavedPlan) -> Result<Report, C
         }
         finish(config, prepared).await
     };
+    within_cycle_timeout(config, cycle).await
+}
+
+/// Runs `cycle` within `sync.cycle_timeout_secs`.
+async fn within_cycle_timeout(
+    config: &Config,
+    cycle: impl std::future::Future<Output = Result<Report, CycleError>>,
+) -> Result<Report, CycleError> {
     match tokio::time::timeout(config.cycle_timeout, cycle).await {
         Ok(r) => r,
         Err(_) => Err(CycleError::Timeout(config.cycle_timeout)),

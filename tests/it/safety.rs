@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value as Json};
 
 use crate::harness::proxy::{Fault, Proxy};
-use crate::support::{count, person, portal_shape, run_dirsync, World};
+use crate::support::{count, kill_mid_create, person, portal_shape, run_dirsync, KillPoint, World};
 
 fn staff(n: usize) -> String {
     (0..n)
@@ -433,10 +433,13 @@ fn with_30_percent_of_requests_failing_a_busy_cycle_converges_without_duplicates
 #[test]
 fn kill_9_at_ten_points_of_a_500_user_apply_ends_in_the_uninterrupted_state() {
     let ldif = staff(500);
-    let w = World::start(&ldif);
+    let mut w = World::start(&ldif);
+    let proxy = Proxy::start(&w.portal.url);
+    w.portal_url = Some(proxy.url.clone());
     let cfg = w.write_config();
-    // Deterministic "random" stopping points: each run is killed after it created 5 to 44
-    // more users.
+    // Ten kill points from a fixed xorshift sequence: each run lets 5 to 44 more creates
+    // through, then is killed while its next create is held, either before the portal sees
+    // it or after the portal made it but before dirsync heard back.
     let mut seed: u64 = 0x5eed;
     let mut next = || {
         seed ^= seed << 13;
@@ -444,34 +447,37 @@ fn kill_9_at_ten_points_of_a_500_user_apply_ends_in_the_uninterrupted_state() {
         seed ^= seed << 17;
         seed
     };
-    let mut kills = 0;
+    let mut points = Vec::new();
     for _ in 0..10 {
-        let before = w.portal.users().len();
-        let target = before + 5 + (next() % 40) as usize;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dirsync"))
-            .arg("--config")
-            .arg(&cfg)
-            .arg("sync")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline
-            && w.portal.users().len() < target
-            && child.try_wait().unwrap().is_none()
-        {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap();
-            kills += 1;
-        }
-        child.wait().unwrap();
+        let creates = 5 + (next() % 40) as usize;
+        let point = if next() % 2 == 0 {
+            KillPoint::BeforeThePortal
+        } else {
+            KillPoint::AfterThePortal
+        };
+        kill_mid_create(&cfg, &proxy, creates, point);
+        points.push((creates, point, w.portal.users().len()));
     }
-    assert!(kills >= 8, "most runs were killed mid-apply ({kills})");
+    let at_last_kill = points.last().unwrap().2;
+    assert!(at_last_kill < 500, "ten kills, all mid-apply: {points:?}");
+    assert!(
+        points
+            .iter()
+            .any(|p| matches!(p.1, KillPoint::AfterThePortal))
+            && points
+                .iter()
+                .any(|p| matches!(p.1, KillPoint::BeforeThePortal)),
+        "both kill points are exercised: {points:?}"
+    );
+    eprintln!("kill points (creates let through, where, portal users after): {points:?}");
+    proxy.clear();
     let report = w.sync();
     assert_eq!(count(&report, "failed"), 0, "{report:#}");
+    assert_eq!(
+        proxy.count("POST", "/Users") as u64,
+        500 - at_last_kill as u64,
+        "only the missing users are created: {points:?}"
+    );
     assert!(
         w.plan()["changes"].as_array().unwrap().is_empty(),
         "converged"

@@ -7,6 +7,7 @@ use std::process::Command;
 use serde_json::Value as Json;
 use tempfile::TempDir;
 
+use crate::harness::proxy::{Fault, Proxy};
 use crate::harness::{ScimServer, Slapd};
 
 pub const MAPPINGS: &str = r#"
@@ -319,4 +320,67 @@ pub fn unrelated_ca(dir: &std::path::Path) -> PathBuf {
         String::from_utf8_lossy(&out.stderr)
     );
     cert
+}
+
+/// Where [`kill_mid_create`] stops the process.
+#[derive(Clone, Copy, Debug)]
+pub enum KillPoint {
+    /// While a create is on its way: the portal never sees it.
+    BeforeThePortal,
+    /// After the portal made the user, before dirsync heard back: only the portal knows.
+    AfterThePortal,
+}
+
+/// Starts `dirsync --config CONFIG sync` against a portal reached through `proxy`, lets
+/// `creates` user creates through, holds the next ones at `point`, and kills the process
+/// with SIGKILL while it waits for them. Deterministic: the kill lands exactly there, at
+/// any speed of the machine. Returns once every request the process sent has either
+/// reached the portal or been dropped, so the portal is what a restart will find.
+#[track_caller]
+pub fn kill_mid_create(config: &std::path::Path, proxy: &Proxy, creates: usize, point: KillPoint) {
+    let held = || {
+        let forever = Fault::Delay(std::time::Duration::from_secs(600));
+        match point {
+            KillPoint::BeforeThePortal => forever,
+            KillPoint::AfterThePortal => Fault::after_forward(forever),
+        }
+    };
+    // Every create that may be in flight at once (portal.concurrency) is held.
+    let mut schedule = vec![Fault::Pass; creates];
+    schedule.extend((0..16).map(|_| held()));
+    proxy.heal();
+    proxy.fail_matching("POST", "/Users", schedule);
+    let sent_before = proxy.count("POST", "/Users");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dirsync"))
+        .arg("--config")
+        .arg(config)
+        .arg("sync")
+        .env_remove("DIRSYNC_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start dirsync");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let reached = loop {
+        if proxy.count("POST", "/Users") > sent_before + creates {
+            break true;
+        }
+        if child.try_wait().expect("poll dirsync").is_some() || std::time::Instant::now() > deadline
+        {
+            break false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    };
+    child.kill().expect("kill -9 dirsync");
+    child.wait().expect("reap dirsync");
+    assert!(
+        reached,
+        "dirsync did not reach create {} of this run ({point:?}); requests:\n{}",
+        creates + 1,
+        proxy.summary()
+    );
+    // Held requests see the hang-up and are dropped (or, after the portal, were made
+    // already); requests being relayed at the kill still land.
+    proxy.wait_idle(std::time::Duration::from_secs(10));
+    proxy.heal();
 }

@@ -4,7 +4,10 @@
 
 use serde_json::{json, Value as Json};
 
-use crate::support::{count, mappings_with_owner, person, portal_shape, World};
+use crate::harness::proxy::Proxy;
+use crate::support::{
+    count, kill_mid_create, mappings_with_owner, person, portal_shape, KillPoint, World,
+};
 
 const ANNA: &str = "uid=anna,ou=people,dc=example,dc=com";
 
@@ -415,33 +418,16 @@ fn kill_9_in_the_middle_of_an_apply_then_restart_converges_without_duplicates() 
             )
         })
         .collect();
-    let w = World::start(&ldif);
+    let mut w = World::start(&ldif);
+    let proxy = Proxy::start(&w.portal.url);
+    w.portal_url = Some(proxy.url.clone());
     let config = w.write_config();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dirsync"))
-        .arg("--config")
-        .arg(&config)
-        .arg("sync")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let mut seen = 0;
-    while std::time::Instant::now() < deadline {
-        seen = w.portal.users().len();
-        if seen >= 40 {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
-    // Requests already sent (up to portal.concurrency of them) still land after the kill:
-    // let them, so the count below is what the restarted cycle really finds.
-    std::thread::sleep(std::time::Duration::from_millis(1000));
+    // Killed after 40 creates, while the portal has made the 41st (and whatever else was in
+    // flight) but dirsync has not heard back: the state store knows nothing of those.
+    kill_mid_create(&config, &proxy, 40, KillPoint::AfterThePortal);
     let at_kill = w.portal.users().len();
     assert!(
-        seen >= 40 && at_kill < 300,
+        (41..300).contains(&at_kill),
         "killed mid-apply: {at_kill} of 300 created"
     );
 

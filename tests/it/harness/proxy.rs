@@ -60,6 +60,10 @@ pub enum Fault {
     /// inner fault instead of the upstream's response: `Status` or `Reset`, or `Delay` to
     /// hold the upstream's response that long (dropped if the client hangs up).
     AfterForward(Box<Fault>),
+    /// Forward the request unchanged, as if no fault were scheduled: lets a schedule skip
+    /// requests (`fail_matching("POST", "/Users", vec![Pass, Pass, status(500)])` fails the
+    /// third create). Logged as unfaulted.
+    Pass,
 }
 
 impl Fault {
@@ -91,8 +95,10 @@ impl Fault {
             Fault::Status { code, .. } if !(200..=599).contains(code) => {
                 panic!("Fault::Status code must be 200..=599, got {code}")
             }
-            Fault::AfterForward(inner) if matches!(**inner, Fault::AfterForward(_)) => {
-                panic!("Fault::AfterForward cannot be nested: {self:?}")
+            Fault::AfterForward(inner)
+                if matches!(**inner, Fault::AfterForward(_) | Fault::Pass) =>
+            {
+                panic!("Fault::AfterForward takes Status, Reset or Delay: {self:?}")
             }
             Fault::AfterForward(inner) => inner.validate(),
             _ => {}
@@ -485,10 +491,10 @@ impl State {
             if self.rules[i].faults.is_empty() {
                 self.rules.remove(i);
             }
-            return fault;
+            return fault.filter(|f| *f != Fault::Pass);
         }
         if let Some(fault) = self.next.pop_front() {
-            return Some(fault);
+            return Some(fault).filter(|f| *f != Fault::Pass);
         }
         let random = self.random.as_mut()?;
         if random.rng.next_f64() < random.rate {
@@ -708,7 +714,7 @@ fn handle(
 ) -> (Reply, Option<u16>) {
     let head = request.method == "HEAD";
     match fault {
-        None => relay(shared, request, keep_alive),
+        None | Some(Fault::Pass) => relay(shared, request, keep_alive),
         Some(Fault::Status { code, retry_after }) => (
             Reply::Send {
                 status: code,
@@ -747,7 +753,7 @@ fn handle(
                 Fault::Delay(delay) if hold(shared, client, delay) => forwarded,
                 Fault::Delay(_) => Reply::HungUp,
                 // Rejected by `Fault::validate`.
-                Fault::AfterForward(_) => Reply::Reset,
+                Fault::AfterForward(_) | Fault::Pass => Reply::Reset,
             };
             (reply, upstream_status)
         }

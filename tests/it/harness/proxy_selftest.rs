@@ -462,6 +462,23 @@ fn proxy_fail_matching_only_hits_matching_requests() {
     assert_eq!(status_of(via.get("/Schemas")), 500);
     assert_eq!(status_of(via.get("/Schemas")), 200);
 
+    // Pass skips a request within a schedule: here the third create fails, and a passed
+    // request is logged as unfaulted.
+    proxy.clear();
+    proxy.fail_matching(
+        "POST",
+        "/Users",
+        vec![Fault::Pass, Fault::Pass, Fault::status(500)],
+    );
+    let statuses: Vec<u16> = ["c1", "c2", "c3", "c4"]
+        .iter()
+        .map(|name| status_of(via.create(name)))
+        .collect();
+    assert_eq!(statuses, [201, 201, 500, 201]);
+    assert_eq!(scim.users().len(), 5);
+    let faulted: Vec<bool> = proxy.requests().iter().map(|s| s.faulted).collect();
+    assert_eq!(faulted, [false, false, true, false]);
+
     // heal() cancels everything scheduled.
     proxy.fail_next(vec![Fault::status(500)]);
     proxy.fail_matching("", "/", vec![Fault::Reset]);
@@ -472,7 +489,7 @@ fn proxy_fail_matching_only_hits_matching_requests() {
 }
 
 #[test]
-#[should_panic(expected = "cannot be nested")]
+#[should_panic(expected = "AfterForward takes Status, Reset or Delay")]
 fn proxy_rejects_nested_after_forward() {
     let proxy = Proxy::start("http://127.0.0.1:9");
     proxy.fail_next(vec![Fault::after_forward(Fault::after_forward(

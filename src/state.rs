@@ -1,8 +1,17 @@
 //! The daemon's own memory: which portal users it manages, and a record of each run.
 //! An embedded SQLite database (inspect it with the `sqlite3` CLI). A row is written only
 //! after the portal confirmed the change it records.
+//!
+//! One writer at a time: [`State::open`] takes an exclusive lock on `<path>.lock` and holds
+//! it while the `State` lives, so a second `sync` or `apply` against the same state (an
+//! admin's manual run while the timer's runs) refuses to start instead of racing the first
+//! one into double creates. The kernel drops the lock when the process ends, however it
+//! ends: a `kill -9` leaves no stale lock behind. Dry runs open the database read-only
+//! and take no lock.
 
 use std::collections::{HashMap, HashSet};
+use std::fs::{File, TryLockError};
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
@@ -74,6 +83,12 @@ pub enum StateError {
         found: i64,
         supported: i64,
     },
+    #[error(
+        "state database {path} is in use by another dirsync ({holder}); this run changed \
+         nothing. Let that run finish (or stop it) and try again; `systemctl status dirsync` \
+         shows whether the service is running"
+    )]
+    Busy { path: PathBuf, holder: String },
     #[error("state database: {0}")]
     Sql(#[from] rusqlite::Error),
 }
@@ -97,10 +112,61 @@ pub struct RunRecord {
 
 pub struct State {
     conn: Connection,
+    /// The writer's lock (`<path>.lock`), held while this lives; `None` when read-only.
+    _lock: Option<File>,
+}
+
+/// `<path>.lock`, beside the database.
+pub fn lock_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
+/// Takes the single-writer lock for the database at `path`, and writes who holds it (pid
+/// and start time) into the lock file for the next one to read.
+fn lock_writer(path: &Path) -> Result<File, StateError> {
+    let lock_path = lock_path(path);
+    let open_err = |e: std::io::Error| StateError::Open {
+        path: path.to_path_buf(),
+        message: format!("cannot open the lock file {}: {e}", lock_path.display()),
+    };
+    let mut file = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(open_err)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            return Err(StateError::Busy {
+                path: path.to_path_buf(),
+                holder: if holder.is_empty() {
+                    "holder unknown".to_owned()
+                } else {
+                    holder.to_owned()
+                },
+            });
+        }
+        Err(TryLockError::Error(e)) => return Err(open_err(e)),
+    }
+    let holder = format!("pid {}, since {}", std::process::id(), crate::report::now());
+    file.set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| file.write_all(holder.as_bytes()))
+        .and_then(|()| file.flush())
+        .map_err(open_err)?;
+    Ok(file)
 }
 
 impl State {
-    /// Opens (creating if needed) and migrates the database.
+    /// Opens (creating if needed) and migrates the database, as its one writer (see the
+    /// module docs); [`StateError::Busy`] when another process is writing.
     pub fn open(path: &Path) -> Result<State, StateError> {
         let open_err = |message: String| StateError::Open {
             path: path.to_path_buf(),
@@ -110,11 +176,15 @@ impl State {
             std::fs::create_dir_all(dir)
                 .map_err(|e| open_err(format!("cannot create {}: {e}", dir.display())))?;
         }
+        let lock = lock_writer(path)?;
         let conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
-        let mut state = State { conn };
+        let mut state = State {
+            conn,
+            _lock: Some(lock),
+        };
         state.migrate(path)?;
         Ok(state)
     }
@@ -132,7 +202,7 @@ impl State {
                     message: e.to_string(),
                 }
             })?;
-        let state = State { conn };
+        let state = State { conn, _lock: None };
         state.check_version(path)?;
         Ok(Some(state))
     }
@@ -397,6 +467,26 @@ mod tests {
         assert_eq!(s.managed().unwrap(), HashSet::from(["abc-1".to_string()]));
         let ro = State::open_read_only(&path).unwrap().unwrap();
         assert_eq!(ro.managed().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn one_writer_at_a_time_readers_any_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let writer = State::open(&path).unwrap();
+        let Err(busy) = State::open(&path) else {
+            panic!("a second writer was let in");
+        };
+        assert!(matches!(busy, StateError::Busy { .. }), "{busy:?}");
+        let message = busy.to_string();
+        assert!(
+            message.contains(&format!("pid {}, since ", std::process::id())),
+            "{message}"
+        );
+        assert!(State::open_read_only(&path).unwrap().is_some());
+        drop(writer);
+        State::open(&path).expect("the lock goes with the writer");
+        assert_eq!(lock_path(&path), dir.path().join("state.db.lock"));
     }
 
     #[test]

@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value as Json};
 
 use crate::harness::proxy::{Fault, Proxy};
-use crate::support::{count, kill_mid_create, person, portal_shape, run_dirsync, KillPoint, World};
+use crate::support::{
+    count, hold_mid_create, kill_and_settle, kill_mid_create, person, portal_shape, run_dirsync,
+    KillPoint, World,
+};
 
 fn staff(n: usize) -> String {
     (0..n)
@@ -487,6 +490,54 @@ fn kill_9_at_ten_points_of_a_500_user_apply_ends_in_the_uninterrupted_state() {
     let after = portal_shape(w.portal.users());
     assert_eq!(after.len(), 500, "no duplicates");
     assert_eq!(after, portal_shape(clean.portal.users()));
+}
+
+#[test]
+fn a_second_sync_while_one_is_applying_refuses_and_changes_nothing() {
+    let mut w = World::start(&staff(30));
+    let proxy = Proxy::start(&w.portal.url);
+    w.portal_url = Some(proxy.url.clone());
+    let cfg = w.write_config();
+    let mut first = hold_mid_create(&cfg, &proxy, 5, KillPoint::BeforeThePortal);
+    let sent = proxy.requests().len();
+
+    let second = run_dirsync(&cfg, &["sync"]);
+    assert_eq!(second.code, 1, "{}", second.all_output());
+    assert!(
+        second
+            .stderr
+            .contains(&format!("in use by another dirsync (pid {}", first.id())),
+        "{}",
+        second.stderr
+    );
+    assert!(
+        second.stderr.contains("changed nothing"),
+        "{}",
+        second.stderr
+    );
+    assert_eq!(
+        proxy.requests().len(),
+        sent,
+        "the refused run sent nothing to the portal:\n{}",
+        proxy.summary()
+    );
+    // A saved plan cannot be applied meanwhile either; a dry run still can run.
+    let saved = w.dir.path().join("reviewed.json");
+    let plan = run_dirsync(&cfg, &["plan", "--save", saved.to_str().unwrap()]);
+    assert_eq!(plan.code, 0, "{}", plan.all_output());
+    let apply = run_dirsync(&cfg, &["apply", saved.to_str().unwrap()]);
+    assert_eq!(apply.code, 1, "{}", apply.all_output());
+    assert!(
+        apply.stderr.contains("in use by another dirsync"),
+        "{}",
+        apply.stderr
+    );
+
+    // kill -9 leaves no stale lock: the next run goes ahead and converges.
+    kill_and_settle(&mut first, &proxy);
+    let report = w.sync();
+    assert_eq!(count(&report, "failed"), 0, "{report:#}");
+    assert_eq!(active(&w), 30);
 }
 
 #[test]

@@ -332,12 +332,16 @@ pub enum KillPoint {
 }
 
 /// Starts `dirsync --config CONFIG sync` against a portal reached through `proxy`, lets
-/// `creates` user creates through, holds the next ones at `point`, and kills the process
-/// with SIGKILL while it waits for them. Deterministic: the kill lands exactly there, at
-/// any speed of the machine. Returns once every request the process sent has either
-/// reached the portal or been dropped, so the portal is what a restart will find.
+/// `creates` user creates through and holds the next ones at `point`; returns the running
+/// process once it waits on a held create. Deterministic: the process stops exactly there,
+/// at any speed of the machine.
 #[track_caller]
-pub fn kill_mid_create(config: &std::path::Path, proxy: &Proxy, creates: usize, point: KillPoint) {
+pub fn hold_mid_create(
+    config: &std::path::Path,
+    proxy: &Proxy,
+    creates: usize,
+    point: KillPoint,
+) -> std::process::Child {
     let held = || {
         let forever = Fault::Delay(std::time::Duration::from_secs(600));
         match point {
@@ -361,26 +365,38 @@ pub fn kill_mid_create(config: &std::path::Path, proxy: &Proxy, creates: usize, 
         .spawn()
         .expect("start dirsync");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    let reached = loop {
+    loop {
         if proxy.count("POST", "/Users") > sent_before + creates {
-            break true;
+            return child;
         }
         if child.try_wait().expect("poll dirsync").is_some() || std::time::Instant::now() > deadline
         {
-            break false;
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "dirsync did not reach create {} of this run ({point:?}); requests:\n{}",
+                creates + 1,
+                proxy.summary()
+            );
         }
         std::thread::sleep(std::time::Duration::from_millis(2));
-    };
+    }
+}
+
+/// [`hold_mid_create`], then SIGKILL while the process waits. Returns once every request
+/// the process sent has either reached the portal or been dropped, so the portal is what a
+/// restart will find.
+#[track_caller]
+pub fn kill_mid_create(config: &std::path::Path, proxy: &Proxy, creates: usize, point: KillPoint) {
+    let mut child = hold_mid_create(config, proxy, creates, point);
+    kill_and_settle(&mut child, proxy);
+}
+
+/// SIGKILL, then wait until held requests saw the hang-up and were dropped (or, held after
+/// the portal, were made already) and requests being relayed at the kill have landed.
+pub fn kill_and_settle(child: &mut std::process::Child, proxy: &Proxy) {
     child.kill().expect("kill -9 dirsync");
     child.wait().expect("reap dirsync");
-    assert!(
-        reached,
-        "dirsync did not reach create {} of this run ({point:?}); requests:\n{}",
-        creates + 1,
-        proxy.summary()
-    );
-    // Held requests see the hang-up and are dropped (or, after the portal, were made
-    // already); requests being relayed at the kill still land.
     proxy.wait_idle(std::time::Duration::from_secs(10));
     proxy.heal();
 }

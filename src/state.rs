@@ -4,10 +4,10 @@
 //!
 //! One writer at a time: [`State::open`] takes an exclusive lock on `<path>.lock` and holds
 //! it while the `State` lives, so a second `sync` or `apply` against the same state (an
-//! admin's manual run while the timer's runs) refuses to start instead of racing the first
-//! one into double creates. The kernel drops the lock when the process ends, however it
-//! ends: a `kill -9` leaves no stale lock behind. Dry runs open the database read-only
-//! and take no lock.
+//! admin's manual run while the timer's run is applying) refuses to start instead of
+//! racing the first one into double creates. The kernel drops the lock when the process
+//! ends, however it ends: a `kill -9` leaves no stale lock behind. Dry runs open the
+//! database read-only and take no lock.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, TryLockError};

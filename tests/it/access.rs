@@ -370,8 +370,7 @@ fn a_3000_member_group_changes_by_requests_proportional_to_the_change_not_the_gr
     let mut w = World::start(&ldif);
     w.extra_config = "[portal_groups]\ngroups = [\"Big-Share\"]\n".into();
     w.portal_page_size = 100;
-    let proxy = crate::harness::proxy::Proxy::start(&w.portal.url);
-    w.portal_url = Some(proxy.url.clone());
+    let proxy = w.behind_proxy();
 
     let report = w.sync();
     assert_eq!(

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value as Json};
 
-use crate::harness::proxy::{Fault, Proxy};
+use crate::harness::proxy::Fault;
 use crate::support::{
     count, hold_mid_create, kill_and_settle, kill_mid_create, person, portal_shape, run_dirsync,
     KillPoint, World,
@@ -367,8 +367,7 @@ fn busy_world() -> World {
 fn with_30_percent_of_requests_failing_a_busy_cycle_converges_without_duplicates() {
     // The fault-free run, through a counting proxy.
     let mut clean = busy_world();
-    let clean_proxy = Proxy::start(&clean.portal.url);
-    clean.portal_url = Some(clean_proxy.url.clone());
+    let clean_proxy = clean.behind_proxy();
     let report = clean.sync();
     assert_eq!(
         (count(&report, "create"), count(&report, "update")),
@@ -377,8 +376,7 @@ fn with_30_percent_of_requests_failing_a_busy_cycle_converges_without_duplicates
     let clean_requests = clean_proxy.requests().len();
 
     let mut w = busy_world();
-    let proxy = Proxy::start(&w.portal.url);
-    w.portal_url = Some(proxy.url.clone());
+    let proxy = w.behind_proxy();
     w.portal_timeout_secs = 2;
     proxy.random_faults(
         0.3,
@@ -437,8 +435,7 @@ fn with_30_percent_of_requests_failing_a_busy_cycle_converges_without_duplicates
 fn kill_9_at_ten_points_of_a_500_user_apply_ends_in_the_uninterrupted_state() {
     let ldif = staff(500);
     let mut w = World::start(&ldif);
-    let proxy = Proxy::start(&w.portal.url);
-    w.portal_url = Some(proxy.url.clone());
+    let proxy = w.behind_proxy();
     let cfg = w.write_config();
     // Ten kill points from a fixed xorshift sequence: each run lets 5 to 44 more creates
     // through, then is killed while its next create is held, either before the portal sees
@@ -495,8 +492,7 @@ fn kill_9_at_ten_points_of_a_500_user_apply_ends_in_the_uninterrupted_state() {
 #[test]
 fn a_second_sync_while_one_is_applying_refuses_and_changes_nothing() {
     let mut w = World::start(&staff(30));
-    let proxy = Proxy::start(&w.portal.url);
-    w.portal_url = Some(proxy.url.clone());
+    let proxy = w.behind_proxy();
     let cfg = w.write_config();
     let mut first = hold_mid_create(&cfg, &proxy, 5, KillPoint::BeforeThePortal);
     // The first run's other creates may still arrive (and be held); anything the second
@@ -545,8 +541,7 @@ fn a_second_sync_while_one_is_applying_refuses_and_changes_nothing() {
 #[test]
 fn a_create_done_by_the_portal_but_reported_failed_is_taken_over_on_409_not_duplicated() {
     let mut w = World::start(&staff(3));
-    let proxy = Proxy::start(&w.portal.url);
-    w.portal_url = Some(proxy.url.clone());
+    let proxy = w.behind_proxy();
     // The first create reaches the portal, but dirsync is told it failed: its retry then
     // meets 409 uniqueness.
     proxy.fail_matching(
@@ -576,8 +571,7 @@ fn a_create_done_by_the_portal_but_reported_failed_is_taken_over_on_409_not_dupl
 fn a_run_of_failures_stops_the_cycle_early_and_says_why() {
     let mut w = World::start(&staff(12));
     w.sync();
-    let proxy = Proxy::start(&w.portal.url);
-    w.portal_url = Some(proxy.url.clone());
+    let proxy = w.behind_proxy();
     w.safety = "[safety]\nmax_closure_percent = 100\nmax_consecutive_failures = 3\n".into();
     let renames: String = (0..12)
         .map(|i| format!("dn: uid=s{i:03},ou=people,dc=example,dc=com\nchangetype: modify\nreplace: sn\nsn: R{i}\n\n"))

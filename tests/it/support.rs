@@ -173,6 +173,14 @@ path = "state.db"
     }
 
     /// Runs `dirsync --config <config> ARGS` (writing the config first).
+    /// Puts a fault-injecting [`Proxy`] between dirsync and the portal: configs written from
+    /// now on reach the portal through it.
+    pub fn behind_proxy(&mut self) -> Proxy {
+        let proxy = Proxy::start(&self.portal.url);
+        self.portal_url = Some(proxy.url.clone());
+        proxy
+    }
+
     pub fn dirsync(&self, args: &[&str]) -> Run {
         let config = self.write_config();
         run_dirsync(&config, args)
@@ -207,14 +215,19 @@ path = "state.db"
     }
 }
 
-pub fn run_dirsync(config: &std::path::Path, args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_dirsync"))
+/// `dirsync --config CONFIG ARGS...`, with the caller's `DIRSYNC_LOG` left out.
+fn dirsync_command(config: &std::path::Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_dirsync"));
+    command
         .arg("--config")
         .arg(config)
         .args(args)
-        .env_remove("DIRSYNC_LOG")
-        .output()
-        .expect("run dirsync");
+        .env_remove("DIRSYNC_LOG");
+    command
+}
+
+pub fn run_dirsync(config: &std::path::Path, args: &[&str]) -> Run {
+    let out = dirsync_command(config, args).output().expect("run dirsync");
     Run {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -355,11 +368,7 @@ pub fn hold_mid_create(
     proxy.heal();
     proxy.fail_matching("POST", "/Users", schedule);
     let sent_before = proxy.count("POST", "/Users");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dirsync"))
-        .arg("--config")
-        .arg(config)
-        .arg("sync")
-        .env_remove("DIRSYNC_LOG")
+    let mut child = dirsync_command(config, &["sync"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -4,7 +4,6 @@
 
 use serde_json::{json, Value as Json};
 
-use crate::harness::proxy::Proxy;
 use crate::support::{
     count, kill_mid_create, mappings_with_owner, person, portal_shape, KillPoint, World,
 };
@@ -419,8 +418,7 @@ fn kill_9_in_the_middle_of_an_apply_then_restart_converges_without_duplicates() 
         })
         .collect();
     let mut w = World::start(&ldif);
-    let proxy = Proxy::start(&w.portal.url);
-    w.portal_url = Some(proxy.url.clone());
+    let proxy = w.behind_proxy();
     let config = w.write_config();
     // Killed after 40 creates, while the portal has made the 41st (and whatever else was in
     // flight) but dirsync has not heard back: the state store knows nothing of those.

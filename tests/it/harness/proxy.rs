@@ -454,7 +454,10 @@ impl Shared {
     /// Logs a request, picks its fault and counts it in flight.
     fn admit(self: &Arc<Self>, request: &Request) -> (InFlight, Option<Fault>) {
         let mut state = self.state();
-        let fault = state.pick(&request.method, &request.target);
+        // A scheduled Pass is plain forwarding: neither faulted nor logged as a fault.
+        let fault = state
+            .pick(&request.method, &request.target)
+            .filter(|f| *f != Fault::Pass);
         state.seq += 1;
         let seq = state.seq;
         state.in_flight += 1;
@@ -491,10 +494,10 @@ impl State {
             if self.rules[i].faults.is_empty() {
                 self.rules.remove(i);
             }
-            return fault.filter(|f| *f != Fault::Pass);
+            return fault;
         }
         if let Some(fault) = self.next.pop_front() {
-            return Some(fault).filter(|f| *f != Fault::Pass);
+            return Some(fault);
         }
         let random = self.random.as_mut()?;
         if random.rng.next_f64() < random.rate {

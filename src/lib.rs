@@ -59,6 +59,9 @@ impl Error {
 /// Runs a command; prints its report on stdout and returns the exit code.
 pub async fn run(cli: Cli) -> Result<u8, Error> {
     let config = Config::load(&cli.config)?;
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     match cli.command {
         Command::Check { format } => {
             let found = check::check(&config).await?;

@@ -107,6 +107,7 @@ pub(super) struct PortalV1 {
     pub token_env: Option<String>,
     pub token_credential: Option<String>,
     pub ca_file: Option<String>,
+    pub insecure_http: Option<bool>,
     pub timeout_secs: Option<u64>,
     pub page_size: Option<i64>,
     pub concurrency: Option<i64>,

@@ -254,7 +254,12 @@ pub fn compute(input: &Input<'_>) -> Plan {
             "group cycle in the directory: {cycle} (membership counted once)"
         ));
     }
-    let mut wanted = validate::validate(input.directory, input.rules, &mut plan.skipped);
+    let mut wanted = validate::validate(
+        input.directory,
+        input.rules,
+        &mut plan.skipped,
+        &mut plan.notes,
+    );
     for w in &mut wanted {
         let (derived, why) = access::derive(input.access, &membership, &resolved, w.user);
         w.attrs.extend(derived);

@@ -297,9 +297,30 @@ fn entries_without_mail_or_sharing_a_mail_are_skipped_and_the_rest_sync() {
 }
 
 #[test]
-fn control_characters_in_other_values_skip_the_entry() {
+fn control_characters_in_other_values_become_spaces_and_are_noted() {
     let mut anna = dir_user("anna", Some("anna@example.se"), "Berg");
-    anna.attrs.insert("sn".into(), vec!["Be\u{0}rg".into()]);
+    anna.attrs.insert("sn".into(), vec!["Be\u{0}rg\tEk".into()]);
+    let plan = plan_with(&[anna], &[], &State::new());
+    assert!(plan.skipped.is_empty(), "{:?}", plan.skipped);
+    assert_eq!(plan.changes.len(), 1);
+    let family = plan.changes[0]
+        .fields
+        .iter()
+        .find(|f| f.path.to_string() == "name.familyName")
+        .unwrap();
+    assert_eq!(family.new, Some(Value::One("Be rg Ek".into())));
+    assert!(
+        plan.notes.iter().any(|n| n.contains("uid=anna")
+            && n.contains("`name.familyName`")
+            && n.contains("replaced by spaces")),
+        "{:?}",
+        plan.notes
+    );
+}
+
+#[test]
+fn control_characters_in_the_login_skip_the_entry() {
+    let anna = dir_user("anna", Some("an\u{7}na@example.se"), "Berg");
     let plan = plan_with(&[anna], &[], &State::new());
     assert!(plan.changes.is_empty());
     assert!(plan.skipped[0].problem.contains("control characters"));

@@ -56,7 +56,9 @@ impl SavedPlan {
             message,
         };
         let text = serde_json::to_string_pretty(self).map_err(|e| err(e.to_string()))?;
-        std::fs::write(path, text).map_err(|e| err(e.to_string()))
+        // A plan holds personal data: 0600, whatever the umask.
+        let mut file = crate::state::create_private(path).map_err(|e| err(e.to_string()))?;
+        std::io::Write::write_all(&mut file, text.as_bytes()).map_err(|e| err(e.to_string()))
     }
 
     pub fn read(path: &Path) -> Result<SavedPlan, SavedError> {

@@ -8,6 +8,7 @@ mod support;
 mod access;
 mod ad;
 mod cli;
+mod errors;
 mod names;
 mod safety;
 mod skeleton;

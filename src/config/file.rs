@@ -70,6 +70,7 @@ pub(super) struct SourceV1 {
     pub url: String,
     pub starttls: Option<bool>,
     pub ca_file: Option<String>,
+    pub tls_server_name: Option<String>,
     pub bind_dn: Option<String>,
     pub bind_password_file: Option<String>,
     pub bind_password_env: Option<String>,

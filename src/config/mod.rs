@@ -119,6 +119,8 @@ pub struct SourceConfig {
     pub url: Url,
     pub tls: Tls,
     pub ca_file: Option<PathBuf>,
+    /// The name to check the server's certificate against instead of the URL's host.
+    pub tls_server_name: Option<String>,
     /// `None` for an anonymous bind.
     pub bind: Option<Bind>,
     pub timeout: Duration,
@@ -625,6 +627,23 @@ impl Validator {
             }
         };
         let ca_file = self.ca_file("source.ca_file", base_dir, s.ca_file)?;
+        let tls_server_name = match s.tls_server_name {
+            Some(_) if tls == Tls::None => {
+                return Err(self.err(
+                    "source.tls_server_name",
+                    "is for TLS connections; this one is plain LDAP (starttls = false)",
+                ))
+            }
+            Some(n) => match rustls::pki_types::ServerName::try_from(n.trim().to_string()) {
+                Ok(_) => Some(n.trim().to_string()),
+                Err(_) => {
+                    return Err(
+                        self.err("source.tls_server_name", "is not a DNS name or IP address")
+                    )
+                }
+            },
+            None => None,
+        };
         let bind = match s.bind_dn {
             Some(dn) if dn.trim().is_empty() => {
                 return Err(self.err(
@@ -707,6 +726,7 @@ impl Validator {
             url,
             tls,
             ca_file,
+            tls_server_name,
             bind,
             timeout,
             page_size,

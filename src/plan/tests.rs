@@ -966,6 +966,14 @@ mod access_rules {
                 .map(|a| id_of(a))
                 .collect(),
         }];
+        // ... and recorded in the state (otherwise it would be linked first).
+        w.known_groups = HashMap::from([(
+            "g-share".into(),
+            KnownGroup {
+                portal_id: "g1".into(),
+                created: true,
+            },
+        )]);
         assert!(w.plan().group_changes.is_empty(), "in step");
         let mut renamed = group("Share-2", &[&users[1], &users[2], &users[4]]);
         renamed.anchor = "g-Share".into();

@@ -85,6 +85,16 @@ pub async fn apply(
     for s in &plan.in_sync {
         state.record(&s.anchor, &s.portal_id, &s.user_name, &s.baseline)?;
     }
+    // Orphans taken over (`--adopt-orphans`) are managed from now on, never synced yet;
+    // closures planned for them follow below or, if a guard held them, once confirmed.
+    for o in plan.orphans.iter().filter(|o| o.adopted) {
+        state.record(
+            &o.external_id,
+            &o.portal_id,
+            &o.user_name,
+            &plan::Baseline::new(),
+        )?;
+    }
     let state = Mutex::new(state);
     let run = Run {
         consecutive_failures: AtomicUsize::new(0),

@@ -6,6 +6,8 @@ use super::*;
 use crate::mapping::{self, Owner};
 use crate::portal::PortalSchema;
 
+mod links;
+
 fn rules() -> Vec<Rule> {
     [
         ("mail", "userName"),
@@ -80,6 +82,7 @@ fn plan_with_rules(
         access: &AccessRules::default(),
         portal_groups: &[],
         known_groups: &HashMap::new(),
+        links: &Links::default(),
     })
 }
 
@@ -771,6 +774,7 @@ mod access_rules {
                 access: &self.access,
                 portal_groups: &self.portal_groups,
                 known_groups: &self.known_groups,
+                links: &Links::default(),
             })
         }
 

@@ -427,22 +427,25 @@ async fn create(
             // login (`find_users` checks what the portal answers, as it may ignore the
             // filter), and no externalId or this user's own.
             let found = portal.find_users(&change.user_name).await?;
+            let refuse = |why: String| Err(Failure::Portal(PortalError::NotTakenOver(why)));
             let u = match found.as_slice() {
                 [u] => u,
-                [] => return Err(Failure::Portal(PortalError::NotTakenOver(format!(
-                    "HTTP 409 ({detail}), but the portal has no user {} to take over; not created",
-                    change.user_name
-                )))),
+                [] => {
+                    let why = format!(
+                        "HTTP 409 ({detail}), but the portal has no user {} to take over; \
+                         not created",
+                        change.user_name
+                    );
+                    return refuse(why);
+                }
                 many => {
-                    return Err(Failure::Portal(PortalError::NotTakenOver(format!(
+                    let ids: Vec<&str> = many.iter().map(|u| u.id.as_str()).collect();
+                    return refuse(format!(
                         "HTTP 409, and {} portal users have the login {} ({}); none is taken over",
                         many.len(),
                         change.user_name,
-                        many.iter()
-                            .map(|u| u.id.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ))))
+                        ids.join(", ")
+                    ));
                 }
             };
             match u.external_id.as_deref() {
@@ -464,11 +467,11 @@ async fn create(
                     )?;
                     Ok(Some("HTTP 409: a user with this login already existed; adopted, its attributes follow next cycle".into()))
                 }
-                Some(other) => Err(Failure::Portal(PortalError::NotTakenOver(format!(
+                Some(other) => refuse(format!(
                     "HTTP 409: the portal user {} (id {}) carries externalId {other}, not this user's {}; \
                      it is not taken over",
                     u.user_name, u.id, change.anchor
-                )))),
+                )),
             }
         }
         Err(e) => Err(e.into()),

@@ -21,6 +21,10 @@ pub struct SavedPlan {
     pub scope: String,
     pub changes: Vec<Json>,
     pub group_changes: Vec<Json>,
+    /// Portal ids of the orphans taken over in the plan (`plan --adopt-orphans`): applying
+    /// it takes over exactly these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adopted_orphans: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +50,12 @@ impl SavedPlan {
                 .group_changes
                 .iter()
                 .filter_map(|c| serde_json::to_value(c).ok())
+                .collect(),
+            adopted_orphans: plan
+                .orphans
+                .iter()
+                .filter(|o| o.adopted)
+                .map(|o| o.portal_id.clone())
                 .collect(),
         }
     }
@@ -143,6 +153,11 @@ impl SavedPlan {
             k
         });
         plan.in_sync.clear();
+        // Only the orphans taken over in the reviewed plan are linked; others that
+        // appeared since are reported, not taken over.
+        for o in &mut plan.orphans {
+            o.adopted = o.adopted && self.adopted_orphans.contains(&o.portal_id);
+        }
         if extra > 0 {
             plan.notes.push(format!(
                 "{extra} changes appeared since the plan was saved; they are not applied now (run `dirsync plan` to review them)"

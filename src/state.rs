@@ -435,6 +435,21 @@ impl State {
         Ok(())
     }
 
+    /// Drops the link of `anchor` and its last-synced values (its portal user is gone).
+    pub fn forget_user(&mut self, anchor: &str) -> Result<(), StateError> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "DELETE FROM synced_value WHERE anchor = ?1",
+            params![anchor],
+        )?;
+        tx.execute(
+            "DELETE FROM managed_user WHERE anchor = ?1",
+            params![anchor],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
     pub fn meta(&self, key: &str) -> Result<Option<String>, StateError> {
         Ok(self
             .conn

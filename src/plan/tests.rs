@@ -6,6 +6,8 @@ use super::*;
 use crate::mapping::{self, Owner};
 use crate::portal::PortalSchema;
 
+mod links;
+
 fn rules() -> Vec<Rule> {
     [
         ("mail", "userName"),
@@ -80,6 +82,7 @@ fn plan_with_rules(
         access: &AccessRules::default(),
         portal_groups: &[],
         known_groups: &HashMap::new(),
+        links: &Links::default(),
     })
 }
 
@@ -792,6 +795,7 @@ mod access_rules {
                 access: &self.access,
                 portal_groups: &self.portal_groups,
                 known_groups: &self.known_groups,
+                links: &Links::default(),
             })
         }
 
@@ -987,6 +991,14 @@ mod access_rules {
                 .map(|a| id_of(a))
                 .collect(),
         }];
+        // ... and recorded in the state (otherwise it would be linked first).
+        w.known_groups = HashMap::from([(
+            "g-share".into(),
+            KnownGroup {
+                portal_id: "g1".into(),
+                created: true,
+            },
+        )]);
         assert!(w.plan().group_changes.is_empty(), "in step");
         let mut renamed = group("Share-2", &[&users[1], &users[2], &users[4]]);
         renamed.anchor = "g-Share".into();

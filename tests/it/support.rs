@@ -225,7 +225,7 @@ path = "state.db"
 }
 
 /// `dirsync --config CONFIG ARGS...`, with the caller's `DIRSYNC_LOG` left out.
-fn dirsync_command(config: &std::path::Path, args: &[&str]) -> Command {
+pub fn dirsync_command(config: &std::path::Path, args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_dirsync"));
     command
         .arg("--config")

@@ -31,8 +31,20 @@ fn a_plan_run_while_the_first_sync_creates_the_state_never_fails_on_a_half_made_
         let running = sync.try_wait().unwrap().is_none();
         let run = run_dirsync(&config, &["plan", "--format", "json"]);
         plans += 1;
-        assert_eq!(run.code, 0, "plan {plans}: {}", run.all_output());
-        assert!(!run.stderr.contains("no such table"), "{}", run.stderr);
+        // The sync is creating users meanwhile, so a plan may rightly refuse a portal
+        // listing that changed under it; the state must never be the problem.
+        let listing_moved =
+            run.code == 1 && run.stderr.contains("portal: listing /Users is incomplete");
+        assert!(
+            run.code == 0 || listing_moved,
+            "plan {plans}: {}",
+            run.all_output()
+        );
+        assert!(
+            !run.stderr.contains("no such table") && !run.stderr.contains("state database"),
+            "{}",
+            run.stderr
+        );
         if !running {
             break;
         }

@@ -160,6 +160,8 @@ pub struct PortalConfig {
     /// The SCIM base URL, always ending in `/`.
     pub url: Url,
     pub token: Secret,
+    /// The config key the token was read from (`portal.token_env`, ...), for messages.
+    pub token_key: String,
     pub ca_file: Option<PathBuf>,
     pub timeout: Duration,
     pub page_size: usize,
@@ -652,7 +654,7 @@ impl Validator {
                 ))
             }
             Some(dn) => {
-                let password = self.secret(
+                let (password, _) = self.secret(
                     "source.bind_password",
                     base_dir,
                     s.bind_password_file,
@@ -859,7 +861,7 @@ impl Validator {
         if !url.path().ends_with('/') {
             url.set_path(&format!("{}/", url.path()));
         }
-        let token = self.secret(
+        let (token, token_key) = self.secret(
             "portal.token",
             base_dir,
             p.token_file,
@@ -886,6 +888,7 @@ impl Validator {
         Ok(PortalConfig {
             url,
             token,
+            token_key,
             ca_file,
             timeout,
             page_size,
@@ -967,7 +970,7 @@ impl Validator {
         file: Option<String>,
         env: Option<String>,
         credential: Option<String>,
-    ) -> Result<Secret, ConfigError> {
+    ) -> Result<(Secret, String), ConfigError> {
         let mut sources = Vec::new();
         if let Some(f) = file {
             sources.push((
@@ -995,7 +998,7 @@ impl Validator {
                          make it readable by dirsync alone (chmod 600)"
                     ));
                 }
-                Ok(secret)
+                Ok((secret, k.clone()))
             }
             _ => Err(self.err(
                 &sources[1].0,

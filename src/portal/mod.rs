@@ -165,8 +165,15 @@ pub enum PortalError {
         retry_after: Option<Duration>,
     },
     /// 401/403: the token is wrong or lacks rights. Needs an admin; the cycle stops.
-    #[error("portal refused the credentials (HTTP {0}): check portal.token_file")]
-    Auth(u16),
+    /// `token_key` is the config key the token was read from.
+    #[error(
+        "portal refused the credentials (HTTP {status}): check the token read from {token_key}"
+    )]
+    Auth { status: u16, token_key: String },
+    /// TLS with the portal failed: its certificate is not trusted or does not name the
+    /// host. Needs an admin; not retried (it will not pass by itself).
+    #[error("TLS with the portal failed: {0}")]
+    Tls(String),
     /// 400/409 and other 4xx for one resource: that user is skipped and reported.
     #[error("portal rejected the request (HTTP {status}{}): {detail}", scim_type.as_ref().map(|t| format!(", {t}")).unwrap_or_default())]
     Rejected {
@@ -202,7 +209,10 @@ impl PortalError {
     pub fn is_fatal(&self) -> bool {
         matches!(
             self,
-            PortalError::Auth(_) | PortalError::Protocol(_) | PortalError::IncompleteListing { .. }
+            PortalError::Auth { .. }
+                | PortalError::Tls(_)
+                | PortalError::Protocol(_)
+                | PortalError::IncompleteListing { .. }
         )
     }
 
@@ -234,6 +244,8 @@ enum Listing {
 /// A SCIM client for one portal.
 pub struct PortalClient {
     http: reqwest::Client,
+    /// The config key the token came from, for auth errors.
+    token_key: String,
     base: Url,
     page_size: usize,
     max_retries: u32,
@@ -275,6 +287,7 @@ impl PortalClient {
             .map_err(|e| PortalError::Protocol(format!("cannot build the HTTP client: {e}")))?;
         Ok(PortalClient {
             http,
+            token_key: config.token_key.clone(),
             base: config.url.clone(),
             page_size: config.page_size,
             max_retries: config.max_retries,
@@ -720,12 +733,16 @@ impl PortalClient {
             req = req.header(IF_MATCH, v);
         }
         let resp = req.send().await.map_err(|e| {
+            let chain = error_chain(&e);
+            if let Some(why) = tls_problem(&chain) {
+                return PortalError::Tls(format!("{method} /{path}: {chain}. {why}"));
+            }
             let what = if e.is_timeout() {
                 "timed out"
             } else {
                 "failed"
             };
-            PortalError::Transient(format!("{method} /{path} {what}: {}", error_chain(&e)))
+            PortalError::Transient(format!("{method} /{path} {what}: {chain}"))
         })?;
         let status = resp.status();
         let retry_after = resp
@@ -763,7 +780,10 @@ impl PortalClient {
             .and_then(Json::as_str)
             .map(str::to_string);
         Err(match status {
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => PortalError::Auth(status.as_u16()),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => PortalError::Auth {
+                status: status.as_u16(),
+                token_key: self.token_key.clone(),
+            },
             StatusCode::PRECONDITION_FAILED => PortalError::PreconditionFailed,
             StatusCode::NOT_FOUND
                 if method != Method::GET
@@ -945,12 +965,45 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// The longest wait a `Retry-After` may impose before we give up on it for this cycle.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
 
-/// `Retry-After` in seconds (an HTTP date is rare for APIs; it falls back to backoff).
+/// What to do about a TLS failure with the portal, if `chain` (an error and its causes)
+/// is one.
+fn tls_problem(chain: &str) -> Option<&'static str> {
+    let lower = chain.to_ascii_lowercase();
+    if lower.contains("not valid for name") {
+        Some(
+            "The portal's certificate does not name the host in portal.url (names are \
+             checked against its subjectAltName): use the name the certificate holds",
+        )
+    } else if lower.contains("invalid peer certificate")
+        || lower.contains("unknownissuer")
+        || lower.contains("certificate verify failed")
+    {
+        Some(
+            "The portal's certificate is not trusted: put the CA that signed it (PEM) in \
+             portal.ca_file",
+        )
+    } else {
+        None
+    }
+}
+
+/// `Retry-After` (RFC 9110): seconds, or an HTTP date (`Wed, 21 Oct 2015 07:28:00 GMT`),
+/// as a wait from now, capped at [`MAX_RETRY_AFTER`]; a date in the past means now.
 fn parse_retry_after(v: &str) -> Option<Duration> {
-    v.trim()
-        .parse::<u64>()
-        .ok()
-        .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER))
+    parse_retry_after_at(v, time::OffsetDateTime::now_utc())
+}
+
+fn parse_retry_after_at(v: &str, now: time::OffsetDateTime) -> Option<Duration> {
+    let v = v.trim();
+    let wait = match v.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => {
+            let at = time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc2822)
+                .ok()?;
+            Duration::try_from(at - now).unwrap_or(Duration::ZERO)
+        }
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
 }
 
 /// Exponential backoff from 250 ms, capped at 10 s, with ±50% jitter so that many clients
@@ -1098,6 +1151,21 @@ mod tests {
     fn retry_after_in_seconds_is_honoured_and_capped() {
         assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
         assert_eq!(parse_retry_after("99999"), Some(MAX_RETRY_AFTER));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        let now = time::macros::datetime!(2015-10-21 07:27:30 UTC);
+        assert_eq!(
+            parse_retry_after_at("Wed, 21 Oct 2015 07:28:00 GMT", now),
+            Some(Duration::from_secs(30)),
+            "an HTTP date counts from now"
+        );
+        assert_eq!(
+            parse_retry_after_at("Wed, 21 Oct 2015 07:00:00 GMT", now),
+            Some(Duration::ZERO),
+            "a date past is now"
+        );
+        assert_eq!(
+            parse_retry_after_at("Thu, 22 Oct 2015 07:28:00 GMT", now),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
     }
 }

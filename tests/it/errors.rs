@@ -190,3 +190,122 @@ fn plain_ldap_to_an_ldaps_port_suggests_ldaps() {
         );
     }
 }
+
+#[test]
+fn a_refused_token_names_the_key_it_was_read_from() {
+    let w = World::start(&people(1));
+    let cfg = w.write_config();
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "token_file = \"portal-token\"",
+        "token_env = \"DIRSYNC_TEST_TOKEN\"",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let out = crate::support::dirsync_command(&cfg, &["plan"])
+        .env("DIRSYNC_TEST_TOKEN", "not-the-token-77")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("portal: portal refused the credentials (HTTP 401): check the token read from portal.token_env"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("not-the-token-77"), "{stderr}");
+}
+
+/// An HTTPS server (`openssl s_server`) with a certificate from a throwaway CA.
+struct TlsServer {
+    child: std::process::Child,
+    url: String,
+    ca: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsServer {
+    fn start() -> TlsServer {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = crate::harness::slapd::make_server_tls(dir.path());
+        for _ in 0..5 {
+            let port = crate::harness::free_port();
+            let mut child = std::process::Command::new(crate::harness::openssl())
+                .current_dir(dir.path())
+                .args([
+                    "s_server",
+                    "-quiet",
+                    "-www",
+                    "-cert",
+                    "server.crt",
+                    "-key",
+                    "server.key",
+                ])
+                .args(["-accept", &format!("127.0.0.1:{port}")])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            for _ in 0..100 {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return TlsServer {
+                        child,
+                        url: format!("https://127.0.0.1:{port}/scim/v2/"),
+                        ca,
+                        _dir: dir,
+                    };
+                }
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            let _ = child.kill();
+        }
+        panic!("openssl s_server did not start");
+    }
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn an_untrusted_portal_certificate_names_portal_ca_file_and_is_not_retried() {
+    let tls = TlsServer::start();
+    let mut w = World::start(&people(1));
+    w.portal_url = Some(tls.url.clone());
+    let run = w.dirsync(&["--log-level", "debug", "plan"]);
+    assert_eq!(run.code, 1, "{}", run.all_output());
+    assert!(
+        run.stderr.contains("portal: TLS with the portal failed")
+            && run.stderr.contains("not trusted")
+            && run.stderr.contains("portal.ca_file"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("retrying"),
+        "a TLS failure is not retried: {}",
+        run.stderr
+    );
+    // With the CA that signed it, TLS passes (the server is no portal, so what fails next
+    // is the SCIM answer, not TLS).
+    let cfg = w.write_config();
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "token_file = \"portal-token\"",
+        &format!(
+            "token_file = \"portal-token\"\nca_file = \"{}\"",
+            tls.ca.display()
+        ),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let run = run_dirsync(&cfg, &["plan"]);
+    assert_eq!(run.code, 1, "{}", run.all_output());
+    assert!(
+        !run.stderr.contains("TLS with the portal failed"),
+        "{}",
+        run.stderr
+    );
+}

@@ -29,7 +29,7 @@ pub mod samba;
 mod samba_selftest;
 mod scim;
 mod selftest;
-mod slapd;
+pub mod slapd;
 
 pub use proxy::{Fault, Proxy, Seen};
 pub use samba::SambaDc;

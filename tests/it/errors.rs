@@ -309,3 +309,129 @@ fn an_untrusted_portal_certificate_names_portal_ca_file_and_is_not_retried() {
         run.stderr
     );
 }
+
+#[test]
+fn both_secrets_appear_nowhere_dirsync_writes_whatever_goes_wrong() {
+    let w = World::start(&people(4));
+    let pw = w.ldap.bind_password.clone();
+    let token = w.portal.token.clone();
+    let mut written: Vec<u8> = Vec::new();
+    fn keep(written: &mut Vec<u8>, run: &crate::support::Run) {
+        written.extend_from_slice(run.stdout.as_bytes());
+        written.extend_from_slice(run.stderr.as_bytes());
+        assert!(
+            !run.stderr.contains('\u{1b}'),
+            "no ANSI codes in logs to a pipe: {}",
+            run.stderr
+        );
+    }
+    let saved = w.dir.path().join("reviewed.json");
+    let saved_arg = saved.display().to_string();
+    // In each log format: a plan saved and applied, and every command and report format.
+    for format in ["text", "json"] {
+        for args in [
+            vec!["check"],
+            vec!["plan", "--format", "json"],
+            vec!["plan", "--save", &saved_arg],
+            vec!["apply", &saved_arg],
+            vec!["sync", "--format", "html"],
+            vec!["plan", "--format", "html"],
+        ] {
+            let mut full = vec!["--log-level", "trace", "--log-format", format];
+            full.extend(&args);
+            let run = w.dirsync(&full);
+            assert_eq!(run.code, 0, "{full:?}: {}", run.all_output());
+            keep(&mut written, &run);
+        }
+    }
+    written.extend(std::fs::read(&saved).unwrap());
+
+    // A failing bind, then a refused token.
+    let cfg = w.write_config();
+    std::fs::write(w.dir.path().join("ldap-password"), "wrong-pw-zz9\n").unwrap();
+    let run = run_dirsync(&cfg, &["--log-level", "trace", "sync"]);
+    assert_eq!(run.code, 1, "{}", run.all_output());
+    assert!(run.stderr.contains("invalidCredentials"), "{}", run.stderr);
+    keep(&mut written, &run);
+    std::fs::write(w.dir.path().join("ldap-password"), format!("{pw}\n")).unwrap();
+    std::fs::write(w.dir.path().join("portal-token"), "wrong-token-zz9").unwrap();
+    for format in ["text", "json"] {
+        let run = run_dirsync(
+            &cfg,
+            &["--log-level", "trace", "--log-format", format, "sync"],
+        );
+        assert_eq!(run.code, 1, "{}", run.all_output());
+        assert!(run.stderr.contains("HTTP 401"), "{}", run.stderr);
+        keep(&mut written, &run);
+    }
+    std::fs::write(w.dir.path().join("portal-token"), &token).unwrap();
+
+    // Each secret where it does not belong.
+    let good = std::fs::read_to_string(&cfg).unwrap();
+    let misplaced = [
+        good.replace(
+            "bind_password_file = \"ldap-password\"",
+            &format!("bind_password_file = \"{pw}\""),
+        ),
+        good.replace(
+            "bind_password_file = \"ldap-password\"",
+            &format!("bind_password_env = \"{pw}\""),
+        ),
+        good.replace(
+            "token_file = \"portal-token\"",
+            &format!("token_credential = \"{token}\""),
+        ),
+        good.replace(
+            "token_file = \"portal-token\"",
+            &format!("token_env = \"{token}\""),
+        ),
+        good.replace("page_size = 5", &format!("page_size = \"{token}\"")),
+        good.replace("page_size = 7", &format!("page_size = \"{pw}\"")),
+        good.replace("[portal]\n", &format!("[portal]\ntoken = \"{token}\"\n")),
+        good.replace(
+            "timeout_secs = 10\npage_size = 7",
+            &format!("timeout_secs = \"{pw}\"\npage_size = 7"),
+        ),
+    ];
+    for text in &misplaced {
+        assert_ne!(text, &good, "the case changed the config");
+        let bad = w.dir.path().join("bad.toml");
+        std::fs::write(&bad, text).unwrap();
+        for format in ["text", "json"] {
+            let run = run_dirsync(
+                &bad,
+                &["--log-level", "trace", "--log-format", format, "sync"],
+            );
+            assert_eq!(run.code, 2, "{text}\n{}", run.all_output());
+            assert!(run.stderr.contains("line "), "{}", run.stderr);
+            keep(&mut written, &run);
+        }
+    }
+
+    // The state database and everything beside it.
+    for entry in std::fs::read_dir(w.dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("state.db")
+        {
+            written.extend(std::fs::read(&path).unwrap());
+        }
+    }
+    let text = String::from_utf8_lossy(&written);
+    assert!(
+        text.contains("TRACE") || text.contains("\"level\":\"TRACE\""),
+        "trace logs were read"
+    );
+    for secret in [
+        pw.as_str(),
+        token.as_str(),
+        "wrong-pw-zz9",
+        "wrong-token-zz9",
+    ] {
+        let hits = text.matches(secret).count();
+        assert_eq!(hits, 0, "{secret:?} appears {hits} times");
+    }
+}

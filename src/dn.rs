@@ -563,3 +563,80 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn attr() -> impl Strategy<Value = String> {
+        prop::sample::select(vec!["cn", "OU", "dc", "uid", "o", "2.5.4.3", "l"])
+            .prop_map(str::to_string)
+    }
+
+    /// A value as a directory holds it: any characters but NUL, not empty.
+    fn value() -> impl Strategy<Value = String> {
+        "[^\u{0}]{1,12}"
+    }
+
+    fn dn() -> impl Strategy<Value = Dn> {
+        prop::collection::vec(
+            prop::collection::vec((attr(), value()), 1..3).prop_map(|avas| Rdn {
+                avas: avas
+                    .into_iter()
+                    .map(|(attr, value)| Ava { attr, value })
+                    .collect(),
+            }),
+            1..5,
+        )
+        .prop_map(|rdns| Dn { rdns })
+    }
+
+    /// The same DN with every value character hex-escaped (`\C3\A5`), as other tools
+    /// write member values.
+    fn hex_spelling(dn: &Dn) -> String {
+        dn.rdns
+            .iter()
+            .map(|r| {
+                r.avas
+                    .iter()
+                    .map(|a| {
+                        let hex: String = a.value.bytes().map(|b| format!("\\{b:02X}")).collect();
+                        format!("{}={hex}", a.attr)
+                    })
+                    .collect::<Vec<_>>()
+                    .join("+")
+            })
+            .collect::<Vec<_>>()
+            .join(" , ")
+    }
+
+    proptest! {
+        #[test]
+        fn parsing_any_text_never_panics(text in any::<String>()) {
+            let _ = Dn::parse(&text);
+            let _ = key(&text);
+        }
+
+        #[test]
+        fn a_dn_shown_parses_back_to_itself(dn in dn()) {
+            let shown = dn.to_string();
+            prop_assert_eq!(Dn::parse(&shown), Ok(dn.clone()), "{}", shown);
+        }
+
+        #[test]
+        fn every_spelling_of_a_dn_has_its_key(dn in dn()) {
+            let hex = hex_spelling(&dn);
+            prop_assert_eq!(key(&hex), dn.key(), "{}", hex);
+            prop_assert!(same(&dn.to_string(), &hex));
+        }
+
+        #[test]
+        fn ascii_case_never_changes_the_key(dn in dn()) {
+            let shown = dn.to_string();
+            if shown.is_ascii() {
+                prop_assert_eq!(key(&shown.to_ascii_uppercase()), key(&shown.to_ascii_lowercase()));
+            }
+        }
+    }
+}

@@ -41,15 +41,9 @@ impl AttrPath {
         let (schema, rest) = split_schema(text)?;
         let (head, filter, sub) = match rest.find('[') {
             Some(open) => {
-                let close = rest
-                    .find(']')
-                    .ok_or_else(|| format!("`{text}`: `[` without `]`"))?;
-                if close < open {
-                    return Err(format!("`{text}`: `]` before `[`"));
-                }
-                let filter =
-                    parse_filter(&rest[open + 1..close]).map_err(|e| format!("`{text}`: {e}"))?;
-                let after = &rest[close + 1..];
+                let (filter, used) =
+                    parse_filter(&rest[open + 1..]).map_err(|e| format!("`{text}`: {e}"))?;
+                let after = &rest[open + 1 + used..];
                 let sub = match after.strip_prefix('.') {
                     Some(s) => Some(s.to_string()),
                     None if after.is_empty() => None,
@@ -146,7 +140,10 @@ impl AttrPath {
     /// Writes this path's value into a resource being built for creation.
     pub fn set(&self, resource: &mut Map<String, Json>, value: &Value) {
         let container = match &self.schema {
-            Some(urn) => object_entry(resource, urn),
+            Some(urn) => match object_entry(resource, urn) {
+                Some(c) => c,
+                None => return,
+            },
             None => resource,
         };
         match (&self.filter, &self.sub) {
@@ -179,7 +176,9 @@ impl AttrPath {
                     container.insert(self.attr.clone(), list_elements(sub, values));
                 }
                 Value::One(_) => {
-                    object_entry(container, &self.attr).insert(sub.clone(), value.to_json());
+                    if let Some(o) = object_entry(container, &self.attr) {
+                        o.insert(sub.clone(), value.to_json());
+                    }
                 }
             },
             _ => {
@@ -231,7 +230,9 @@ impl fmt::Display for AttrPath {
         }
         f.write_str(&self.attr)?;
         if let Some((fsub, fval)) = &self.filter {
-            write!(f, "[{fsub} eq \"{fval}\"]")?;
+            // A JSON string, as SCIM filters take them: quotes and backslashes escaped.
+            let quoted = serde_json::to_string(fval).map_err(|_| fmt::Error)?;
+            write!(f, "[{fsub} eq {quoted}]")?;
         }
         if let Some(s) = &self.sub {
             write!(f, ".{s}")?;
@@ -264,23 +265,53 @@ fn split_schema(text: &str) -> Result<(Option<String>, &str), String> {
     Ok((Some(schema.to_string()), rest))
 }
 
-fn parse_filter(text: &str) -> Result<(String, String), String> {
-    let mut parts = text.trim().splitn(3, ' ');
-    let (sub, op, value) = (parts.next(), parts.next(), parts.next());
-    match (sub, op, value) {
-        (Some(sub), Some(op), Some(value)) if op.eq_ignore_ascii_case("eq") => {
-            let value = value.trim();
-            let unquoted = value
-                .strip_prefix('"')
-                .and_then(|v| v.strip_suffix('"'))
-                .ok_or_else(|| format!("filter value {value} must be a \"quoted string\""))?;
-            check_name(sub)?;
-            Ok((sub.to_string(), unquoted.to_string()))
-        }
-        _ => Err(format!(
-            "unsupported filter `[{text}]`: only `[subAttribute eq \"value\"]` is supported"
-        )),
+/// `sub eq "value"]` at the start of `text` (after the `[`): the sub-attribute, the value
+/// (a JSON string, RFC 7644 section 3.4.2.2, so `\"` and `\\` are escapes), and how many
+/// bytes up to and including the `]` were used.
+fn parse_filter(text: &str) -> Result<((String, String), usize), String> {
+    let unsupported = || {
+        format!(
+            "unsupported filter `[{}`: only `[subAttribute eq \"value\"]` is supported",
+            text
+        )
+    };
+    let body = text.trim_start();
+    let (sub, rest) = body.split_once(' ').ok_or_else(unsupported)?;
+    let rest = rest.trim_start();
+    let (op, rest) = rest.split_once(' ').ok_or_else(unsupported)?;
+    if !op.eq_ignore_ascii_case("eq") {
+        return Err(unsupported());
     }
+    let value_text = rest.trim_start();
+    if !value_text.starts_with('"') {
+        let shown: String = value_text.chars().take_while(|c| *c != ']').collect();
+        return Err(format!("filter value {shown} must be a \"quoted string\""));
+    }
+    // The closing quote: the first `"` not escaped by a backslash.
+    let mut end = None;
+    let mut escaped = false;
+    for (i, c) in value_text.char_indices().skip(1) {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '"' => {
+                end = Some(i);
+                break;
+            }
+            _ => {}
+        }
+    }
+    let end = end.ok_or_else(|| "the filter value's closing `\"` is missing".to_string())?;
+    let value: String = serde_json::from_str(&value_text[..=end])
+        .map_err(|e| format!("the filter value is not a valid quoted string ({e})"))?;
+    let after = &value_text[end + 1..];
+    let close = after.trim_start();
+    if !close.starts_with(']') {
+        return Err("expected `]` after the filter value".to_string());
+    }
+    check_name(sub)?;
+    let used = text.len() - close.len() + 1;
+    Ok(((sub.to_string(), value), used))
 }
 
 fn check_name(name: &str) -> Result<(), String> {
@@ -338,17 +369,19 @@ fn get_ci<'a>(value: &'a Json, key: &str) -> Option<&'a Json> {
     })
 }
 
-fn object_entry<'a>(map: &'a mut Map<String, Json>, key: &str) -> &'a mut Map<String, Json> {
+/// The object under `key`, made (or replacing a non-object) when needed. Always `Some`;
+/// an `Option` only so that no code path can panic.
+fn object_entry<'a>(
+    map: &'a mut Map<String, Json>,
+    key: &str,
+) -> Option<&'a mut Map<String, Json>> {
     let slot = map
         .entry(key.to_string())
         .or_insert_with(|| Json::Object(Map::new()));
     if !slot.is_object() {
         *slot = Json::Object(Map::new());
     }
-    match slot {
-        Json::Object(m) => m,
-        _ => unreachable!("just made an object"),
-    }
+    slot.as_object_mut()
 }
 
 /// A mapped attribute value: one string, or a set of strings for a multi-valued target.
@@ -635,5 +668,56 @@ mod tests {
         assert_eq!(out.len(), 2);
         assert_eq!(out[&rules[0].to], Value::One("Berg".into()));
         assert_eq!(out[&rules[1].to], Value::Many(vec!["1".into(), "2".into()]));
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn name() -> impl Strategy<Value = String> {
+        "[a-zA-Z$][a-zA-Z0-9_$-]{0,10}"
+    }
+
+    fn path() -> impl Strategy<Value = AttrPath> {
+        let schema = prop::option::of(prop::sample::select(vec![
+            "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User",
+            "urn:ietf:params:scim:schemas:extension:faxportal:2.0:User",
+        ]));
+        (
+            schema,
+            name(),
+            prop::option::of((name(), any::<String>())),
+            name(),
+            any::<bool>(),
+        )
+            .prop_map(|(schema, attr, filter, sub, with_sub)| AttrPath {
+                schema: schema.map(str::to_string),
+                attr,
+                sub: (with_sub || filter.is_some()).then_some(sub),
+                filter,
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn parsing_any_text_never_panics(text in any::<String>()) {
+            let _ = AttrPath::parse(&text);
+        }
+
+        #[test]
+        fn a_path_shown_parses_back_to_itself(p in path()) {
+            let shown = p.to_string();
+            prop_assert_eq!(AttrPath::parse(&shown), Ok(p), "{}", shown);
+        }
+
+        #[test]
+        fn what_parses_shows_as_a_fixed_point(text in "[a-zA-Z:.]{1,12}(\\[[a-z]{1,4} eq \"[^\"]{0,6}\"\\])?(\\.[a-z]{1,4})?") {
+            if let Ok(p) = AttrPath::parse(&text) {
+                let again = AttrPath::parse(&p.to_string());
+                prop_assert_eq!(again, Ok(p));
+            }
+        }
     }
 }

@@ -477,3 +477,41 @@ fn a_secret_file_others_can_read_gives_a_warning() {
     let config = Config::parse(&dir.path().join("dirsync.toml"), MINIMAL).unwrap();
     assert!(config.warnings.is_empty(), "{:?}", config.warnings);
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn loading_arbitrary_bytes_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
+            let text = String::from_utf8_lossy(&bytes);
+            let _ = Config::parse(Path::new("/nonexistent/dirsync.toml"), &text);
+        }
+
+        #[test]
+        fn a_valid_config_with_one_line_changed_never_panics_nor_quotes_it(
+            line in 0usize..14,
+            junk in "[^\n]{0,40}",
+        ) {
+            let mut lines: Vec<&str> = MINIMAL.lines().collect();
+            let at = line.min(lines.len() - 1);
+            let replaced = format!("{junk}-XQZ");
+            lines[at] = &replaced;
+            let text = lines.join("\n");
+            if let Err(e) = Config::parse(Path::new("/nonexistent/dirsync.toml"), &text) {
+                // A value from the file is never quoted back (the marker ends the junk).
+                let message = e.to_string();
+                prop_assert!(message.contains("dirsync.toml"));
+                if junk.contains('=') && junk.len() > 12 {
+                    let value = replaced.split_once('=').map(|(_, v)| v.trim()).unwrap_or_default();
+                    if value.len() > 8 {
+                        prop_assert!(!message.contains(value), "{}", message);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,6 +1,11 @@
 //! Integration tests: the real `dirsync` binary against a real `slapd` and the real
 //! `scim2-server`, each started per test on free loopback ports by [`harness`].
-#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::unreachable
+)]
 
 mod harness;
 mod support;

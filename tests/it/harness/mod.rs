@@ -19,7 +19,12 @@
 //! them (`scripts/test` installs everything).
 
 // Test-only code: failing loudly is the point.
-#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::unreachable
+)]
 // Not every test binary uses every helper.
 #![allow(dead_code)]
 

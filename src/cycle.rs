@@ -155,7 +155,7 @@ pub async fn prepare(
     let attributes = source_attributes(config);
     let basis = match &state {
         Some(s) if config.source.kind == SourceKind::ActiveDirectory => delta::Basis::load(s)?,
-        _ => None,
+        _ => delta::Cached::Nothing,
     };
     let read_directory = async {
         let mut source = LdapSource::connect(&config.source, &attributes).await?;
@@ -262,7 +262,8 @@ pub async fn prepare(
             disabled: snapshot.users.iter().filter(|u| u.disabled).count(),
             groups: config.source.groups.as_ref().map(|_| snapshot.groups.len()),
             read: if read.delta { "delta" } else { "full" }.into(),
-            read_reason: read.reason.clone(),
+            read_reason: read.reason.as_ref().map(ToString::to_string),
+            domain_controller: read.identity.clone(),
             entries_read: read.snapshot.entries_read,
         },
         directory_read: Some(read),

@@ -2,18 +2,91 @@
 //! SIDs, the account-disabled bit and expiry, `proxyAddresses`, ranged `member` values and
 //! the primary group. The LDAP source calls these; the tests feed them recorded values.
 
+use std::fmt;
+use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
 
 /// `userAccountControl` bit: the account is disabled.
 pub const ACCOUNTDISABLE: u32 = 0x2;
 
-/// The standard string form of an `objectGUID`: the first three fields are little-endian.
+/// An AD GUID (`objectGUID`, a DC's `invocationId`): 16 bytes as the directory stores
+/// them, rendered once, in the standard form.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Guid([u8; 16]);
+
+/// Where each byte of the standard form comes from: the first three fields are
+/// little-endian.
+const GUID_TEXT_ORDER: [usize; 16] = [3, 2, 1, 0, 5, 4, 7, 6, 8, 9, 10, 11, 12, 13, 14, 15];
+
+impl Guid {
+    /// The GUID in `bytes`; `None` unless there are exactly 16.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Guid> {
+        Some(Guid(bytes.try_into().ok()?))
+    }
+}
+
+impl fmt::Display for Guid {
+    /// `33221100-5544-7766-8899-aabbccddeeff` for the bytes `00 11 22 .. ff`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, &at) in GUID_TEXT_ORDER.iter().enumerate() {
+            if matches!(i, 4 | 6 | 8 | 10) {
+                f.write_str("-")?;
+            }
+            write!(f, "{:02x}", self.0[at])?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Guid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Guid({self})")
+    }
+}
+
+/// A string that is not a GUID in the standard form.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a GUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)")]
+pub struct NotAGuid(String);
+
+impl FromStr for Guid {
+    type Err = NotAGuid;
+
+    /// The standard form, in either case.
+    fn from_str(s: &str) -> Result<Guid, NotAGuid> {
+        let bad = || NotAGuid(s.to_string());
+        let hex: Vec<u8> = s.bytes().filter(|b| *b != b'-').collect();
+        let dashes: Vec<usize> = s.match_indices('-').map(|(i, _)| i).collect();
+        if hex.len() != 32 || dashes != [8, 13, 18, 23] {
+            return Err(bad());
+        }
+        let mut bytes = [0u8; 16];
+        for (i, &at) in GUID_TEXT_ORDER.iter().enumerate() {
+            let pair = std::str::from_utf8(&hex[2 * i..2 * i + 2]).map_err(|_| bad())?;
+            bytes[at] = u8::from_str_radix(pair, 16).map_err(|_| bad())?;
+        }
+        Ok(Guid(bytes))
+    }
+}
+
+impl Serialize for Guid {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Guid {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Guid, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The standard string form of an `objectGUID`; `None` unless `bytes` are 16.
 pub fn guid_string(bytes: &[u8]) -> Option<String> {
-    let b: &[u8; 16] = bytes.try_into().ok()?;
-    Some(format!(
-        "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
-        b[3], b[2], b[1], b[0], b[5], b[4], b[7], b[6], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]
-    ))
+    Guid::from_bytes(bytes).map(|g| g.to_string())
 }
 
 /// `S-1-5-21-…` from a binary `objectSid` (MS-DTYP 2.4.2.2).
@@ -142,6 +215,28 @@ mod tests {
             "33221100-5544-7766-8899-aabbccddeeff"
         );
         assert_eq!(guid_string(&bytes[..15]), None);
+    }
+
+    #[test]
+    fn guids_parse_back_from_their_standard_form_in_either_case() {
+        let bytes: Vec<u8> = (0..16u8).map(|i| i * 0x11).collect();
+        let guid = Guid::from_bytes(&bytes).unwrap();
+        assert_eq!(
+            "33221100-5544-7766-8899-AABBCCDDEEFF".parse::<Guid>(),
+            Ok(guid)
+        );
+        let json = serde_json::to_string(&guid).unwrap();
+        assert_eq!(json, "\"33221100-5544-7766-8899-aabbccddeeff\"");
+        assert_eq!(serde_json::from_str::<Guid>(&json).unwrap(), guid);
+        for bad in [
+            "",
+            "33221100554477668899aabbccddeeff",
+            "33221100-5544-7766-8899-aabbccddeef",
+            "33221100-5544-7766-8899-aabbccddeefg",
+            "3322110-05544-7766-8899-aabbccddeeff",
+        ] {
+            assert!(bad.parse::<Guid>().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

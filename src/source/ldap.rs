@@ -9,8 +9,10 @@ use ldap3::controls::{Control, ControlType, PagedResults, RawControl};
 use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError, SearchEntry, SearchResult};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
-use tracing::{debug, info};
+use serde::Serialize;
+use tracing::{debug, info, warn};
 
+use super::ad::Guid;
 use super::{ad, BadEntry, DirectoryGroup, DirectoryUser, Snapshot, SourceError};
 use crate::config::{Scope, Search, SourceConfig, SourceKind, Tls};
 
@@ -25,11 +27,16 @@ pub struct LdapSource {
 }
 
 /// Which AD domain controller answered, and its highest committed USN.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct DcIdentity {
+    /// `dnsHostName`.
     pub host: String,
-    pub invocation_id: String,
+    /// The `invocationId` of its NTDS Settings object: a new one after a restore from
+    /// backup. `None` when it could not be read.
+    pub invocation_id: Option<Guid>,
+    /// `highestCommittedUSN`.
     pub usn: u64,
+    /// `defaultNamingContext`.
     pub naming_context: String,
 }
 
@@ -131,7 +138,9 @@ impl LdapSource {
                     "defaultNamingContext",
                 ],
             )
-            .await?;
+            .await?
+            .map(|e| entry_attrs(e).values)
+            .unwrap_or_default();
         let first = |k: &str| {
             root.get(&k.to_ascii_lowercase())
                 .and_then(|v| v.first())
@@ -145,21 +154,31 @@ impl LdapSource {
                 message: "no highestCommittedUSN: is this Active Directory?".into(),
             })?;
         let service = first("dsServiceName");
-        let ntds = self
-            .plain_search(
+        let ntds = if service.is_empty() {
+            None
+        } else {
+            self.plain_search(
                 &service,
                 ldap3::Scope::Base,
                 "(objectClass=*)",
                 &["invocationId"],
             )
-            .await?;
+            .await?
+        };
+        // Binary: read as bytes, never through text.
+        let invocation_id = match ntds.map(|mut e| take_binary(&mut e, "invocationId")) {
+            Some(values) => match values.as_slice() {
+                [one] => Guid::from_bytes(one),
+                _ => None,
+            },
+            None => None,
+        };
+        if invocation_id.is_none() {
+            warn!(dn = %service, "the domain controller's invocationId could not be read");
+        }
         Ok(DcIdentity {
             host: first("dnsHostName"),
-            invocation_id: ntds
-                .get("invocationid")
-                .and_then(|v| v.first())
-                .cloned()
-                .unwrap_or_default(),
+            invocation_id,
             usn,
             naming_context: first("defaultNamingContext"),
         })
@@ -228,15 +247,14 @@ impl LdapSource {
             .collect())
     }
 
-    /// One small non-paged search (rootDSE, configuration objects): the first entry's
-    /// attributes.
+    /// One small non-paged search (rootDSE, configuration objects): the first entry.
     async fn plain_search(
         &mut self,
         base: &str,
         scope: ldap3::Scope,
         filter: &str,
         attrs: &[&str],
-    ) -> Result<BTreeMap<String, Vec<String>>, SourceError> {
+    ) -> Result<Option<SearchEntry>, SourceError> {
         let fail = |message: String| SourceError::Search {
             base: if base.is_empty() {
                 "rootDSE".into()
@@ -258,9 +276,8 @@ impl LdapSource {
         }
         Ok(entries
             .into_iter()
-            .next()
-            .map(|e| entry_attrs(SearchEntry::construct(e)).1)
-            .unwrap_or_default())
+            .find(|re| !re.is_ref() && !re.is_intermediate())
+            .map(SearchEntry::construct))
     }
 
     async fn read_where(&mut self, extra: Option<String>) -> Result<Snapshot, SourceError> {
@@ -488,28 +505,123 @@ impl LdapSource {
     }
 }
 
+/// The binary attributes the AD dialect reads, how each is rendered as text,
+/// and what it is called when it cannot be.
+const BINARY: [Binary; 3] = [
+    Binary {
+        name: "objectGUID",
+        render: ad::guid_string,
+        kind: "GUID",
+    },
+    Binary {
+        name: "invocationId",
+        render: ad::guid_string,
+        kind: "GUID",
+    },
+    Binary {
+        name: "objectSid",
+        render: ad::sid_string,
+        kind: "SID",
+    },
+];
+
+/// A binary attribute of the AD dialect.
+struct Binary {
+    name: &'static str,
+    render: fn(&[u8]) -> Option<String>,
+    /// What its values are, for the report when one is not.
+    kind: &'static str,
+}
+
+/// An entry's attributes as text.
+struct Attrs {
+    dn: String,
+    /// Values by lowercased attribute name.
+    values: BTreeMap<String, Vec<String>>,
+    /// Binary values that could not be rendered: the entry cannot be used as it is.
+    problems: Vec<String>,
+}
+
+/// Removes attribute `name` (any case) from `entry` and returns its values as bytes.
+/// ldap3 files an attribute whose values are all valid UTF-8 under `attrs` and the others
+/// under `bin_attrs`; a GUID or SID can be valid UTF-8 by chance, so both are looked at
+/// and text is turned back into the very bytes it was made from.
+fn take_binary(entry: &mut SearchEntry, name: &str) -> Vec<Vec<u8>> {
+    let mut values = Vec::new();
+    let text_keys: Vec<String> = entry
+        .attrs
+        .keys()
+        .filter(|k| k.eq_ignore_ascii_case(name))
+        .cloned()
+        .collect();
+    for k in text_keys {
+        if let Some(v) = entry.attrs.remove(&k) {
+            values.extend(v.into_iter().map(String::into_bytes));
+        }
+    }
+    let bin_keys: Vec<String> = entry
+        .bin_attrs
+        .keys()
+        .filter(|k| k.eq_ignore_ascii_case(name))
+        .cloned()
+        .collect();
+    for k in bin_keys {
+        if let Some(v) = entry.bin_attrs.remove(&k) {
+            values.extend(v);
+        }
+    }
+    values
+}
+
 /// An entry's attributes: text values by lowercased name, with the binary ones AD uses
-/// turned into their string forms (`objectGUID`, `objectSid`). Other values that are not
-/// valid UTF-8 are left out: no mapped text attribute can use them.
-fn entry_attrs(entry: SearchEntry) -> (String, BTreeMap<String, Vec<String>>) {
-    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+/// (`objectGUID`, `objectSid`, `invocationId`) read as bytes and rendered from them. Other
+/// values that are not valid UTF-8 are left out: no mapped text attribute can use them.
+fn entry_attrs(mut entry: SearchEntry) -> Attrs {
+    let mut values: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut problems = Vec::new();
+    for Binary { name, render, kind } in BINARY {
+        for bytes in take_binary(&mut entry, name) {
+            match render(&bytes) {
+                Some(text) => values
+                    .entry(name.to_ascii_lowercase())
+                    .or_default()
+                    .push(text),
+                None => problems.push(format!(
+                    "its {name} value ({} bytes) is not a {kind}",
+                    bytes.len()
+                )),
+            }
+        }
+    }
     for (k, v) in entry.attrs {
-        out.entry(k.to_ascii_lowercase()).or_default().extend(v);
+        values.entry(k.to_ascii_lowercase()).or_default().extend(v);
     }
-    for (k, values) in entry.bin_attrs {
-        let key = k.to_ascii_lowercase();
-        let text: Vec<String> = match key.as_str() {
-            "objectguid" => values.iter().filter_map(|b| ad::guid_string(b)).collect(),
-            "objectsid" => values.iter().filter_map(|b| ad::sid_string(b)).collect(),
-            _ => continue,
-        };
-        out.entry(key).or_default().extend(text);
+    Attrs {
+        dn: entry.dn,
+        values,
+        problems,
     }
-    (entry.dn, out)
+}
+
+/// An entry's attributes, or why it cannot be used.
+fn usable_attrs(entry: SearchEntry) -> Result<(String, BTreeMap<String, Vec<String>>), BadEntry> {
+    let Attrs {
+        dn,
+        values,
+        problems,
+    } = entry_attrs(entry);
+    if problems.is_empty() {
+        Ok((dn, values))
+    } else {
+        Err(BadEntry {
+            dn,
+            problem: problems.join("; "),
+        })
+    }
 }
 
 fn user_from(entry: SearchEntry, anchor: &str) -> Result<DirectoryUser, BadEntry> {
-    let (dn, mut attrs) = entry_attrs(entry);
+    let (dn, mut attrs) = usable_attrs(entry)?;
     let anchor_value = attrs
         .remove(anchor)
         .and_then(|v| v.into_iter().next())
@@ -530,7 +642,7 @@ fn user_from(entry: SearchEntry, anchor: &str) -> Result<DirectoryUser, BadEntry
 
 /// A group, with its `objectSid` (AD) for primary-group resolution.
 fn group_from(entry: SearchEntry, anchor: &str) -> Result<DirectoryGroup, BadEntry> {
-    let (dn, mut attrs) = entry_attrs(entry);
+    let (dn, mut attrs) = usable_attrs(entry)?;
     let anchor_value = attrs
         .remove(anchor)
         .and_then(|v| v.into_iter().next())
@@ -577,7 +689,7 @@ fn pending_ranges(entry: &SearchEntry) -> Vec<String> {
 }
 
 fn lower_attrs(entry: SearchEntry) -> BTreeMap<String, Vec<String>> {
-    entry_attrs(entry).1
+    entry_attrs(entry).values
 }
 
 fn tls_config(config: &SourceConfig) -> Result<rustls::ClientConfig, SourceError> {
@@ -712,6 +824,69 @@ fn page_cookie(controls: &[Control]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
+
+    /// A search entry as ldap3 builds it: values that are valid UTF-8 in `attrs`.
+    fn entry(text: &[(&str, Vec<u8>)], binary: &[(&str, Vec<u8>)]) -> SearchEntry {
+        let mut attrs: HashMap<String, Vec<String>> = HashMap::new();
+        for (k, v) in text {
+            attrs
+                .entry(k.to_string())
+                .or_default()
+                .push(String::from_utf8(v.clone()).unwrap());
+        }
+        let mut bin_attrs: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
+        for (k, v) in binary {
+            bin_attrs.entry(k.to_string()).or_default().push(v.clone());
+        }
+        SearchEntry {
+            dn: "CN=Anna Berg,OU=Staff,DC=dirsync,DC=test".into(),
+            attrs,
+            bin_attrs,
+        }
+    }
+
+    #[test]
+    fn binary_values_that_happen_to_be_valid_utf8_are_rendered_from_their_bytes() {
+        // 16 ASCII bytes: ldap3 hands this GUID over as text.
+        let guid = b"0123456789abcdef".to_vec();
+        // S-1-5-21-1-2-3-1105, every byte below 0x80: text as well.
+        let mut sid = vec![1u8, 5, 0, 0, 0, 0, 0, 5];
+        for sub in [21u32, 1, 2, 3, 1105] {
+            sid.extend_from_slice(&sub.to_le_bytes());
+        }
+        let invocation: Vec<u8> = (0..16u8).map(|i| 0xf0 - i).collect();
+        let e = entry(
+            &[
+                ("objectGUID", guid.clone()),
+                ("objectSid", sid),
+                ("sn", b"Berg".to_vec()),
+            ],
+            &[("invocationId", invocation.clone())],
+        );
+        let a = entry_attrs(e);
+        assert!(a.problems.is_empty(), "{:?}", a.problems);
+        assert_eq!(
+            a.values["objectguid"],
+            ["33323130-3534-3736-3839-616263646566"]
+        );
+        assert_eq!(a.values["objectsid"], ["S-1-5-21-1-2-3-1105"]);
+        assert_eq!(
+            a.values["invocationid"],
+            [Guid::from_bytes(&invocation).unwrap().to_string()]
+        );
+        assert_eq!(a.values["sn"], ["Berg"]);
+
+        let user = user_from(entry(&[("objectGUID", guid.clone())], &[]), "objectguid").unwrap();
+        assert_eq!(user.anchor, "33323130-3534-3736-3839-616263646566");
+    }
+
+    #[test]
+    fn a_guid_that_is_not_16_bytes_makes_the_entry_unusable_and_says_why() {
+        let bad =
+            user_from(entry(&[], &[("objectGUID", vec![0xff; 15])]), "objectguid").unwrap_err();
+        assert_eq!(bad.problem, "its objectGUID value (15 bytes) is not a GUID");
+    }
 
     fn paged(cookie: &[u8]) -> Control {
         Control(

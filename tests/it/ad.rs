@@ -385,32 +385,66 @@ fn ad_delta_cycles_read_only_what_changed_and_reach_the_full_cycle_state() {
     );
 }
 
+/// The DC's invocationId as Samba reports it: the `invocationId` of the NTDS Settings
+/// object the rootDSE's `dsServiceName` names, read with ldapsearch.
+fn samba_invocation_id(dc: &SambaDc) -> String {
+    let service = dc.attribute_values("", "dsServiceName").remove(0);
+    let service = String::from_utf8(service).unwrap();
+    let values = dc.attribute_values(&service, "invocationId");
+    assert_eq!(values.len(), 1, "{service}: {values:?}");
+    crate::harness::samba::guid_to_string(&values[0])
+}
+
+/// The delta basis the state keeps, as JSON.
+fn stored_basis(db: &rusqlite::Connection) -> Json {
+    let text: String = db
+        .query_row("SELECT value FROM meta WHERE key = 'ad.delta'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
 #[test]
-fn ad_a_changed_invocation_id_or_another_dc_forces_a_full_reconcile() {
+fn ad_the_recorded_invocation_id_is_the_dcs_and_a_changed_one_or_another_dc_forces_a_full_read() {
     let w = AdWorld::start(SambaDc::start());
     let ou = w.dc.add_ou("Few,Staff");
     bulk_users(&w.dc, &ou, 5);
-    w.sync();
-    assert_eq!(read_of(&w.sync()).0, "delta");
+    let report = w.sync();
+    let samba_says = samba_invocation_id(&w.dc);
     let db = rusqlite::Connection::open(w.dir.path().join("state.db")).unwrap();
+    assert_eq!(stored_basis(&db)["invocation_id"], json!(samba_says));
+    assert_eq!(
+        report["directory"]["domain_controller"]["invocation_id"],
+        json!(samba_says),
+        "{:#}",
+        report["directory"]
+    );
+    let text = w.run(&["plan"]);
+    assert!(
+        text.stdout.contains(&format!("invocationId {samba_says}")),
+        "{}",
+        text.stdout
+    );
+    assert_eq!(read_of(&w.sync()).0, "delta");
+
+    let restored = "00000000-0000-0000-0000-000000000001";
     for (field, bogus, reason) in [
         (
             "invocation_id",
-            "00000000-0000-0000-0000-000000000000",
-            "invocationId changed",
+            restored,
+            format!(
+                "the domain controller's invocationId changed ({restored} → {samba_says}): \
+                 it was restored from a backup or reinstalled"
+            ),
         ),
         (
             "host",
             "dc2.elsewhere.test",
-            "another domain controller answered",
+            "another domain controller answered (dc2.elsewhere.test before, ".to_string(),
         ),
     ] {
-        let text: String = db
-            .query_row("SELECT value FROM meta WHERE key = 'ad.delta'", [], |r| {
-                r.get(0)
-            })
-            .unwrap();
-        let mut basis: Json = serde_json::from_str(&text).unwrap();
+        let mut basis = stored_basis(&db);
         basis[field] = json!(bogus);
         db.execute(
             "UPDATE meta SET value = ?1 WHERE key = 'ad.delta'",
@@ -419,19 +453,18 @@ fn ad_a_changed_invocation_id_or_another_dc_forces_a_full_reconcile() {
         .unwrap();
         let report = w.sync();
         assert_eq!(read_of(&report).0, "full", "{field}");
+        let said = report["directory"]["read_reason"].as_str().unwrap();
+        assert!(said.starts_with(&reason), "{said}");
         assert!(
-            report["directory"]["read_reason"]
-                .as_str()
-                .unwrap()
-                .contains(reason),
-            "{:#}",
-            report["directory"]
+            report["changes"].as_array().unwrap().is_empty(),
+            "{report:#}"
         );
         assert_eq!(
             read_of(&w.sync()).0,
             "delta",
             "back to deltas after the full read"
         );
+        assert_eq!(stored_basis(&db)["invocation_id"], json!(samba_says));
     }
 }
 

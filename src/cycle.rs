@@ -13,7 +13,7 @@ use crate::portal::{PortalClient, PortalError, PortalSchema};
 use crate::report::{self, DirectorySummary, PortalSummary, Report};
 use crate::saved::SavedPlan;
 use crate::source::delta;
-use crate::source::{LdapSource, SourceError};
+use crate::source::{LdapSource, SourceError, Timestamp};
 use crate::state::{RunRecord, State, StateError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -181,6 +181,8 @@ pub async fn prepare(
     snapshot.add_primary_group_members();
     let (portal, schema, portal_users, portal_groups) = portal_side?;
 
+    // One "now" for the whole cycle: expiries pass with time, not with directory changes.
+    let now = Timestamp::now();
     let mut plan = plan::compute(&plan::Input {
         directory: &snapshot.users,
         bad_entries: &snapshot.bad_entries,
@@ -192,6 +194,8 @@ pub async fn prepare(
         access: &config.access,
         portal_groups: &portal_groups,
         known_groups: &known_groups,
+        now,
+        deleted: &read.deleted,
     });
     let managed_now = portal_users
         .iter()
@@ -259,7 +263,11 @@ pub async fn prepare(
         directory: DirectorySummary {
             url: config.source.url.to_string(),
             users: snapshot.users.len(),
-            disabled: snapshot.users.iter().filter(|u| u.disabled).count(),
+            disabled: snapshot
+                .users
+                .iter()
+                .filter(|u| u.closure(now).is_some())
+                .count(),
             groups: config.source.groups.as_ref().map(|_| snapshot.groups.len()),
             read: if read.delta { "delta" } else { "full" }.into(),
             read_reason: read.reason.as_ref().map(ToString::to_string),

@@ -8,6 +8,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use super::account::Timestamp;
+
 /// `userAccountControl` bit: the account is disabled.
 pub const ACCOUNTDISABLE: u32 = 0x2;
 
@@ -117,28 +119,38 @@ pub fn sid_domain_and_rid(sid: &str) -> Option<(&str, u32)> {
     Some((domain, rid.parse().ok()?))
 }
 
-/// Why AD says the account cannot be used, if it can't: the disabled bit, or an
-/// `accountExpires` in the past (100-ns intervals since 1601-01-01; 0 and
-/// 0x7FFFFFFFFFFFFFFF mean never).
-pub fn account_closed(
-    user_account_control: Option<&str>,
-    account_expires: Option<&str>,
-    now: SystemTime,
-) -> Option<String> {
-    if let Some(uac) = user_account_control.and_then(|v| v.trim().parse::<i64>().ok()) {
-        if (uac as u32) & ACCOUNTDISABLE != 0 {
-            return Some(format!("disabled in AD (userAccountControl {uac})"));
-        }
+/// Whether `userAccountControl` has the ACCOUNTDISABLE bit; the error says what the
+/// value is when it is not a number.
+pub fn account_disabled(user_account_control: &str) -> Result<bool, String> {
+    let uac = user_account_control
+        .trim()
+        .parse::<i64>()
+        .map_err(|_| format!("userAccountControl {user_account_control:?} is not a number"))?;
+    Ok((uac as u32) & ACCOUNTDISABLE != 0)
+}
+
+/// 100-ns intervals from 1601-01-01 (FILETIME's epoch) to 1970-01-01.
+const FILETIME_UNIX_EPOCH: i128 = 116_444_736_000_000_000;
+
+/// When the account expires, from `accountExpires` (a FILETIME: 100-ns intervals since
+/// 1601-01-01 UTC); `None` for never (0, 0x7FFFFFFFFFFFFFFF, or beyond the year 9999). A
+/// fraction of a second rounds up: an account never closes early.
+pub fn account_expires(value: &str) -> Result<Option<Timestamp>, String> {
+    let ft = value
+        .trim()
+        .parse::<i64>()
+        .map_err(|_| format!("accountExpires {value:?} is not a number"))?;
+    if ft <= 0 || ft == i64::MAX {
+        return Ok(None);
     }
-    let expires = account_expires.and_then(|v| v.trim().parse::<i64>().ok())?;
-    if expires <= 0 || expires == i64::MAX {
-        return None;
-    }
-    // 11644473600 s between 1601-01-01 and 1970-01-01.
-    let unix_100ns = now.duration_since(UNIX_EPOCH).ok()?.as_nanos() / 100;
-    let now_filetime = unix_100ns as i128 + 116_444_736_000_000_000;
-    (i128::from(expires) <= now_filetime)
-        .then(|| "account expired in AD (accountExpires is in the past)".to_string())
+    let unix_100ns = i128::from(ft) - FILETIME_UNIX_EPOCH;
+    let seconds = (unix_100ns + 9_999_999).div_euclid(10_000_000);
+    let seconds =
+        i64::try_from(seconds).map_err(|_| format!("accountExpires {value} is out of range"))?;
+    // Far-future values (AD tools write some near the FILETIME maximum) mean never.
+    Ok(time::OffsetDateTime::from_unix_timestamp(seconds)
+        .ok()
+        .map(|_| Timestamp::from_unix(seconds)))
 }
 
 /// A FILETIME for "now plus `secs`" (negative for the past), for tests and seeding.
@@ -256,32 +268,45 @@ mod tests {
     }
 
     #[test]
-    fn disabled_bit_and_expiry_close_the_account() {
-        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        assert_eq!(account_closed(Some("512"), None, now), None);
-        assert!(account_closed(Some("514"), None, now)
-            .unwrap()
-            .contains("disabled"));
-        assert!(
-            account_closed(Some("66050"), Some("0"), now).is_some(),
+    fn the_disabled_bit_is_read_from_user_account_control() {
+        assert_eq!(account_disabled("512"), Ok(false));
+        assert_eq!(account_disabled("514"), Ok(true));
+        assert_eq!(
+            account_disabled("66050"),
+            Ok(true),
             "514 | DONT_EXPIRE_PASSWORD"
         );
+        assert!(account_disabled("enabled").is_err());
+    }
+
+    #[test]
+    fn account_expires_is_a_filetime_and_zero_or_max_mean_never() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        assert_eq!(account_expires("0"), Ok(None));
+        assert_eq!(account_expires("9223372036854775807"), Ok(None));
         assert_eq!(
-            account_closed(Some("512"), Some("0"), now),
-            None,
-            "0: never"
+            account_expires("9223372036854775806"),
+            Ok(None),
+            "year 30828"
+        );
+        let in_an_hour = filetime_from_now(3600, now).to_string();
+        assert_eq!(
+            account_expires(&in_an_hour),
+            Ok(Some(Timestamp::from_unix(1_800_003_600)))
+        );
+        // 2026-12-01 10:00:00.5 UTC: rounds up, never closes early.
+        assert_eq!(
+            account_expires("134405928005000000"),
+            Ok(Some(Timestamp::from_unix(1_796_119_201)))
         );
         assert_eq!(
-            account_closed(Some("512"), Some("9223372036854775807"), now),
-            None,
-            "max: never"
+            account_expires("134405928000000000")
+                .unwrap()
+                .unwrap()
+                .to_string(),
+            "2026-12-01 10:00:00 UTC"
         );
-        let past = filetime_from_now(-3600, now).to_string();
-        let future = filetime_from_now(3600, now).to_string();
-        assert!(account_closed(Some("512"), Some(&past), now)
-            .unwrap()
-            .contains("expired"));
-        assert_eq!(account_closed(Some("512"), Some(&future), now), None);
+        assert!(account_expires("soon").is_err());
     }
 
     #[test]

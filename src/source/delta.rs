@@ -24,7 +24,7 @@ use crate::state::{State, StateError};
 const KEY: &str = "ad.delta";
 
 /// The version of [`Basis`] this dirsync writes; a basis of another version is not built on.
-/// 2: the invocationId as a GUID.
+/// 2: the invocationId as a GUID, the account expiry kept apart from the disabled bit.
 const FORMAT: u32 = 2;
 
 /// What a delta builds on.
@@ -128,6 +128,9 @@ pub struct Read {
     pub reason: Option<FullReason>,
     pub identity: Option<DcIdentity>,
     pub full_at: u64,
+    /// Anchors (lowercased) of users whose tombstones this delta read: deleted, not merely
+    /// out of scope.
+    pub deleted: HashSet<String>,
 }
 
 pub async fn read(
@@ -143,6 +146,7 @@ pub async fn read(
             reason: None,
             identity: None,
             full_at: now,
+            deleted: HashSet::new(),
         });
     }
     let identity = source.dc_identity().await?;
@@ -175,6 +179,8 @@ pub async fn read(
                 .map(|u| u.anchor.to_ascii_lowercase())
                 .collect();
             let entries = changed.entries_read + tombstones.len() + anywhere.len();
+            let deleted: HashSet<String> =
+                tombstones.iter().map(|a| a.to_ascii_lowercase()).collect();
             let mut gone: Vec<String> = anywhere
                 .into_iter()
                 .filter(|a| !in_scope.contains(a))
@@ -188,6 +194,7 @@ pub async fn read(
                 reason: None,
                 identity: Some(identity),
                 full_at: b.full_at,
+                deleted,
             })
         }
         Err(reason) => Ok(Read {
@@ -196,6 +203,7 @@ pub async fn read(
             reason: Some(reason),
             identity: Some(identity),
             full_at: now,
+            deleted: HashSet::new(),
         }),
     }
 }

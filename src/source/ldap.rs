@@ -13,7 +13,7 @@ use serde::Serialize;
 use tracing::{debug, info, warn};
 
 use super::ad::Guid;
-use super::{ad, BadEntry, DirectoryGroup, DirectoryUser, Snapshot, SourceError};
+use super::{ad, BadEntry, DirectoryGroup, DirectoryUser, Snapshot, SourceError, Timestamp};
 use crate::config::{Scope, Search, SourceConfig, SourceKind, Tls};
 
 /// A connected, bound LDAP session.
@@ -300,26 +300,14 @@ impl LdapSource {
         };
         let anchor = self.config.anchor_attribute.to_ascii_lowercase();
         let ad = self.config.kind == SourceKind::ActiveDirectory;
-        let now = std::time::SystemTime::now();
         for entry in entries {
             match user_from(entry, &anchor) {
                 Ok(mut user) => {
                     user.disabled = disabled.contains(&user.anchor.to_ascii_lowercase());
                     if ad {
-                        let first = |k: &str| {
-                            user.attrs
-                                .get(k)
-                                .and_then(|v| v.first())
-                                .map(String::as_str)
-                        };
-                        if ad::account_closed(
-                            first("useraccountcontrol"),
-                            first("accountexpires"),
-                            now,
-                        )
-                        .is_some()
-                        {
-                            user.disabled = true;
+                        if let Err(bad) = read_account_control(&mut user) {
+                            snapshot.bad_entries.push(bad);
+                            continue;
                         }
                         // proxyAddresses, usable by the mapping as two virtual attributes.
                         let (primary, aliases) = ad::smtp_addresses(
@@ -377,6 +365,11 @@ impl LdapSource {
         info!(
             users = snapshot.users.len(),
             disabled = snapshot.users.iter().filter(|u| u.disabled).count(),
+            expiring = snapshot
+                .users
+                .iter()
+                .filter(|u| u.expires.is_some())
+                .count(),
             groups = snapshot.groups.len(),
             bad_entries = snapshot.bad_entries.len(),
             "read the directory"
@@ -422,9 +415,10 @@ impl LdapSource {
     /// Reads the directory and summarises it, for `dirsync check`.
     pub async fn check(&mut self) -> Result<SourceCheck, SourceError> {
         let s = self.read().await?;
+        let now = Timestamp::now();
         Ok(SourceCheck {
             users: s.users.len(),
-            disabled: s.users.iter().filter(|u| u.disabled).count(),
+            disabled: s.users.iter().filter(|u| u.closure(now).is_some()).count(),
             groups: self.config.groups.as_ref().map(|_| s.groups.len()),
             bad_entries: s.bad_entries.len(),
         })
@@ -637,7 +631,27 @@ fn user_from(entry: SearchEntry, anchor: &str) -> Result<DirectoryUser, BadEntry
         anchor: anchor_value,
         attrs,
         disabled: false,
+        expires: None,
     })
+}
+
+/// AD: the disabled bit (`userAccountControl`) and the expiry (`accountExpires`), as
+/// read. Whether the expiry has passed is decided at each cycle, not here.
+fn read_account_control(user: &mut DirectoryUser) -> Result<(), BadEntry> {
+    let bad = |problem: String| BadEntry {
+        dn: user.dn.clone(),
+        problem,
+    };
+    let first = |k: &str| user.attrs.get(k).and_then(|v| v.first());
+    if let Some(uac) = first("useraccountcontrol") {
+        if ad::account_disabled(uac).map_err(bad)? {
+            user.disabled = true;
+        }
+    }
+    if let Some(expires) = first("accountexpires") {
+        user.expires = ad::account_expires(expires).map_err(bad)?;
+    }
+    Ok(())
 }
 
 /// A group, with its `objectSid` (AD) for primary-group resolution.

@@ -4,6 +4,7 @@
 //! timeout or a dropped connection fails the whole read: a partial list returned as if it
 //! were complete would look like "everyone else left" and close people.
 
+pub mod account;
 pub mod ad;
 pub mod delta;
 pub mod ldap;
@@ -12,6 +13,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use self::account::{Closure, Timestamp};
 pub use self::ldap::{DcIdentity, LdapSource};
 
 /// A user entry as read from the directory, before mapping.
@@ -22,8 +24,14 @@ pub struct DirectoryUser {
     pub anchor: String,
     /// Attribute values by lowercased attribute name.
     pub attrs: BTreeMap<String, Vec<String>>,
-    /// Matched the configured `disabled_filter`.
+    /// Disabled in the directory: AD's `userAccountControl` bit, or the configured
+    /// `disabled_filter` matched.
     pub disabled: bool,
+    /// When the account expires (AD `accountExpires`), if it does. Whether it has expired
+    /// is decided at each cycle ([`DirectoryUser::closure`]): time passes without the
+    /// directory changing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<Timestamp>,
 }
 
 /// A group entry as read from the directory.

@@ -517,3 +517,90 @@ fn ad_a_user_moved_out_of_the_users_base_is_closed_by_the_next_delta() {
     );
     assert_eq!(w.user("bulk0001@dirsync.test")["active"], json!(false));
 }
+
+#[test]
+fn ad_an_account_expiring_between_cycles_is_closed_by_the_next_delta_as_expired() {
+    let w = AdWorld::start(SambaDc::start());
+    let ou = w.dc.add_ou("Temps,Staff");
+    let anna =
+        w.dc.add_user(&ou, "anna", "Anna", "Berg", Some("anna@dirsync.test"));
+    let bo =
+        w.dc.add_user(&ou, "bo", "Bo", "Ek", Some("bo@dirsync.test"));
+    let cid =
+        w.dc.add_user(&ou, "cid", "Cid", "Al", Some("cid@dirsync.test"));
+    w.dc.add_user(&ou, "dag", "Dag", "Ny", Some("dag@dirsync.test"));
+    assert_eq!(count(&w.sync(), "create"), 4);
+
+    // Anna's account expires in 20 s; the cycle right after sees it still valid.
+    let start = std::time::SystemTime::now();
+    let expires = dirsync::source::ad::filetime_from_now(20, start);
+    w.modify(
+        &anna,
+        &format!("replace: accountExpires\naccountExpires: {expires}"),
+    );
+    let report = w.sync();
+    assert_eq!(read_of(&report).0, "delta");
+    assert_eq!(count(&report, "close"), 0, "{report:#}");
+    assert_eq!(w.user("anna@dirsync.test")["active"], json!(true));
+
+    // Time passes; nothing changes in AD for Anna. Bo is disabled, Cid deleted.
+    let at = start + std::time::Duration::from_secs(21);
+    if let Ok(wait) = at.duration_since(std::time::SystemTime::now()) {
+        std::thread::sleep(wait);
+    }
+    w.modify(&bo, "replace: userAccountControl\nuserAccountControl: 514");
+    w.dc.ldif(&format!("dn: {cid}\nchangetype: delete\n"));
+    let report = w.sync();
+    assert_eq!(read_of(&report).0, "delta", "{:#}", report["directory"]);
+    let on =
+        dirsync::source::Timestamp::from_system_time(start + std::time::Duration::from_secs(20));
+    let mut reasons: Vec<(String, String)> = report["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            assert_eq!(c["action"], "close", "{c:#}");
+            (
+                c["user_name"].as_str().unwrap().to_string(),
+                c["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        [
+            (
+                "anna@dirsync.test".to_string(),
+                format!("account expired on {on}")
+            ),
+            (
+                "bo@dirsync.test".to_string(),
+                "disabled in the directory".to_string()
+            ),
+            (
+                "cid@dirsync.test".to_string(),
+                "deleted from the directory".to_string()
+            ),
+        ]
+    );
+    for (login, active) in [
+        ("anna@dirsync.test", false),
+        ("bo@dirsync.test", false),
+        ("cid@dirsync.test", false),
+        ("dag@dirsync.test", true),
+    ] {
+        assert_eq!(w.user(login)["active"], json!(active), "{login}");
+    }
+
+    // A full read agrees: nothing left to do.
+    let db = rusqlite::Connection::open(w.dir.path().join("state.db")).unwrap();
+    db.execute("DELETE FROM meta WHERE key = 'ad.delta'", [])
+        .unwrap();
+    let report = w.sync();
+    assert_eq!(read_of(&report).0, "full");
+    assert!(
+        report["changes"].as_array().unwrap().is_empty(),
+        "{report:#}"
+    );
+}

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use crate::dn::{self, Dn};
 use crate::mapping::{AttrPath, Attributes, Value};
 use crate::source::{DirectoryGroup, DirectoryUser};
 
@@ -11,7 +12,8 @@ use crate::source::{DirectoryGroup, DirectoryUser};
 pub struct GroupRef(pub String);
 
 impl GroupRef {
-    fn is_dn(&self) -> bool {
+    /// Named by DN (holds `=`) rather than by `cn`.
+    pub fn is_dn(&self) -> bool {
         self.0.contains('=')
     }
 }
@@ -92,33 +94,62 @@ pub fn service_path(service: &str) -> AttrPath {
     }
 }
 
-/// The group graph, with transitive membership.
+/// The group graph, with transitive membership. DNs are compared by their RFC 4514 key
+/// ([`dn::key`]), never as strings: `ou=R&D\, Lab` and `ou=R&D\2C Lab` are one OU.
 pub struct Membership<'a> {
     groups: &'a [DirectoryGroup],
-    /// Lowercased DN → index in `groups`.
+    /// Each group's DN key, by index in `groups`.
+    keys: Vec<String>,
+    /// DN key → index in `groups`.
     by_dn: HashMap<String, usize>,
-    /// Lowercased member DN → groups (indices) that list it directly.
+    /// Member DN key → groups (indices) that list it directly.
     parents: HashMap<String, Vec<usize>>,
+    /// Each group's direct members, as DN keys.
+    members: Vec<Vec<String>>,
 }
 
 impl<'a> Membership<'a> {
     pub fn new(groups: &'a [DirectoryGroup]) -> Membership<'a> {
-        let by_dn = groups
+        let keys: Vec<String> = groups.iter().map(|g| dn::key(&g.dn)).collect();
+        let by_dn = keys
             .iter()
             .enumerate()
-            .map(|(i, g)| (g.dn.to_ascii_lowercase(), i))
+            .map(|(i, k)| (k.clone(), i))
+            .collect();
+        let members: Vec<Vec<String>> = groups
+            .iter()
+            .map(|g| g.members.iter().map(|m| dn::key(m)).collect())
             .collect();
         let mut parents: HashMap<String, Vec<usize>> = HashMap::new();
-        for (i, g) in groups.iter().enumerate() {
-            for m in &g.members {
-                parents.entry(m.to_ascii_lowercase()).or_default().push(i);
+        for (i, ms) in members.iter().enumerate() {
+            for m in ms {
+                parents.entry(m.clone()).or_default().push(i);
             }
         }
         Membership {
             groups,
+            keys,
             by_dn,
             parents,
+            members,
         }
+    }
+
+    /// The DN key of a group read from the directory.
+    pub fn key_of(&self, group: &DirectoryGroup) -> String {
+        self.index_of(group)
+            .map_or_else(|| dn::key(&group.dn), |i| self.keys[i].clone())
+    }
+
+    /// The index of `group` when it is an element of `groups` (found by its address, in
+    /// constant time), else `None`.
+    fn index_of(&self, group: &DirectoryGroup) -> Option<usize> {
+        let size = std::mem::size_of::<DirectoryGroup>().max(1);
+        let start = self.groups.as_ptr() as usize;
+        let at = (group as *const DirectoryGroup as usize).checked_sub(start)?;
+        let i = at / size;
+        (at.is_multiple_of(size) && i < self.groups.len() && std::ptr::eq(&self.groups[i], group))
+            .then_some(i)
     }
 
     /// Resolves a configured group to its DN. The error says why (unknown, ambiguous).
@@ -126,7 +157,7 @@ impl<'a> Membership<'a> {
         if r.is_dn() {
             return self
                 .by_dn
-                .get(&r.0.to_ascii_lowercase())
+                .get(&dn::key(&r.0))
                 .map(|&i| &self.groups[i])
                 .ok_or_else(|| {
                     format!(
@@ -158,11 +189,11 @@ impl<'a> Membership<'a> {
         }
     }
 
-    /// Every group `dn` belongs to, directly or through nested groups (lowercased DNs).
+    /// Every group `dn` belongs to, directly or through nested groups (DN keys).
     /// Cycles are harmless here: each group is visited once.
     pub fn groups_of(&self, dn: &str) -> BTreeSet<String> {
         let mut seen = BTreeSet::new();
-        let mut todo = vec![dn.to_ascii_lowercase()];
+        let mut todo = vec![dn::key(dn)];
         while let Some(cur) = todo.pop() {
             for &i in self
                 .parents
@@ -170,32 +201,36 @@ impl<'a> Membership<'a> {
                 .map(Vec::as_slice)
                 .unwrap_or_default()
             {
-                let g = self.groups[i].dn.to_ascii_lowercase();
-                if seen.insert(g.clone()) {
-                    todo.push(g);
+                if seen.insert(self.keys[i].clone()) {
+                    todo.push(self.keys[i].clone());
                 }
             }
         }
         seen
     }
 
-    /// The member DNs (lowercased) of a group: direct, or through nested groups too.
-    /// Nested group entries themselves are not members.
+    /// The member DN keys of a group: direct, or through nested groups too. Nested group
+    /// entries themselves are not members.
     pub fn members_of(&self, group: &DirectoryGroup, flatten: bool) -> BTreeSet<String> {
         let mut out = BTreeSet::new();
-        let mut seen = BTreeSet::from([group.dn.to_ascii_lowercase()]);
-        let mut todo = vec![group];
+        let Some(start) = self
+            .index_of(group)
+            .or_else(|| self.by_dn.get(&dn::key(&group.dn)).copied())
+        else {
+            return group.members.iter().map(|m| dn::key(m)).collect();
+        };
+        let mut seen = BTreeSet::from([start]);
+        let mut todo = vec![start];
         while let Some(g) = todo.pop() {
-            for m in &g.members {
-                let key = m.to_ascii_lowercase();
-                match self.by_dn.get(&key) {
+            for key in &self.members[g] {
+                match self.by_dn.get(key) {
                     Some(&i) => {
-                        if flatten && seen.insert(key) {
-                            todo.push(&self.groups[i]);
+                        if flatten && seen.insert(i) {
+                            todo.push(i);
                         }
                     }
                     None => {
-                        out.insert(key);
+                        out.insert(key.clone());
                     }
                 }
             }
@@ -222,10 +257,9 @@ impl<'a> Membership<'a> {
             let mut stack: Vec<(usize, usize)> = vec![(start, 0)];
             mark[start] = Mark::Open;
             while let Some(&mut (node, ref mut next)) = stack.last_mut() {
-                let children: Vec<usize> = self.groups[node]
-                    .members
+                let children: Vec<usize> = self.members[node]
                     .iter()
-                    .filter_map(|m| self.by_dn.get(&m.to_ascii_lowercase()).copied())
+                    .filter_map(|m| self.by_dn.get(m).copied())
                     .collect();
                 if *next < children.len() {
                     let child = children[*next];
@@ -270,7 +304,7 @@ pub fn derive(
         let hit = role_rules
             .iter()
             .zip(&resolved.roles)
-            .find(|(_, g)| g.is_some_and(|g| groups.contains(&g.dn.to_ascii_lowercase())));
+            .find(|(_, g)| g.is_some_and(|g| groups.contains(&membership.key_of(g))));
         let (role, note) = match hit {
             Some((r, Some(g))) => (r.role.clone(), format!("via group {}", g.name)),
             _ => (
@@ -284,7 +318,7 @@ pub fn derive(
     for (rule, group) in rules.services.iter().zip(&resolved.services) {
         let path = service_path(&rule.service);
         match group {
-            Some(g) if groups.contains(&g.dn.to_ascii_lowercase()) => {
+            Some(g) if groups.contains(&membership.key_of(g)) => {
                 attrs.insert(path.clone(), Value::One(rule.service.clone()));
                 why.insert(path, format!("granted via group {}", g.name));
             }
@@ -350,72 +384,20 @@ pub fn resolve<'a>(rules: &AccessRules, membership: &Membership<'a>) -> Resolved
 }
 
 /// `ou=Sales,ou=Stockholm,ou=people,dc=example,dc=com` under `ou=people,dc=example,dc=com`
-/// → `Stockholm/Sales`. Only the OU components between the entry and the base count.
-pub fn ou_path(dn: &str, base: &str) -> Option<String> {
-    let rdns = split_dn(dn);
-    let base_rdns = split_dn(base);
-    if rdns.len() <= base_rdns.len() {
-        return None;
-    }
-    let (own, tail) = rdns.split_at(rdns.len() - base_rdns.len());
-    if !tail
+/// → `Stockholm/Sales`. Only the OU components between the entry and the base count, and
+/// they are shown unescaped (`ou=R&D\2C Lab` is `R&D, Lab`). `None` when either is not a
+/// DN or the entry is not below the base.
+pub fn ou_path(entry: &str, base: &str) -> Option<String> {
+    let entry = Dn::parse(entry).ok()?;
+    let base = Dn::parse(base).ok()?;
+    let own = entry.below(&base)?;
+    let ous: Vec<&str> = own
         .iter()
-        .zip(&base_rdns)
-        .all(|(a, b)| a.eq_ignore_ascii_case(b))
-    {
-        return None;
-    }
-    let ous: Vec<String> = own[1..]
-        .iter()
+        .skip(1)
         .rev()
-        .filter_map(|rdn| {
-            let (k, v) = rdn.split_once('=')?;
-            k.trim()
-                .eq_ignore_ascii_case("ou")
-                .then(|| unescape(v.trim()))
-        })
+        .filter_map(|rdn| rdn.value_of("ou"))
         .collect();
     (!ous.is_empty()).then(|| ous.join("/"))
-}
-
-/// Splits a DN into RDN strings at unescaped commas, trimming spaces.
-fn split_dn(dn: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut escaped = false;
-    for c in dn.chars() {
-        if escaped {
-            cur.push(c);
-            escaped = false;
-        } else if c == '\\' {
-            cur.push(c);
-            escaped = true;
-        } else if c == ',' {
-            out.push(cur.trim().to_string());
-            cur.clear();
-        } else {
-            cur.push(c);
-        }
-    }
-    if !cur.trim().is_empty() {
-        out.push(cur.trim().to_string());
-    }
-    out
-}
-
-fn unescape(v: &str) -> String {
-    let mut out = String::new();
-    let mut chars = v.chars();
-    while let Some(c) = chars.next() {
-        if c == '\\' {
-            if let Some(n) = chars.next() {
-                out.push(n);
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 #[cfg(test)]

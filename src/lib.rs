@@ -10,6 +10,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod cycle;
+pub mod dn;
 pub mod mapping;
 pub mod plan;
 pub mod portal;

@@ -186,6 +186,16 @@ fn sub_unit_from_the_ou_path_or_an_attribute() {
         ou_path("uid=a,ou=R\\, D,ou=people,dc=x", "ou=people,dc=x").as_deref(),
         Some("R, D")
     );
+    // As slapd returns them: hex escapes, shown unescaped; the base spelt differently.
+    assert_eq!(
+        ou_path(
+            r"uid=a,ou=\C3\85sg\C3\A5rd \C3\98st\2C Plus\2B,ou=R&D\2C Lab,ou=people,dc=x",
+            "OU=People, DC=X"
+        )
+        .as_deref(),
+        Some("R&D, Lab/Åsgård Øst, Plus+")
+    );
+    assert_eq!(ou_path("not a dn", "ou=people,dc=x"), None);
     let to = AttrPath::parse("urn:ietf:params:scim:schemas:extension:faxportal:2.0:User:subUnit")
         .unwrap();
     let rules = AccessRules {
@@ -199,4 +209,37 @@ fn sub_unit_from_the_ou_path_or_an_attribute() {
     let r = resolve(&rules, &m);
     let (attrs, _) = derive(&rules, &m, &r, &user("a", "uid=a,ou=people,dc=x"));
     assert_eq!(attrs[&to], Value::One("Finance".into()));
+}
+
+#[test]
+fn membership_matches_dns_whatever_their_escaping() {
+    // The entry DNs as slapd returns them; the member values as another tool wrote them.
+    let anna = r"uid=anna,ou=R&D\2C Lab,ou=people,dc=x";
+    let eva = "uid=eva+cn=Eva,ou=\u{c5}sg\u{e5}rd,ou=people,dc=x";
+    let mut inner = group("Night, Shift", &[r"UID=anna , OU=R&D\, Lab,ou=people,dc=x"]);
+    inner.dn = r"cn=Night\2C Shift,ou=groups,dc=x".into();
+    let outer = group(
+        "Fax",
+        &[
+            r"CN=Night\, Shift, OU=groups, DC=x",
+            r"CN=Eva+UID=eva,ou=\C3\85sg\C3\A5rd,ou=people,dc=x",
+        ],
+    );
+    let groups = vec![inner, outer];
+    let m = Membership::new(&groups);
+    assert_eq!(
+        m.groups_of(anna).len(),
+        2,
+        "anna is in both, through nesting"
+    );
+    assert_eq!(m.groups_of(eva).len(), 1);
+    assert_eq!(
+        m.members_of(&groups[1], true),
+        BTreeSet::from([crate::dn::key(anna), crate::dn::key(eva)])
+    );
+    let by_dn = m
+        .resolve(&GroupRef(r"cn=night\, shift,ou=Groups,dc=x".into()))
+        .unwrap();
+    assert_eq!(by_dn.name, "Night, Shift");
+    assert!(m.cycles().is_empty());
 }

@@ -370,10 +370,13 @@ impl Validator {
         mapping: &[Rule],
     ) -> Result<(AccessRules, Option<String>), ConfigError> {
         let group_ref = |key: &str, g: String| {
-            if g.trim().is_empty() {
+            let g = GroupRef(g.trim().to_string());
+            if g.0.is_empty() {
                 Err(self.err(key, "the group is empty; give its cn or DN"))
+            } else if g.is_dn() {
+                self.dn(key, &g.0).map(|()| g)
             } else {
-                Ok(GroupRef(g.trim().to_string()))
+                Ok(g)
             }
         };
         let mut rules = AccessRules::default();
@@ -445,9 +448,11 @@ impl Validator {
         }
         if let Some(su) = sub_unit {
             let from = match su.from.as_str() {
-                "ou" => SubUnitSource::OuPath {
-                    base: su.base.unwrap_or_else(|| source.users.search.base.clone()),
-                },
+                "ou" => {
+                    let base = su.base.unwrap_or_else(|| source.users.search.base.clone());
+                    self.dn("sub_unit.base", &base)?;
+                    SubUnitSource::OuPath { base }
+                }
                 "attribute" => match su.attribute {
                     Some(a) if !a.trim().is_empty() => {
                         SubUnitSource::Attribute(a.trim().to_ascii_lowercase())
@@ -634,12 +639,7 @@ impl Validator {
         if base.trim().is_empty() {
             return Err(self.err(&format!("{key}.base"), "the base DN is empty"));
         }
-        if !base.contains('=') {
-            return Err(self.err(
-                &format!("{key}.base"),
-                format!("{base:?} is not a DN (expected e.g. \"ou=people,dc=example,dc=com\")"),
-            ));
-        }
+        self.dn(&format!("{key}.base"), &base)?;
         let scope = match scope.as_deref() {
             None | Some("subtree") | Some("sub") => Scope::Subtree,
             Some("one") | Some("onelevel") => Scope::One,
@@ -659,6 +659,20 @@ impl Validator {
             scope,
             filter,
         })
+    }
+
+    /// Checks that `text` is a DN (RFC 4514); the error says where it breaks, without
+    /// quoting the value.
+    fn dn(&self, key: &str, text: &str) -> Result<(), ConfigError> {
+        if !text.contains('=') {
+            return Err(self.err(
+                key,
+                "is not a DN (expected e.g. \"ou=people,dc=example,dc=com\")",
+            ));
+        }
+        crate::dn::Dn::parse(text)
+            .map(|_| ())
+            .map_err(|e| self.err(key, e))
     }
 
     fn filter(&self, key: &str, filter: String) -> Result<String, ConfigError> {

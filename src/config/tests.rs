@@ -136,6 +136,24 @@ fn malformed_configs_name_the_key_and_the_problem() {
             "empty",
         ),
         (
+            "malformed base DN",
+            MINIMAL.replace("ou=people,dc=example,dc=com", "ou=people,,dc=example"),
+            "source.users.base",
+            "not a valid distinguished name (RFC 4514): expected an attribute type (a name or a numeric OID) at character 11",
+        ),
+        (
+            "base DN with a bad escape",
+            MINIMAL.replace("ou=people,dc=example,dc=com", r"ou=R&D\\zz,dc=example"),
+            "source.users.base",
+            "two hex digits or a special character",
+        ),
+        (
+            "a group given as a malformed DN",
+            format!("{MINIMAL}\n[source.groups]\nbase = \"ou=groups,dc=x\"\n[[service]]\ngroup = \"cn=Fax,,dc=x\"\nservice = \"fax\"\n"),
+            "service[0].group",
+            "not a valid distinguished name",
+        ),
+        (
             "unreadable secret file",
             MINIMAL.replace(
                 "bind_password_file = \"pw\"",

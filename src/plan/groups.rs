@@ -59,7 +59,7 @@ pub struct GroupInput<'a> {
     pub rule: &'a PortalGroupRule,
     pub directory: &'a [DirectoryGroup],
     pub membership: &'a Membership<'a>,
-    /// Directory users that may be members: lowercased DN → (anchor, login).
+    /// Directory users that may be members: DN key ([`crate::dn::key`]) → (anchor, login).
     pub users: &'a HashMap<String, (String, String)>,
     pub portal_users: &'a [PortalUser],
     pub portal_groups: &'a [PortalGroup],
@@ -230,6 +230,6 @@ fn named(input: &GroupInput<'_>, g: &DirectoryGroup) -> bool {
         input
             .membership
             .resolve(r)
-            .is_ok_and(|found| found.dn.eq_ignore_ascii_case(&g.dn))
+            .is_ok_and(|found| crate::dn::same(&found.dn, &g.dn))
     })
 }

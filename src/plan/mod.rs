@@ -316,7 +316,7 @@ pub fn compute(input: &Input<'_>) -> Plan {
             .filter(|w| w.user.closure(input.now).is_none())
             .map(|w| {
                 (
-                    w.user.dn.to_ascii_lowercase(),
+                    crate::dn::key(&w.user.dn),
                     (w.user.anchor.clone(), w.user_name.clone()),
                 )
             })

@@ -72,6 +72,15 @@ impl Snapshot {
     /// `member`: the user names it by `primaryGroupID`, the RID of the group's `objectSid`
     /// in the user's own domain. Adds those members, so rules on such groups work.
     pub fn add_primary_group_members(&mut self) {
+        use std::collections::{HashMap, HashSet};
+        let by_sid: HashMap<String, usize> = self
+            .groups
+            .iter()
+            .enumerate()
+            .filter_map(|(i, g)| Some((g.sid.as_ref()?.to_ascii_uppercase(), i)))
+            .collect();
+        // Each primary group's members as DN keys, built when first needed.
+        let mut listed: HashMap<usize, HashSet<String>> = HashMap::new();
         for user in &self.users {
             let Some(sid) = user.attrs.get("objectsid").and_then(|v| v.first()) else {
                 continue;
@@ -87,15 +96,16 @@ impl Snapshot {
             let Some((domain, _)) = ad::sid_domain_and_rid(sid) else {
                 continue;
             };
-            let wanted = format!("{domain}-{rid}");
-            if let Some(g) = self.groups.iter_mut().find(|g| {
-                g.sid
-                    .as_deref()
-                    .is_some_and(|s| s.eq_ignore_ascii_case(&wanted))
-            }) {
-                if !g.members.iter().any(|m| m.eq_ignore_ascii_case(&user.dn)) {
-                    g.members.push(user.dn.clone());
-                }
+            let wanted = format!("{domain}-{rid}").to_ascii_uppercase();
+            let Some(&i) = by_sid.get(&wanted) else {
+                continue;
+            };
+            let group = &mut self.groups[i];
+            let members = listed
+                .entry(i)
+                .or_insert_with(|| group.members.iter().map(|m| crate::dn::key(m)).collect());
+            if members.insert(crate::dn::key(&user.dn)) {
+                group.members.push(user.dn.clone());
             }
         }
     }

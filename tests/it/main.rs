@@ -8,6 +8,7 @@ mod support;
 mod access;
 mod ad;
 mod cli;
+mod names;
 mod safety;
 mod skeleton;
 mod source;

@@ -168,24 +168,43 @@ pub async fn read(
         Ok(b) => {
             let changed = source.read_changed(b.usn).await?;
             let tombstones = source.read_deleted(&identity.naming_context, b.usn).await?;
-            // Users changed elsewhere in the domain and not among the in-scope changes
-            // moved out of the users base: they left the scope.
-            let anywhere = source
-                .changed_anywhere(&identity.naming_context, b.usn)
+            // Users and groups changed elsewhere in the domain and not among the in-scope
+            // changes moved out of their base: they left the scope.
+            let mut anywhere = source
+                .changed_anywhere(
+                    &identity.naming_context,
+                    &config.source.users.search.filter,
+                    b.usn,
+                )
                 .await?;
+            let mut entries = changed.snapshot.entries_read + tombstones.len() + anywhere.len();
+            if let Some(groups) = &config.source.groups {
+                let groups_anywhere = source
+                    .changed_anywhere(&identity.naming_context, &groups.filter, b.usn)
+                    .await?;
+                entries += groups_anywhere.len();
+                anywhere.extend(groups_anywhere);
+            }
             let in_scope: HashSet<String> = changed
+                .snapshot
                 .users
                 .iter()
                 .map(|u| u.anchor.to_ascii_lowercase())
+                .chain(
+                    changed
+                        .snapshot
+                        .groups
+                        .iter()
+                        .map(|g| g.anchor.to_ascii_lowercase()),
+                )
                 .collect();
-            let entries = changed.entries_read + tombstones.len() + anywhere.len();
             let deleted: HashSet<String> =
                 tombstones.iter().map(|a| a.to_ascii_lowercase()).collect();
-            let mut gone: Vec<String> = anywhere
+            let mut gone: HashSet<String> = anywhere
                 .into_iter()
                 .filter(|a| !in_scope.contains(a))
                 .collect();
-            gone.extend(tombstones);
+            gone.extend(deleted.iter().cloned());
             let mut snapshot = b.snapshot.merge(changed, &gone);
             snapshot.entries_read = entries;
             Ok(Read {

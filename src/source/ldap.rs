@@ -1,7 +1,7 @@
 //! LDAP source on `ldap3` (tokio, rustls): simple bind, LDAPS or StartTLS verified against a
 //! CA file or the system roots, simple paged results (RFC 2696).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +13,9 @@ use serde::Serialize;
 use tracing::{debug, info, warn};
 
 use super::ad::Guid;
-use super::{ad, BadEntry, DirectoryGroup, DirectoryUser, Snapshot, SourceError, Timestamp};
+use super::{
+    ad, BadEntry, Changed, DirectoryGroup, DirectoryUser, Snapshot, SourceError, Timestamp,
+};
 use crate::config::{Scope, Search, SourceConfig, SourceKind, Tls};
 
 /// A connected, bound LDAP session.
@@ -39,6 +41,9 @@ pub struct DcIdentity {
     /// `defaultNamingContext`.
     pub naming_context: String,
 }
+
+/// AD's back link to the groups an entry is a direct member of.
+const MEMBER_OF: &str = "memberof";
 
 /// What a `check` found, for the admin.
 #[derive(Debug, Clone)]
@@ -114,13 +119,17 @@ impl LdapSource {
 
     /// Reads every user and group in scope. All or nothing.
     pub async fn read(&mut self) -> Result<Snapshot, SourceError> {
-        self.read_where(None).await
+        Ok(self.read_where(None, false).await?.snapshot)
     }
 
-    /// Reads only the users and groups changed after `usn` (AD `uSNChanged`): a delta.
-    pub async fn read_changed(&mut self, usn: u64) -> Result<Snapshot, SourceError> {
-        self.read_where(Some(format!("(uSNChanged>={})", usn.saturating_add(1))))
-            .await
+    /// Reads only the users and groups changed after `usn` (AD `uSNChanged`): a delta,
+    /// with the groups each of them is a direct member of now (`memberOf`).
+    pub async fn read_changed(&mut self, usn: u64) -> Result<Changed, SourceError> {
+        self.read_where(
+            Some(format!("(uSNChanged>={})", usn.saturating_add(1))),
+            true,
+        )
+        .await
     }
 
     /// The DC this session talks to, and how far its changes go (AD rootDSE), read
@@ -184,11 +193,13 @@ impl LdapSource {
         })
     }
 
-    /// Anchors of users changed after `usn` anywhere in the domain (`naming_context`):
-    /// with the delta's in-scope changes, this shows who moved out of the users base.
+    /// Anchors of entries matching `filter` (the users' or the groups' filter) changed
+    /// after `usn` anywhere in the domain (`naming_context`): with the delta's in-scope
+    /// changes, this shows what moved out of the users' or the groups' base.
     pub async fn changed_anywhere(
         &mut self,
         naming_context: &str,
+        filter: &str,
         usn: u64,
     ) -> Result<HashSet<String>, SourceError> {
         let search = Search {
@@ -196,11 +207,7 @@ impl LdapSource {
             scope: Scope::Subtree,
             filter: String::new(),
         };
-        let filter = format!(
-            "(&{}(uSNChanged>={}))",
-            self.config.users.search.filter,
-            usn.saturating_add(1)
-        );
+        let filter = format!("(&{filter}(uSNChanged>={}))", usn.saturating_add(1));
         self.anchors_matching(&search, &filter).await
     }
 
@@ -280,15 +287,27 @@ impl LdapSource {
             .map(SearchEntry::construct))
     }
 
-    async fn read_where(&mut self, extra: Option<String>) -> Result<Snapshot, SourceError> {
+    /// Reads the users and groups in scope that also match `extra`; with `member_of`,
+    /// also the groups each is a direct member of.
+    async fn read_where(
+        &mut self,
+        extra: Option<String>,
+        member_of: bool,
+    ) -> Result<Changed, SourceError> {
         let and = |f: &str| match &extra {
             Some(x) => format!("(&{f}{x})"),
             None => f.to_string(),
         };
         let mut snapshot = Snapshot::default();
+        let mut groups_of: HashMap<String, Vec<String>> = HashMap::new();
         let search = self.config.users.search.clone();
+        let mapped_member_of = self.user_attrs.iter().any(|a| a == MEMBER_OF);
+        let mut user_attrs = self.user_attrs.clone();
+        if member_of && !mapped_member_of {
+            user_attrs.push(MEMBER_OF.to_string());
+        }
         let entries = self
-            .search(&search, &and(&search.filter), &self.user_attrs.clone())
+            .search(&search, &and(&search.filter), &user_attrs)
             .await?;
         snapshot.entries_read += entries.len();
         let disabled: HashSet<String> = match self.config.users.disabled_filter.clone() {
@@ -300,9 +319,20 @@ impl LdapSource {
         };
         let anchor = self.config.anchor_attribute.to_ascii_lowercase();
         let ad = self.config.kind == SourceKind::ActiveDirectory;
-        for entry in entries {
+        for mut entry in entries {
+            let direct = if member_of {
+                Some(self.take_all_values(&mut entry, MEMBER_OF).await?)
+            } else {
+                None
+            };
             match user_from(entry, &anchor) {
                 Ok(mut user) => {
+                    if let Some(direct) = direct {
+                        if mapped_member_of {
+                            user.attrs.insert(MEMBER_OF.into(), direct.clone());
+                        }
+                        groups_of.insert(user.anchor.to_ascii_lowercase(), direct);
+                    }
                     user.disabled = disabled.contains(&user.anchor.to_ascii_lowercase());
                     if ad {
                         if let Err(bad) = read_account_control(&mut user) {
@@ -338,6 +368,9 @@ impl LdapSource {
             if ad {
                 attrs.push("objectSid".into());
             }
+            if member_of {
+                attrs.push(MEMBER_OF.into());
+            }
             let selected: HashSet<String> = match self.config.portal_groups_filter.clone() {
                 Some(f) => {
                     self.anchors_matching(&groups, &and(&format!("(&{}{})", groups.filter, f)))
@@ -347,10 +380,19 @@ impl LdapSource {
             };
             let group_entries = self.search(&groups, &and(&groups.filter), &attrs).await?;
             snapshot.entries_read += group_entries.len();
-            for entry in group_entries {
+            for mut entry in group_entries {
+                let direct = if member_of {
+                    Some(self.take_all_values(&mut entry, MEMBER_OF).await?)
+                } else {
+                    None
+                };
+                // What is left ranged is `member`.
                 let more = pending_ranges(&entry);
                 match group_from(entry, &anchor) {
                     Ok(mut g) => {
+                        if let Some(direct) = direct {
+                            groups_of.insert(g.anchor.to_ascii_lowercase(), direct);
+                        }
                         for range in more {
                             let rest = self.ranged_values(&g.dn, range).await?;
                             g.members.extend(rest);
@@ -374,7 +416,40 @@ impl LdapSource {
             bad_entries = snapshot.bad_entries.len(),
             "read the directory"
         );
-        Ok(snapshot)
+        Ok(Changed {
+            snapshot,
+            member_of: groups_of,
+        })
+    }
+
+    /// Removes attribute `attr` from `entry` and returns all its values, fetching the
+    /// remaining ranges when AD returned it in ranges (`memberOf;range=0-1499`).
+    async fn take_all_values(
+        &mut self,
+        entry: &mut SearchEntry,
+        attr: &str,
+    ) -> Result<Vec<String>, SourceError> {
+        let keys: Vec<String> = entry
+            .attrs
+            .keys()
+            .filter(|k| {
+                k.eq_ignore_ascii_case(attr)
+                    || ad::parse_range(k).is_some_and(|r| r.attr.eq_ignore_ascii_case(attr))
+            })
+            .cloned()
+            .collect();
+        let mut values = Vec::new();
+        let mut next = None;
+        for k in keys {
+            if let Some(r) = ad::parse_range(&k) {
+                next = ad::next_range(&r);
+            }
+            values.extend(entry.attrs.remove(&k).unwrap_or_default());
+        }
+        if let Some(range) = next {
+            values.extend(self.ranged_values(&entry.dn, range).await?);
+        }
+        Ok(values)
     }
 
     /// Fetches the remaining ranges of a ranged attribute (`member;range=1500-*`, …) of one

@@ -1,15 +1,18 @@
 //! Delta cycles against Active Directory.
 //!
 //! A full read remembers, in the state, the directory as read (without derived primary
-//! group members), the DC that answered (`dnsHostName`), its `invocationId`, and its
-//! `highestCommittedUSN` read *before* the searches. The next cycle then asks only for
-//! entries whose `uSNChanged` is higher, plus tombstones under `CN=Deleted Objects` (Show
-//! Deleted control), and merges them into the remembered directory. A full read runs
-//! instead when there is nothing to build on, when another DC answers or the DC's
-//! invocationId changed (a restore: its USNs no longer mean the same), when the USN went
-//! backwards, when the scope changed, and at least every `source.full_reconcile_hours`.
+//! group members), the OUs and containers in scope, the DC that answered (`dnsHostName`),
+//! its `invocationId`, and its `highestCommittedUSN` read *before* the searches. The next
+//! cycle then asks only for entries whose `uSNChanged` is higher (with their `memberOf`,
+//! which keeps the remembered groups' member lists true when members are renamed, moved or
+//! deleted), plus tombstones under `CN=Deleted Objects` (Show Deleted control), and merges
+//! them into the remembered directory. A full read runs instead when there is nothing to
+//! build on, when another DC answers or the DC's invocationId changed (a restore: its USNs
+//! no longer mean the same), when the USN went backwards, when an OU or container in scope
+//! was renamed or moved (the DNs below it change without their entries changing), when
+//! the scope changed, and at least every `source.full_reconcile_hours`.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -18,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::ad::Guid;
 use super::{DcIdentity, LdapSource, Snapshot, SourceError};
 use crate::config::{Config, SourceKind};
+use crate::dn::{self, Dn};
 use crate::state::{State, StateError};
 
 /// The `meta` key the basis for the next delta is kept under.
@@ -41,6 +45,11 @@ pub struct Basis {
     pub full_at: u64,
     pub scope: String,
     pub snapshot: Snapshot,
+    /// The OUs and containers under the users' and groups' bases at the last full read
+    /// (lowercased anchor → DN): when one is renamed or moved, the DNs below it change
+    /// without the entries' own `uSNChanged` changing, so a full read must follow.
+    #[serde(default)]
+    pub containers: BTreeMap<String, String>,
 }
 
 /// What the state remembers to build a delta on.
@@ -88,6 +97,10 @@ pub enum FullReason {
     ScopeChanged,
     /// `source.full_reconcile_hours` passed since the last full read.
     Periodic,
+    /// An OU or container in scope was renamed or moved (`before` is its DN at the last
+    /// full read), or one appeared in scope (`before` is `None`): the DNs of everything
+    /// below it changed without those entries changing.
+    ContainerMoved { before: Option<String>, now: String },
 }
 
 impl fmt::Display for FullReason {
@@ -114,6 +127,17 @@ impl fmt::Display for FullReason {
             ),
             FullReason::ScopeChanged => f.write_str("the directory scope changed"),
             FullReason::Periodic => f.write_str("periodic full reconcile"),
+            FullReason::ContainerMoved {
+                before: Some(before),
+                now,
+            } => write!(
+                f,
+                "{before} was renamed or moved to {now}: the DNs of the users and groups below it changed"
+            ),
+            FullReason::ContainerMoved { before: None, now } => write!(
+                f,
+                "{now} appeared in the directory scope: the users and groups below it may be new to it"
+            ),
         }
     }
 }
@@ -131,6 +155,8 @@ pub struct Read {
     /// Anchors (lowercased) of users whose tombstones this delta read: deleted, not merely
     /// out of scope.
     pub deleted: HashSet<String>,
+    /// The OUs and containers in scope, as the last full read found them.
+    pub containers: BTreeMap<String, String>,
 }
 
 pub async fn read(
@@ -147,6 +173,7 @@ pub async fn read(
             identity: None,
             full_at: now,
             deleted: HashSet::new(),
+            containers: BTreeMap::new(),
         });
     }
     let identity = source.dc_identity().await?;
@@ -164,8 +191,23 @@ pub async fn read(
         Cached::Nothing => Err(FullReason::FirstRead),
         Cached::Unusable => Err(FullReason::UnusableBasis),
     };
-    match basis {
+    let basis = match basis {
         Ok(b) => {
+            let changed = source
+                .containers(&identity.naming_context, Some(b.usn))
+                .await?;
+            let bases: Vec<&str> = std::iter::once(config.source.users.search.base.as_str())
+                .chain(config.source.groups.as_ref().map(|g| g.base.as_str()))
+                .collect();
+            match moved_container(&b.containers, &changed, &bases) {
+                Some(reason) => Err(reason),
+                None => Ok((b, changed.len())),
+            }
+        }
+        Err(reason) => Err(reason),
+    };
+    match basis {
+        Ok((b, containers_read)) => {
             let changed = source.read_changed(b.usn).await?;
             let tombstones = source.read_deleted(&identity.naming_context, b.usn).await?;
             // Users and groups changed elsewhere in the domain and not among the in-scope
@@ -177,7 +219,8 @@ pub async fn read(
                     b.usn,
                 )
                 .await?;
-            let mut entries = changed.snapshot.entries_read + tombstones.len() + anywhere.len();
+            let mut entries =
+                changed.snapshot.entries_read + tombstones.len() + anywhere.len() + containers_read;
             if let Some(groups) = &config.source.groups {
                 let groups_anywhere = source
                     .changed_anywhere(&identity.naming_context, &groups.filter, b.usn)
@@ -214,16 +257,24 @@ pub async fn read(
                 identity: Some(identity),
                 full_at: b.full_at,
                 deleted,
+                containers: b.containers,
             })
         }
-        Err(reason) => Ok(Read {
-            snapshot: source.read().await?,
-            delta: false,
-            reason: Some(reason),
-            identity: Some(identity),
-            full_at: now,
-            deleted: HashSet::new(),
-        }),
+        Err(reason) => {
+            // Before the entries: a container moved during the read is seen next time.
+            let containers = source.containers_in_scope().await?;
+            let mut snapshot = source.read().await?;
+            snapshot.entries_read += containers.len();
+            Ok(Read {
+                snapshot,
+                delta: false,
+                reason: Some(reason),
+                identity: Some(identity),
+                full_at: now,
+                deleted: HashSet::new(),
+                containers,
+            })
+        }
     }
 }
 
@@ -265,6 +316,40 @@ pub fn full_reason(
     None
 }
 
+/// Whether a container changed since the basis (`changed`: lowercased anchor → DN now;
+/// `known`: the containers under `bases` at the last full read) was renamed or moved, or
+/// came into one of the `bases`; why a full read must follow if so.
+pub fn moved_container(
+    known: &BTreeMap<String, String>,
+    changed: &BTreeMap<String, String>,
+    bases: &[&str],
+) -> Option<FullReason> {
+    let bases: Vec<Dn> = bases.iter().filter_map(|b| Dn::parse(b).ok()).collect();
+    for (anchor, now) in changed {
+        match known.get(anchor) {
+            Some(before) if !dn::same(before, now) => {
+                return Some(FullReason::ContainerMoved {
+                    before: Some(before.clone()),
+                    now: now.clone(),
+                })
+            }
+            Some(_) => {}
+            None => {
+                // A DN that does not parse counts as inside: a full read is always safe.
+                let inside =
+                    Dn::parse(now).map_or(true, |dn| bases.iter().any(|b| dn.is_within(b)));
+                if inside {
+                    return Some(FullReason::ContainerMoved {
+                        before: None,
+                        now: now.clone(),
+                    });
+                }
+            }
+        }
+    }
+    None
+}
+
 /// Remembers this read for the next delta (sync runs only).
 pub fn remember(state: &mut State, read: &Read, config: &Config) -> Result<(), StateError> {
     let Some(dc) = &read.identity else {
@@ -278,6 +363,7 @@ pub fn remember(state: &mut State, read: &Read, config: &Config) -> Result<(), S
         full_at: read.full_at,
         scope: config.scope_text(),
         snapshot: read.snapshot.clone(),
+        containers: read.containers.clone(),
     };
     match serde_json::to_string(&basis) {
         Ok(text) => state.set_meta(KEY, &text),
@@ -321,6 +407,7 @@ mod tests {
             full_at: 1_000,
             scope: "users: OU=Staff".into(),
             snapshot: Snapshot::default(),
+            containers: BTreeMap::new(),
         }
     }
 
@@ -385,6 +472,69 @@ mod tests {
         assert_eq!(
             full_reason(&b, &now, "users: OU=Staff", HOUR, 1_000 + 3600),
             Some(FullReason::Periodic)
+        );
+    }
+
+    #[test]
+    fn a_renamed_moved_or_newly_arrived_container_forces_a_full_read() {
+        let bases = [
+            "OU=Staff,DC=dirsync,DC=test",
+            "OU=Groups,DC=dirsync,DC=test",
+        ];
+        let known = BTreeMap::from([
+            (
+                "c-ops".to_string(),
+                "OU=Ops,OU=Staff,DC=dirsync,DC=test".to_string(),
+            ),
+            (
+                "c-staff".to_string(),
+                "OU=Staff,DC=dirsync,DC=test".to_string(),
+            ),
+        ]);
+        let changed = |a: &str, dn: &str| BTreeMap::from([(a.to_string(), dn.to_string())]);
+        // Another spelling of the same DN, or a container elsewhere: nothing moved.
+        for (a, dn) in [
+            ("c-ops", "ou=ops, ou=staff, dc=dirsync, dc=test"),
+            ("c-other", "OU=Contractors,DC=dirsync,DC=test"),
+        ] {
+            assert_eq!(
+                moved_container(&known, &changed(a, dn), &bases),
+                None,
+                "{dn}"
+            );
+        }
+        assert_eq!(
+            moved_container(
+                &known,
+                &changed("c-ops", "OU=Operations,OU=Staff,DC=dirsync,DC=test"),
+                &bases
+            )
+            .unwrap()
+            .to_string(),
+            "OU=Ops,OU=Staff,DC=dirsync,DC=test was renamed or moved to \
+             OU=Operations,OU=Staff,DC=dirsync,DC=test: the DNs of the users and groups below it changed"
+        );
+        assert!(matches!(
+            moved_container(
+                &known,
+                &changed("c-ops", "OU=Ops,DC=dirsync,DC=test"),
+                &bases
+            ),
+            Some(FullReason::ContainerMoved {
+                before: Some(_),
+                ..
+            })
+        ));
+        assert_eq!(
+            moved_container(
+                &known,
+                &changed("c-new", "OU=Oslo,OU=Groups,DC=dirsync,DC=test"),
+                &bases
+            ),
+            Some(FullReason::ContainerMoved {
+                before: None,
+                now: "OU=Oslo,OU=Groups,DC=dirsync,DC=test".into()
+            })
         );
     }
 

@@ -228,6 +228,49 @@ impl LdapSource {
             .collect())
     }
 
+    /// The OUs and containers under `base` (lowercased anchor → DN); with `usn`, only
+    /// those changed after it. The users and groups below one that is renamed or moved
+    /// get new DNs without a change of their own `uSNChanged`.
+    pub async fn containers(
+        &mut self,
+        base: &str,
+        usn: Option<u64>,
+    ) -> Result<BTreeMap<String, String>, SourceError> {
+        let search = Search {
+            base: base.to_string(),
+            scope: Scope::Subtree,
+            filter: String::new(),
+        };
+        let kinds = "(|(objectClass=organizationalUnit)(objectClass=container))";
+        let filter = match usn {
+            Some(usn) => format!("(&{kinds}(uSNChanged>={}))", usn.saturating_add(1)),
+            None => kinds.to_string(),
+        };
+        let anchor = self.config.anchor_attribute.clone();
+        let key = anchor.to_ascii_lowercase();
+        Ok(self
+            .search(&search, &filter, std::slice::from_ref(&anchor))
+            .await?
+            .into_iter()
+            .filter_map(|e| {
+                let mut attrs = entry_attrs(e);
+                let a = attrs.values.remove(&key)?.into_iter().next()?;
+                Some((a.to_ascii_lowercase(), attrs.dn))
+            })
+            .collect())
+    }
+
+    /// The OUs and containers under the users' and the groups' bases.
+    pub async fn containers_in_scope(&mut self) -> Result<BTreeMap<String, String>, SourceError> {
+        let mut found = self
+            .containers(&self.config.users.search.base.clone(), None)
+            .await?;
+        if let Some(groups) = self.config.groups.clone() {
+            found.extend(self.containers(&groups.base, None).await?);
+        }
+        Ok(found)
+    }
+
     /// Anchors of objects deleted after `usn`: tombstones under `CN=Deleted Objects`, read
     /// with the Show Deleted control (1.2.840.113556.1.4.417).
     pub async fn read_deleted(

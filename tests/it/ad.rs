@@ -905,3 +905,100 @@ groups = ["Fax-Users"]
         "{report:#}"
     );
 }
+
+#[test]
+fn ad_a_renamed_ou_forces_a_full_read_and_its_users_keep_their_access() {
+    let mut w = AdWorld::start(SambaDc::start());
+    let ops = w.dc.add_ou("Ops,Staff");
+    let anna =
+        w.dc.add_user(&ops, "anna", "Anna", "Berg", Some("anna@dirsync.test"));
+    let bo =
+        w.dc.add_user(&ops, "bo", "Bo", "Ek", Some("bo@dirsync.test"));
+    let cid = w.dc.add_user(
+        &w.staff.clone(),
+        "cid",
+        "Cid",
+        "Al",
+        Some("cid@dirsync.test"),
+    );
+    let groups = w.dc.add_ou("Groups");
+    let night = w.dc.add_group(&groups, "Night-Shift", &[&anna, &bo]);
+    w.dc.add_group(&groups, "Fax-Users", &[&night]);
+    w.extra = format!(
+        r#"
+[roles]
+default = "regular"
+[[roles.rule]]
+group = "Fax-Users"
+role = "account_manager"
+[[service]]
+group = "Fax-Users"
+service = "fax"
+[sub_unit]
+from = "ou"
+to = "{SUB_UNIT}:subUnit"
+"#
+    );
+    w.sync();
+    assert_eq!(read_of(&w.sync()).0, "delta");
+
+    // The OU is renamed: Anna's and Bo's DNs change, their uSNChanged does not. Cid joins
+    // Night-Shift, so the group is read again, with the members' new DNs.
+    let usn = w.dc.attribute_values(&anna, "uSNChanged");
+    w.dc.ldif(&format!(
+        "dn: {ops}\nchangetype: modrdn\nnewrdn: OU=Operations\ndeleteoldrdn: 1\n"
+    ));
+    let operations = format!("OU=Operations,{}", w.staff);
+    assert_eq!(
+        w.dc.attribute_values(&format!("CN=Anna Berg,{operations}"), "uSNChanged"),
+        usn
+    );
+    w.modify(&night, &format!("add: member\nmember: {cid}"));
+    let report = w.sync();
+    assert_eq!(read_of(&report).0, "full", "{:#}", report["directory"]);
+    assert_eq!(
+        report["directory"]["read_reason"],
+        json!(format!(
+            "{ops} was renamed or moved to {operations}: the DNs of the users and groups below it changed"
+        ))
+    );
+    let sub_unit = format!("{SUB_UNIT}:subUnit");
+    let role = "roles.value".to_string();
+    let fax = "entitlements[value eq \"fax\"].value".to_string();
+    let changes = changed_fields(&report);
+    assert_eq!(
+        changes,
+        [
+            (
+                "anna@dirsync.test".to_string(),
+                "update".to_string(),
+                vec![sub_unit.clone()]
+            ),
+            (
+                "bo@dirsync.test".to_string(),
+                "update".to_string(),
+                vec![sub_unit.clone()]
+            ),
+            (
+                "cid@dirsync.test".to_string(),
+                "update".to_string(),
+                vec![role, fax]
+            ),
+        ],
+        "{report:#}"
+    );
+    for login in ["anna@dirsync.test", "bo@dirsync.test", "cid@dirsync.test"] {
+        let (role, services, _, _) = access_of(&w, login);
+        assert_eq!(
+            (role.as_str(), services),
+            ("account_manager", vec!["fax".to_string()]),
+            "{login}"
+        );
+    }
+    assert_eq!(access_of(&w, "anna@dirsync.test").2, json!("Operations"));
+    assert_eq!(
+        read_of(&w.sync()).0,
+        "delta",
+        "deltas again after the full read"
+    );
+}

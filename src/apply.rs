@@ -35,7 +35,7 @@ impl Status {
     /// entry); anything else is `Failed` (planned again next cycle).
     fn of(e: &PortalError) -> Status {
         match e {
-            PortalError::Rejected { .. } => Status::Rejected,
+            PortalError::Rejected { .. } | PortalError::NotTakenOver(_) => Status::Rejected,
             _ => Status::Failed,
         }
     }
@@ -84,6 +84,16 @@ pub async fn apply(
     // Users already in step: their link and baseline come from what was just read.
     for s in &plan.in_sync {
         state.record(&s.anchor, &s.portal_id, &s.user_name, &s.baseline)?;
+    }
+    // Orphans taken over (`--adopt-orphans`) are managed from now on, never synced yet;
+    // closures planned for them follow below or, if a guard held them, once confirmed.
+    for o in plan.orphans.iter().filter(|o| o.adopted) {
+        state.record(
+            &o.external_id,
+            &o.portal_id,
+            &o.user_name,
+            &plan::Baseline::new(),
+        )?;
     }
     let state = Mutex::new(state);
     let run = Run {
@@ -223,18 +233,28 @@ async fn apply_groups(
             }
             id
         };
-        let result = match gc.action {
+        // Ok(Ok(note)) applied, Ok(Err(e)) refused or failed, Err(e) the state failed.
+        let result: Result<Result<Option<String>, PortalError>, StateError> = match gc.action {
             GroupAction::Create => {
                 let members: Vec<String> = gc.add.iter().filter_map(&mut resolve).collect();
                 match portal.create_group(&gc.name, &gc.anchor, &members).await {
-                    Ok(id) => state
-                        .record_group(&gc.anchor, &id, &gc.name, true)
-                        .map(|_| Ok(())),
+                    Ok(created) => state
+                        .record_group(&gc.anchor, &created.id, &gc.name, true)
+                        .map(|_| {
+                            Ok(created.found_after_lost_answer.then(|| {
+                                "the answer to the create was lost; the group it made was found by its externalId and taken over"
+                                    .to_string()
+                            }))
+                        }),
                     Err(e) => Ok(Err(e)),
                 }
             }
             GroupAction::Update => {
                 let id = gc.portal_id.clone().unwrap_or_default();
+                let created = gc.take_over
+                    || known
+                        .get(&gc.anchor.to_ascii_lowercase())
+                        .is_some_and(|k| k.created);
                 let mut ops = Vec::new();
                 if let Some((_, new)) = &gc.rename {
                     ops.push(json!({"op": "replace", "path": "displayName", "value": new}));
@@ -255,41 +275,45 @@ async fn apply_groups(
                         );
                     }
                 }
-                if ops.is_empty() {
-                    Ok(Ok(()))
+                let had_ops = !ops.is_empty();
+                let patched = if had_ops {
+                    portal.patch_group(&id, ops).await
                 } else {
-                    match portal.patch_group(&id, ops).await {
-                        Ok(()) => {
-                            let created = known
-                                .get(&gc.anchor.to_ascii_lowercase())
-                                .is_some_and(|k| k.created);
-                            state
-                                .record_group(&gc.anchor, &id, &gc.name, created)
-                                .map(|_| Ok(()))
-                        }
-                        Err(e) => Ok(Err(e)),
-                    }
+                    Ok(())
+                };
+                match patched {
+                    Ok(()) if had_ops || gc.take_over => state
+                        .record_group(&gc.anchor, &id, &gc.name, created)
+                        .map(|_| Ok(None)),
+                    Ok(()) => Ok(Ok(None)),
+                    Err(e) => Ok(Err(e)),
                 }
             }
             GroupAction::Delete => {
                 let id = gc.portal_id.clone().unwrap_or_default();
                 match portal.delete_group(&id).await {
                     Ok(()) | Err(PortalError::NotFound) => {
-                        state.forget_group(&gc.anchor).map(|_| Ok(()))
+                        state.forget_group(&gc.anchor).map(|_| Ok(None))
                     }
                     Err(e) => Ok(Err(e)),
                 }
             }
         };
         let outcome = match result? {
-            Ok(()) => Outcome {
+            Ok(note) => Outcome {
                 status: Status::Applied,
-                message: (!missing.is_empty()).then(|| {
-                    format!(
-                        "not added (not in the portal yet; next cycle): {}",
-                        missing.join(", ")
-                    )
-                }),
+                message: [
+                    note,
+                    (!missing.is_empty()).then(|| {
+                        format!(
+                            "not added (not in the portal yet; next cycle): {}",
+                            missing.join(", ")
+                        )
+                    }),
+                ]
+                .into_iter()
+                .flatten()
+                .reduce(|a, b| format!("{a}; {b}")),
             },
             Err(e) => {
                 warn!(group = %gc.name, error = %e, "group change not applied");
@@ -396,20 +420,40 @@ async fn create(
         }
         Err(PortalError::Rejected {
             status: 409,
-            scim_type,
             detail,
+            ..
         }) => {
-            let existing = portal.find_user(&change.user_name).await?;
-            match existing {
-                Some(u)
-                    if u.external_id
-                        .as_deref()
-                        .is_some_and(|x| x.eq_ignore_ascii_case(&change.anchor)) =>
-                {
+            // Only the portal user this create would have made is taken over: the same
+            // login (`find_users` checks what the portal answers, as it may ignore the
+            // filter), and no externalId or this user's own.
+            let found = portal.find_users(&change.user_name).await?;
+            let refuse = |why: String| Err(Failure::Portal(PortalError::NotTakenOver(why)));
+            let u = match found.as_slice() {
+                [u] => u,
+                [] => {
+                    let why = format!(
+                        "HTTP 409 ({detail}), but the portal has no user {} to take over; \
+                         not created",
+                        change.user_name
+                    );
+                    return refuse(why);
+                }
+                many => {
+                    let ids: Vec<&str> = many.iter().map(|u| u.id.as_str()).collect();
+                    return refuse(format!(
+                        "HTTP 409, and {} portal users have the login {} ({}); none is taken over",
+                        many.len(),
+                        change.user_name,
+                        ids.join(", ")
+                    ));
+                }
+            };
+            match u.external_id.as_deref() {
+                Some(x) if x.eq_ignore_ascii_case(&change.anchor) => {
                     locked(state).record(&change.anchor, &u.id, &u.user_name, &change.baseline)?;
                     Ok(Some("HTTP 409: the user already existed with this anchor (an earlier create whose answer was lost); taken over".into()))
                 }
-                Some(u) if u.external_id.is_none() => {
+                None => {
                     let op = json!({"op": "replace", "path": "externalId", "value": change.anchor});
                     portal
                         .patch_user(&u.id, vec![op], u.version.as_deref())
@@ -423,11 +467,11 @@ async fn create(
                     )?;
                     Ok(Some("HTTP 409: a user with this login already existed; adopted, its attributes follow next cycle".into()))
                 }
-                _ => Err(Failure::Portal(PortalError::Rejected {
-                    status: 409,
-                    scim_type,
-                    detail,
-                })),
+                Some(other) => refuse(format!(
+                    "HTTP 409: the portal user {} (id {}) carries externalId {other}, not this user's {}; \
+                     it is not taken over",
+                    u.user_name, u.id, change.anchor
+                )),
             }
         }
         Err(e) => Err(e.into()),

@@ -50,6 +50,9 @@ pub enum Command {
         format: Format,
         #[command(flatten)]
         confirm: Confirm,
+        /// Show the plan as if orphans were taken over (see `sync --adopt-orphans`).
+        #[arg(long)]
+        adopt_orphans: bool,
         /// Also save the plan to FILE, to apply it later exactly as reviewed (`dirsync apply FILE`).
         #[arg(long, value_name = "FILE")]
         save: Option<PathBuf>,
@@ -70,6 +73,12 @@ pub enum Command {
         format: Format,
         #[command(flatten)]
         confirm: Confirm,
+        /// Take over the portal users that carry an externalId dirsync does not manage and
+        /// that no directory user has (the report lists them; say the state database was
+        /// lost): they are linked as managed, so those that left the directory are closed,
+        /// subject to the closure guard.
+        #[arg(long)]
+        adopt_orphans: bool,
     },
 }
 

@@ -1,15 +1,16 @@
 //! One sync cycle, the one way through the code:
 //! read the directory and the portal → plan (pure) → apply (unless a dry run) → record → report.
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::apply::{self, ApplyError};
 use crate::config::Config;
 use crate::config::SourceKind;
 use crate::plan::{self, guard, Action, Plan};
-use crate::portal::{PortalClient, PortalError, PortalSchema};
+use crate::portal::{PortalClient, PortalError, PortalSchema, PortalUser};
 use crate::report::{self, DirectorySummary, PortalSummary, Report};
 use crate::saved::SavedPlan;
 use crate::source::delta;
@@ -54,6 +55,9 @@ pub struct Options {
     pub accept_scope_change: bool,
     /// The plan was reviewed and saved: the guards' limits do not hold it back again.
     pub reviewed: bool,
+    /// Take over portal users with an externalId dirsync does not manage and no directory
+    /// user has (`--adopt-orphans`): they become managed users.
+    pub adopt_orphans: bool,
 }
 
 /// The `meta` key of the scope the last applied sync ran with.
@@ -75,6 +79,7 @@ pub async fn apply_saved(config: &Config, saved: &SavedPlan) -> Result<Report, C
         let options = Options {
             accept_scope_change: saved.scope == scope,
             reviewed: true,
+            adopt_orphans: !saved.adopted_orphans.is_empty(),
             ..Options::default()
         };
         let mut prepared = prepare(config, Mode::Sync, &options).await?;
@@ -131,6 +136,9 @@ pub struct Prepared {
     may_apply: bool,
     /// What the directory read gave, to remember for the next delta (AD).
     directory_read: Option<delta::Read>,
+    /// Anchors the state links to portal users that were deleted in the portal: their
+    /// links are dropped before applying.
+    deleted_in_portal: Vec<String>,
     pub plan: Plan,
 }
 
@@ -145,8 +153,8 @@ pub async fn prepare(
         Mode::Sync => Some(State::open(&config.state_path)?),
         Mode::Plan => State::open_read_only(&config.state_path)?,
     };
-    let (known, known_groups) = match &state {
-        Some(s) => (s.baselines()?, s.groups()?),
+    let (known, known_groups, linked) = match &state {
+        Some(s) => (s.baselines()?, s.groups()?, s.portal_ids()?),
         None => Default::default(),
     };
     let rules = plan::effective_rules(&config.mapping, &config.access);
@@ -168,21 +176,27 @@ pub async fn prepare(
         portal.discover().await?;
         let schema = portal.schema().await?;
         let users = portal.list_users().await?;
+        let deleted = deleted_in_portal(&portal, &users, &linked).await?;
         let groups = if mirror_groups {
             portal.list_groups().await?
         } else {
             Vec::new()
         };
-        Ok::<_, PortalError>((portal, schema, users, groups))
+        Ok::<_, PortalError>((portal, schema, users, groups, deleted))
     };
     let (snapshot, portal_side) = tokio::join!(read_directory, read_portal);
     let read = snapshot?;
     let mut snapshot = read.snapshot.clone();
     snapshot.add_primary_group_members();
-    let (portal, schema, portal_users, portal_groups) = portal_side?;
+    let (portal, schema, portal_users, portal_groups, deleted) = portal_side?;
 
     // One "now" for the whole cycle: expiries pass with time, not with directory changes.
     let now = Timestamp::now();
+    let links = plan::Links {
+        deleted_in_portal: deleted.values().cloned().collect(),
+        portal_ids: linked,
+        adopt_orphans: options.adopt_orphans,
+    };
     let mut plan = plan::compute(&plan::Input {
         directory: &snapshot.users,
         bad_entries: &snapshot.bad_entries,
@@ -196,16 +210,20 @@ pub async fn prepare(
         known_groups: &known_groups,
         now,
         deleted: &read.deleted,
+        links: &links,
     });
-    let managed_now = portal_users
-        .iter()
-        .filter(|p| {
-            p.active
-                && p.external_id
-                    .as_ref()
-                    .is_some_and(|x| known.contains_key(&x.to_ascii_lowercase()))
-        })
-        .count();
+    // Orphans taken over count as managed users from now on.
+    let adopted = plan.orphans.iter().filter(|o| o.adopted).count();
+    let managed_now = adopted
+        + portal_users
+            .iter()
+            .filter(|p| {
+                p.active
+                    && p.external_id
+                        .as_ref()
+                        .is_some_and(|x| known.contains_key(&x.to_ascii_lowercase()))
+            })
+            .count();
     let limits = guard::Limits {
         max_closures: config.safety.max_closures,
         max_closure_percent: config.safety.max_closure_percent,
@@ -275,6 +293,7 @@ pub async fn prepare(
             entries_read: read.snapshot.entries_read,
         },
         directory_read: Some(read),
+        deleted_in_portal: deleted.into_keys().collect(),
         portal_summary: PortalSummary {
             url: config.portal.url.to_string(),
             users: portal_users.len(),
@@ -297,10 +316,15 @@ pub async fn finish(config: &Config, prepared: Prepared) -> Result<Report, Cycle
         portal_summary,
         may_apply,
         directory_read,
+        deleted_in_portal,
         plan,
     } = prepared;
     let (command, applied) = match (mode, state.as_mut()) {
         (Mode::Sync, Some(state)) if may_apply => {
+            // Their portal users are gone; a create planned again links anew.
+            for anchor in &deleted_in_portal {
+                state.forget_user(anchor)?;
+            }
             let rules = plan::effective_rules(&config.mapping, &config.access);
             let replan = apply::Replan {
                 rules: &rules,
@@ -356,6 +380,44 @@ pub async fn finish(config: &Config, prepared: Prepared) -> Result<Report, Cycle
         })?;
     }
     Ok(report)
+}
+
+/// Checks that the listing holds every portal user the state links to a directory anchor
+/// (`linked`: lowercased anchor → portal id). One missing is fetched by id: if the portal
+/// still has it, the listing was incomplete and the cycle fails before planning; if it is
+/// gone (404), it was deleted in the portal. Returns those, as anchor → portal id.
+async fn deleted_in_portal(
+    portal: &PortalClient,
+    listed: &[PortalUser],
+    linked: &HashMap<String, String>,
+) -> Result<HashMap<String, String>, PortalError> {
+    let ids: HashSet<&str> = listed.iter().map(|u| u.id.as_str()).collect();
+    let mut missing: Vec<(&String, &String)> = linked
+        .iter()
+        .filter(|(_, id)| !ids.contains(id.as_str()))
+        .collect();
+    missing.sort();
+    let mut deleted = HashMap::new();
+    for (anchor, id) in missing {
+        match portal.get_user(id).await {
+            Ok(user) => {
+                return Err(PortalError::IncompleteListing {
+                    endpoint: "Users".into(),
+                    problem: format!(
+                        "portal user {} (id {id}), which dirsync manages for directory anchor {anchor}, \
+                         exists but was not in the listing",
+                        user.user_name
+                    ),
+                })
+            }
+            Err(PortalError::NotFound) => {
+                warn!(anchor, id, "a managed portal user was deleted in the portal");
+                deleted.insert(anchor.clone(), id.clone());
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(deleted)
 }
 
 /// The directory attributes a cycle reads for users: the mapped ones and the sub-unit's.

@@ -59,6 +59,9 @@ impl Error {
 /// Runs a command; prints its report on stdout and returns the exit code.
 pub async fn run(cli: Cli) -> Result<u8, Error> {
     let config = Config::load(&cli.config)?;
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     match cli.command {
         Command::Check { format } => {
             let found = check::check(&config).await?;
@@ -78,9 +81,11 @@ pub async fn run(cli: Cli) -> Result<u8, Error> {
         Command::Plan {
             format,
             confirm,
+            adopt_orphans,
             save,
         } => {
-            let prepared = cycle::prepare(&config, Mode::Plan, &options(confirm)).await?;
+            let prepared =
+                cycle::prepare(&config, Mode::Plan, &options(confirm, adopt_orphans)).await?;
             if let Some(path) = save {
                 saved::SavedPlan::of(&prepared.plan, config.scope_text()).write(&path)?;
                 eprintln!(
@@ -92,8 +97,12 @@ pub async fn run(cli: Cli) -> Result<u8, Error> {
             let report = cycle::finish(&config, prepared).await?;
             Ok(print_report(&report, format))
         }
-        Command::Sync { format, confirm } => {
-            let report = cycle::run(&config, Mode::Sync, &options(confirm)).await?;
+        Command::Sync {
+            format,
+            confirm,
+            adopt_orphans,
+        } => {
+            let report = cycle::run(&config, Mode::Sync, &options(confirm, adopt_orphans)).await?;
             Ok(print_report(&report, format))
         }
         Command::Apply { file, format } => {
@@ -104,7 +113,7 @@ pub async fn run(cli: Cli) -> Result<u8, Error> {
     }
 }
 
-fn options(confirm: Confirm) -> cycle::Options {
+fn options(confirm: Confirm, adopt_orphans: bool) -> cycle::Options {
     cycle::Options {
         confirmed: plan::guard::Confirmed {
             closures: confirm.confirm_closures,
@@ -112,6 +121,7 @@ fn options(confirm: Confirm) -> cycle::Options {
         },
         accept_scope_change: confirm.accept_scope_change,
         reviewed: false,
+        adopt_orphans,
     }
 }
 

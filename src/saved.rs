@@ -21,6 +21,10 @@ pub struct SavedPlan {
     pub scope: String,
     pub changes: Vec<Json>,
     pub group_changes: Vec<Json>,
+    /// Portal ids of the orphans taken over in the plan (`plan --adopt-orphans`): applying
+    /// it takes over exactly these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adopted_orphans: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +51,12 @@ impl SavedPlan {
                 .iter()
                 .filter_map(|c| serde_json::to_value(c).ok())
                 .collect(),
+            adopted_orphans: plan
+                .orphans
+                .iter()
+                .filter(|o| o.adopted)
+                .map(|o| o.portal_id.clone())
+                .collect(),
         }
     }
 
@@ -56,7 +66,9 @@ impl SavedPlan {
             message,
         };
         let text = serde_json::to_string_pretty(self).map_err(|e| err(e.to_string()))?;
-        std::fs::write(path, text).map_err(|e| err(e.to_string()))
+        // A plan holds personal data: 0600, whatever the umask.
+        let mut file = crate::state::create_private(path).map_err(|e| err(e.to_string()))?;
+        std::io::Write::write_all(&mut file, text.as_bytes()).map_err(|e| err(e.to_string()))
     }
 
     pub fn read(path: &Path) -> Result<SavedPlan, SavedError> {
@@ -141,6 +153,11 @@ impl SavedPlan {
             k
         });
         plan.in_sync.clear();
+        // Only the orphans taken over in the reviewed plan are linked; others that
+        // appeared since are reported, not taken over.
+        for o in &mut plan.orphans {
+            o.adopted = o.adopted && self.adopted_orphans.contains(&o.portal_id);
+        }
         if extra > 0 {
             plan.notes.push(format!(
                 "{extra} changes appeared since the plan was saved; they are not applied now (run `dirsync plan` to review them)"

@@ -89,8 +89,75 @@ pub enum StateError {
          shows whether the service is running"
     )]
     Busy { path: PathBuf, holder: String },
-    #[error("state database: {0}")]
+    #[error(
+        "state database {path} is damaged ({detail}). Two ways out: restore it from a backup \
+         (stop dirsync first), or move it away so that the next sync starts a new one and \
+         re-adopts the portal users by their externalId (nothing in the portal is lost)"
+    )]
+    Corrupt { path: PathBuf, detail: String },
+    #[error(
+        "state database {path} has schema version {found}, older than this dirsync's \
+         {supported}: run `dirsync sync` once to upgrade it (a dry run never writes)"
+    )]
+    OlderSchema {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
+    #[error("state database: {}", sql_message(.0))]
     Sql(#[from] rusqlite::Error),
+}
+
+/// An SQLite error in words; a damaged file says what to do about it.
+fn sql_message(e: &rusqlite::Error) -> String {
+    if is_corrupt(e) {
+        format!(
+            "{e}: the file is damaged; restore it from a backup, or move it away so that the \
+             next sync re-adopts the portal users by their externalId"
+        )
+    } else {
+        e.to_string()
+    }
+}
+
+fn is_corrupt(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+    )
+}
+
+/// Files dirsync writes hold personal data: readable and writable by dirsync alone,
+/// whatever the umask says.
+pub const PRIVATE_MODE: u32 = 0o600;
+
+/// Creates `path` for writing with mode 0600 (or truncates it and makes it 0600).
+pub fn create_private(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = File::options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(PRIVATE_MODE)
+        .open(path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(PRIVATE_MODE))?;
+    Ok(file)
+}
+
+/// Makes an existing file 0600; a missing one is fine.
+fn make_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::set_permissions(path, std::fs::Permissions::from_mode(PRIVATE_MODE)) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// `<path><suffix>`, e.g. the WAL file `state.db-wal`.
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
 }
 
 /// One finished run, as recorded.
@@ -118,9 +185,7 @@ pub struct State {
 
 /// `<path>.lock`, beside the database.
 pub fn lock_path(path: &Path) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(".lock");
-    PathBuf::from(name)
+    with_suffix(path, ".lock")
 }
 
 /// Takes the single-writer lock for the database at `path`, and writes who holds it (pid
@@ -131,13 +196,18 @@ fn lock_writer(path: &Path) -> Result<File, StateError> {
         path: path.to_path_buf(),
         message: format!("cannot open the lock file {}: {e}", lock_path.display()),
     };
-    let mut file = File::options()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&lock_path)
-        .map_err(open_err)?;
+    let mut file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(PRIVATE_MODE)
+            .open(&lock_path)
+            .map_err(open_err)?
+    };
+    make_private(&lock_path).map_err(open_err)?;
     match file.try_lock() {
         Ok(()) => {}
         Err(TryLockError::WouldBlock) => {
@@ -166,7 +236,9 @@ fn lock_writer(path: &Path) -> Result<File, StateError> {
 
 impl State {
     /// Opens (creating if needed) and migrates the database, as its one writer (see the
-    /// module docs); [`StateError::Busy`] when another process is writing.
+    /// module docs); [`StateError::Busy`] when another process is writing. A new database
+    /// is built beside the path and renamed into place once migrated, so a reader never
+    /// sees one half made. The database and its WAL, SHM and lock files are made 0600.
     pub fn open(path: &Path) -> Result<State, StateError> {
         let open_err = |message: String| StateError::Open {
             path: path.to_path_buf(),
@@ -177,34 +249,85 @@ impl State {
                 .map_err(|e| open_err(format!("cannot create {}: {e}", dir.display())))?;
         }
         let lock = lock_writer(path)?;
-        let conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
+        if !path.exists() {
+            Self::create(path)?;
+        }
+        let conn = Connection::open(path).map_err(|e| corrupt_or(path, e))?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| corrupt_or(path, e))?;
         conn.pragma_update(None, "synchronous", "FULL")?;
+        for suffix in ["", "-wal", "-shm"] {
+            make_private(&with_suffix(path, suffix))
+                .map_err(|e| open_err(format!("cannot make it private (chmod 600): {e}")))?;
+        }
         let mut state = State {
             conn,
             _lock: Some(lock),
         };
+        state.check_intact(path)?;
         state.migrate(path)?;
         Ok(state)
     }
 
+    /// Builds a new, migrated database at `<path>.new` (0600) and renames it to `path`.
+    fn create(path: &Path) -> Result<(), StateError> {
+        let open_err = |message: String| StateError::Open {
+            path: path.to_path_buf(),
+            message,
+        };
+        let fresh = with_suffix(path, ".new");
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let _ = std::fs::remove_file(with_suffix(&fresh, suffix));
+        }
+        create_private(&fresh).map_err(|e| open_err(format!("cannot create it: {e}")))?;
+        {
+            let conn = Connection::open(&fresh)?;
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            let mut state = State { conn, _lock: None };
+            state.migrate(path)?;
+            // Closing checkpoints the WAL into the file and removes it.
+        }
+        std::fs::rename(&fresh, path)
+            .map_err(|e| open_err(format!("cannot move the new database into place: {e}")))?;
+        Ok(())
+    }
+
     /// Opens an existing database without writing to it (for dry runs); `None` when there
-    /// is none yet.
+    /// is none yet (the first sync has not finished creating it).
     pub fn open_read_only(path: &Path) -> Result<Option<State>, StateError> {
         if !path.exists() {
             return Ok(None);
         }
-        let conn =
-            Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| {
-                StateError::Open {
-                    path: path.to_path_buf(),
-                    message: e.to_string(),
-                }
-            })?;
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| corrupt_or(path, e))?;
         let state = State { conn, _lock: None };
-        state.check_version(path)?;
+        state.check_intact(path)?;
+        let found = state.check_version(path)?;
+        let supported = MIGRATIONS.len() as i64;
+        if found < supported {
+            return Err(StateError::OlderSchema {
+                path: path.to_path_buf(),
+                found,
+                supported,
+            });
+        }
         Ok(Some(state))
+    }
+
+    /// Fails with [`StateError::Corrupt`] when SQLite's quick check finds the file damaged.
+    fn check_intact(&self, path: &Path) -> Result<(), StateError> {
+        let verdict: Result<String, _> = self
+            .conn
+            .query_row("PRAGMA quick_check(1)", [], |r| r.get::<_, String>(0));
+        match verdict {
+            Ok(v) if v == "ok" => Ok(()),
+            Ok(v) => Err(StateError::Corrupt {
+                path: path.to_path_buf(),
+                detail: v,
+            }),
+            Err(e) => Err(corrupt_or(path, e)),
+        }
     }
 
     fn check_version(&self, path: &Path) -> Result<i64, StateError> {
@@ -312,6 +435,21 @@ impl State {
         Ok(())
     }
 
+    /// Drops the link of `anchor` and its last-synced values (its portal user is gone).
+    pub fn forget_user(&mut self, anchor: &str) -> Result<(), StateError> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "DELETE FROM synced_value WHERE anchor = ?1",
+            params![anchor],
+        )?;
+        tx.execute(
+            "DELETE FROM managed_user WHERE anchor = ?1",
+            params![anchor],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
     pub fn meta(&self, key: &str) -> Result<Option<String>, StateError> {
         Ok(self
             .conn
@@ -411,6 +549,21 @@ impl State {
             ],
         )?;
         Ok(())
+    }
+}
+
+/// [`StateError::Corrupt`] for a damaged file, else the SQLite error as it is.
+fn corrupt_or(path: &Path, e: rusqlite::Error) -> StateError {
+    if is_corrupt(&e) {
+        StateError::Corrupt {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        }
+    } else {
+        StateError::Open {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        }
     }
 }
 
@@ -524,6 +677,93 @@ mod tests {
         let path = dir.path().join("state.db");
         assert!(State::open_read_only(&path).unwrap().is_none());
         assert!(!path.exists());
+    }
+
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn the_database_and_its_files_are_private_and_made_whole_before_they_appear() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let mut s = State::open(&path).unwrap();
+        s.record("a-1", "p1", "a@x.se", &Baseline::new()).unwrap();
+        for f in ["state.db", "state.db-wal", "state.db-shm", "state.db.lock"] {
+            assert_eq!(mode(&dir.path().join(f)), 0o600, "{f}");
+        }
+        assert!(!dir.path().join("state.db.new").exists());
+        drop(s);
+        // A database made elsewhere with looser modes is tightened when opened.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        drop(State::open(&path).unwrap());
+        assert_eq!(mode(&path), 0o600);
+        // A file that exists but was never migrated (an older or interrupted dirsync) is
+        // not read as if it were current.
+        let empty = dir.path().join("empty.db");
+        Connection::open(&empty)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x)")
+            .unwrap();
+        let err = State::open_read_only(&empty).err().unwrap();
+        assert!(
+            matches!(err, StateError::OlderSchema { found: 0, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("run `dirsync sync` once"), "{err}");
+    }
+
+    #[test]
+    fn a_damaged_database_names_the_file_and_the_ways_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = dir.path().join("garbage.db");
+        std::fs::write(&garbage, vec![0x5a; 8192]).unwrap();
+        // A good database whose pages were overwritten in the middle.
+        let damaged = dir.path().join("damaged.db");
+        {
+            let mut s = State::open(&damaged).unwrap();
+            for i in 0..300 {
+                let mut b = Baseline::new();
+                b.insert(
+                    AttrPath::parse("name.familyName").unwrap(),
+                    Some(Value::One(format!("Berg-{i}-{}", "x".repeat(50)))),
+                );
+                s.record(&format!("anchor-{i}"), &format!("p{i}"), "a@x.se", &b)
+                    .unwrap();
+            }
+        }
+        {
+            use std::io::{Seek, SeekFrom, Write};
+            let mut f = File::options().write(true).open(&damaged).unwrap();
+            let len = f.metadata().unwrap().len();
+            assert!(len > 8 * 4096, "{len}");
+            // The middle third of the file, past the header page.
+            f.seek(SeekFrom::Start(len / 3)).unwrap();
+            f.write_all(&vec![0xff; (len / 3) as usize]).unwrap();
+        }
+        for path in [&garbage, &damaged] {
+            for err in [
+                State::open(path)
+                    .err()
+                    .unwrap_or_else(|| panic!("{} opened", path.display())),
+                State::open_read_only(path)
+                    .err()
+                    .unwrap_or_else(|| panic!("{} opened read-only", path.display())),
+            ] {
+                let message = err.to_string();
+                assert!(matches!(err, StateError::Corrupt { .. }), "{message}");
+                assert!(message.contains(&path.display().to_string()), "{message}");
+                assert!(
+                    message.contains("restore it from a backup")
+                        && message.contains("move it away"),
+                    "{message}"
+                );
+            }
+        }
     }
 
     #[test]

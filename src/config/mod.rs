@@ -3,6 +3,7 @@
 //! file, the key and the problem, and never quotes the file's text (it may hold a secret).
 
 mod file;
+mod filter;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -14,7 +15,7 @@ use crate::access::{
     AccessRules, GroupRef, PortalGroupRule, RoleRule, ServiceRule, SubUnitRule, SubUnitSource,
 };
 use crate::mapping::{AttrPath, Owner, Rule};
-use crate::secret::{Secret, SecretSource};
+use crate::secret::{io_reason, Secret, SecretSource};
 
 pub const DEFAULT_LDAP_PAGE_SIZE: i32 = 500;
 pub const DEFAULT_PORTAL_PAGE_SIZE: usize = 100;
@@ -25,10 +26,18 @@ pub const DEFAULT_SUB_UNIT_TARGET: &str =
     "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department";
 
 /// A config that cannot be used. Fatal: the caller reports it and exits with code 2.
+/// It names the file, the line and the key, and never quotes a value from the file: an
+/// admin may have put a secret where it does not belong.
 #[derive(Debug, thiserror::Error)]
-#[error("config error in {file}: {}{problem}", key.as_ref().map(|k| format!("key `{k}`: ")).unwrap_or_default())]
+#[error(
+    "config error in {file}{}: {}{problem}",
+    line.map(|l| format!(" line {l}")).unwrap_or_default(),
+    key.as_ref().map(|k| format!("key `{k}`: ")).unwrap_or_default()
+)]
 pub struct ConfigError {
     pub file: String,
+    /// The line the problem is on (1-based), when it can be told.
+    pub line: Option<usize>,
     /// The dotted key, e.g. `source.users.base`, when the problem is tied to one.
     pub key: Option<String>,
     pub problem: String,
@@ -60,6 +69,8 @@ pub struct Config {
     pub mapping: Vec<Rule>,
     /// Roles, services, sub-units and portal groups from the directory.
     pub access: AccessRules,
+    /// Problems that do not stop dirsync but that an admin should fix; logged at start.
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +119,8 @@ pub struct SourceConfig {
     pub url: Url,
     pub tls: Tls,
     pub ca_file: Option<PathBuf>,
+    /// The name to check the server's certificate against instead of the URL's host.
+    pub tls_server_name: Option<String>,
     /// `None` for an anonymous bind.
     pub bind: Option<Bind>,
     pub timeout: Duration,
@@ -162,6 +175,7 @@ impl Config {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: file.clone(),
+            line: None,
             key: None,
             problem: format!("cannot read the file: {e}"),
         })?;
@@ -171,10 +185,14 @@ impl Config {
     /// Parses and validates config text; `path` names it in errors and anchors relative paths.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let raw = parse_toml(path, text)?;
-        Validator {
+        let validator = Validator {
             file: path.display().to_string(),
-        }
-        .validate(path, raw)
+            text: text.to_string(),
+            warnings: Default::default(),
+        };
+        let mut config = validator.validate(path, raw)?;
+        config.warnings = validator.warnings.into_inner();
+        Ok(config)
     }
 
     /// The directory scope in words, one fact a line: what decides who is in scope and
@@ -229,16 +247,15 @@ impl Config {
 }
 
 fn parse_toml(path: &Path, text: &str) -> Result<file::FileV1, ConfigError> {
-    let error = |key: Option<String>, message: &str, span: Option<std::ops::Range<usize>>| {
-        let at = span
-            .map(|s| format!("line {}: ", line_of(text, s.start)))
-            .unwrap_or_default();
-        ConfigError {
+    let error =
+        |key: Option<String>, message: &str, span: Option<std::ops::Range<usize>>| ConfigError {
             file: path.display().to_string(),
+            line: span
+                .map(|s| line_of(text, s.start))
+                .or_else(|| key.as_deref().and_then(|k| line_of_key(text, k))),
             key,
-            problem: format!("{at}{}", message.trim()),
-        }
-    };
+            problem: without_values(message.trim()),
+        };
     let de = toml::Deserializer::parse(text).map_err(|e| error(None, e.message(), e.span()))?;
     serde_path_to_error::deserialize(de).map_err(|e| {
         let mut key = e.path().to_string();
@@ -263,18 +280,103 @@ fn parse_toml(path: &Path, text: &str) -> Result<file::FileV1, ConfigError> {
     })
 }
 
+/// A serde or TOML message with the values it quotes taken out: `invalid type: string
+/// "…", expected i64` becomes `wrong type: a string where i64 was expected`. Key names
+/// (in backquotes, as in `unknown field `x``) stay.
+fn without_values(message: &str) -> String {
+    for (prefix, what) in [
+        ("invalid type: ", "wrong type"),
+        ("invalid value: ", "invalid value"),
+    ] {
+        if let Some(rest) = message.strip_prefix(prefix) {
+            let (found, expected) = rest.rsplit_once(", expected ").unwrap_or((rest, ""));
+            let kind: String = found
+                .split([' ', '"', '`'])
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            let kind = match kind.as_str() {
+                "string" | "integer" | "floating" | "boolean" | "character" | "sequence"
+                | "map" | "unit" | "option" | "bytes" => match kind.as_str() {
+                    "integer" => "an integer".to_string(),
+                    "floating" => "a number".to_string(),
+                    other => format!("a {other}"),
+                },
+                _ => "a value".to_string(),
+            };
+            return if expected.is_empty() {
+                format!("{what}: {kind}")
+            } else {
+                format!("{what}: {kind} where {expected} was expected")
+            };
+        }
+    }
+    if let Some(rest) = message.strip_prefix("unknown variant ") {
+        let expected = rest.split_once(", expected ").map_or("", |(_, e)| e);
+        return format!("unknown value; expected {expected}");
+    }
+    message.to_string()
+}
+
 fn line_of(text: &str, offset: usize) -> usize {
     text.get(..offset).map_or(0, |t| t.matches('\n').count()) + 1
 }
 
+/// The line of a dotted key (`source.users.base`, `mapping[2].to`) in the file: the
+/// `key = ...` line when the key is there, else the line of the nearest table that is
+/// (for a missing key). A light scan of the TOML, enough for the files admins write.
+fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    let unquote = |k: &str| k.trim().trim_matches('"').trim_matches('\'').to_string();
+    let dotted = |k: &str| k.split('.').map(unquote).collect::<Vec<_>>().join(".");
+    let mut table = String::new();
+    let mut arrays: std::collections::HashMap<String, usize> = Default::default();
+    let mut best: Option<(usize, usize)> = None; // (matched length, line)
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if let Some(name) = line.strip_prefix("[[").and_then(|l| l.split("]]").next()) {
+            let name = dotted(name);
+            let n = arrays.entry(name.clone()).or_insert(0);
+            table = format!("{name}[{n}]");
+            *n += 1;
+        } else if let Some(name) = line.strip_prefix('[').and_then(|l| l.split(']').next()) {
+            table = dotted(name);
+        } else if let Some((k, _)) = line.split_once('=') {
+            if line.starts_with('#') {
+                continue;
+            }
+            let full = if table.is_empty() {
+                dotted(k)
+            } else {
+                format!("{table}.{}", dotted(k))
+            };
+            if full == key {
+                return Some(i + 1);
+            }
+            continue;
+        } else {
+            continue;
+        }
+        if (key == table || key.starts_with(&format!("{table}.")))
+            && best.is_none_or(|(len, _)| table.len() > len)
+        {
+            best = Some((table.len(), i + 1));
+        }
+    }
+    best.map(|(_, line)| line)
+}
+
 struct Validator {
     file: String,
+    text: String,
+    /// Things an admin should fix that do not stop dirsync (a secret file others can read).
+    warnings: std::cell::RefCell<Vec<String>>,
 }
 
 impl Validator {
     fn err(&self, key: &str, problem: impl fmt::Display) -> ConfigError {
         ConfigError {
             file: self.file.clone(),
+            line: line_of_key(&self.text, key),
             key: Some(key.to_string()),
             problem: problem.to_string(),
         }
@@ -318,6 +420,7 @@ impl Validator {
             safety,
             mapping,
             access,
+            warnings: Vec::new(),
         })
     }
 
@@ -331,15 +434,15 @@ impl Validator {
         let count = |key: &str, v: Option<i64>, default: usize| match v {
             None => Ok(default),
             Some(n) if n >= 0 => Ok(n as usize),
-            Some(n) => Err(self.err(key, format!("{n} is negative"))),
+            Some(_) => Err(self.err(key, "is negative")),
         };
         let percent = match s.max_closure_percent {
             None => 20.0,
             Some(p) if (0.0..=100.0).contains(&p) => p,
-            Some(p) => {
+            Some(_) => {
                 return Err(self.err(
                     "safety.max_closure_percent",
-                    format!("{p} is not a percentage (0 to 100)"),
+                    "is not a percentage (0 to 100)",
                 ))
             }
         };
@@ -407,7 +510,7 @@ impl Validator {
             if name.is_empty() || name.contains('"') {
                 return Err(self.err(
                     &format!("{key}.service"),
-                    format!("{:?} is not a service name", s.service),
+                    "is not a service name (letters, digits, - and _)",
                 ));
             }
             if rules
@@ -417,7 +520,7 @@ impl Validator {
             {
                 return Err(self.err(
                     &format!("{key}.service"),
-                    format!("service {name:?} has two rules; list one group per service"),
+                    "this service has two rules; list one group per service",
                 ));
             }
             rules.services.push(ServiceRule {
@@ -464,10 +567,10 @@ impl Validator {
                         ))
                     }
                 },
-                other => {
+                _ => {
                     return Err(self.err(
                         "sub_unit.from",
-                        format!("unknown source {other:?}; expected \"ou\" or \"attribute\""),
+                        "unknown source; expected \"ou\" or \"attribute\"",
                     ))
                 }
             };
@@ -494,10 +597,10 @@ impl Validator {
         let kind = match s.kind.as_deref() {
             None | Some("ldap") | Some("openldap") => SourceKind::Ldap,
             Some("active-directory") | Some("ad") => SourceKind::ActiveDirectory,
-            Some(other) => {
+            Some(_) => {
                 return Err(self.err(
                     "source.kind",
-                    format!("unknown kind {other:?}; expected \"ldap\" or \"active-directory\""),
+                    "unknown kind; expected \"ldap\" or \"active-directory\"",
                 ))
             }
         };
@@ -516,14 +619,31 @@ impl Validator {
             ("ldaps", _) => Tls::Ldaps,
             ("ldap", None | Some(true)) => Tls::StartTls,
             ("ldap", Some(false)) => Tls::None,
-            (other, _) => {
+            (_, _) => {
                 return Err(self.err(
                     "source.url",
-                    format!("scheme {other:?} is not supported; use ldaps:// or ldap://"),
+                    "this scheme is not supported; use ldaps:// or ldap://",
                 ))
             }
         };
-        let ca_file = self.existing_file("source.ca_file", base_dir, s.ca_file)?;
+        let ca_file = self.ca_file("source.ca_file", base_dir, s.ca_file)?;
+        let tls_server_name = match s.tls_server_name {
+            Some(_) if tls == Tls::None => {
+                return Err(self.err(
+                    "source.tls_server_name",
+                    "is for TLS connections; this one is plain LDAP (starttls = false)",
+                ))
+            }
+            Some(n) => match rustls::pki_types::ServerName::try_from(n.trim().to_string()) {
+                Ok(_) => Some(n.trim().to_string()),
+                Err(_) => {
+                    return Err(
+                        self.err("source.tls_server_name", "is not a DNS name or IP address")
+                    )
+                }
+            },
+            None => None,
+        };
         let bind = match s.bind_dn {
             Some(dn) if dn.trim().is_empty() => {
                 return Err(self.err(
@@ -557,16 +677,11 @@ impl Validator {
             Some(n) if kind == SourceKind::ActiveDirectory && n > i64::from(AD_MAX_PAGE_SIZE) => {
                 return Err(self.err(
                     "source.page_size",
-                    format!("{n} is more than Active Directory's MaxPageSize ({AD_MAX_PAGE_SIZE})"),
+                    format!("is more than Active Directory's MaxPageSize ({AD_MAX_PAGE_SIZE})"),
                 ))
             }
             Some(n) if (1..=100_000).contains(&n) => n as i32,
-            Some(n) => {
-                return Err(self.err(
-                    "source.page_size",
-                    format!("{n} is out of range 1..=100000"),
-                ))
-            }
+            Some(_) => return Err(self.err("source.page_size", "is out of range 1..=100000")),
         };
         let ad = kind == SourceKind::ActiveDirectory;
         let anchor_attribute = s
@@ -611,6 +726,7 @@ impl Validator {
             url,
             tls,
             ca_file,
+            tls_server_name,
             bind,
             timeout,
             page_size,
@@ -643,10 +759,10 @@ impl Validator {
         let scope = match scope.as_deref() {
             None | Some("subtree") | Some("sub") => Scope::Subtree,
             Some("one") | Some("onelevel") => Scope::One,
-            Some(other) => {
+            Some(_) => {
                 return Err(self.err(
                     &format!("{key}.scope"),
-                    format!("unknown scope {other:?}; expected \"subtree\" or \"one\""),
+                    "unknown scope; expected \"subtree\" or \"one\"",
                 ))
             }
         };
@@ -675,38 +791,64 @@ impl Validator {
             .map_err(|e| self.err(key, e))
     }
 
+    /// An LDAP filter, parsed as the LDAP library will parse it when it is sent.
     fn filter(&self, key: &str, filter: String) -> Result<String, ConfigError> {
         let f = filter.trim();
-        let balanced = f.chars().try_fold(0i32, |depth, c| {
-            let d = match c {
-                '(' => depth + 1,
-                ')' => depth - 1,
-                _ => depth,
-            };
-            (d >= 0).then_some(d)
-        }) == Some(0);
-        if !(f.starts_with('(') && f.ends_with(')') && balanced) {
-            return Err(self.err(
+        match filter::problem(f) {
+            None => Ok(f.to_string()),
+            Some((at, what)) => Err(self.err(
                 key,
                 format!(
-                    "{f:?} is not an LDAP filter (RFC 4515), e.g. \"(objectClass=inetOrgPerson)\""
+                    "not an LDAP filter (RFC 4515): {what}, at character {at}:\n{}",
+                    filter::pointed(f, at)
                 ),
-            ));
+            )),
         }
-        Ok(f.to_string())
+    }
+
+    /// A CA file: it must exist and hold at least one PEM certificate.
+    fn ca_file(
+        &self,
+        key: &str,
+        base_dir: &Path,
+        p: Option<String>,
+    ) -> Result<Option<PathBuf>, ConfigError> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::CertificateDer;
+        let Some(path) = self.existing_file(key, base_dir, p)? else {
+            return Ok(None);
+        };
+        let certs: Result<Vec<CertificateDer<'_>>, _> =
+            CertificateDer::pem_file_iter(&path).and_then(|certs| certs.collect());
+        match certs {
+            Ok(certs) if !certs.is_empty() => Ok(Some(path)),
+            Ok(_) => Err(self.err(
+                key,
+                "the file it names holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            )),
+            Err(e) => Err(self.err(
+                key,
+                format!("the file it names is not a PEM certificate file ({e})"),
+            )),
+        }
     }
 
     fn portal(&self, base_dir: &Path, p: file::PortalV1) -> Result<PortalConfig, ConfigError> {
         let mut url =
             Url::parse(&p.url).map_err(|e| self.err("portal.url", format!("not a URL ({e})")))?;
         if !matches!(url.scheme(), "https" | "http") {
-            return Err(self.err(
-                "portal.url",
-                format!("scheme {:?} is not supported; use https://", url.scheme()),
-            ));
+            return Err(self.err("portal.url", "this scheme is not supported; use https://"));
         }
         if url.host_str().is_none_or(str::is_empty) {
             return Err(self.err("portal.url", "the URL has no host"));
+        }
+        if url.scheme() == "http" && !is_loopback(&url) && p.insecure_http != Some(true) {
+            return Err(self.err(
+                "portal.url",
+                "plain http:// would send the API token in clear over the network; use https://, \
+                 or set portal.insecure_http = true if a TLS-terminating proxy on this host \
+                 forwards it",
+            ));
         }
         if !url.username().is_empty() || url.password().is_some() {
             return Err(self.err(
@@ -724,28 +866,22 @@ impl Validator {
             p.token_env,
             p.token_credential,
         )?;
-        let ca_file = self.existing_file("portal.ca_file", base_dir, p.ca_file)?;
+        let ca_file = self.ca_file("portal.ca_file", base_dir, p.ca_file)?;
         let timeout = self.duration("portal.timeout_secs", p.timeout_secs, DEFAULT_TIMEOUT)?;
         let page_size = match p.page_size {
             None => DEFAULT_PORTAL_PAGE_SIZE,
             Some(n) if (1..=10_000).contains(&n) => n as usize,
-            Some(n) => {
-                return Err(self.err("portal.page_size", format!("{n} is out of range 1..=10000")))
-            }
+            Some(_) => return Err(self.err("portal.page_size", "is out of range 1..=10000")),
         };
         let concurrency = match p.concurrency {
             None => 4,
             Some(n) if (1..=64).contains(&n) => n as usize,
-            Some(n) => {
-                return Err(self.err("portal.concurrency", format!("{n} is out of range 1..=64")))
-            }
+            Some(_) => return Err(self.err("portal.concurrency", "is out of range 1..=64")),
         };
         let max_retries = match p.max_retries {
             None => 4,
             Some(n) if (0..=20).contains(&n) => n as u32,
-            Some(n) => {
-                return Err(self.err("portal.max_retries", format!("{n} is out of range 0..=20")))
-            }
+            Some(_) => return Err(self.err("portal.max_retries", "is out of range 0..=20")),
         };
         Ok(PortalConfig {
             url,
@@ -769,10 +905,7 @@ impl Validator {
         for (i, m) in raw.into_iter().enumerate() {
             let key = format!("mapping[{i}]");
             if m.from.trim().is_empty() || m.from.contains(|c: char| c.is_whitespace()) {
-                return Err(self.err(
-                    &format!("{key}.from"),
-                    format!("{:?} is not an LDAP attribute name", m.from),
-                ));
+                return Err(self.err(&format!("{key}.from"), "is not an LDAP attribute name"));
             }
             let to = AttrPath::parse(&m.to).map_err(|e| self.err(&format!("{key}.to"), e))?;
             if rules.iter().any(|r| r.to == to) {
@@ -798,12 +931,10 @@ impl Validator {
                 None | Some("directory") => Owner::Directory,
                 Some("portal") => Owner::Portal,
                 Some("merge") => Owner::Merge,
-                Some(other) => {
+                Some(_) => {
                     return Err(self.err(
                         &format!("{key}.owner"),
-                        format!(
-                        "unknown owner {other:?}; expected \"directory\", \"portal\" or \"merge\""
-                    ),
+                        "unknown owner; expected \"directory\", \"portal\" or \"merge\"",
                     ))
                 }
             };
@@ -857,7 +988,14 @@ impl Validator {
             )),
             1 => {
                 let (k, src) = &sources[0];
-                src.read().map_err(|e| self.err(k, e))
+                let secret = src.read(k).map_err(|e| self.err(k, e))?;
+                if let Some(mode) = src.readable_by_others() {
+                    self.warnings.borrow_mut().push(format!(
+                        "the secret file named by {k} can be read by other users (mode {mode:03o}); \
+                         make it readable by dirsync alone (chmod 600)"
+                    ));
+                }
+                Ok(secret)
             }
             _ => Err(self.err(
                 &sources[1].0,
@@ -876,8 +1014,12 @@ impl Validator {
             None => Ok(None),
             Some(p) => {
                 let path = resolve(base_dir, &p);
-                std::fs::metadata(&path)
-                    .map_err(|e| self.err(key, format!("cannot read {}: {e}", path.display())))?;
+                std::fs::metadata(&path).map_err(|e| {
+                    self.err(
+                        key,
+                        format!("the file it names cannot be read: {}", io_reason(&e)),
+                    )
+                })?;
                 Ok(Some(path))
             }
         }
@@ -892,13 +1034,25 @@ impl Validator {
         match secs {
             None => Ok(default),
             Some(0) => Err(self.err(key, "must be at least 1 second")),
-            Some(s) if s > 24 * 3600 => Err(self.err(key, format!("{s} s is more than a day"))),
+            Some(s) if s > 24 * 3600 => Err(self.err(key, "is more than a day (86400 s)")),
             Some(s) => Ok(Duration::from_secs(s)),
         }
     }
 }
 
 /// Relative paths in the config are relative to the config file's directory.
+/// Whether the URL's host is this machine (a loopback address or `localhost`).
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => {
+            d.eq_ignore_ascii_case("localhost") || d.to_ascii_lowercase().ends_with(".localhost")
+        }
+        None => false,
+    }
+}
+
 fn resolve(base_dir: &Path, p: &str) -> PathBuf {
     let path = PathBuf::from(p);
     if path.is_absolute() {

@@ -4,14 +4,12 @@ use super::*;
 
 /// Writes the secret files an example refers to into `dir` and points the text at them.
 fn with_secrets_in(dir: &Path, text: &str) -> String {
-    for name in [
-        "ldap-password",
-        "portal-token",
-        "ldap-ca.pem",
-        "ad-ca.pem",
-        "portal-ca.pem",
-    ] {
+    for name in ["ldap-password", "portal-token"] {
         std::fs::write(dir.join(name), "not-a-real-secret\n").unwrap();
+    }
+    let ca = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/example-ca.pem");
+    for name in ["ldap-ca.pem", "ad-ca.pem", "portal-ca.pem"] {
+        std::fs::copy(&ca, dir.join(name)).unwrap();
     }
     text.replace("/etc/dirsync/", &format!("{}/", dir.display()))
 }
@@ -160,7 +158,7 @@ fn malformed_configs_name_the_key_and_the_problem() {
                 "bind_password_file = \"/nonexistent/pw\"",
             ),
             "source.bind_password_file",
-            "/nonexistent/pw",
+            "the file named by source.bind_password_file cannot be read: No such file or directory",
         ),
         (
             "no secret at all",
@@ -181,7 +179,7 @@ fn malformed_configs_name_the_key_and_the_problem() {
             "wrong type",
             MINIMAL.replace("[source.users]", "page_size = \"big\"\n[source.users]"),
             "source.page_size",
-            "invalid type",
+            "wrong type: a string where i64 was expected",
         ),
         (
             "page size out of range",
@@ -257,6 +255,19 @@ fn malformed_configs_name_the_key_and_the_problem() {
             !msg.contains("secret-"),
             "{what}: the error quotes a secret: {msg}"
         );
+        assert!(
+            !msg.contains("/nonexistent") && !msg.contains("\"big\"") && !msg.contains("novell"),
+            "{what}: the error quotes a value from the file: {msg}"
+        );
+        if !matches!(key, "" | "mapping") {
+            let line = err
+                .line
+                .unwrap_or_else(|| panic!("{what}: no line in {msg}"));
+            assert!(
+                msg.contains(&format!("dirsync.toml line {line}: ")),
+                "{what}: {msg}"
+            );
+        }
     }
 }
 
@@ -269,4 +280,200 @@ fn relative_paths_are_relative_to_the_config_file() {
     )
     .unwrap();
     assert_eq!(c.state_path, dir.path().join("state/dirsync.db"));
+}
+
+/// The line of `needle` in `text`, 1-based.
+fn line_with(text: &str, needle: &str) -> usize {
+    text.lines().position(|l| l.contains(needle)).unwrap() + 1
+}
+
+#[test]
+fn secrets_put_in_the_wrong_place_are_never_echoed() {
+    const PW: &str = "Pa55-in-the-wrong-place";
+    const TOKEN: &str = "tok-in-the-wrong-place-3f9a";
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "the password as its own file name",
+            MINIMAL.replace(
+                "bind_password_file = \"pw\"",
+                &format!("bind_password_file = \"{PW}\""),
+            ),
+            "the file named by source.bind_password_file cannot be read: No such file or directory",
+        ),
+        (
+            "the password as an environment variable name",
+            MINIMAL.replace(
+                "bind_password_file = \"pw\"",
+                &format!("bind_password_env = \"{PW}\""),
+            ),
+            "the environment variable named by source.bind_password_env is not set",
+        ),
+        (
+            "the token as a credential name",
+            MINIMAL.replace(
+                "token_file = \"token\"",
+                &format!("token_credential = \"{TOKEN}\""),
+            ),
+            "names a systemd credential, but CREDENTIALS_DIRECTORY is not set",
+        ),
+        (
+            "the token as a page size",
+            MINIMAL.replace(
+                "[portal]\n",
+                &format!("[portal]\npage_size = \"{TOKEN}\"\n"),
+            ),
+            "wrong type: a string where i64 was expected",
+        ),
+        (
+            "the token inline under an unknown key",
+            MINIMAL.replace("[portal]\n", &format!("[portal]\ntoken = \"{TOKEN}\"\n")),
+            "unknown field `token`",
+        ),
+        (
+            "the token as a URL",
+            MINIMAL.replace("http://127.0.0.1:8080", TOKEN),
+            "not a URL",
+        ),
+        (
+            "the password as a mapping target",
+            MINIMAL.replace(
+                "to = \"userName\"",
+                &format!("to = \"userName\"\nowner = \"{PW}\""),
+            ),
+            "unknown owner",
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (what, text, says) in cases {
+        let err = parse_in(dir.path(), &text).expect_err(what);
+        let msg = err.to_string();
+        assert!(!msg.contains(PW) && !msg.contains(TOKEN), "{what}: {msg}");
+        assert!(msg.contains(says), "{what}: {msg}");
+        let line = err.line.unwrap_or_else(|| panic!("{what}: no line: {msg}"));
+        let wrong = text.lines().nth(line - 1).unwrap_or_default();
+        assert!(
+            wrong.contains(PW) || wrong.contains(TOKEN) || wrong.contains("owner"),
+            "{what}: line {line} is {wrong:?}"
+        );
+    }
+}
+
+#[test]
+fn ldap_filters_are_parsed_at_load_naming_the_key_and_where_they_break() {
+    let dir = tempfile::tempdir().unwrap();
+    let with_groups = MINIMAL.replace(
+        "[portal]",
+        "[source.groups]\nbase = \"ou=groups,dc=example,dc=com\"\n[portal]",
+    );
+    for (filter, at) in [
+        ("(objectClass=inetOrgPerson)(uid=*)", 28),
+        ("(objectClass)", 13),
+        ("(cn=a\\\\zz)", 6),
+    ] {
+        let shown = filter.replace("\\\\", "\\");
+        for (key, text) in [
+            (
+                "source.users.filter",
+                MINIMAL.replace("[portal]", &format!("filter = \"{filter}\"\n[portal]")),
+            ),
+            (
+                "source.users.disabled_filter",
+                MINIMAL.replace(
+                    "[portal]",
+                    &format!("disabled_filter = \"{filter}\"\n[portal]"),
+                ),
+            ),
+            (
+                "portal_groups.filter",
+                format!("{with_groups}\n[portal_groups]\nfilter = \"{filter}\"\n"),
+            ),
+        ] {
+            let err = parse_in(dir.path(), &text).expect_err(filter);
+            let msg = err.to_string();
+            assert_eq!(err.key.as_deref(), Some(key), "{msg}");
+            assert!(msg.contains(&format!("at character {at}:")), "{msg}");
+            assert!(
+                msg.contains(&format!("    {shown}\n")),
+                "the filter is shown: {msg}"
+            );
+            assert_eq!(err.line, Some(line_with(&text, "filter = ")), "{msg}");
+        }
+    }
+    parse_in(
+        dir.path(),
+        &MINIMAL.replace(
+            "[portal]",
+            "filter = \"(&(objectClass=user)(!(cn=x\\\\2a)))\"\n[portal]",
+        ),
+    )
+    .expect("a good filter passes");
+}
+
+#[test]
+fn a_ca_file_without_a_certificate_is_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), "this is not a certificate\n").unwrap();
+    for key in ["source.ca_file", "portal.ca_file"] {
+        let table = key.split('.').next().unwrap();
+        let text = MINIMAL
+            .replace("http://127.0.0.1:8080", "https://portal.example.com/scim/")
+            .replace("ldap://127.0.0.1:3890", "ldaps://dc.example.com")
+            .replace("starttls = false\n", "")
+            .replace(
+                &format!("[{table}]\n"),
+                &format!("[{table}]\nca_file = \"ca.pem\"\n"),
+            );
+        let err = parse_in(dir.path(), &text).expect_err(key);
+        assert_eq!(err.key.as_deref(), Some(key), "{err}");
+        assert!(
+            err.to_string().contains("holds no PEM certificate"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn a_plain_http_portal_is_refused_unless_on_this_host_or_said_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let remote = MINIMAL.replace("http://127.0.0.1:8080", "http://portal.example.com/scim/");
+    let err = parse_in(dir.path(), &remote).expect_err("token in clear");
+    assert_eq!(err.key.as_deref(), Some("portal.url"));
+    assert!(err.to_string().contains("in clear"), "{err}");
+    parse_in(
+        dir.path(),
+        &remote.replace("[portal]\n", "[portal]\ninsecure_http = true\n"),
+    )
+    .expect("a TLS-terminating proxy on this host");
+    for local in [
+        "http://localhost:8080/",
+        "http://[::1]:8080/",
+        "http://127.0.0.2/",
+    ] {
+        parse_in(dir.path(), &MINIMAL.replace("http://127.0.0.1:8080", local)).expect(local);
+    }
+}
+
+#[test]
+fn a_secret_file_others_can_read_gives_a_warning() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mode = |name: &str, mode: u32| {
+        std::fs::set_permissions(dir.path().join(name), std::fs::Permissions::from_mode(mode))
+            .unwrap()
+    };
+    std::fs::write(dir.path().join("pw"), "bind-secret-123\n").unwrap();
+    std::fs::write(dir.path().join("token"), "token-secret-456").unwrap();
+    mode("pw", 0o600);
+    mode("token", 0o644);
+    let config = Config::parse(&dir.path().join("dirsync.toml"), MINIMAL).unwrap();
+    assert_eq!(
+        config.warnings,
+        [
+            "the secret file named by portal.token_file can be read by other users (mode 644); \
+          make it readable by dirsync alone (chmod 600)"
+        ]
+    );
+    mode("token", 0o400);
+    let config = Config::parse(&dir.path().join("dirsync.toml"), MINIMAL).unwrap();
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
 }

@@ -46,6 +46,11 @@ pub struct GroupChange {
     pub remove: Vec<Member>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The portal group carries the directory group's anchor as `externalId` but the
+    /// state does not know it: a group dirsync made whose create was not recorded (the
+    /// run was killed, or its answer lost). It is linked, as made by dirsync.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub take_over: bool,
 }
 
 /// A portal group the state knows: its id and whether dirsync created it.
@@ -126,6 +131,7 @@ pub fn plan(input: &GroupInput<'_>, notes: &mut Vec<String>) -> Vec<GroupChange>
                         .collect(),
                     remove: Vec::new(),
                     reason: None,
+                    take_over: false,
                 });
             }
             Some(p) => {
@@ -163,7 +169,10 @@ pub fn plan(input: &GroupInput<'_>, notes: &mut Vec<String>) -> Vec<GroupChange>
                     .collect();
                 let rename =
                     (p.display_name != g.name).then(|| (p.display_name.clone(), g.name.clone()));
-                if add.is_empty() && remove.is_empty() && rename.is_none() {
+                // Made by dirsync (it carries the anchor dirsync sends) but never recorded:
+                // the run that made it was killed, or lost the answer. Linked as dirsync's.
+                let take_over = !input.known.contains_key(&key);
+                if add.is_empty() && remove.is_empty() && rename.is_none() && !take_over {
                     continue;
                 }
                 out.push(GroupChange {
@@ -174,7 +183,12 @@ pub fn plan(input: &GroupInput<'_>, notes: &mut Vec<String>) -> Vec<GroupChange>
                     rename,
                     add,
                     remove,
-                    reason: None,
+                    reason: take_over.then(|| {
+                        "carries this directory group's anchor as externalId but dirsync had not recorded it \
+                         (a run stopped before it could); linked as a group dirsync made"
+                            .to_string()
+                    }),
+                    take_over,
                 });
             }
         }
@@ -211,6 +225,7 @@ pub fn plan(input: &GroupInput<'_>, notes: &mut Vec<String>) -> Vec<GroupChange>
                 add: Vec::new(),
                 remove: Vec::new(),
                 reason: Some("no longer a mirrored directory group".into()),
+                take_over: false,
             });
         } else {
             notes.push(format!(

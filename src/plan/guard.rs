@@ -61,9 +61,15 @@ pub fn apply_limits(
             } else {
                 format!("{} closures", limits.max_closures)
             };
+            // Orphans taken over in this plan are linked only by a sync with the flag.
+            let adopting = if plan.orphans.iter().any(|o| o.adopted) {
+                " --adopt-orphans"
+            } else {
+                ""
+            };
             let mut message = format!(
                 "this cycle would close {closures} users, more than the limit ({limit}): no one was closed. \
-                 If that is right, run `dirsync sync --confirm-closures {closures}`"
+                 If that is right, run `dirsync sync{adopting} --confirm-closures {closures}`"
             );
             if let Some(n) = confirmed.closures {
                 message.push_str(&format!(" (you confirmed {n}, the plan has {closures})"));

@@ -4,6 +4,7 @@
 
 pub mod groups;
 pub mod guard;
+pub mod links;
 pub mod user;
 mod validate;
 
@@ -12,6 +13,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde::Serialize;
 
 pub use self::groups::{GroupAction, GroupChange, KnownGroup};
+pub use self::links::{Links, Orphan};
 use crate::access::{self, AccessRules, Membership};
 use crate::mapping::{AttrPath, Attributes, Owner, Rule, Value};
 use crate::portal::{PortalGroup, PortalSchema, PortalUser};
@@ -175,6 +177,9 @@ pub struct Plan {
     pub in_sync: Vec<InSync>,
     /// Things the admin should know that are not changes.
     pub notes: Vec<String>,
+    /// Portal users with an externalId dirsync does not manage and no directory user has
+    /// (see [`links`]); `adopted` when taken over this cycle.
+    pub orphans: Vec<Orphan>,
     /// Changes a safety guard held back, and how to release them.
     pub held: Vec<guard::Held>,
 }
@@ -207,6 +212,9 @@ pub struct Input<'a> {
     /// Anchors (lowercased) the directory showed deleted this cycle (AD tombstones). Other
     /// managed users missing from the directory left its scope.
     pub deleted: &'a HashSet<String>,
+    /// The state's links to portal ids, which of them the portal deleted, and whether
+    /// orphans are taken over.
+    pub links: &'a Links,
 }
 
 /// A directory user that passed validation, with its mapped attributes.
@@ -259,7 +267,12 @@ pub fn compute(input: &Input<'_>) -> Plan {
             "group cycle in the directory: {cycle} (membership counted once)"
         ));
     }
-    let mut wanted = validate::validate(input.directory, input.rules, &mut plan.skipped);
+    let mut wanted = validate::validate(
+        input.directory,
+        input.rules,
+        &mut plan.skipped,
+        &mut plan.notes,
+    );
     for w in &mut wanted {
         let (derived, why) = access::derive(input.access, &membership, &resolved, w.user);
         w.attrs.extend(derived);
@@ -280,6 +293,18 @@ pub fn compute(input: &Input<'_>) -> Plan {
         .iter()
         .map(|u| u.anchor.to_ascii_lowercase())
         .collect();
+    let adopt = input.links.adopt_orphans;
+    plan.orphans = links::orphans(input.portal, input.state, &in_directory, adopt);
+    let with_orphans;
+    let input = if adopt && !plan.orphans.is_empty() {
+        with_orphans = links::with_orphans(input.state, &plan.orphans);
+        &Input {
+            state: &with_orphans,
+            ..*input
+        }
+    } else {
+        input
+    };
     let mut claimed: HashSet<String> = HashSet::new();
     for w in &wanted {
         let key = w.user.anchor.to_ascii_lowercase();
@@ -435,6 +460,17 @@ fn plan_unlinked(
         });
         return;
     }
+    // Never a second portal user for one the state links this anchor to.
+    let reason = match input.links.may_create(&w.user.anchor, input.portal) {
+        Ok(reason) => reason,
+        Err(problem) => {
+            plan.skipped.push(Skipped {
+                dn: w.user.dn.clone(),
+                problem,
+            });
+            return;
+        }
+    };
     plan.changes.push(Change {
         action: Action::Create,
         anchor: w.user.anchor.clone(),
@@ -442,7 +478,7 @@ fn plan_unlinked(
         dn: Some(w.user.dn.clone()),
         portal_id: None,
         version: None,
-        reason: None,
+        reason,
         // In the order of the config's mappings, so the report reads as the config does.
         fields: input
             .rules

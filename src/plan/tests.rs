@@ -6,6 +6,8 @@ use super::*;
 use crate::mapping::{self, Owner};
 use crate::portal::PortalSchema;
 
+mod links;
+
 fn rules() -> Vec<Rule> {
     [
         ("mail", "userName"),
@@ -83,6 +85,7 @@ fn plan_with_rules(
         known_groups: &HashMap::new(),
         now: Timestamp::from_unix(1_800_000_000),
         deleted: &HashSet::new(),
+        links: &Links::default(),
     })
 }
 
@@ -248,6 +251,7 @@ fn an_account_whose_expiry_passed_is_closed_and_one_expiring_later_is_not() {
         known_groups: &HashMap::new(),
         now: Timestamp::from_unix(now),
         deleted: &HashSet::new(),
+        links: &Links::default(),
     });
     assert_eq!(
         plan.changes.len(),
@@ -291,6 +295,7 @@ fn a_user_whose_tombstone_was_read_is_closed_as_deleted() {
         known_groups: &HashMap::new(),
         now: Timestamp::from_unix(1_800_000_000),
         deleted: &HashSet::from(["uuid-anna".to_string()]),
+        links: &Links::default(),
     });
     let reasons: Vec<(&str, Option<&str>)> = plan
         .changes
@@ -383,9 +388,30 @@ fn entries_without_mail_or_sharing_a_mail_are_skipped_and_the_rest_sync() {
 }
 
 #[test]
-fn control_characters_in_other_values_skip_the_entry() {
+fn control_characters_in_other_values_become_spaces_and_are_noted() {
     let mut anna = dir_user("anna", Some("anna@example.se"), "Berg");
-    anna.attrs.insert("sn".into(), vec!["Be\u{0}rg".into()]);
+    anna.attrs.insert("sn".into(), vec!["Be\u{0}rg\tEk".into()]);
+    let plan = plan_with(&[anna], &[], &State::new());
+    assert!(plan.skipped.is_empty(), "{:?}", plan.skipped);
+    assert_eq!(plan.changes.len(), 1);
+    let family = plan.changes[0]
+        .fields
+        .iter()
+        .find(|f| f.path.to_string() == "name.familyName")
+        .unwrap();
+    assert_eq!(family.new, Some(Value::One("Be rg Ek".into())));
+    assert!(
+        plan.notes.iter().any(|n| n.contains("uid=anna")
+            && n.contains("`name.familyName`")
+            && n.contains("replaced by spaces")),
+        "{:?}",
+        plan.notes
+    );
+}
+
+#[test]
+fn control_characters_in_the_login_skip_the_entry() {
+    let anna = dir_user("anna", Some("an\u{7}na@example.se"), "Berg");
     let plan = plan_with(&[anna], &[], &State::new());
     assert!(plan.changes.is_empty());
     assert!(plan.skipped[0].problem.contains("control characters"));
@@ -859,6 +885,7 @@ mod access_rules {
                 known_groups: &self.known_groups,
                 now: Timestamp::from_unix(1_800_000_000),
                 deleted: &HashSet::new(),
+                links: &Links::default(),
             })
         }
 
@@ -1054,6 +1081,14 @@ mod access_rules {
                 .map(|a| id_of(a))
                 .collect(),
         }];
+        // ... and recorded in the state (otherwise it would be linked first).
+        w.known_groups = HashMap::from([(
+            "g-share".into(),
+            KnownGroup {
+                portal_id: "g1".into(),
+                created: true,
+            },
+        )]);
         assert!(w.plan().group_changes.is_empty(), "in step");
         let mut renamed = group("Share-2", &[&users[1], &users[2], &users[4]]);
         renamed.anchor = "g-Share".into();

@@ -1,5 +1,7 @@
-//! Which directory users can be synced: each needs a login and clean values; two entries
-//! claiming one login are both held back, since either could be the right one.
+//! Which directory users can be synced: each needs a login that is a plain email address;
+//! two entries claiming one login are both held back, since either could be the right one.
+//! Control characters in other values (a tab in `givenName`) are replaced by spaces and
+//! noted, rather than holding the whole user back.
 
 use std::collections::HashMap;
 
@@ -11,6 +13,7 @@ pub(super) fn validate<'a>(
     users: &'a [DirectoryUser],
     rules: &[Rule],
     skipped: &mut Vec<Skipped>,
+    notes: &mut Vec<String>,
 ) -> Vec<Wanted<'a>> {
     let login_rule = rules.iter().find(|r| r.to.is_user_name());
     let mut ok: Vec<Wanted<'a>> = Vec::new();
@@ -36,21 +39,33 @@ pub(super) fn validate<'a>(
             });
             continue;
         }
-        if let Some(problem) = attrs.iter().find_map(|(path, v)| {
-            let values: Vec<&String> = match v {
+        let mut attrs = attrs;
+        let mut cleaned: Vec<String> = Vec::new();
+        for (path, value) in attrs.iter_mut() {
+            let strings: Vec<&mut String> = match value {
                 Value::One(s) => vec![s],
-                Value::Many(vs) => vs.iter().collect(),
+                Value::Many(vs) => vs.iter_mut().collect(),
             };
-            values
-                .into_iter()
-                .find(|s| s.chars().any(char::is_control))
-                .map(|s| format!("the value for `{path}` holds control characters ({s:?})"))
-        }) {
-            skipped.push(Skipped {
-                dn: user.dn.clone(),
-                problem,
-            });
-            continue;
+            let mut touched = false;
+            for s in strings {
+                if s.chars().any(char::is_control) {
+                    *s = s
+                        .chars()
+                        .map(|c| if c.is_control() { ' ' } else { c })
+                        .collect();
+                    touched = true;
+                }
+            }
+            if touched {
+                cleaned.push(format!("`{path}`"));
+            }
+        }
+        if !cleaned.is_empty() {
+            notes.push(format!(
+                "{}: control characters in {} were replaced by spaces",
+                user.dn,
+                cleaned.join(", ")
+            ));
         }
         ok.push(Wanted {
             user,
@@ -95,7 +110,10 @@ pub(super) fn validate<'a>(
         .collect()
 }
 
-/// The portal's login is an email address.
+/// The portal's login is a plain email address: valid by RFC 5322 (the `email_address`
+/// crate), with a domain of at least two labels and no domain literal, and without the
+/// quoted forms, backslashes, brackets and braces that RFC allows but that portals, mail
+/// systems and JSON consumers stumble on (`"a b"@x.se`, `<script>@x.se`, `{"a":1}@x.se`).
 fn check_login(login: &str) -> Result<(), String> {
     let bad = |why: &str| {
         Err(format!(
@@ -105,19 +123,19 @@ fn check_login(login: &str) -> Result<(), String> {
     if login.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return bad("it contains spaces or control characters");
     }
-    let Some((local, domain)) = login.split_once('@') else {
-        return bad("no @");
-    };
-    if local.is_empty()
-        || domain.is_empty()
-        || domain.contains('@')
-        || !domain.contains('.')
-        || domain.starts_with('.')
-        || domain.ends_with('.')
-    {
-        return bad("it is not of the form name@domain.tld");
+    if login.contains(['"', '\\', '<', '>', '{', '}', '[', ']', '(', ')']) {
+        return bad("it contains quotes, backslashes, brackets or braces");
     }
-    Ok(())
+    let options = email_address::Options {
+        minimum_sub_domains: 2,
+        allow_domain_literal: false,
+        allow_display_text: false,
+        ..email_address::Options::default()
+    };
+    match email_address::EmailAddress::parse_with_options(login, options) {
+        Ok(_) => Ok(()),
+        Err(e) => bad(&e.to_string()),
+    }
 }
 
 #[cfg(test)]
@@ -128,6 +146,11 @@ mod tests {
     fn logins_must_look_like_email_addresses() {
         assert!(check_login("anna.berg@example.se").is_ok());
         assert!(check_login("Anna.Berg+fax@sub.example.se").is_ok());
+        assert!(check_login("o'brien@example.ie").is_ok());
+        assert!(
+            check_login("åsa@exempel.se").is_ok(),
+            "UTF-8 local parts (RFC 6531)"
+        );
         for bad in [
             "anna",
             "anna@",
@@ -137,6 +160,13 @@ mod tests {
             "a@localhost",
             "a@example.se.",
             "a\u{7}@x.se",
+            "<script>alert(2)</script>@x.se",
+            "\"quoted\"@x.se",
+            "{\"a\":1}@x.se",
+            "a@[10.0.0.1]",
+            "a..b@x.se",
+            "a@x..se",
+            "a@-x.se",
         ] {
             assert!(check_login(bad).is_err(), "{bad:?}");
         }

@@ -2,12 +2,16 @@
 //!
 //! It only ever PATCHes the attributes that changed (a PUT would wipe the fields users edit
 //! in the portal), reads lists page by page within the server's `maxResults`, and returns a
-//! list only when every page was read.
+//! list only when it adds up: every page read, no id twice, exactly `totalResults`
+//! resources (see [`PortalClient::list_users`]). Lookups by filter are checked against what
+//! was asked, since a portal may ignore the filter.
 
 mod schema;
 
+use std::collections::HashSet;
 use std::time::Duration;
 
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use reqwest::header::{
     HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, ETAG, IF_MATCH, RETRY_AFTER,
 };
@@ -25,6 +29,13 @@ pub const PATCH_OP: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
 const SCIM_JSON: &str = "application/scim+json";
 /// An upper bound on pages, so that a server that never reports the end cannot loop us.
 const MAX_PAGES: usize = 100_000;
+/// What a portal id keeps unescaped in a path segment: RFC 3986 unreserved characters.
+/// Everything else is percent-encoded (a space is `%20`, a `/` is `%2F`).
+const ID_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// A portal user, with the whole resource as the portal sent it.
 #[derive(Clone, Debug, PartialEq)]
@@ -83,6 +94,55 @@ pub struct PortalGroup {
     pub members: Vec<String>,
 }
 
+impl PortalGroup {
+    pub fn from_json(g: Json) -> Result<PortalGroup, PortalError> {
+        let id = g
+            .get("id")
+            .and_then(Json::as_str)
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| PortalError::Protocol("a group resource has no id".into()))?
+            .to_string();
+        Ok(PortalGroup {
+            id,
+            display_name: g
+                .get("displayName")
+                .and_then(Json::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            external_id: g
+                .get("externalId")
+                .and_then(Json::as_str)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string),
+            members: g
+                .get("members")
+                .and_then(Json::as_array)
+                .map(|m| {
+                    m.iter()
+                        .filter_map(|e| e.get("value").and_then(Json::as_str).map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+    }
+}
+
+/// What a group is looked up by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupKey {
+    ExternalId,
+    DisplayName,
+}
+
+impl GroupKey {
+    fn name(self) -> &'static str {
+        match self {
+            GroupKey::ExternalId => "externalId",
+            GroupKey::DisplayName => "displayName",
+        }
+    }
+}
+
 /// What `/ServiceProviderConfig` announced.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Capabilities {
@@ -123,13 +183,52 @@ pub enum PortalError {
     /// The portal answered something that is not SCIM. Needs an admin (wrong URL?).
     #[error("unexpected answer from the portal: {0}")]
     Protocol(String),
+    /// A listing that does not add up: a page without `totalResults`, an id twice, fewer
+    /// or more resources than announced, a `totalResults` that kept changing, or a user
+    /// dirsync manages missing from it. The cycle stops before planning, since a user
+    /// missing from the listing would be planned as a create. Transient if the portal was
+    /// busy; needs an admin if it persists.
+    #[error("listing /{endpoint} is incomplete ({problem}); nothing was planned from it")]
+    IncompleteListing { endpoint: String, problem: String },
+    /// A create met a resource that already exists (HTTP 409, or a lost answer) and that
+    /// is not dirsync's to take over (another login, another externalId). That one
+    /// resource is skipped and reported; an admin must look.
+    #[error("{0}")]
+    NotTakenOver(String),
 }
 
 impl PortalError {
     /// Whether the whole cycle should stop rather than go on with other users.
     pub fn is_fatal(&self) -> bool {
-        matches!(self, PortalError::Auth(_) | PortalError::Protocol(_))
+        matches!(
+            self,
+            PortalError::Auth(_) | PortalError::Protocol(_) | PortalError::IncompleteListing { .. }
+        )
     }
+
+    fn incomplete(endpoint: &str, problem: String) -> PortalError {
+        PortalError::IncompleteListing {
+            endpoint: endpoint.to_string(),
+            problem,
+        }
+    }
+}
+
+/// What a group create ended in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreatedGroup {
+    pub id: String,
+    /// The answer to the create was lost and the group was found by its `externalId`:
+    /// an earlier attempt made it.
+    pub found_after_lost_answer: bool,
+}
+
+/// One pass over a listing.
+#[derive(Debug)]
+enum Listing {
+    Complete(Vec<Json>),
+    /// `totalResults` changed between pages: the portal changed meanwhile.
+    Changed(String),
 }
 
 /// A SCIM client for one portal.
@@ -225,6 +324,8 @@ impl PortalClient {
         Ok(PortalSchema::from_json(&list))
     }
 
+    /// Every portal user. The listing is complete or an error
+    /// ([`PortalError::IncompleteListing`]): see [`PortalClient::list`].
     pub async fn list_users(&self) -> Result<Vec<PortalUser>, PortalError> {
         self.list("Users")
             .await?
@@ -233,36 +334,13 @@ impl PortalClient {
             .collect()
     }
 
+    /// Every portal group, complete or an error, as [`PortalClient::list_users`].
     pub async fn list_groups(&self) -> Result<Vec<PortalGroup>, PortalError> {
-        let groups = self.list("Groups").await?;
-        Ok(groups
+        self.list("Groups")
+            .await?
             .into_iter()
-            .filter_map(|g| {
-                Some(PortalGroup {
-                    id: g.get("id")?.as_str()?.to_string(),
-                    display_name: g
-                        .get("displayName")
-                        .and_then(Json::as_str)
-                        .unwrap_or_default()
-                        .to_string(),
-                    external_id: g
-                        .get("externalId")
-                        .and_then(Json::as_str)
-                        .map(str::to_string),
-                    members: g
-                        .get("members")
-                        .and_then(Json::as_array)
-                        .map(|m| {
-                            m.iter()
-                                .filter_map(|e| {
-                                    e.get("value").and_then(Json::as_str).map(str::to_string)
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                })
-            })
-            .collect())
+            .map(PortalGroup::from_json)
+            .collect()
     }
 
     pub async fn create_user(&self, resource: Json) -> Result<PortalUser, PortalError> {
@@ -294,7 +372,7 @@ impl PortalClient {
         let (resp, etag) = self
             .send(
                 Method::PATCH,
-                &format!("Users/{}", encode_id(id)),
+                &resource_path("Users", id)?,
                 Some(body),
                 if_match,
             )
@@ -306,52 +384,215 @@ impl PortalClient {
         }))
     }
 
-    /// The user with this login, if any (a filter query when the portal supports filters).
-    pub async fn find_user(&self, user_name: &str) -> Result<Option<PortalUser>, PortalError> {
-        if !self.capabilities.filter {
-            return Ok(self
-                .list_users()
+    /// The users whose login is `user_name` (case-insensitively). A filter query when the
+    /// portal supports filters; what it answers is checked, and a portal that ignored the
+    /// filter (it sent other users) is searched by a full listing instead.
+    pub async fn find_users(&self, user_name: &str) -> Result<Vec<PortalUser>, PortalError> {
+        let matching = |u: &PortalUser| u.user_name.eq_ignore_ascii_case(user_name);
+        if self.capabilities.filter {
+            let found = self
+                .filtered("Users", "userName", user_name)
                 .await?
-                .into_iter()
-                .find(|u| u.user_name.eq_ignore_ascii_case(user_name)));
+                .map(|r| {
+                    r.into_iter()
+                        .map(PortalUser::from_json)
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .transpose()?;
+            if let Some(found) = found {
+                if found.iter().all(matching) {
+                    return Ok(found);
+                }
+                info!(
+                    user_name,
+                    "the portal ignored the userName filter; looking the user up in the full listing"
+                );
+            }
         }
+        Ok(self
+            .list_users()
+            .await?
+            .into_iter()
+            .filter(matching)
+            .collect())
+    }
+
+    /// The groups whose `attribute` (`externalId` or `displayName`) is `value`
+    /// (case-insensitively), checked as [`PortalClient::find_users`] checks users.
+    pub async fn find_groups(
+        &self,
+        attribute: GroupKey,
+        value: &str,
+    ) -> Result<Vec<PortalGroup>, PortalError> {
+        let matching = |g: &PortalGroup| {
+            let have = match attribute {
+                GroupKey::ExternalId => g.external_id.as_deref(),
+                GroupKey::DisplayName => Some(g.display_name.as_str()),
+            };
+            have.is_some_and(|h| h.eq_ignore_ascii_case(value))
+        };
+        if self.capabilities.filter {
+            let found = self
+                .filtered("Groups", attribute.name(), value)
+                .await?
+                .map(|r| {
+                    r.into_iter()
+                        .map(PortalGroup::from_json)
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .transpose()?;
+            if let Some(found) = found {
+                if found.iter().all(matching) {
+                    return Ok(found);
+                }
+                info!(
+                    attribute = attribute.name(),
+                    value, "the portal ignored the group filter; looking in the full listing"
+                );
+            }
+        }
+        Ok(self
+            .list_groups()
+            .await?
+            .into_iter()
+            .filter(matching)
+            .collect())
+    }
+
+    /// `GET /{endpoint}?filter={attribute} eq "{value}"`: the resources of the first page,
+    /// or `None` when the portal refused the filter (then the caller lists everything).
+    async fn filtered(
+        &self,
+        endpoint: &str,
+        attribute: &str,
+        value: &str,
+    ) -> Result<Option<Vec<Json>>, PortalError> {
         let filter = format!(
-            "userName eq \"{}\"",
-            user_name.replace('\\', "\\\\").replace('"', "\\\"")
+            "{attribute} eq \"{}\"",
+            value.replace('\\', "\\\\").replace('"', "\\\"")
         );
         let query: String = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("filter", &filter)
             .finish();
-        let (page, _) = self
-            .send(Method::GET, &format!("Users?{query}"), None, None)
-            .await?;
-        let found = page
-            .get("Resources")
-            .and_then(Json::as_array)
-            .and_then(|r| r.first())
-            .cloned();
-        found.map(PortalUser::from_json).transpose()
+        let page = match self
+            .send(Method::GET, &format!("{endpoint}?{query}"), None, None)
+            .await
+        {
+            Ok((page, _)) => page,
+            // A 400 for a filter the portal does not support: list everything instead.
+            Err(PortalError::Protocol(why)) => {
+                info!(endpoint, attribute, why, "filter lookup refused");
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(Some(match page.get("Resources") {
+            Some(Json::Array(r)) => r.clone(),
+            _ => Vec::new(),
+        }))
     }
 
-    /// Creates a group with its members (portal user ids); returns its id.
+    /// Creates a group with its members (portal user ids).
+    ///
+    /// A create whose answer was lost (a timeout, a reset, a 5xx) may have made the group
+    /// all the same, and a portal need not refuse a second group of the same name. So it
+    /// is never sent again blindly: the group is first looked up by `externalId`, then by
+    /// `displayName`, and taken over if it carries this `external_id`. A group of that name
+    /// with another or no `externalId` is someone else's: [`PortalError::NotTakenOver`].
     pub async fn create_group(
         &self,
         name: &str,
         external_id: &str,
         members: &[String],
-    ) -> Result<String, PortalError> {
+    ) -> Result<CreatedGroup, PortalError> {
         let body = json!({
             "schemas": [GROUP_SCHEMA],
             "displayName": name,
             "externalId": external_id,
             "members": members.iter().map(|m| json!({"value": m})).collect::<Vec<_>>(),
         });
-        let (created, _) = self.send(Method::POST, "Groups", Some(body), None).await?;
-        created
-            .get("id")
-            .and_then(Json::as_str)
-            .map(str::to_string)
-            .ok_or_else(|| PortalError::Protocol("POST /Groups answered without an id".into()))
+        let mut attempt = 0u32;
+        loop {
+            let lost = match self
+                .send_once(Method::POST, "Groups", Some(body.clone()), None)
+                .await
+            {
+                Ok((created, _)) => {
+                    return created
+                        .get("id")
+                        .and_then(Json::as_str)
+                        .filter(|id| !id.is_empty())
+                        .map(|id| CreatedGroup {
+                            id: id.to_string(),
+                            found_after_lost_answer: false,
+                        })
+                        .ok_or_else(|| {
+                            PortalError::Protocol("POST /Groups answered without an id".into())
+                        })
+                }
+                Err(e) => match retry_wait(&e, attempt) {
+                    Some(wait) => (e, wait),
+                    None => return Err(e),
+                },
+            };
+            if let Some(id) = self.find_own_group(name, external_id).await? {
+                info!(
+                    group = name,
+                    id, "a group create's answer was lost; the group was made and is taken over"
+                );
+                return Ok(CreatedGroup {
+                    id,
+                    found_after_lost_answer: true,
+                });
+            }
+            let (error, wait) = lost;
+            if attempt >= self.max_retries {
+                return Err(error);
+            }
+            attempt += 1;
+            debug!(
+                group = name,
+                attempt,
+                wait_ms = wait.as_millis() as u64,
+                "the group is not there; creating it again"
+            );
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// The id of the group dirsync made for `external_id`, if the portal has it: looked up
+    /// by `externalId`, then by `displayName` (a portal may not filter on `externalId`).
+    async fn find_own_group(
+        &self,
+        name: &str,
+        external_id: &str,
+    ) -> Result<Option<String>, PortalError> {
+        let ours = |g: &PortalGroup| {
+            g.external_id
+                .as_deref()
+                .is_some_and(|x| x.eq_ignore_ascii_case(external_id))
+        };
+        if let Some(g) = self
+            .find_groups(GroupKey::ExternalId, external_id)
+            .await?
+            .into_iter()
+            .find(ours)
+        {
+            return Ok(Some(g.id));
+        }
+        let named = self.find_groups(GroupKey::DisplayName, name).await?;
+        if let Some(g) = named.iter().find(|g| ours(g)) {
+            return Ok(Some(g.id.clone()));
+        }
+        if let Some(other) = named.first() {
+            return Err(PortalError::NotTakenOver(format!(
+                "the answer to creating portal group {name:?} was lost, and the portal now has a group of that name \
+                 (id {}) with externalId {}, not {external_id}: it is not taken over, and no second group is created",
+                other.id,
+                other.external_id.as_deref().unwrap_or("not set"),
+            )));
+        }
+        Ok(None)
     }
 
     /// PATCHes a group: incremental member changes and renames.
@@ -359,7 +600,7 @@ impl PortalClient {
         let body = json!({"schemas": [PATCH_OP], "Operations": operations});
         self.send(
             Method::PATCH,
-            &format!("Groups/{}", encode_id(id)),
+            &resource_path("Groups", id)?,
             Some(body),
             None,
         )
@@ -368,19 +609,15 @@ impl PortalClient {
     }
 
     pub async fn delete_group(&self, id: &str) -> Result<(), PortalError> {
-        self.send(
-            Method::DELETE,
-            &format!("Groups/{}", encode_id(id)),
-            None,
-            None,
-        )
-        .await?;
+        self.send(Method::DELETE, &resource_path("Groups", id)?, None, None)
+            .await?;
         Ok(())
     }
 
+    /// `GET /Users/{id}`; [`PortalError::NotFound`] when the user is gone.
     pub async fn get_user(&self, id: &str) -> Result<PortalUser, PortalError> {
         let (body, etag) = self
-            .send(Method::GET, &format!("Users/{}", encode_id(id)), None, None)
+            .send(Method::GET, &resource_path("Users", id)?, None, None)
             .await?;
         let mut user = PortalUser::from_json(body)?;
         if user.version.is_none() {
@@ -389,44 +626,49 @@ impl PortalClient {
         Ok(user)
     }
 
-    /// Lists every resource of an endpoint with `startIndex`/`count` pagination.
+    /// Lists every resource of an endpoint with `startIndex`/`count` pagination; see
+    /// [`Pages`] for what makes a listing complete. When `totalResults`
+    /// changes between pages (the portal changed meanwhile) the listing is read once
+    /// more, and fails if it still does not add up.
     async fn list(&self, endpoint: &str) -> Result<Vec<Json>, PortalError> {
+        let first = match self.list_once(endpoint).await? {
+            Listing::Complete(all) => return Ok(all),
+            Listing::Changed(why) => why,
+        };
+        info!(
+            endpoint,
+            first, "the portal changed while it was listed; listing again"
+        );
+        match self.list_once(endpoint).await? {
+            Listing::Complete(all) => Ok(all),
+            Listing::Changed(again) => Err(PortalError::incomplete(
+                endpoint,
+                format!("totalResults kept changing while the portal was listed: {first}; on the second try {again}"),
+            )),
+        }
+    }
+
+    /// One pass over a listing: pages from `startIndex` 1 until [`Pages`] says the listing
+    /// is complete, changed, or wrong.
+    async fn list_once(&self, endpoint: &str) -> Result<Listing, PortalError> {
         let count = self
             .capabilities
             .max_results
             .map_or(self.page_size, |m| m.min(self.page_size));
-        let mut all = Vec::new();
+        let mut pages = Pages::new(endpoint);
         let mut start = 1usize;
         for _ in 0..MAX_PAGES {
             let path = format!("{endpoint}?startIndex={start}&count={count}");
             let (page, _) = self.send(Method::GET, &path, None, None).await?;
-            let total = page
-                .get("totalResults")
-                .and_then(Json::as_u64)
-                .ok_or_else(|| PortalError::Protocol(format!("GET /{endpoint}: no totalResults")))?
-                as usize;
-            // An empty page may leave out `Resources`; a short page is caught below.
-            let resources = match page.get("Resources") {
-                Some(Json::Array(r)) => r.clone(),
-                _ => Vec::new(),
-            };
-            let got = resources.len();
-            all.extend(resources);
-            debug!(endpoint, start, got, total, "read a page");
-            if all.len() >= total {
-                return Ok(all);
+            match pages.take(start, page)? {
+                Next::Page(next) => start = next,
+                Next::Done(listing) => return Ok(listing),
             }
-            if got == 0 {
-                return Err(PortalError::Protocol(format!(
-                    "GET /{endpoint}: the portal announced {total} resources but stopped after {}",
-                    all.len()
-                )));
-            }
-            start += got;
         }
-        Err(PortalError::Protocol(format!(
-            "GET /{endpoint}: more than {MAX_PAGES} pages"
-        )))
+        Err(PortalError::incomplete(
+            endpoint,
+            format!("more than {MAX_PAGES} pages"),
+        ))
     }
 
     /// Sends a request, retrying transient failures (connection errors, timeouts, 5xx,
@@ -444,11 +686,11 @@ impl PortalClient {
                 .send_once(method.clone(), path, body.clone(), if_match)
                 .await;
             let wait = match &result {
-                Err(PortalError::Transient(_)) => backoff(attempt),
-                Err(PortalError::RateLimited { retry_after, .. }) => {
-                    retry_after.unwrap_or_else(|| backoff(attempt))
-                }
-                _ => return result,
+                Ok(_) => return result,
+                Err(e) => match retry_wait(e, attempt) {
+                    Some(wait) => wait,
+                    None => return result,
+                },
             };
             if attempt >= self.max_retries {
                 return result;
@@ -547,8 +789,146 @@ impl PortalClient {
     }
 }
 
-fn encode_id(id: &str) -> String {
-    url::form_urlencoded::byte_serialize(id.as_bytes()).collect()
+/// What to do after a page of a listing.
+#[derive(Debug)]
+enum Next {
+    /// Read the page at this `startIndex`.
+    Page(usize),
+    Done(Listing),
+}
+
+/// The pages of one listing as they come, and whether they add up. The listing is
+/// complete when every resource has an id, no id came twice, each page announced the same
+/// `totalResults`, and exactly that many resources came back. Pages are asked for from
+/// `startIndex` advanced by what was received (a portal may send fewer than asked); an
+/// empty page before `totalResults` is reached is an error, and once it is reached one
+/// more page is asked for, which must be empty. Pure.
+struct Pages {
+    endpoint: String,
+    /// `users`, `groups`: for messages.
+    what: String,
+    all: Vec<Json>,
+    ids: HashSet<String>,
+    announced: Option<usize>,
+}
+
+impl Pages {
+    fn new(endpoint: &str) -> Pages {
+        Pages {
+            endpoint: endpoint.to_string(),
+            what: endpoint.to_ascii_lowercase(),
+            all: Vec::new(),
+            ids: HashSet::new(),
+            announced: None,
+        }
+    }
+
+    fn incomplete(&self, problem: String) -> PortalError {
+        PortalError::incomplete(&self.endpoint, problem)
+    }
+
+    /// Takes the page read at `start`.
+    fn take(&mut self, start: usize, mut page: Json) -> Result<Next, PortalError> {
+        let what = &self.what;
+        let total = page
+            .get("totalResults")
+            .and_then(Json::as_u64)
+            .ok_or_else(|| {
+                self.incomplete(format!(
+                    "the page at startIndex {start} has no totalResults, so there is no telling \
+                     whether every one of the {what} was read"
+                ))
+            })? as usize;
+        match self.announced {
+            Some(before) if before != total => {
+                return Ok(Next::Done(Listing::Changed(format!(
+                    "totalResults went from {before} to {total} at startIndex {start}"
+                ))))
+            }
+            _ => self.announced = Some(total),
+        }
+        // An empty page may leave out `Resources`.
+        let resources = match page.get_mut("Resources").map(Json::take) {
+            Some(Json::Array(r)) => r,
+            None | Some(Json::Null) => Vec::new(),
+            Some(_) => {
+                return Err(PortalError::Protocol(format!(
+                    "GET /{}?startIndex={start}: Resources is not a list",
+                    self.endpoint
+                )))
+            }
+        };
+        debug!(
+            endpoint = self.endpoint,
+            start,
+            got = resources.len(),
+            total,
+            "read a page"
+        );
+        if resources.is_empty() {
+            if self.all.len() == total {
+                return Ok(Next::Done(Listing::Complete(std::mem::take(&mut self.all))));
+            }
+            return Err(self.incomplete(format!(
+                "totalResults is {total}, but the page at startIndex {start} was empty after {} {what}",
+                self.all.len()
+            )));
+        }
+        for r in &resources {
+            let id = r
+                .get("id")
+                .and_then(Json::as_str)
+                .filter(|id| !id.is_empty())
+                .ok_or_else(|| {
+                    PortalError::Protocol(format!(
+                        "GET /{}?startIndex={start}: one of the {what} has no id",
+                        self.endpoint
+                    ))
+                })?;
+            if !self.ids.insert(id.to_string()) {
+                return Err(self.incomplete(format!(
+                    "id {id} came twice, again at startIndex {start}: the portal repeated a page \
+                     (does it ignore startIndex?)"
+                )));
+            }
+        }
+        let got = resources.len();
+        self.all.extend(resources);
+        if self.all.len() > total {
+            return Err(self.incomplete(format!(
+                "totalResults is {total}, but {} {what} came back by the page at startIndex {start}",
+                self.all.len()
+            )));
+        }
+        Ok(Next::Page(start + got))
+    }
+}
+
+/// How long to wait before trying a request again after `e`, if it is worth trying again:
+/// transient failures with backoff, a 429 for its `Retry-After`.
+fn retry_wait(e: &PortalError, attempt: u32) -> Option<Duration> {
+    match e {
+        PortalError::Transient(_) => Some(backoff(attempt)),
+        PortalError::RateLimited { retry_after, .. } => {
+            Some(retry_after.unwrap_or_else(|| backoff(attempt)))
+        }
+        _ => None,
+    }
+}
+
+/// `{endpoint}/{id}` with the id percent-encoded as one path segment (a space is `%20`,
+/// never `+`). An empty id (or `.`, `..`, which a URL resolves away) would address the
+/// collection or another resource: it is an error, and no request is sent.
+fn resource_path(endpoint: &str, id: &str) -> Result<String, PortalError> {
+    if id.is_empty() || id == "." || id == ".." {
+        return Err(PortalError::Protocol(format!(
+            "refusing a request to /{endpoint}/ for the portal id {id:?}: not an id"
+        )));
+    }
+    Ok(format!(
+        "{endpoint}/{}",
+        utf8_percent_encode(id, ID_SEGMENT)
+    ))
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -600,6 +980,118 @@ mod tests {
                 "attempt {attempt}: {d} ms"
             );
         }
+    }
+
+    fn page(total: Option<u64>, ids: &[&str]) -> Json {
+        let mut p = json!({
+            "Resources": ids.iter().map(|id| json!({"id": id})).collect::<Vec<_>>(),
+        });
+        if let Some(t) = total {
+            p["totalResults"] = json!(t);
+        }
+        p
+    }
+
+    /// Feeds `pages` (each the answer to the startIndex asked for) to a listing.
+    fn list(pages: &[Json]) -> Result<Vec<String>, String> {
+        let mut pages_read = Pages::new("Users");
+        let mut start = 1;
+        for (i, p) in pages.iter().enumerate() {
+            match pages_read
+                .take(start, p.clone())
+                .map_err(|e| e.to_string())?
+            {
+                Next::Page(next) => start = next,
+                Next::Done(Listing::Complete(all)) => {
+                    assert_eq!(i, pages.len() - 1, "pages left unread");
+                    return Ok(all
+                        .iter()
+                        .map(|r| r["id"].as_str().unwrap().to_string())
+                        .collect());
+                }
+                Next::Done(Listing::Changed(why)) => return Err(format!("changed: {why}")),
+            }
+        }
+        panic!("the listing asked for more pages than the portal has");
+    }
+
+    #[test]
+    fn a_listing_that_adds_up_ends_with_one_empty_page_even_when_pages_are_short() {
+        // Asked for 5 a page, the portal sends 2: startIndex advances by what came.
+        let all = list(&[
+            page(Some(5), &["a", "b"]),
+            page(Some(5), &["c", "d"]),
+            page(Some(5), &["e"]),
+            page(Some(5), &[]),
+        ])
+        .unwrap();
+        assert_eq!(all, ["a", "b", "c", "d", "e"]);
+        assert_eq!(list(&[page(Some(0), &[])]).unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_listing_that_does_not_add_up_is_an_error_that_names_the_problem() {
+        let cases = [
+            (
+                vec![page(Some(3), &["a", "b"]), page(Some(3), &["c", "d"])],
+                "totalResults is 3, but 4 users came back by the page at startIndex 3",
+            ),
+            (
+                vec![page(Some(2), &["a", "b"]), page(Some(2), &["c"])],
+                "totalResults is 2, but 3 users came back by the page at startIndex 3",
+            ),
+            (
+                vec![page(Some(9), &["a", "b"]), page(Some(9), &[])],
+                "totalResults is 9, but the page at startIndex 3 was empty after 2 users",
+            ),
+            (
+                vec![page(None, &["a"])],
+                "the page at startIndex 1 has no totalResults",
+            ),
+            (
+                vec![page(Some(4), &["a", "b"]), page(Some(4), &["a", "b"])],
+                "id a came twice, again at startIndex 3",
+            ),
+            (
+                vec![page(Some(4), &["a", "b"]), page(Some(5), &["c", "d"])],
+                "changed: totalResults went from 4 to 5 at startIndex 3",
+            ),
+        ];
+        for (pages, expected) in cases {
+            let err = list(&pages).unwrap_err();
+            assert!(err.contains(expected), "{err}\nexpected: {expected}");
+            if !err.starts_with("changed") {
+                assert!(err.starts_with("listing /Users is incomplete ("), "{err}");
+                assert!(err.ends_with("nothing was planned from it"), "{err}");
+            }
+        }
+    }
+
+    #[test]
+    fn portal_ids_are_one_percent_encoded_path_segment_and_never_empty() {
+        assert_eq!(resource_path("Users", "a b").unwrap(), "Users/a%20b");
+        assert_eq!(
+            resource_path("Groups", "x/y?z#w+v%").unwrap(),
+            "Groups/x%2Fy%3Fz%23w%2Bv%25"
+        );
+        assert_eq!(
+            resource_path("Users", "2819c223-7f76-453a.b_c~d").unwrap(),
+            "Users/2819c223-7f76-453a.b_c~d"
+        );
+        for bad in ["", ".", ".."] {
+            assert!(
+                matches!(resource_path("Users", bad), Err(PortalError::Protocol(_))),
+                "{bad:?}"
+            );
+        }
+        // What the client sends: joined onto the base URL, the segment stays as encoded.
+        let base = Url::parse("https://portal.example/scim/v2/").unwrap();
+        assert_eq!(
+            base.join(&resource_path("Users", "a b/c").unwrap())
+                .unwrap()
+                .as_str(),
+            "https://portal.example/scim/v2/Users/a%20b%2Fc"
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::fmt::Write;
 use super::Report;
 use crate::apply::Status;
 use crate::mapping::Value;
+use crate::plan::links::ADOPT_HINT;
 use crate::plan::GroupAction;
 
 /// Escapes text for HTML element content and attribute values.
@@ -237,6 +238,46 @@ pub fn render_html(r: &Report) -> String {
             );
         }
         let _ = writeln!(o, "</table>");
+    }
+    let (orphans, adopted) = r.orphans();
+    for (list, title, hint) in [
+        (
+            &orphans,
+            "Portal users with an externalId dirsync does not manage",
+            Some(ADOPT_HINT),
+        ),
+        (
+            &adopted,
+            "Taken over with --adopt-orphans, now managed by dirsync",
+            None,
+        ),
+    ] {
+        if list.is_empty() {
+            continue;
+        }
+        let _ = writeln!(
+            o,
+            "<h2>{} ({})</h2><table><tr><th>user</th><th>portal id</th><th>externalId</th></tr>",
+            escape(title),
+            list.len()
+        );
+        for u in list {
+            let _ = writeln!(
+                o,
+                "<tr><td>{}</td><td><code>{}</code></td><td><code>{}</code></td></tr>",
+                escape(&u.user_name),
+                escape(&u.portal_id),
+                escape(&u.external_id)
+            );
+        }
+        let _ = writeln!(o, "</table>");
+        if let Some(hint) = hint {
+            let _ = writeln!(
+                o,
+                "<p>No directory user has these anchors. {}.</p>",
+                escape(hint)
+            );
+        }
     }
     if !r.notes.is_empty() {
         let _ = writeln!(o, "<h2>Notes</h2><ul>");

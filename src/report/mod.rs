@@ -10,7 +10,9 @@ use serde::Serialize;
 
 use crate::apply::{Applied, Outcome, Status};
 use crate::plan::guard::Held;
-use crate::plan::{Action, Change, Conflict, GroupAction, GroupChange, NeedsAdmin, Plan, Skipped};
+use crate::plan::{
+    Action, Change, Conflict, GroupAction, GroupChange, NeedsAdmin, Orphan, Plan, Skipped,
+};
 use crate::source::DcIdentity;
 
 pub use self::html::{escape as html_escape, render_html};
@@ -98,6 +100,9 @@ pub struct Report {
     /// Changes a safety guard held back, and how to release them.
     pub held: Vec<Held>,
     pub notes: Vec<String>,
+    /// Portal users with an externalId dirsync does not manage and no directory user has;
+    /// `adopted` when taken over this cycle (`--adopt-orphans`).
+    pub orphans: Vec<Orphan>,
     /// Why the run stopped early, if it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub aborted: Option<String>,
@@ -167,6 +172,14 @@ impl Report {
         counts.insert("skipped".into(), plan.skipped.len());
         counts.insert("needs_admin".into(), plan.needs_admin.len());
         counts.insert("conflicts".into(), plan.conflicts.len());
+        counts.insert(
+            "orphans".into(),
+            plan.orphans.iter().filter(|o| !o.adopted).count(),
+        );
+        counts.insert(
+            "orphans_adopted".into(),
+            plan.orphans.iter().filter(|o| o.adopted).count(),
+        );
         for (key, action) in [
             ("group_create", GroupAction::Create),
             ("group_update", GroupAction::Update),
@@ -208,6 +221,7 @@ impl Report {
             conflicts: plan.conflicts,
             held: plan.held,
             notes: plan.notes,
+            orphans: plan.orphans,
             aborted,
             counts,
         }
@@ -244,6 +258,11 @@ impl Report {
         } else {
             crate::exit::OK
         }
+    }
+
+    /// The orphans left alone, and those taken over this cycle.
+    pub fn orphans(&self) -> (Vec<&Orphan>, Vec<&Orphan>) {
+        self.orphans.iter().partition(|o| !o.adopted)
     }
 
     pub fn to_json(&self) -> String {

@@ -5,6 +5,7 @@ use std::fmt::Write;
 use super::Report;
 use crate::apply::Status;
 use crate::mapping::Value;
+use crate::plan::links::ADOPT_HINT;
 use crate::plan::{Action, GroupAction, Why};
 
 const ABSENT: &str = "(none)";
@@ -171,6 +172,36 @@ pub fn render_text(r: &Report) -> String {
             let _ = writeln!(out, "  {}: {}", s.dn, s.problem);
         }
     }
+    let (orphans, adopted) = r.orphans();
+    if !orphans.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nPortal users with an externalId dirsync does not manage ({}):",
+            orphans.len()
+        );
+        for o in &orphans {
+            let _ = writeln!(
+                out,
+                "  {} (portal id {}, externalId {})",
+                o.user_name, o.portal_id, o.external_id
+            );
+        }
+        let _ = writeln!(out, "  No directory user has these anchors. {ADOPT_HINT}.");
+    }
+    if !adopted.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nTaken over with --adopt-orphans, now managed by dirsync ({}):",
+            adopted.len()
+        );
+        for o in &adopted {
+            let _ = writeln!(
+                out,
+                "  {} (portal id {}, externalId {})",
+                o.user_name, o.portal_id, o.external_id
+            );
+        }
+    }
     if !r.notes.is_empty() {
         let _ = writeln!(out, "\nNotes:");
         for n in &r.notes {
@@ -201,9 +232,16 @@ pub fn render_text(r: &Report) -> String {
         c("skipped"),
         c("needs_admin"),
         c("conflicts"),
-                c("rejected"),
+        c("rejected"),
         c("failed"),
     );
+    if c("orphans") > 0 {
+        let _ = writeln!(
+            out,
+            "Orphans: {} portal users with an externalId dirsync does not manage (see above)",
+            c("orphans")
+        );
+    }
     if !r.group_changes.is_empty() {
         let _ = writeln!(
             out,

@@ -70,7 +70,7 @@ impl LdapSource {
         }
         let (conn, mut ldap) = LdapConnAsync::from_url_with_settings(settings, &config.url)
             .await
-            .map_err(|e| connect_error(&url, config.tls != Tls::None, e))?;
+            .map_err(|e| connect_error(&url, &config.tls, e))?;
         ldap3::drive!(conn);
         if let Some(bind) = &config.bind {
             let result = ldap
@@ -78,9 +78,17 @@ impl LdapSource {
                 .simple_bind(&bind.dn, bind.password.expose())
                 .await
                 .map_err(|e| {
-                    timeout_or(e, "bind", config.timeout, |m| SourceError::Bind {
-                        dn: bind.dn.clone(),
-                        message: m,
+                    timeout_or(e, "bind", config.timeout, |m| {
+                        match dropped_plain_hint(&m).filter(|_| config.tls != Tls::Ldaps) {
+                            Some(hint) => SourceError::Connect {
+                                url: url.clone(),
+                                message: format!("{m}: {hint}"),
+                            },
+                            None => SourceError::Bind {
+                                dn: bind.dn.clone(),
+                                message: m,
+                            },
+                        }
                     })
                 })?;
             if result.rc != 0 {
@@ -861,23 +869,111 @@ fn tls_config(config: &SourceConfig) -> Result<rustls::ClientConfig, SourceError
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| tls_err(e.to_string()))?
-        .with_root_certificates(roots)
+        .map_err(|e| tls_err(e.to_string()))?;
+    let Some(name) = &config.tls_server_name else {
+        return Ok(builder.with_root_certificates(roots).with_no_client_auth());
+    };
+    let expected = rustls::pki_types::ServerName::try_from(name.clone())
+        .map_err(|e| tls_err(format!("source.tls_server_name: {e}")))?;
+    let inner =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .map_err(|e| tls_err(e.to_string()))?;
+    Ok(builder
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(ExpectName { inner, expected }))
         .with_no_client_auth())
 }
 
-fn connect_error(url: &str, tls: bool, e: LdapError) -> SourceError {
+/// Verifies the server's certificate fully (chain, validity, usage) against the name in
+/// `source.tls_server_name` instead of the URL's host: for a DC reached by an address or
+/// alias its certificate does not name. Nothing is skipped; only the name differs.
+#[derive(Debug)]
+struct ExpectName {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    expected: rustls::pki_types::ServerName<'static>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for ExpectName {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            &self.expected,
+            ocsp_response,
+            now,
+        )
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+fn connect_error(url: &str, mode: &Tls, e: LdapError) -> SourceError {
+    let tls = *mode != Tls::None;
     let message = e.to_string();
     let lower = message.to_ascii_lowercase();
-    if tls
+    let tls_err = |message: String| SourceError::Tls {
+        url: url.to_string(),
+        message,
+    };
+    if tls && lower.contains("not valid for name") {
+        let none = lower.contains("not valid for any names");
+        tls_err(format!(
+            "{message}. The host name in source.url is checked against the names in the \
+             certificate's subjectAltName, never its common name (CN){}. Give the server a \
+             certificate whose subjectAltName names that host, or, when source.url uses \
+             another name than the certificate does, set source.tls_server_name to a name \
+             the certificate holds",
+            if none {
+                ", and this certificate has no subjectAltName at all (as Samba's \
+                 self-generated DC certificate and some old AD certificates)"
+            } else {
+                ""
+            }
+        ))
+    } else if tls
         && (lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake"))
     {
-        SourceError::Tls {
+        tls_err(format!(
+            "{message} (is source.ca_file the CA that signed the server's certificate, and does the URL's host name match it?)"
+        ))
+    } else if *mode != Tls::Ldaps
+        && (dropped_plain_hint(&message).is_some() || lower.contains("timeout"))
+    {
+        SourceError::Connect {
             url: url.to_string(),
             message: format!(
-                "{message} (is source.ca_file the CA that signed the server's certificate, and does the URL's host name match it?)"
+                "{message}: no LDAP answer; if this port is an LDAPS port (TLS from the \
+                 first byte, usually 636), use an ldaps:// URL"
             ),
         }
     } else {
@@ -886,6 +982,20 @@ fn connect_error(url: &str, tls: bool, e: LdapError) -> SourceError {
             message,
         }
     }
+}
+
+/// A plain LDAP connection the server dropped before answering: the likely cause is an
+/// LDAPS port (TLS from the first byte) given with `ldap://`.
+fn dropped_plain_hint(message: &str) -> Option<&'static str> {
+    let lower = message.to_ascii_lowercase();
+    (lower.contains("channel closed")
+        || lower.contains("connection reset")
+        || lower.contains("end of stream")
+        || lower.contains("eof"))
+    .then_some(
+        "the server closed the connection without an LDAP answer: it may expect TLS from \
+         the first byte (an LDAPS port, usually 636); use an ldaps:// URL",
+    )
 }
 
 fn timeout_or(

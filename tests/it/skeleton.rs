@@ -415,3 +415,63 @@ fn the_html_report_is_one_self_contained_page_with_everything_escaped() {
         run.stdout
     );
 }
+
+#[test]
+fn hostile_logins_are_skipped_with_the_reason_and_a_tab_in_a_name_becomes_a_space() {
+    let mut ldif = staff(2);
+    for (uid, mail) in [
+        ("xss", "<script>alert(2)</script>@x.se"),
+        ("quoted", "\"anna berg\"@x.se"),
+        ("json", "{\"role\":\"administrator\"}@x.se"),
+    ] {
+        ldif.push_str(&person(uid, "Bad", "Login", Some(mail)));
+    }
+    // A tab inside givenName: LDIF carries it base64-encoded ("Ann\ta").
+    ldif.push_str(
+        &person("tab", "TABNAME", "Berg", Some("tab@example.se"))
+            .replace("givenName: TABNAME\n", "givenName:: QW5uCWE=\n"),
+    );
+    let w = World::start(&ldif);
+    let report = w.sync();
+    let skipped = report["skipped"].as_array().unwrap();
+    assert_eq!(skipped.len(), 3, "{skipped:#?}");
+    for uid in ["xss", "quoted", "json"] {
+        let s = skipped
+            .iter()
+            .find(|s| {
+                s["dn"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(&format!("uid={uid},"))
+            })
+            .unwrap_or_else(|| panic!("{uid} not skipped: {skipped:#?}"));
+        assert!(
+            s["problem"]
+                .as_str()
+                .unwrap()
+                .contains("is not a usable email address"),
+            "{s}"
+        );
+    }
+    assert_eq!(count(&report, "create"), 3, "the others sync");
+    assert_eq!(w.portal.users().len(), 3);
+    assert_eq!(
+        w.portal_user("tab@example.se")["name"]["givenName"],
+        "Ann a"
+    );
+    let notes = report["notes"].to_string();
+    assert!(
+        notes.contains("uid=tab,")
+            && notes.contains("`name.givenName`")
+            && notes.contains("replaced by spaces"),
+        "{notes}"
+    );
+    // The next cycle changes nothing (the portal holds the cleaned value) and still says
+    // why the value differs from the directory's.
+    assert_eq!(w.plan()["changes"].as_array().map_or(0, Vec::len), 0);
+    let text = w.dirsync(&["plan"]).stdout;
+    assert!(
+        text.contains("uid=tab,") && text.contains("replaced by spaces"),
+        "{text}"
+    );
+}

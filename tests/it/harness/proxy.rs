@@ -21,7 +21,9 @@
 //! Towards the upstream: one fresh TCP connection per request, with `Connection: close`;
 //! the response is read in full (by `Content-Length`, chunked, or up to the close, as
 //! HTTP/1.0 scim2-server does), then relayed with status line, headers (`ETag`,
-//! `Location`, `Retry-After`, ...) and body unchanged. An upstream that cannot be reached or
+//! `Location`, `Retry-After`, ...) and body unchanged, unless a rewrite rule matches: then
+//! a 2xx JSON body is replaced by what the rule's function makes of it (with the
+//! `Content-Length` of the new body). An upstream that cannot be reached or
 //! answers garbage gives the client a 502 (logged unfaulted, `upstream_status: None`).
 
 use std::collections::{HashMap, VecDeque};
@@ -32,6 +34,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use serde_json::Value;
 
 /// Longest request or response head (request line or status line plus headers).
 const MAX_HEAD: usize = 64 * 1024;
@@ -125,6 +129,8 @@ pub struct Seen {
     pub upstream_status: Option<u16>,
     /// The request body (lossy UTF-8, de-chunked).
     pub body: String,
+    /// A [`Proxy::rewrite_matching`] rule matched: a 2xx JSON answer was rewritten.
+    pub rewritten: bool,
 }
 
 impl fmt::Display for Seen {
@@ -133,6 +139,9 @@ impl fmt::Display for Seen {
         write!(f, "{} {} -> {}", self.method, self.path, self.status)?;
         if let Some(fault) = &self.fault {
             write!(f, " [fault {fault:?}]")?;
+        }
+        if self.rewritten {
+            write!(f, " [rewritten]")?;
         }
         match self.upstream_status {
             Some(upstream) if upstream != self.status || self.fault.is_some() => {
@@ -277,13 +286,34 @@ impl Proxy {
         self.shared.state().random = random;
     }
 
-    /// Cancels every scheduled fault: the `fail_next` queue, `fail_matching` rules and
-    /// `random_faults`.
+    /// From now on (until [`Proxy::heal`]) the upstream's 2xx JSON answers to requests
+    /// matching `method` and `path_prefix` (as in [`Proxy::count`]) reach the client as
+    /// `rewrite(path, body)` makes them, `path` being the request's path and query: e.g. a
+    /// listing page with another `totalResults`, or without some `Resources`. Other
+    /// answers pass unchanged. The first matching rule applies; faults still apply (a
+    /// request given `Fault::Delay` is rewritten after the delay). Logged as
+    /// [`Seen::rewritten`].
+    pub fn rewrite_matching(
+        &self,
+        method: &str,
+        path_prefix: &str,
+        rewrite: impl Fn(&str, Value) -> Value + Send + Sync + 'static,
+    ) {
+        self.shared.state().rewrites.push(RewriteRule {
+            method: method.to_owned(),
+            prefix: path_prefix.to_owned(),
+            rewrite: Arc::new(rewrite),
+        });
+    }
+
+    /// Cancels every scheduled fault and rewrite: the `fail_next` queue, `fail_matching`
+    /// rules, `random_faults` and `rewrite_matching` rules.
     pub fn heal(&self) {
         let mut state = self.shared.state();
         state.next.clear();
         state.rules.clear();
         state.random = None;
+        state.rewrites.clear();
     }
 
     /// Faults scheduled with `fail_next` and `fail_matching` and not used yet.
@@ -398,6 +428,16 @@ struct State {
     next: VecDeque<Fault>,
     rules: Vec<Rule>,
     random: Option<Random>,
+    rewrites: Vec<RewriteRule>,
+}
+
+/// Makes the client's JSON body from the upstream's: `(path and query, body) -> body`.
+type Rewrite = Arc<dyn Fn(&str, Value) -> Value + Send + Sync>;
+
+struct RewriteRule {
+    method: String,
+    prefix: String,
+    rewrite: Rewrite,
 }
 
 struct Rule {
@@ -451,13 +491,18 @@ impl Shared {
         })
     }
 
-    /// Logs a request, picks its fault and counts it in flight.
-    fn admit(self: &Arc<Self>, request: &Request) -> (InFlight, Option<Fault>) {
+    /// Logs a request, picks its fault and rewrite and counts it in flight.
+    fn admit(self: &Arc<Self>, request: &Request) -> (InFlight, Option<Fault>, Option<Rewrite>) {
         let mut state = self.state();
         // A scheduled Pass is plain forwarding: neither faulted nor logged as a fault.
         let fault = state
             .pick(&request.method, &request.target)
             .filter(|f| *f != Fault::Pass);
+        let rewrite = state
+            .rewrites
+            .iter()
+            .find(|r| matches(&r.method, &r.prefix, &request.method, &request.target))
+            .map(|r| Arc::clone(&r.rewrite));
         state.seq += 1;
         let seq = state.seq;
         state.in_flight += 1;
@@ -471,6 +516,7 @@ impl Shared {
                 fault: fault.clone(),
                 upstream_status: None,
                 body: String::from_utf8_lossy(&request.body).into_owned(),
+                rewritten: rewrite.is_some(),
             },
         ));
         (
@@ -479,6 +525,7 @@ impl Shared {
                 seq,
             },
             fault,
+            rewrite,
         )
     }
 }
@@ -675,8 +722,14 @@ fn serve(shared: &Arc<Shared>, client: TcpStream) {
             return;
         }
         let keep_alive = request.keep_alive();
-        let (in_flight, fault) = shared.admit(&request);
-        let (reply, upstream_status) = handle(shared, &request, fault, &writer, keep_alive);
+        let (in_flight, fault, rewrite) = shared.admit(&request);
+        let relay = Relay {
+            shared,
+            request: &request,
+            keep_alive,
+            rewrite,
+        };
+        let (reply, upstream_status) = handle(&relay, fault, &writer);
         match reply {
             Reply::Send { status, bytes } => {
                 in_flight.record(status, upstream_status);
@@ -707,17 +760,20 @@ fn serve(shared: &Arc<Shared>, client: TcpStream) {
     }
 }
 
-/// Carries out `fault` (or plain forwarding) for one request.
-fn handle(
-    shared: &Arc<Shared>,
-    request: &Request,
-    fault: Option<Fault>,
-    client: &TcpStream,
+/// One request to forward, and what to make of the answer.
+struct Relay<'a> {
+    shared: &'a Arc<Shared>,
+    request: &'a Request,
     keep_alive: bool,
-) -> (Reply, Option<u16>) {
+    rewrite: Option<Rewrite>,
+}
+
+/// Carries out `fault` (or plain forwarding) for one request.
+fn handle(relay: &Relay<'_>, fault: Option<Fault>, client: &TcpStream) -> (Reply, Option<u16>) {
+    let (shared, request, keep_alive) = (relay.shared, relay.request, relay.keep_alive);
     let head = request.method == "HEAD";
     match fault {
-        None | Some(Fault::Pass) => relay(shared, request, keep_alive),
+        None | Some(Fault::Pass) => relay.send(),
         Some(Fault::Status { code, retry_after }) => (
             Reply::Send {
                 status: code,
@@ -734,13 +790,13 @@ fn handle(
         Some(Fault::Reset) => (Reply::Reset, None),
         Some(Fault::Delay(delay)) => {
             if hold(shared, client, delay) {
-                relay(shared, request, keep_alive)
+                relay.send()
             } else {
                 (Reply::HungUp, None)
             }
         }
         Some(Fault::AfterForward(inner)) => {
-            let (forwarded, upstream_status) = relay(shared, request, keep_alive);
+            let (forwarded, upstream_status) = relay.send();
             let reply = match *inner {
                 Fault::Status { code, retry_after } => Reply::Send {
                     status: code,
@@ -763,18 +819,31 @@ fn handle(
     }
 }
 
-/// Forwards `request` and builds the client's response (502 when the upstream fails).
-fn relay(shared: &Arc<Shared>, request: &Request, keep_alive: bool) -> (Reply, Option<u16>) {
-    match forward(shared, request) {
-        Ok(response) => {
-            let status = response.status;
-            let bytes = response.to_client(request.method == "HEAD", keep_alive);
-            (Reply::Send { status, bytes }, Some(status))
-        }
-        Err(e) => {
-            let detail = format!("test proxy: upstream {} failed: {e}", shared.upstream);
-            let bytes = error_response(502, None, &detail, keep_alive, request.method == "HEAD");
-            (Reply::Send { status: 502, bytes }, None)
+impl Relay<'_> {
+    /// Forwards the request and builds the client's response (rewritten if a rule says
+    /// so; 502 when the upstream fails).
+    fn send(&self) -> (Reply, Option<u16>) {
+        let (shared, request) = (self.shared, self.request);
+        match forward(shared, request) {
+            Ok(mut response) => {
+                let status = response.status;
+                if let Some(rewrite) = &self.rewrite {
+                    response.rewrite(&request.target, rewrite);
+                }
+                let bytes = response.to_client(request.method == "HEAD", self.keep_alive);
+                (Reply::Send { status, bytes }, Some(status))
+            }
+            Err(e) => {
+                let detail = format!("test proxy: upstream {} failed: {e}", shared.upstream);
+                let bytes = error_response(
+                    502,
+                    None,
+                    &detail,
+                    self.keep_alive,
+                    request.method == "HEAD",
+                );
+                (Reply::Send { status: 502, bytes }, None)
+            }
         }
     }
 }
@@ -1136,6 +1205,18 @@ struct Response {
 }
 
 impl Response {
+    /// Replaces a 2xx JSON body by `rewrite(path, body)`; other bodies stay as they are.
+    /// The client's `Content-Length` is computed from the body in [`Response::to_client`].
+    fn rewrite(&mut self, path: &str, rewrite: &Rewrite) {
+        if !(200..300).contains(&self.status) {
+            return;
+        }
+        let Ok(body) = serde_json::from_slice::<Value>(&self.body) else {
+            return;
+        };
+        self.body = rewrite(path, body).to_string().into_bytes();
+    }
+
     /// The response for the client: same status line, headers and body, re-framed with an
     /// exact `Content-Length` and our own `Connection`.
     fn to_client(&self, head: bool, keep_alive: bool) -> Vec<u8> {

@@ -1,5 +1,6 @@
 //! Checks the fault-injecting [`Proxy`] against a real `scim2-server`: plain forwarding,
-//! counting, each kind of [`Fault`], the schedules, keep-alive, and stopping.
+//! counting, each kind of [`Fault`], the schedules, rewritten answers, keep-alive, and
+//! stopping.
 
 use super::{Fault, Proxy, ScimServer, Seen};
 use serde_json::{json, Value};
@@ -486,6 +487,74 @@ fn proxy_fail_matching_only_hits_matching_requests() {
     proxy.heal();
     assert_eq!(proxy.pending_faults(), 0);
     assert_eq!(status_of(via.get("/ServiceProviderConfig")), 200);
+}
+
+#[test]
+fn proxy_rewrite_changes_matching_json_answers_until_healed() {
+    let scim = ScimServer::start();
+    let proxy = Proxy::start(&scim.url);
+    let via = Client::new(normal_agent(), &proxy.url, &scim);
+    for name in ["alice", "bob", "carol"] {
+        assert_eq!(status_of(via.create(name)), 201);
+    }
+    let seen_paths = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let paths = std::sync::Arc::clone(&seen_paths);
+    proxy.rewrite_matching("GET", "/Users?", move |path, mut page| {
+        paths.lock().unwrap().push(path.to_owned());
+        page["totalResults"] = json!(42);
+        page["Resources"].as_array_mut().unwrap().truncate(1);
+        page
+    });
+
+    // The matching listing is rewritten, with a Content-Length that fits the new body.
+    let mut listed = ok(via.get("/Users?startIndex=1&count=10"));
+    assert_eq!(listed.status().as_u16(), 200);
+    let length: usize = header(&listed, "content-length").unwrap().parse().unwrap();
+    let text = listed.body_mut().read_to_string().unwrap();
+    assert_eq!(length, text.len());
+    let page: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(page["totalResults"], 42);
+    assert_eq!(page["Resources"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        *seen_paths.lock().unwrap(),
+        ["/Users?startIndex=1&count=10"],
+        "the function sees the request's path and query"
+    );
+
+    // Other requests, non-2xx answers and faulted answers pass unchanged.
+    let mut one = ok(via.get(&format!(
+        "/Users/{}",
+        page["Resources"][0]["id"].as_str().unwrap()
+    )));
+    assert_eq!(json_body(&mut one), page["Resources"][0], "not rewritten");
+    assert_eq!(
+        status_of(via.get("/Users?filter=userName%20eq%20%22nobody%22%20and")),
+        400
+    );
+    proxy.fail_next(vec![Fault::status(503)]);
+    assert_eq!(status_of(via.get("/Users?count=10")), 503);
+    let rewritten: Vec<(u16, bool)> = proxy
+        .requests()
+        .iter()
+        .filter(|s| s.method == "GET")
+        .map(|s| (s.status, s.rewritten))
+        .collect();
+    assert_eq!(
+        rewritten,
+        [(200, true), (200, false), (400, true), (503, true)]
+    );
+    assert!(proxy.summary().contains("[rewritten]"));
+
+    proxy.heal();
+    let mut healed = ok(via.get("/Users?startIndex=1&count=10"));
+    let page = json_body(&mut healed);
+    assert_eq!(page["totalResults"], 3);
+    assert_eq!(page["Resources"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        seen_paths.lock().unwrap().len(),
+        1,
+        "400 and 503 were not rewritten"
+    );
 }
 
 #[test]

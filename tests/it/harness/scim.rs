@@ -244,6 +244,20 @@ impl ScimServer {
         self.send("PATCH", &format!("/Users/{id}"), &body).0
     }
 
+    /// `DELETE /Users/{id}`: returns the status (scim2-server answers 204 on success).
+    #[track_caller]
+    pub fn delete_user(&self, id: &str) -> u16 {
+        let url = self.endpoint(&format!("/Users/{id}"));
+        self.agent
+            .delete(&url)
+            .header("Authorization", &self.bearer())
+            .header("Accept", SCIM_JSON)
+            .call()
+            .and_then(read_response)
+            .unwrap_or_else(|e| panic!("DELETE {url} failed: {e}"))
+            .0
+    }
+
     /// The tail of the server's log (one line per request).
     pub fn log_tail(&self) -> String {
         log_tail(&self.log, 8000)

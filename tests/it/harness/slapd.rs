@@ -57,18 +57,28 @@ impl Slapd {
     /// no changetype; may be empty), on `ldap://127.0.0.1:<free port>`.
     #[track_caller]
     pub fn start(ldif: &str) -> Slapd {
-        Self::launch(ldif, false)
+        Self::launch(ldif, None)
     }
 
     /// Like [`Slapd::start`], plus TLS from a throwaway CA (`ca_file`): a server
     /// certificate for 127.0.0.1 and localhost, StartTLS on `url` and `ldaps_url`.
     #[track_caller]
     pub fn start_tls(ldif: &str) -> Slapd {
-        Self::launch(ldif, true)
+        Self::launch(ldif, Some(Some(DEFAULT_SAN)))
     }
 
+    /// Like [`Slapd::start_tls`], with a server certificate (CN=localhost) whose
+    /// subjectAltName is `san` (OpenSSL's form, e.g. `DNS:dc1.dirsync.test`), or that has
+    /// no subjectAltName at all (`None`), as Samba's self-generated DC certificate.
     #[track_caller]
-    fn launch(ldif: &str, tls: bool) -> Slapd {
+    pub fn start_tls_with_san(ldif: &str, san: Option<&str>) -> Slapd {
+        Self::launch(ldif, Some(san))
+    }
+
+    /// `tls`: `None` for no TLS, else the server certificate's subjectAltName.
+    #[track_caller]
+    fn launch(ldif: &str, tls_san: Option<Option<&str>>) -> Slapd {
+        let tls = tls_san.is_some();
         let slapd = ldap_tool("slapd");
         let slapadd = ldap_tool("slapadd");
         let ldapsearch = ldap_tool("ldapsearch");
@@ -81,7 +91,7 @@ impl Slapd {
         std::fs::create_dir(root.join("db")).unwrap();
         let admin_password = format!("admin-{}", random_hex(8));
 
-        let ca_file = tls.then(|| make_server_tls(&root.join("tls")));
+        let ca_file = tls_san.map(|san| make_server_tls_with_san(&root.join("tls"), san));
         let conf = root.join("slapd.conf");
         std::fs::write(&conf, render_conf(root, SUFFIX, &admin_password, tls)).unwrap();
 
@@ -380,6 +390,14 @@ pub fn make_ca(dir: &Path, common_name: &str) -> PathBuf {
 /// `dir`: `ca.crt`, `server.crt`, `server.key` (the names `slapd-tls.conf.in` expects).
 /// Returns the CA certificate's path.
 pub fn make_server_tls(dir: &Path) -> PathBuf {
+    make_server_tls_with_san(dir, Some(DEFAULT_SAN))
+}
+
+/// The subjectAltName of the test servers' certificates.
+const DEFAULT_SAN: &str = "IP:127.0.0.1,DNS:localhost";
+
+/// [`make_server_tls`] with the given subjectAltName, or none.
+pub fn make_server_tls_with_san(dir: &Path, san: Option<&str>) -> PathBuf {
     let ca_crt = make_ca(dir, "dirsync test CA");
     run_ok(
         Command::new(openssl())
@@ -395,14 +413,19 @@ pub fn make_server_tls(dir: &Path) -> PathBuf {
                 "/CN=localhost",
             ]),
     );
+    let san = san
+        .map(|s| format!("subjectAltName={s}\n"))
+        .unwrap_or_default();
     std::fs::write(
         dir.join("server.ext"),
-        "basicConstraints=critical,CA:FALSE\n\
-         keyUsage=critical,digitalSignature\n\
-         extendedKeyUsage=serverAuth\n\
-         subjectAltName=IP:127.0.0.1,DNS:localhost\n\
-         subjectKeyIdentifier=hash\n\
-         authorityKeyIdentifier=keyid,issuer\n",
+        format!(
+            "basicConstraints=critical,CA:FALSE\n\
+             keyUsage=critical,digitalSignature\n\
+             extendedKeyUsage=serverAuth\n\
+             {san}\
+             subjectKeyIdentifier=hash\n\
+             authorityKeyIdentifier=keyid,issuer\n"
+        ),
     )
     .unwrap();
     run_ok(

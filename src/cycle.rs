@@ -14,7 +14,7 @@ use crate::portal::{PortalClient, PortalError, PortalSchema, PortalUser};
 use crate::report::{self, DirectorySummary, PortalSummary, Report};
 use crate::saved::SavedPlan;
 use crate::source::delta;
-use crate::source::{LdapSource, SourceError};
+use crate::source::{LdapSource, SourceError, Timestamp};
 use crate::state::{RunRecord, State, StateError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -163,7 +163,7 @@ pub async fn prepare(
     let attributes = source_attributes(config);
     let basis = match &state {
         Some(s) if config.source.kind == SourceKind::ActiveDirectory => delta::Basis::load(s)?,
-        _ => None,
+        _ => delta::Cached::Nothing,
     };
     let read_directory = async {
         let mut source = LdapSource::connect(&config.source, &attributes).await?;
@@ -190,6 +190,8 @@ pub async fn prepare(
     snapshot.add_primary_group_members();
     let (portal, schema, portal_users, portal_groups, deleted) = portal_side?;
 
+    // One "now" for the whole cycle: expiries pass with time, not with directory changes.
+    let now = Timestamp::now();
     let links = plan::Links {
         deleted_in_portal: deleted.values().cloned().collect(),
         portal_ids: linked,
@@ -206,6 +208,8 @@ pub async fn prepare(
         access: &config.access,
         portal_groups: &portal_groups,
         known_groups: &known_groups,
+        now,
+        deleted: &read.deleted,
         links: &links,
     });
     // Orphans taken over count as managed users from now on.
@@ -277,10 +281,15 @@ pub async fn prepare(
         directory: DirectorySummary {
             url: config.source.url.to_string(),
             users: snapshot.users.len(),
-            disabled: snapshot.users.iter().filter(|u| u.disabled).count(),
+            disabled: snapshot
+                .users
+                .iter()
+                .filter(|u| u.closure(now).is_some())
+                .count(),
             groups: config.source.groups.as_ref().map(|_| snapshot.groups.len()),
             read: if read.delta { "delta" } else { "full" }.into(),
-            read_reason: read.reason.clone(),
+            read_reason: read.reason.as_ref().map(ToString::to_string),
+            domain_controller: read.identity.clone(),
             entries_read: read.snapshot.entries_read,
         },
         directory_read: Some(read),

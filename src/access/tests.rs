@@ -21,6 +21,7 @@ fn user(uid: &str, dn: &str) -> DirectoryUser {
         anchor: uid.to_string(),
         attrs: BTreeMap::from([("department".to_string(), vec!["Finance".to_string()])]),
         disabled: false,
+        expires: None,
     }
 }
 

@@ -17,7 +17,7 @@ pub use self::links::{Links, Orphan};
 use crate::access::{self, AccessRules, Membership};
 use crate::mapping::{AttrPath, Attributes, Owner, Rule, Value};
 use crate::portal::{PortalGroup, PortalSchema, PortalUser};
-use crate::source::{BadEntry, DirectoryGroup, DirectoryUser};
+use crate::source::{BadEntry, Closure, DirectoryGroup, DirectoryUser, Timestamp};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -207,6 +207,11 @@ pub struct Input<'a> {
     pub portal_groups: &'a [PortalGroup],
     /// Lowercased anchor → the portal group the state links it to.
     pub known_groups: &'a HashMap<String, KnownGroup>,
+    /// This cycle's time: accounts whose expiry is not after it are closed.
+    pub now: Timestamp,
+    /// Anchors (lowercased) the directory showed deleted this cycle (AD tombstones). Other
+    /// managed users missing from the directory left its scope.
+    pub deleted: &'a HashSet<String>,
     /// The state's links to portal ids, which of them the portal deleted, and whether
     /// orphans are taken over.
     pub links: &'a Links,
@@ -333,7 +338,7 @@ pub fn compute(input: &Input<'_>) -> Plan {
     if let Some(rule) = &input.access.portal_groups {
         let users: HashMap<String, (String, String)> = wanted
             .iter()
-            .filter(|w| !w.user.disabled)
+            .filter(|w| w.user.closure(input.now).is_none())
             .map(|w| {
                 (
                     crate::dn::key(&w.user.dn),
@@ -370,8 +375,8 @@ fn plan_unlinked(
     claimed: &mut HashSet<String>,
     plan: &mut Plan,
 ) {
-    if w.user.disabled {
-        return; // Never create or adopt a user the directory says is disabled.
+    if w.user.closure(input.now).is_some() {
+        return; // Never create or adopt a user the directory says may not log in.
     }
     let login = w.user_name.to_ascii_lowercase();
     let managed_elsewhere = |p: &PortalUser| {
@@ -545,14 +550,10 @@ fn plan_linked(
     input: &Input<'_>,
     plan: &mut Plan,
 ) {
-    if w.user.disabled {
+    if let Some(why) = w.user.closure(input.now) {
         if p.active {
-            plan.changes.push(close(
-                p,
-                &w.user.anchor,
-                Some(&w.user.dn),
-                "disabled in the directory",
-            ));
+            plan.changes
+                .push(close(p, &w.user.anchor, Some(&w.user.dn), why));
         }
         return;
     }
@@ -686,8 +687,12 @@ fn plan_closures(
     }
     for p in leaving {
         let anchor = p.external_id.clone().unwrap_or_default();
-        plan.changes
-            .push(close(p, &anchor, None, "no longer in the directory scope"));
+        let why = if input.deleted.contains(&anchor.to_ascii_lowercase()) {
+            Closure::Deleted
+        } else {
+            Closure::LeftScope
+        };
+        plan.changes.push(close(p, &anchor, None, why));
     }
 }
 
@@ -789,7 +794,7 @@ fn keep_one_privileged(input: &Input<'_>, in_directory: &HashSet<String>, plan: 
     ));
 }
 
-fn close(p: &PortalUser, anchor: &str, dn: Option<&str>, reason: &str) -> Change {
+fn close(p: &PortalUser, anchor: &str, dn: Option<&str>, why: Closure) -> Change {
     Change {
         action: Action::Close,
         anchor: anchor.to_string(),
@@ -797,7 +802,7 @@ fn close(p: &PortalUser, anchor: &str, dn: Option<&str>, reason: &str) -> Change
         dn: dn.map(str::to_string),
         portal_id: Some(p.id.clone()),
         version: p.version.clone(),
-        reason: Some(reason.to_string()),
+        reason: Some(why.to_string()),
         fields: Vec::new(),
         set_active: Some(false),
         baseline: Baseline::new(),

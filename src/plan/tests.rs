@@ -1,4 +1,4 @@
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde_json::json;
 
@@ -46,6 +46,7 @@ fn dir_user(uid: &str, mail: Option<&str>, sn: &str) -> DirectoryUser {
         anchor: format!("uuid-{uid}"),
         attrs,
         disabled: false,
+        expires: None,
     }
 }
 
@@ -82,6 +83,8 @@ fn plan_with_rules(
         access: &AccessRules::default(),
         portal_groups: &[],
         known_groups: &HashMap::new(),
+        now: Timestamp::from_unix(1_800_000_000),
+        deleted: &HashSet::new(),
         links: &Links::default(),
     })
 }
@@ -220,6 +223,91 @@ fn disabled_user_is_closed_and_never_created() {
     assert_eq!(
         plan.changes[0].reason.as_deref(),
         Some("disabled in the directory")
+    );
+}
+
+#[test]
+fn an_account_whose_expiry_passed_is_closed_and_one_expiring_later_is_not() {
+    let now = 1_800_000_000;
+    let mut anna = dir_user("anna", Some("anna@example.se"), "Berg");
+    let mut bo = dir_user("bo", Some("bo@example.se"), "Ek");
+    let mut cid = dir_user("cid", Some("cid@example.se"), "Al");
+    let portal = vec![portal_user_for(&anna, "p1"), portal_user_for(&bo, "p2")];
+    let state = managed(&[&anna, &bo]);
+    anna.expires = Some(Timestamp::from_unix(now));
+    bo.expires = Some(Timestamp::from_unix(now + 1));
+    cid.expires = Some(Timestamp::from_unix(now - 60));
+    let schema = portal_schema();
+    let plan = compute(&Input {
+        directory: &[anna, bo, cid],
+        bad_entries: &[],
+        portal: &portal,
+        state: &state,
+        rules: &rules(),
+        schema: &schema,
+        groups: &[],
+        access: &AccessRules::default(),
+        portal_groups: &[],
+        known_groups: &HashMap::new(),
+        now: Timestamp::from_unix(now),
+        deleted: &HashSet::new(),
+        links: &Links::default(),
+    });
+    assert_eq!(
+        plan.changes.len(),
+        1,
+        "cid is never created: {:?}",
+        plan.changes
+    );
+    let c = &plan.changes[0];
+    assert_eq!(
+        (c.action, c.user_name.as_str()),
+        (Action::Close, "anna@example.se")
+    );
+    assert_eq!(
+        c.reason.as_deref(),
+        Some("account expired on 2027-01-15 08:00:00 UTC")
+    );
+}
+
+#[test]
+fn a_user_whose_tombstone_was_read_is_closed_as_deleted() {
+    let anna = dir_user("anna", Some("anna@example.se"), "Berg");
+    let bo = dir_user("bo", Some("bo@example.se"), "Ek");
+    let cid = dir_user("cid", Some("cid@example.se"), "Al");
+    let portal = vec![
+        portal_user_for(&anna, "p1"),
+        portal_user_for(&bo, "p2"),
+        portal_user_for(&cid, "p3"),
+    ];
+    let state = managed(&[&anna, &bo, &cid]);
+    let schema = portal_schema();
+    let plan = compute(&Input {
+        directory: &[cid],
+        bad_entries: &[],
+        portal: &portal,
+        state: &state,
+        rules: &rules(),
+        schema: &schema,
+        groups: &[],
+        access: &AccessRules::default(),
+        portal_groups: &[],
+        known_groups: &HashMap::new(),
+        now: Timestamp::from_unix(1_800_000_000),
+        deleted: &HashSet::from(["uuid-anna".to_string()]),
+        links: &Links::default(),
+    });
+    let reasons: Vec<(&str, Option<&str>)> = plan
+        .changes
+        .iter()
+        .map(|c| (c.user_name.as_str(), c.reason.as_deref()))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            ("anna@example.se", Some("deleted from the directory")),
+            ("bo@example.se", Some("no longer in the directory scope")),
+        ]
     );
 }
 
@@ -795,6 +883,8 @@ mod access_rules {
                 access: &self.access,
                 portal_groups: &self.portal_groups,
                 known_groups: &self.known_groups,
+                now: Timestamp::from_unix(1_800_000_000),
+                deleted: &HashSet::new(),
                 links: &Links::default(),
             })
         }

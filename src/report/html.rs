@@ -64,6 +64,17 @@ pub fn render_html(r: &Report) -> String {
         r.portal.users,
         r.portal.managed
     );
+    if let Some(why) = &r.directory.read_reason {
+        let _ = writeln!(
+            o,
+            "<p class=\"muted\">{} read: {}</p>",
+            escape(&r.directory.read),
+            escape(why)
+        );
+    }
+    if let Some(dc) = r.directory.domain_controller_text() {
+        let _ = writeln!(o, "<p class=\"muted\">{}</p>", escape(&dc));
+    }
     for h in &r.held {
         let _ = writeln!(
             o,

@@ -13,6 +13,7 @@ use crate::plan::guard::Held;
 use crate::plan::{
     Action, Change, Conflict, GroupAction, GroupChange, NeedsAdmin, Orphan, Plan, Skipped,
 };
+use crate::source::DcIdentity;
 
 pub use self::html::{escape as html_escape, render_html};
 pub use self::text::render_text;
@@ -37,6 +38,24 @@ pub struct DirectorySummary {
     pub read_reason: Option<String>,
     /// Entries the directory returned this cycle.
     pub entries_read: usize,
+    /// The Active Directory domain controller that answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domain_controller: Option<DcIdentity>,
+}
+
+impl DirectorySummary {
+    /// The domain controller that answered, in words, for the text and HTML reports.
+    pub fn domain_controller_text(&self) -> Option<String> {
+        self.domain_controller.as_ref().map(|dc| {
+            format!(
+                "domain controller {}, invocationId {}, highest committed USN {}",
+                dc.host,
+                dc.invocation_id
+                    .map_or_else(|| "unreadable".to_string(), |g| g.to_string()),
+                dc.usn
+            )
+        })
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -40,6 +40,9 @@ pub fn render_text(r: &Report) -> String {
         "          {} read{why}: {} entries read",
         r.directory.read, r.directory.entries_read
     );
+    if let Some(dc) = r.directory.domain_controller_text() {
+        let _ = writeln!(out, "          {dc}");
+    }
     let _ = writeln!(
         out,
         "portal    {}: {} users, {} managed by dirsync",

@@ -2,18 +2,93 @@
 //! SIDs, the account-disabled bit and expiry, `proxyAddresses`, ranged `member` values and
 //! the primary group. The LDAP source calls these; the tests feed them recorded values.
 
+use std::fmt;
+use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use super::account::Timestamp;
 
 /// `userAccountControl` bit: the account is disabled.
 pub const ACCOUNTDISABLE: u32 = 0x2;
 
-/// The standard string form of an `objectGUID`: the first three fields are little-endian.
+/// An AD GUID (`objectGUID`, a DC's `invocationId`): 16 bytes as the directory stores
+/// them, rendered once, in the standard form.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Guid([u8; 16]);
+
+/// Where each byte of the standard form comes from: the first three fields are
+/// little-endian.
+const GUID_TEXT_ORDER: [usize; 16] = [3, 2, 1, 0, 5, 4, 7, 6, 8, 9, 10, 11, 12, 13, 14, 15];
+
+impl Guid {
+    /// The GUID in `bytes`; `None` unless there are exactly 16.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Guid> {
+        Some(Guid(bytes.try_into().ok()?))
+    }
+}
+
+impl fmt::Display for Guid {
+    /// `33221100-5544-7766-8899-aabbccddeeff` for the bytes `00 11 22 .. ff`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, &at) in GUID_TEXT_ORDER.iter().enumerate() {
+            if matches!(i, 4 | 6 | 8 | 10) {
+                f.write_str("-")?;
+            }
+            write!(f, "{:02x}", self.0[at])?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Guid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Guid({self})")
+    }
+}
+
+/// A string that is not a GUID in the standard form.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a GUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)")]
+pub struct NotAGuid(String);
+
+impl FromStr for Guid {
+    type Err = NotAGuid;
+
+    /// The standard form, in either case.
+    fn from_str(s: &str) -> Result<Guid, NotAGuid> {
+        let bad = || NotAGuid(s.to_string());
+        let hex: Vec<u8> = s.bytes().filter(|b| *b != b'-').collect();
+        let dashes: Vec<usize> = s.match_indices('-').map(|(i, _)| i).collect();
+        if hex.len() != 32 || dashes != [8, 13, 18, 23] {
+            return Err(bad());
+        }
+        let mut bytes = [0u8; 16];
+        for (i, &at) in GUID_TEXT_ORDER.iter().enumerate() {
+            let pair = std::str::from_utf8(&hex[2 * i..2 * i + 2]).map_err(|_| bad())?;
+            bytes[at] = u8::from_str_radix(pair, 16).map_err(|_| bad())?;
+        }
+        Ok(Guid(bytes))
+    }
+}
+
+impl Serialize for Guid {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Guid {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Guid, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The standard string form of an `objectGUID`; `None` unless `bytes` are 16.
 pub fn guid_string(bytes: &[u8]) -> Option<String> {
-    let b: &[u8; 16] = bytes.try_into().ok()?;
-    Some(format!(
-        "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
-        b[3], b[2], b[1], b[0], b[5], b[4], b[7], b[6], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]
-    ))
+    Guid::from_bytes(bytes).map(|g| g.to_string())
 }
 
 /// `S-1-5-21-…` from a binary `objectSid` (MS-DTYP 2.4.2.2).
@@ -44,28 +119,38 @@ pub fn sid_domain_and_rid(sid: &str) -> Option<(&str, u32)> {
     Some((domain, rid.parse().ok()?))
 }
 
-/// Why AD says the account cannot be used, if it can't: the disabled bit, or an
-/// `accountExpires` in the past (100-ns intervals since 1601-01-01; 0 and
-/// 0x7FFFFFFFFFFFFFFF mean never).
-pub fn account_closed(
-    user_account_control: Option<&str>,
-    account_expires: Option<&str>,
-    now: SystemTime,
-) -> Option<String> {
-    if let Some(uac) = user_account_control.and_then(|v| v.trim().parse::<i64>().ok()) {
-        if (uac as u32) & ACCOUNTDISABLE != 0 {
-            return Some(format!("disabled in AD (userAccountControl {uac})"));
-        }
+/// Whether `userAccountControl` has the ACCOUNTDISABLE bit; the error says what the
+/// value is when it is not a number.
+pub fn account_disabled(user_account_control: &str) -> Result<bool, String> {
+    let uac = user_account_control
+        .trim()
+        .parse::<i64>()
+        .map_err(|_| format!("userAccountControl {user_account_control:?} is not a number"))?;
+    Ok((uac as u32) & ACCOUNTDISABLE != 0)
+}
+
+/// 100-ns intervals from 1601-01-01 (FILETIME's epoch) to 1970-01-01.
+const FILETIME_UNIX_EPOCH: i128 = 116_444_736_000_000_000;
+
+/// When the account expires, from `accountExpires` (a FILETIME: 100-ns intervals since
+/// 1601-01-01 UTC); `None` for never (0, 0x7FFFFFFFFFFFFFFF, or beyond the year 9999). A
+/// fraction of a second rounds up: an account never closes early.
+pub fn account_expires(value: &str) -> Result<Option<Timestamp>, String> {
+    let ft = value
+        .trim()
+        .parse::<i64>()
+        .map_err(|_| format!("accountExpires {value:?} is not a number"))?;
+    if ft <= 0 || ft == i64::MAX {
+        return Ok(None);
     }
-    let expires = account_expires.and_then(|v| v.trim().parse::<i64>().ok())?;
-    if expires <= 0 || expires == i64::MAX {
-        return None;
-    }
-    // 11644473600 s between 1601-01-01 and 1970-01-01.
-    let unix_100ns = now.duration_since(UNIX_EPOCH).ok()?.as_nanos() / 100;
-    let now_filetime = unix_100ns as i128 + 116_444_736_000_000_000;
-    (i128::from(expires) <= now_filetime)
-        .then(|| "account expired in AD (accountExpires is in the past)".to_string())
+    let unix_100ns = i128::from(ft) - FILETIME_UNIX_EPOCH;
+    let seconds = (unix_100ns + 9_999_999).div_euclid(10_000_000);
+    let seconds =
+        i64::try_from(seconds).map_err(|_| format!("accountExpires {value} is out of range"))?;
+    // Far-future values (AD tools write some near the FILETIME maximum) mean never.
+    Ok(time::OffsetDateTime::from_unix_timestamp(seconds)
+        .ok()
+        .map(|_| Timestamp::from_unix(seconds)))
 }
 
 /// A FILETIME for "now plus `secs`" (negative for the past), for tests and seeding.
@@ -145,6 +230,28 @@ mod tests {
     }
 
     #[test]
+    fn guids_parse_back_from_their_standard_form_in_either_case() {
+        let bytes: Vec<u8> = (0..16u8).map(|i| i * 0x11).collect();
+        let guid = Guid::from_bytes(&bytes).unwrap();
+        assert_eq!(
+            "33221100-5544-7766-8899-AABBCCDDEEFF".parse::<Guid>(),
+            Ok(guid)
+        );
+        let json = serde_json::to_string(&guid).unwrap();
+        assert_eq!(json, "\"33221100-5544-7766-8899-aabbccddeeff\"");
+        assert_eq!(serde_json::from_str::<Guid>(&json).unwrap(), guid);
+        for bad in [
+            "",
+            "33221100554477668899aabbccddeeff",
+            "33221100-5544-7766-8899-aabbccddeef",
+            "33221100-5544-7766-8899-aabbccddeefg",
+            "3322110-05544-7766-8899-aabbccddeeff",
+        ] {
+            assert!(bad.parse::<Guid>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn sids_render_and_split() {
         // S-1-5-21-1004336348-1177238915-682003330-513 (Domain Users)
         let mut b = vec![1u8, 5, 0, 0, 0, 0, 0, 5];
@@ -161,32 +268,45 @@ mod tests {
     }
 
     #[test]
-    fn disabled_bit_and_expiry_close_the_account() {
-        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        assert_eq!(account_closed(Some("512"), None, now), None);
-        assert!(account_closed(Some("514"), None, now)
-            .unwrap()
-            .contains("disabled"));
-        assert!(
-            account_closed(Some("66050"), Some("0"), now).is_some(),
+    fn the_disabled_bit_is_read_from_user_account_control() {
+        assert_eq!(account_disabled("512"), Ok(false));
+        assert_eq!(account_disabled("514"), Ok(true));
+        assert_eq!(
+            account_disabled("66050"),
+            Ok(true),
             "514 | DONT_EXPIRE_PASSWORD"
         );
+        assert!(account_disabled("enabled").is_err());
+    }
+
+    #[test]
+    fn account_expires_is_a_filetime_and_zero_or_max_mean_never() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        assert_eq!(account_expires("0"), Ok(None));
+        assert_eq!(account_expires("9223372036854775807"), Ok(None));
         assert_eq!(
-            account_closed(Some("512"), Some("0"), now),
-            None,
-            "0: never"
+            account_expires("9223372036854775806"),
+            Ok(None),
+            "year 30828"
+        );
+        let in_an_hour = filetime_from_now(3600, now).to_string();
+        assert_eq!(
+            account_expires(&in_an_hour),
+            Ok(Some(Timestamp::from_unix(1_800_003_600)))
+        );
+        // 2026-12-01 10:00:00.5 UTC: rounds up, never closes early.
+        assert_eq!(
+            account_expires("134405928005000000"),
+            Ok(Some(Timestamp::from_unix(1_796_119_201)))
         );
         assert_eq!(
-            account_closed(Some("512"), Some("9223372036854775807"), now),
-            None,
-            "max: never"
+            account_expires("134405928000000000")
+                .unwrap()
+                .unwrap()
+                .to_string(),
+            "2026-12-01 10:00:00 UTC"
         );
-        let past = filetime_from_now(-3600, now).to_string();
-        let future = filetime_from_now(3600, now).to_string();
-        assert!(account_closed(Some("512"), Some(&past), now)
-            .unwrap()
-            .contains("expired"));
-        assert_eq!(account_closed(Some("512"), Some(&future), now), None);
+        assert!(account_expires("soon").is_err());
     }
 
     #[test]

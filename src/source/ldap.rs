@@ -1,7 +1,7 @@
 //! LDAP source on `ldap3` (tokio, rustls): simple bind, LDAPS or StartTLS verified against a
 //! CA file or the system roots, simple paged results (RFC 2696).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,9 +9,13 @@ use ldap3::controls::{Control, ControlType, PagedResults, RawControl};
 use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError, SearchEntry, SearchResult};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
-use tracing::{debug, info};
+use serde::Serialize;
+use tracing::{debug, info, warn};
 
-use super::{ad, BadEntry, DirectoryGroup, DirectoryUser, Snapshot, SourceError};
+use super::ad::Guid;
+use super::{
+    ad, BadEntry, Changed, DirectoryGroup, DirectoryUser, Snapshot, SourceError, Timestamp,
+};
 use crate::config::{Scope, Search, SourceConfig, SourceKind, Tls};
 
 /// A connected, bound LDAP session.
@@ -25,13 +29,21 @@ pub struct LdapSource {
 }
 
 /// Which AD domain controller answered, and its highest committed USN.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct DcIdentity {
+    /// `dnsHostName`.
     pub host: String,
-    pub invocation_id: String,
+    /// The `invocationId` of its NTDS Settings object: a new one after a restore from
+    /// backup. `None` when it could not be read.
+    pub invocation_id: Option<Guid>,
+    /// `highestCommittedUSN`.
     pub usn: u64,
+    /// `defaultNamingContext`.
     pub naming_context: String,
 }
+
+/// AD's back link to the groups an entry is a direct member of.
+const MEMBER_OF: &str = "memberof";
 
 /// What a `check` found, for the admin.
 #[derive(Debug, Clone)]
@@ -115,13 +127,17 @@ impl LdapSource {
 
     /// Reads every user and group in scope. All or nothing.
     pub async fn read(&mut self) -> Result<Snapshot, SourceError> {
-        self.read_where(None).await
+        Ok(self.read_where(None, false).await?.snapshot)
     }
 
-    /// Reads only the users and groups changed after `usn` (AD `uSNChanged`): a delta.
-    pub async fn read_changed(&mut self, usn: u64) -> Result<Snapshot, SourceError> {
-        self.read_where(Some(format!("(uSNChanged>={})", usn.saturating_add(1))))
-            .await
+    /// Reads only the users and groups changed after `usn` (AD `uSNChanged`): a delta,
+    /// with the groups each of them is a direct member of now (`memberOf`).
+    pub async fn read_changed(&mut self, usn: u64) -> Result<Changed, SourceError> {
+        self.read_where(
+            Some(format!("(uSNChanged>={})", usn.saturating_add(1))),
+            true,
+        )
+        .await
     }
 
     /// The DC this session talks to, and how far its changes go (AD rootDSE), read
@@ -139,7 +155,9 @@ impl LdapSource {
                     "defaultNamingContext",
                 ],
             )
-            .await?;
+            .await?
+            .map(|e| entry_attrs(e).values)
+            .unwrap_or_default();
         let first = |k: &str| {
             root.get(&k.to_ascii_lowercase())
                 .and_then(|v| v.first())
@@ -153,31 +171,43 @@ impl LdapSource {
                 message: "no highestCommittedUSN: is this Active Directory?".into(),
             })?;
         let service = first("dsServiceName");
-        let ntds = self
-            .plain_search(
+        let ntds = if service.is_empty() {
+            None
+        } else {
+            self.plain_search(
                 &service,
                 ldap3::Scope::Base,
                 "(objectClass=*)",
                 &["invocationId"],
             )
-            .await?;
+            .await?
+        };
+        // Binary: read as bytes, never through text.
+        let invocation_id = match ntds.map(|mut e| take_binary(&mut e, "invocationId")) {
+            Some(values) => match values.as_slice() {
+                [one] => Guid::from_bytes(one),
+                _ => None,
+            },
+            None => None,
+        };
+        if invocation_id.is_none() {
+            warn!(dn = %service, "the domain controller's invocationId could not be read");
+        }
         Ok(DcIdentity {
             host: first("dnsHostName"),
-            invocation_id: ntds
-                .get("invocationid")
-                .and_then(|v| v.first())
-                .cloned()
-                .unwrap_or_default(),
+            invocation_id,
             usn,
             naming_context: first("defaultNamingContext"),
         })
     }
 
-    /// Anchors of users changed after `usn` anywhere in the domain (`naming_context`):
-    /// with the delta's in-scope changes, this shows who moved out of the users base.
+    /// Anchors of entries matching `filter` (the users' or the groups' filter) changed
+    /// after `usn` anywhere in the domain (`naming_context`): with the delta's in-scope
+    /// changes, this shows what moved out of the users' or the groups' base.
     pub async fn changed_anywhere(
         &mut self,
         naming_context: &str,
+        filter: &str,
         usn: u64,
     ) -> Result<HashSet<String>, SourceError> {
         let search = Search {
@@ -185,11 +215,7 @@ impl LdapSource {
             scope: Scope::Subtree,
             filter: String::new(),
         };
-        let filter = format!(
-            "(&{}(uSNChanged>={}))",
-            self.config.users.search.filter,
-            usn.saturating_add(1)
-        );
+        let filter = format!("(&{filter}(uSNChanged>={}))", usn.saturating_add(1));
         self.anchors_matching(&search, &filter).await
     }
 
@@ -208,6 +234,49 @@ impl LdapSource {
             .filter_map(|e| lower_attrs(e).remove(&key)?.into_iter().next())
             .map(|a| a.to_ascii_lowercase())
             .collect())
+    }
+
+    /// The OUs and containers under `base` (lowercased anchor → DN); with `usn`, only
+    /// those changed after it. The users and groups below one that is renamed or moved
+    /// get new DNs without a change of their own `uSNChanged`.
+    pub async fn containers(
+        &mut self,
+        base: &str,
+        usn: Option<u64>,
+    ) -> Result<BTreeMap<String, String>, SourceError> {
+        let search = Search {
+            base: base.to_string(),
+            scope: Scope::Subtree,
+            filter: String::new(),
+        };
+        let kinds = "(|(objectClass=organizationalUnit)(objectClass=container))";
+        let filter = match usn {
+            Some(usn) => format!("(&{kinds}(uSNChanged>={}))", usn.saturating_add(1)),
+            None => kinds.to_string(),
+        };
+        let anchor = self.config.anchor_attribute.clone();
+        let key = anchor.to_ascii_lowercase();
+        Ok(self
+            .search(&search, &filter, std::slice::from_ref(&anchor))
+            .await?
+            .into_iter()
+            .filter_map(|e| {
+                let mut attrs = entry_attrs(e);
+                let a = attrs.values.remove(&key)?.into_iter().next()?;
+                Some((a.to_ascii_lowercase(), attrs.dn))
+            })
+            .collect())
+    }
+
+    /// The OUs and containers under the users' and the groups' bases.
+    pub async fn containers_in_scope(&mut self) -> Result<BTreeMap<String, String>, SourceError> {
+        let mut found = self
+            .containers(&self.config.users.search.base.clone(), None)
+            .await?;
+        if let Some(groups) = self.config.groups.clone() {
+            found.extend(self.containers(&groups.base, None).await?);
+        }
+        Ok(found)
     }
 
     /// Anchors of objects deleted after `usn`: tombstones under `CN=Deleted Objects`, read
@@ -236,15 +305,14 @@ impl LdapSource {
             .collect())
     }
 
-    /// One small non-paged search (rootDSE, configuration objects): the first entry's
-    /// attributes.
+    /// One small non-paged search (rootDSE, configuration objects): the first entry.
     async fn plain_search(
         &mut self,
         base: &str,
         scope: ldap3::Scope,
         filter: &str,
         attrs: &[&str],
-    ) -> Result<BTreeMap<String, Vec<String>>, SourceError> {
+    ) -> Result<Option<SearchEntry>, SourceError> {
         let fail = |message: String| SourceError::Search {
             base: if base.is_empty() {
                 "rootDSE".into()
@@ -266,20 +334,31 @@ impl LdapSource {
         }
         Ok(entries
             .into_iter()
-            .next()
-            .map(|e| entry_attrs(SearchEntry::construct(e)).1)
-            .unwrap_or_default())
+            .find(|re| !re.is_ref() && !re.is_intermediate())
+            .map(SearchEntry::construct))
     }
 
-    async fn read_where(&mut self, extra: Option<String>) -> Result<Snapshot, SourceError> {
+    /// Reads the users and groups in scope that also match `extra`; with `member_of`,
+    /// also the groups each is a direct member of.
+    async fn read_where(
+        &mut self,
+        extra: Option<String>,
+        member_of: bool,
+    ) -> Result<Changed, SourceError> {
         let and = |f: &str| match &extra {
             Some(x) => format!("(&{f}{x})"),
             None => f.to_string(),
         };
         let mut snapshot = Snapshot::default();
+        let mut groups_of: HashMap<String, Vec<String>> = HashMap::new();
         let search = self.config.users.search.clone();
+        let mapped_member_of = self.user_attrs.iter().any(|a| a == MEMBER_OF);
+        let mut user_attrs = self.user_attrs.clone();
+        if member_of && !mapped_member_of {
+            user_attrs.push(MEMBER_OF.to_string());
+        }
         let entries = self
-            .search(&search, &and(&search.filter), &self.user_attrs.clone())
+            .search(&search, &and(&search.filter), &user_attrs)
             .await?;
         snapshot.entries_read += entries.len();
         let disabled: HashSet<String> = match self.config.users.disabled_filter.clone() {
@@ -291,26 +370,25 @@ impl LdapSource {
         };
         let anchor = self.config.anchor_attribute.to_ascii_lowercase();
         let ad = self.config.kind == SourceKind::ActiveDirectory;
-        let now = std::time::SystemTime::now();
-        for entry in entries {
+        for mut entry in entries {
+            let direct = if member_of {
+                Some(self.take_all_values(&mut entry, MEMBER_OF).await?)
+            } else {
+                None
+            };
             match user_from(entry, &anchor) {
                 Ok(mut user) => {
+                    if let Some(direct) = direct {
+                        if mapped_member_of {
+                            user.attrs.insert(MEMBER_OF.into(), direct.clone());
+                        }
+                        groups_of.insert(user.anchor.to_ascii_lowercase(), direct);
+                    }
                     user.disabled = disabled.contains(&user.anchor.to_ascii_lowercase());
                     if ad {
-                        let first = |k: &str| {
-                            user.attrs
-                                .get(k)
-                                .and_then(|v| v.first())
-                                .map(String::as_str)
-                        };
-                        if ad::account_closed(
-                            first("useraccountcontrol"),
-                            first("accountexpires"),
-                            now,
-                        )
-                        .is_some()
-                        {
-                            user.disabled = true;
+                        if let Err(bad) = read_account_control(&mut user) {
+                            snapshot.bad_entries.push(bad);
+                            continue;
                         }
                         // proxyAddresses, usable by the mapping as two virtual attributes.
                         let (primary, aliases) = ad::smtp_addresses(
@@ -341,6 +419,9 @@ impl LdapSource {
             if ad {
                 attrs.push("objectSid".into());
             }
+            if member_of {
+                attrs.push(MEMBER_OF.into());
+            }
             let selected: HashSet<String> = match self.config.portal_groups_filter.clone() {
                 Some(f) => {
                     self.anchors_matching(&groups, &and(&format!("(&{}{})", groups.filter, f)))
@@ -350,10 +431,19 @@ impl LdapSource {
             };
             let group_entries = self.search(&groups, &and(&groups.filter), &attrs).await?;
             snapshot.entries_read += group_entries.len();
-            for entry in group_entries {
+            for mut entry in group_entries {
+                let direct = if member_of {
+                    Some(self.take_all_values(&mut entry, MEMBER_OF).await?)
+                } else {
+                    None
+                };
+                // What is left ranged is `member`.
                 let more = pending_ranges(&entry);
                 match group_from(entry, &anchor) {
                     Ok(mut g) => {
+                        if let Some(direct) = direct {
+                            groups_of.insert(g.anchor.to_ascii_lowercase(), direct);
+                        }
                         for range in more {
                             let rest = self.ranged_values(&g.dn, range).await?;
                             g.members.extend(rest);
@@ -368,11 +458,49 @@ impl LdapSource {
         info!(
             users = snapshot.users.len(),
             disabled = snapshot.users.iter().filter(|u| u.disabled).count(),
+            expiring = snapshot
+                .users
+                .iter()
+                .filter(|u| u.expires.is_some())
+                .count(),
             groups = snapshot.groups.len(),
             bad_entries = snapshot.bad_entries.len(),
             "read the directory"
         );
-        Ok(snapshot)
+        Ok(Changed {
+            snapshot,
+            member_of: groups_of,
+        })
+    }
+
+    /// Removes attribute `attr` from `entry` and returns all its values, fetching the
+    /// remaining ranges when AD returned it in ranges (`memberOf;range=0-1499`).
+    async fn take_all_values(
+        &mut self,
+        entry: &mut SearchEntry,
+        attr: &str,
+    ) -> Result<Vec<String>, SourceError> {
+        let keys: Vec<String> = entry
+            .attrs
+            .keys()
+            .filter(|k| {
+                k.eq_ignore_ascii_case(attr)
+                    || ad::parse_range(k).is_some_and(|r| r.attr.eq_ignore_ascii_case(attr))
+            })
+            .cloned()
+            .collect();
+        let mut values = Vec::new();
+        let mut next = None;
+        for k in keys {
+            if let Some(r) = ad::parse_range(&k) {
+                next = ad::next_range(&r);
+            }
+            values.extend(entry.attrs.remove(&k).unwrap_or_default());
+        }
+        if let Some(range) = next {
+            values.extend(self.ranged_values(&entry.dn, range).await?);
+        }
+        Ok(values)
     }
 
     /// Fetches the remaining ranges of a ranged attribute (`member;range=1500-*`, …) of one
@@ -413,9 +541,10 @@ impl LdapSource {
     /// Reads the directory and summarises it, for `dirsync check`.
     pub async fn check(&mut self) -> Result<SourceCheck, SourceError> {
         let s = self.read().await?;
+        let now = Timestamp::now();
         Ok(SourceCheck {
             users: s.users.len(),
-            disabled: s.users.iter().filter(|u| u.disabled).count(),
+            disabled: s.users.iter().filter(|u| u.closure(now).is_some()).count(),
             groups: self.config.groups.as_ref().map(|_| s.groups.len()),
             bad_entries: s.bad_entries.len(),
         })
@@ -496,28 +625,123 @@ impl LdapSource {
     }
 }
 
+/// The binary attributes the AD dialect reads, how each is rendered as text,
+/// and what it is called when it cannot be.
+const BINARY: [Binary; 3] = [
+    Binary {
+        name: "objectGUID",
+        render: ad::guid_string,
+        kind: "GUID",
+    },
+    Binary {
+        name: "invocationId",
+        render: ad::guid_string,
+        kind: "GUID",
+    },
+    Binary {
+        name: "objectSid",
+        render: ad::sid_string,
+        kind: "SID",
+    },
+];
+
+/// A binary attribute of the AD dialect.
+struct Binary {
+    name: &'static str,
+    render: fn(&[u8]) -> Option<String>,
+    /// What its values are, for the report when one is not.
+    kind: &'static str,
+}
+
+/// An entry's attributes as text.
+struct Attrs {
+    dn: String,
+    /// Values by lowercased attribute name.
+    values: BTreeMap<String, Vec<String>>,
+    /// Binary values that could not be rendered: the entry cannot be used as it is.
+    problems: Vec<String>,
+}
+
+/// Removes attribute `name` (any case) from `entry` and returns its values as bytes.
+/// ldap3 files an attribute whose values are all valid UTF-8 under `attrs` and the others
+/// under `bin_attrs`; a GUID or SID can be valid UTF-8 by chance, so both are looked at
+/// and text is turned back into the very bytes it was made from.
+fn take_binary(entry: &mut SearchEntry, name: &str) -> Vec<Vec<u8>> {
+    let mut values = Vec::new();
+    let text_keys: Vec<String> = entry
+        .attrs
+        .keys()
+        .filter(|k| k.eq_ignore_ascii_case(name))
+        .cloned()
+        .collect();
+    for k in text_keys {
+        if let Some(v) = entry.attrs.remove(&k) {
+            values.extend(v.into_iter().map(String::into_bytes));
+        }
+    }
+    let bin_keys: Vec<String> = entry
+        .bin_attrs
+        .keys()
+        .filter(|k| k.eq_ignore_ascii_case(name))
+        .cloned()
+        .collect();
+    for k in bin_keys {
+        if let Some(v) = entry.bin_attrs.remove(&k) {
+            values.extend(v);
+        }
+    }
+    values
+}
+
 /// An entry's attributes: text values by lowercased name, with the binary ones AD uses
-/// turned into their string forms (`objectGUID`, `objectSid`). Other values that are not
-/// valid UTF-8 are left out: no mapped text attribute can use them.
-fn entry_attrs(entry: SearchEntry) -> (String, BTreeMap<String, Vec<String>>) {
-    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+/// (`objectGUID`, `objectSid`, `invocationId`) read as bytes and rendered from them. Other
+/// values that are not valid UTF-8 are left out: no mapped text attribute can use them.
+fn entry_attrs(mut entry: SearchEntry) -> Attrs {
+    let mut values: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut problems = Vec::new();
+    for Binary { name, render, kind } in BINARY {
+        for bytes in take_binary(&mut entry, name) {
+            match render(&bytes) {
+                Some(text) => values
+                    .entry(name.to_ascii_lowercase())
+                    .or_default()
+                    .push(text),
+                None => problems.push(format!(
+                    "its {name} value ({} bytes) is not a {kind}",
+                    bytes.len()
+                )),
+            }
+        }
+    }
     for (k, v) in entry.attrs {
-        out.entry(k.to_ascii_lowercase()).or_default().extend(v);
+        values.entry(k.to_ascii_lowercase()).or_default().extend(v);
     }
-    for (k, values) in entry.bin_attrs {
-        let key = k.to_ascii_lowercase();
-        let text: Vec<String> = match key.as_str() {
-            "objectguid" => values.iter().filter_map(|b| ad::guid_string(b)).collect(),
-            "objectsid" => values.iter().filter_map(|b| ad::sid_string(b)).collect(),
-            _ => continue,
-        };
-        out.entry(key).or_default().extend(text);
+    Attrs {
+        dn: entry.dn,
+        values,
+        problems,
     }
-    (entry.dn, out)
+}
+
+/// An entry's attributes, or why it cannot be used.
+fn usable_attrs(entry: SearchEntry) -> Result<(String, BTreeMap<String, Vec<String>>), BadEntry> {
+    let Attrs {
+        dn,
+        values,
+        problems,
+    } = entry_attrs(entry);
+    if problems.is_empty() {
+        Ok((dn, values))
+    } else {
+        Err(BadEntry {
+            dn,
+            problem: problems.join("; "),
+        })
+    }
 }
 
 fn user_from(entry: SearchEntry, anchor: &str) -> Result<DirectoryUser, BadEntry> {
-    let (dn, mut attrs) = entry_attrs(entry);
+    let (dn, mut attrs) = usable_attrs(entry)?;
     let anchor_value = attrs
         .remove(anchor)
         .and_then(|v| v.into_iter().next())
@@ -533,12 +757,32 @@ fn user_from(entry: SearchEntry, anchor: &str) -> Result<DirectoryUser, BadEntry
         anchor: anchor_value,
         attrs,
         disabled: false,
+        expires: None,
     })
+}
+
+/// AD: the disabled bit (`userAccountControl`) and the expiry (`accountExpires`), as
+/// read. Whether the expiry has passed is decided at each cycle, not here.
+fn read_account_control(user: &mut DirectoryUser) -> Result<(), BadEntry> {
+    let bad = |problem: String| BadEntry {
+        dn: user.dn.clone(),
+        problem,
+    };
+    let first = |k: &str| user.attrs.get(k).and_then(|v| v.first());
+    if let Some(uac) = first("useraccountcontrol") {
+        if ad::account_disabled(uac).map_err(bad)? {
+            user.disabled = true;
+        }
+    }
+    if let Some(expires) = first("accountexpires") {
+        user.expires = ad::account_expires(expires).map_err(bad)?;
+    }
+    Ok(())
 }
 
 /// A group, with its `objectSid` (AD) for primary-group resolution.
 fn group_from(entry: SearchEntry, anchor: &str) -> Result<DirectoryGroup, BadEntry> {
-    let (dn, mut attrs) = entry_attrs(entry);
+    let (dn, mut attrs) = usable_attrs(entry)?;
     let anchor_value = attrs
         .remove(anchor)
         .and_then(|v| v.into_iter().next())
@@ -585,7 +829,7 @@ fn pending_ranges(entry: &SearchEntry) -> Vec<String> {
 }
 
 fn lower_attrs(entry: SearchEntry) -> BTreeMap<String, Vec<String>> {
-    entry_attrs(entry).1
+    entry_attrs(entry).values
 }
 
 fn tls_config(config: &SourceConfig) -> Result<rustls::ClientConfig, SourceError> {
@@ -822,6 +1066,69 @@ fn page_cookie(controls: &[Control]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
+
+    /// A search entry as ldap3 builds it: values that are valid UTF-8 in `attrs`.
+    fn entry(text: &[(&str, Vec<u8>)], binary: &[(&str, Vec<u8>)]) -> SearchEntry {
+        let mut attrs: HashMap<String, Vec<String>> = HashMap::new();
+        for (k, v) in text {
+            attrs
+                .entry(k.to_string())
+                .or_default()
+                .push(String::from_utf8(v.clone()).unwrap());
+        }
+        let mut bin_attrs: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
+        for (k, v) in binary {
+            bin_attrs.entry(k.to_string()).or_default().push(v.clone());
+        }
+        SearchEntry {
+            dn: "CN=Anna Berg,OU=Staff,DC=dirsync,DC=test".into(),
+            attrs,
+            bin_attrs,
+        }
+    }
+
+    #[test]
+    fn binary_values_that_happen_to_be_valid_utf8_are_rendered_from_their_bytes() {
+        // 16 ASCII bytes: ldap3 hands this GUID over as text.
+        let guid = b"0123456789abcdef".to_vec();
+        // S-1-5-21-1-2-3-1105, every byte below 0x80: text as well.
+        let mut sid = vec![1u8, 5, 0, 0, 0, 0, 0, 5];
+        for sub in [21u32, 1, 2, 3, 1105] {
+            sid.extend_from_slice(&sub.to_le_bytes());
+        }
+        let invocation: Vec<u8> = (0..16u8).map(|i| 0xf0 - i).collect();
+        let e = entry(
+            &[
+                ("objectGUID", guid.clone()),
+                ("objectSid", sid),
+                ("sn", b"Berg".to_vec()),
+            ],
+            &[("invocationId", invocation.clone())],
+        );
+        let a = entry_attrs(e);
+        assert!(a.problems.is_empty(), "{:?}", a.problems);
+        assert_eq!(
+            a.values["objectguid"],
+            ["33323130-3534-3736-3839-616263646566"]
+        );
+        assert_eq!(a.values["objectsid"], ["S-1-5-21-1-2-3-1105"]);
+        assert_eq!(
+            a.values["invocationid"],
+            [Guid::from_bytes(&invocation).unwrap().to_string()]
+        );
+        assert_eq!(a.values["sn"], ["Berg"]);
+
+        let user = user_from(entry(&[("objectGUID", guid.clone())], &[]), "objectguid").unwrap();
+        assert_eq!(user.anchor, "33323130-3534-3736-3839-616263646566");
+    }
+
+    #[test]
+    fn a_guid_that_is_not_16_bytes_makes_the_entry_unusable_and_says_why() {
+        let bad =
+            user_from(entry(&[], &[("objectGUID", vec![0xff; 15])]), "objectguid").unwrap_err();
+        assert_eq!(bad.problem, "its objectGUID value (15 bytes) is not a GUID");
+    }
 
     fn paged(cookie: &[u8]) -> Control {
         Control(

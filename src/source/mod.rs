@@ -4,15 +4,18 @@
 //! timeout or a dropped connection fails the whole read: a partial list returned as if it
 //! were complete would look like "everyone else left" and close people.
 
+pub mod account;
 pub mod ad;
 pub mod delta;
 pub mod ldap;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
+pub use self::account::{Closure, Timestamp};
 pub use self::ldap::{DcIdentity, LdapSource};
+use crate::dn;
 
 /// A user entry as read from the directory, before mapping.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,8 +25,14 @@ pub struct DirectoryUser {
     pub anchor: String,
     /// Attribute values by lowercased attribute name.
     pub attrs: BTreeMap<String, Vec<String>>,
-    /// Matched the configured `disabled_filter`.
+    /// Disabled in the directory: AD's `userAccountControl` bit, or the configured
+    /// `disabled_filter` matched.
     pub disabled: bool,
+    /// When the account expires (AD `accountExpires`), if it does. Whether it has expired
+    /// is decided at each cycle ([`DirectoryUser::closure`]): time passes without the
+    /// directory changing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<Timestamp>,
 }
 
 /// A group entry as read from the directory.
@@ -64,7 +73,6 @@ impl Snapshot {
     /// `member`: the user names it by `primaryGroupID`, the RID of the group's `objectSid`
     /// in the user's own domain. Adds those members, so rules on such groups work.
     pub fn add_primary_group_members(&mut self) {
-        use std::collections::{HashMap, HashSet};
         let by_sid: HashMap<String, usize> = self
             .groups
             .iter()
@@ -102,34 +110,83 @@ impl Snapshot {
         }
     }
 
-    /// Applies a delta (changed entries, deleted anchors) to a cached full snapshot.
-    pub fn merge(mut self, changed: Snapshot, deleted: &[String]) -> Snapshot {
-        use std::collections::HashSet;
-        let gone: HashSet<String> = deleted.iter().map(|a| a.to_ascii_lowercase()).collect();
-        let users: HashSet<String> = changed
+    /// Applies a delta to a cached full snapshot: the entries that `changed` replace
+    /// their cached selves, the anchors in `gone` (lowercased: deleted, or moved out of
+    /// scope) leave.
+    ///
+    /// The cached groups' member lists are kept true: AD renames, moves and deletes of
+    /// members rewrite the `member` values without changing the groups' `uSNChanged`, so
+    /// a delta never re-reads those groups. Every DN a changed or departed entry had, and
+    /// every DN a changed entry has now, is taken out of the cached lists; each changed
+    /// entry is then put back, under its DN now, into the groups its `memberOf` names.
+    /// Groups that changed themselves come with their member lists as read.
+    pub fn merge(mut self, changed: Changed, gone: &HashSet<String>) -> Snapshot {
+        let Changed {
+            snapshot: changed,
+            member_of,
+        } = changed;
+        let changed_anchors: HashSet<String> = changed
             .users
             .iter()
             .map(|u| u.anchor.to_ascii_lowercase())
+            .chain(changed.groups.iter().map(|g| g.anchor.to_ascii_lowercase()))
             .collect();
-        let groups: HashSet<String> = changed
-            .groups
+        let leaves = |anchor: &str| {
+            let a = anchor.to_ascii_lowercase();
+            gone.contains(&a) || changed_anchors.contains(&a)
+        };
+        let stale: HashSet<String> = self
+            .users
             .iter()
-            .map(|g| g.anchor.to_ascii_lowercase())
+            .map(|u| (&u.anchor, &u.dn))
+            .chain(self.groups.iter().map(|g| (&g.anchor, &g.dn)))
+            .filter(|(anchor, _)| leaves(anchor))
+            .map(|(_, dn)| dn::key(dn))
+            .chain(changed.users.iter().map(|u| dn::key(&u.dn)))
+            .chain(changed.groups.iter().map(|g| dn::key(&g.dn)))
             .collect();
-        self.users.retain(|u| {
-            let a = u.anchor.to_ascii_lowercase();
-            !gone.contains(&a) && !users.contains(&a)
-        });
-        self.groups.retain(|g| {
-            let a = g.anchor.to_ascii_lowercase();
-            !gone.contains(&a) && !groups.contains(&a)
-        });
+        self.users.retain(|u| !leaves(&u.anchor));
+        self.groups.retain(|g| !leaves(&g.anchor));
+
+        // Group DN key → the changed entries (DNs now) that are direct members of it.
+        let mut joins: HashMap<String, Vec<&str>> = HashMap::new();
+        let now_dns = changed
+            .users
+            .iter()
+            .map(|u| (&u.anchor, &u.dn))
+            .chain(changed.groups.iter().map(|g| (&g.anchor, &g.dn)));
+        for (anchor, dn) in now_dns {
+            for group in member_of
+                .get(&anchor.to_ascii_lowercase())
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+            {
+                joins.entry(dn::key(group)).or_default().push(dn);
+            }
+        }
+        for g in &mut self.groups {
+            g.members.retain(|m| !stale.contains(&dn::key(m)));
+            if let Some(members) = joins.get(&dn::key(&g.dn)) {
+                g.members.extend(members.iter().map(|m| m.to_string()));
+            }
+        }
+
         self.users.extend(changed.users);
         self.groups.extend(changed.groups);
         self.bad_entries = changed.bad_entries;
         self.entries_read = changed.entries_read;
         self
     }
+}
+
+/// What a delta read found in scope.
+#[derive(Clone, Debug, Default)]
+pub struct Changed {
+    /// The users and groups that changed.
+    pub snapshot: Snapshot,
+    /// Lowercased anchor of each of them → the DNs of the groups it is a direct member of
+    /// now (AD `memberOf`: always current, whatever was renamed, moved or deleted).
+    pub member_of: HashMap<String, Vec<String>>,
 }
 
 /// Why a directory read failed. Every variant fails the whole read; no closures follow.
@@ -150,4 +207,171 @@ pub enum SourceError {
     /// An operation took longer than the configured timeout.
     #[error("{operation} timed out after {seconds} s")]
     Timeout { operation: String, seconds: u64 },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STAFF: &str = "OU=Staff,DC=dirsync,DC=test";
+    const GROUPS: &str = "OU=Groups,DC=dirsync,DC=test";
+
+    fn user(anchor: &str, dn: &str) -> DirectoryUser {
+        DirectoryUser {
+            dn: dn.into(),
+            anchor: anchor.into(),
+            attrs: BTreeMap::new(),
+            disabled: false,
+            expires: None,
+        }
+    }
+
+    fn group(anchor: &str, cn: &str, members: &[&str]) -> DirectoryGroup {
+        DirectoryGroup {
+            dn: format!("CN={cn},{GROUPS}"),
+            anchor: anchor.into(),
+            name: cn.into(),
+            members: members.iter().map(|m| m.to_string()).collect(),
+            selected: false,
+            sid: None,
+        }
+    }
+
+    fn gdn(cn: &str) -> String {
+        format!("CN={cn},{GROUPS}")
+    }
+
+    /// Anna and Bo in Night-Shift, inside Ops-Team, inside Portal-Admins.
+    fn cached() -> Snapshot {
+        let anna = format!("CN=Anna Berg,{STAFF}");
+        let bo = format!("CN=Bo Ek,{STAFF}");
+        Snapshot {
+            users: vec![user("u-anna", &anna), user("u-bo", &bo)],
+            groups: vec![
+                group("g-night", "Night-Shift", &[&anna, &bo]),
+                group("g-ops", "Ops-Team", &[&gdn("Night-Shift")]),
+                group("g-admins", "Portal-Admins", &[&gdn("Ops-Team")]),
+            ],
+            ..Snapshot::default()
+        }
+    }
+
+    fn changed(
+        users: Vec<DirectoryUser>,
+        groups: Vec<DirectoryGroup>,
+        of: &[(&str, &[String])],
+    ) -> Changed {
+        Changed {
+            snapshot: Snapshot {
+                users,
+                groups,
+                ..Snapshot::default()
+            },
+            member_of: of
+                .iter()
+                .map(|(a, g)| (a.to_string(), g.to_vec()))
+                .collect(),
+        }
+    }
+
+    fn members(s: &Snapshot, cn: &str) -> Vec<String> {
+        let g = s.groups.iter().find(|g| g.name == cn).unwrap();
+        let mut m = g.members.clone();
+        m.sort();
+        m
+    }
+
+    #[test]
+    fn a_renamed_and_moved_member_keeps_its_groups_under_its_new_dn() {
+        let moved = format!("CN=Anna Lind,OU=Oslo,{STAFF}");
+        let merged = cached().merge(
+            changed(
+                vec![user("u-anna", &moved)],
+                vec![],
+                &[("u-anna", &[gdn("night-shift")])],
+            ),
+            &HashSet::new(),
+        );
+        assert_eq!(
+            members(&merged, "Night-Shift"),
+            [moved.clone(), format!("CN=Bo Ek,{STAFF}")]
+        );
+        assert_eq!(merged.users.len(), 2);
+        assert_eq!(members(&merged, "Ops-Team"), [gdn("Night-Shift")]);
+    }
+
+    #[test]
+    fn a_renamed_nested_group_stays_inside_its_parent() {
+        let renamed = gdn("Late-Shift");
+        let mut late = group("g-night", "Late-Shift", &[]);
+        late.members = members(&cached(), "Night-Shift");
+        let merged = cached().merge(
+            changed(vec![], vec![late], &[("g-night", &[gdn("Ops-Team")])]),
+            &HashSet::new(),
+        );
+        assert_eq!(members(&merged, "Ops-Team"), [renamed]);
+        assert_eq!(members(&merged, "Late-Shift").len(), 2);
+        assert!(!merged.groups.iter().any(|g| g.name == "Night-Shift"));
+    }
+
+    #[test]
+    fn a_deleted_member_leaves_the_cached_groups() {
+        let merged = cached().merge(
+            changed(vec![], vec![], &[]),
+            &HashSet::from(["u-bo".to_string()]),
+        );
+        assert_eq!(
+            members(&merged, "Night-Shift"),
+            [format!("CN=Anna Berg,{STAFF}")]
+        );
+        assert_eq!(merged.users.len(), 1);
+    }
+
+    #[test]
+    fn a_new_entry_at_a_renamed_members_old_dn_does_not_inherit_its_groups() {
+        let old = format!("CN=Anna Berg,{STAFF}");
+        let merged = cached().merge(
+            changed(
+                vec![
+                    user("u-anna", &format!("CN=Anna Lind,{STAFF}")),
+                    user("u-new", &old.to_uppercase()),
+                ],
+                vec![],
+                &[("u-anna", &[gdn("Night-Shift")]), ("u-new", &[])],
+            ),
+            &HashSet::new(),
+        );
+        assert_eq!(
+            members(&merged, "Night-Shift"),
+            [format!("CN=Anna Lind,{STAFF}"), format!("CN=Bo Ek,{STAFF}")]
+        );
+    }
+
+    #[test]
+    fn a_member_added_to_a_changed_group_comes_with_the_group() {
+        let cid = format!("CN=Cid Al,{STAFF}");
+        let mut night = group("g-night", "Night-Shift", &[]);
+        night.members = vec![
+            format!("CN=Anna Berg,{STAFF}"),
+            format!("CN=Bo Ek,{STAFF}"),
+            cid.clone(),
+        ];
+        let merged = cached().merge(
+            changed(
+                vec![user("u-cid", &cid)],
+                vec![night],
+                &[
+                    ("u-cid", &[gdn("Night-Shift")]),
+                    ("g-night", &[gdn("Ops-Team")]),
+                ],
+            ),
+            &HashSet::new(),
+        );
+        assert_eq!(
+            members(&merged, "Night-Shift").len(),
+            3,
+            "as read, not doubled"
+        );
+        assert_eq!(members(&merged, "Ops-Team"), [gdn("Night-Shift")]);
+    }
 }

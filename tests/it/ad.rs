@@ -385,32 +385,66 @@ fn ad_delta_cycles_read_only_what_changed_and_reach_the_full_cycle_state() {
     );
 }
 
+/// The DC's invocationId as Samba reports it: the `invocationId` of the NTDS Settings
+/// object the rootDSE's `dsServiceName` names, read with ldapsearch.
+fn samba_invocation_id(dc: &SambaDc) -> String {
+    let service = dc.attribute_values("", "dsServiceName").remove(0);
+    let service = String::from_utf8(service).unwrap();
+    let values = dc.attribute_values(&service, "invocationId");
+    assert_eq!(values.len(), 1, "{service}: {values:?}");
+    crate::harness::samba::guid_to_string(&values[0])
+}
+
+/// The delta basis the state keeps, as JSON.
+fn stored_basis(db: &rusqlite::Connection) -> Json {
+    let text: String = db
+        .query_row("SELECT value FROM meta WHERE key = 'ad.delta'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
 #[test]
-fn ad_a_changed_invocation_id_or_another_dc_forces_a_full_reconcile() {
+fn ad_the_recorded_invocation_id_is_the_dcs_and_a_changed_one_or_another_dc_forces_a_full_read() {
     let w = AdWorld::start(SambaDc::start());
     let ou = w.dc.add_ou("Few,Staff");
     bulk_users(&w.dc, &ou, 5);
-    w.sync();
-    assert_eq!(read_of(&w.sync()).0, "delta");
+    let report = w.sync();
+    let samba_says = samba_invocation_id(&w.dc);
     let db = rusqlite::Connection::open(w.dir.path().join("state.db")).unwrap();
+    assert_eq!(stored_basis(&db)["invocation_id"], json!(samba_says));
+    assert_eq!(
+        report["directory"]["domain_controller"]["invocation_id"],
+        json!(samba_says),
+        "{:#}",
+        report["directory"]
+    );
+    let text = w.run(&["plan"]);
+    assert!(
+        text.stdout.contains(&format!("invocationId {samba_says}")),
+        "{}",
+        text.stdout
+    );
+    assert_eq!(read_of(&w.sync()).0, "delta");
+
+    let restored = "00000000-0000-0000-0000-000000000001";
     for (field, bogus, reason) in [
         (
             "invocation_id",
-            "00000000-0000-0000-0000-000000000000",
-            "invocationId changed",
+            restored,
+            format!(
+                "the domain controller's invocationId changed ({restored} → {samba_says}): \
+                 it was restored from a backup or reinstalled"
+            ),
         ),
         (
             "host",
             "dc2.elsewhere.test",
-            "another domain controller answered",
+            "another domain controller answered (dc2.elsewhere.test before, ".to_string(),
         ),
     ] {
-        let text: String = db
-            .query_row("SELECT value FROM meta WHERE key = 'ad.delta'", [], |r| {
-                r.get(0)
-            })
-            .unwrap();
-        let mut basis: Json = serde_json::from_str(&text).unwrap();
+        let mut basis = stored_basis(&db);
         basis[field] = json!(bogus);
         db.execute(
             "UPDATE meta SET value = ?1 WHERE key = 'ad.delta'",
@@ -419,19 +453,18 @@ fn ad_a_changed_invocation_id_or_another_dc_forces_a_full_reconcile() {
         .unwrap();
         let report = w.sync();
         assert_eq!(read_of(&report).0, "full", "{field}");
+        let said = report["directory"]["read_reason"].as_str().unwrap();
+        assert!(said.starts_with(&reason), "{said}");
         assert!(
-            report["directory"]["read_reason"]
-                .as_str()
-                .unwrap()
-                .contains(reason),
-            "{:#}",
-            report["directory"]
+            report["changes"].as_array().unwrap().is_empty(),
+            "{report:#}"
         );
         assert_eq!(
             read_of(&w.sync()).0,
             "delta",
             "back to deltas after the full read"
         );
+        assert_eq!(stored_basis(&db)["invocation_id"], json!(samba_says));
     }
 }
 
@@ -483,4 +516,489 @@ fn ad_a_user_moved_out_of_the_users_base_is_closed_by_the_next_delta() {
         "no longer in the directory scope"
     );
     assert_eq!(w.user("bulk0001@dirsync.test")["active"], json!(false));
+}
+
+#[test]
+fn ad_an_account_expiring_between_cycles_is_closed_by_the_next_delta_as_expired() {
+    let w = AdWorld::start(SambaDc::start());
+    let ou = w.dc.add_ou("Temps,Staff");
+    let anna =
+        w.dc.add_user(&ou, "anna", "Anna", "Berg", Some("anna@dirsync.test"));
+    let bo =
+        w.dc.add_user(&ou, "bo", "Bo", "Ek", Some("bo@dirsync.test"));
+    let cid =
+        w.dc.add_user(&ou, "cid", "Cid", "Al", Some("cid@dirsync.test"));
+    w.dc.add_user(&ou, "dag", "Dag", "Ny", Some("dag@dirsync.test"));
+    assert_eq!(count(&w.sync(), "create"), 4);
+
+    // Anna's account expires in 20 s; the cycle right after sees it still valid.
+    let start = std::time::SystemTime::now();
+    let expires = dirsync::source::ad::filetime_from_now(20, start);
+    w.modify(
+        &anna,
+        &format!("replace: accountExpires\naccountExpires: {expires}"),
+    );
+    let report = w.sync();
+    assert_eq!(read_of(&report).0, "delta");
+    assert_eq!(count(&report, "close"), 0, "{report:#}");
+    assert_eq!(w.user("anna@dirsync.test")["active"], json!(true));
+
+    // Time passes; nothing changes in AD for Anna. Bo is disabled, Cid deleted.
+    let at = start + std::time::Duration::from_secs(21);
+    if let Ok(wait) = at.duration_since(std::time::SystemTime::now()) {
+        std::thread::sleep(wait);
+    }
+    w.modify(&bo, "replace: userAccountControl\nuserAccountControl: 514");
+    w.dc.ldif(&format!("dn: {cid}\nchangetype: delete\n"));
+    let report = w.sync();
+    assert_eq!(read_of(&report).0, "delta", "{:#}", report["directory"]);
+    let on =
+        dirsync::source::Timestamp::from_system_time(start + std::time::Duration::from_secs(20));
+    let mut reasons: Vec<(String, String)> = report["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            assert_eq!(c["action"], "close", "{c:#}");
+            (
+                c["user_name"].as_str().unwrap().to_string(),
+                c["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        [
+            (
+                "anna@dirsync.test".to_string(),
+                format!("account expired on {on}")
+            ),
+            (
+                "bo@dirsync.test".to_string(),
+                "disabled in the directory".to_string()
+            ),
+            (
+                "cid@dirsync.test".to_string(),
+                "deleted from the directory".to_string()
+            ),
+        ]
+    );
+    for (login, active) in [
+        ("anna@dirsync.test", false),
+        ("bo@dirsync.test", false),
+        ("cid@dirsync.test", false),
+        ("dag@dirsync.test", true),
+    ] {
+        assert_eq!(w.user(login)["active"], json!(active), "{login}");
+    }
+
+    // A full read agrees: nothing left to do.
+    let db = rusqlite::Connection::open(w.dir.path().join("state.db")).unwrap();
+    db.execute("DELETE FROM meta WHERE key = 'ad.delta'", [])
+        .unwrap();
+    let report = w.sync();
+    assert_eq!(read_of(&report).0, "full");
+    assert!(
+        report["changes"].as_array().unwrap().is_empty(),
+        "{report:#}"
+    );
+}
+
+const SUB_UNIT: &str = "urn:ietf:params:scim:schemas:extension:faxportal:2.0:User";
+
+/// What access a portal user has: role, services (sorted), sub-unit, and the portal
+/// groups they are in (sorted).
+fn access_of(w: &AdWorld, login: &str) -> (String, Vec<String>, Json, Vec<String>) {
+    let u = w.user(login);
+    let mut services: Vec<String> = u["entitlements"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|e| e["value"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    services.sort();
+    let id = u["id"].as_str().unwrap().to_string();
+    let mut groups: Vec<String> = w
+        .portal
+        .groups()
+        .iter()
+        .filter(|g| {
+            g["members"]
+                .as_array()
+                .is_some_and(|m| m.iter().any(|m| m["value"] == json!(id)))
+        })
+        .map(|g| g["displayName"].as_str().unwrap().to_string())
+        .collect();
+    groups.sort();
+    (
+        u["roles"][0]["value"].as_str().unwrap_or("").to_string(),
+        services,
+        u[SUB_UNIT]["subUnit"].clone(),
+        groups,
+    )
+}
+
+/// The fields a report's change touches, by login.
+fn changed_fields(report: &Json) -> Vec<(String, String, Vec<String>)> {
+    let mut out: Vec<(String, String, Vec<String>)> = report["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["user_name"].as_str().unwrap().to_string(),
+                c["action"].as_str().unwrap().to_string(),
+                c["fields"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|f| f["path"].as_str().unwrap().to_string())
+                    .collect(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Forgets the delta basis: the next sync reads everything.
+fn forget_basis(w: &AdWorld) {
+    let db = rusqlite::Connection::open(w.dir.path().join("state.db")).unwrap();
+    db.execute("DELETE FROM meta WHERE key = 'ad.delta'", [])
+        .unwrap();
+}
+
+#[test]
+fn ad_renamed_and_moved_members_of_nested_groups_keep_their_access_on_a_delta() {
+    let mut w = AdWorld::start(SambaDc::start());
+    let ops = w.dc.add_ou("Ops,Staff");
+    let oslo = w.dc.add_ou("Oslo,Staff");
+    let anna =
+        w.dc.add_user(&ops, "anna", "Anna", "Berg", Some("anna@dirsync.test"));
+    let bo =
+        w.dc.add_user(&ops, "bo", "Bo", "Ek", Some("bo@dirsync.test"));
+    let cid =
+        w.dc.add_user(&ops, "cid", "Cid", "Al", Some("cid@dirsync.test"));
+    let dag =
+        w.dc.add_user(&ops, "dag", "Dag", "Ny", Some("dag@dirsync.test"));
+    let groups = w.dc.add_ou("Groups");
+    // Three deep, each: Anna an administrator, Bo and Cid account managers, everyone
+    // fax (Night-Shift in Ops-Team in Fax-Users) and sms.
+    let core = w.dc.add_group(&groups, "Admin-Core", &[&anna]);
+    let team = w.dc.add_group(&groups, "Admin-Team", &[&core]);
+    w.dc.add_group(&groups, "Portal-Admins", &[&team]);
+    let keys = w.dc.add_group(&groups, "Key-Accounts", &[&bo, &cid]);
+    let leads = w.dc.add_group(&groups, "Sales-Leads", &[&keys]);
+    w.dc.add_group(&groups, "Account-Managers", &[&leads]);
+    let night =
+        w.dc.add_group(&groups, "Night-Shift", &[&anna, &bo, &cid, &dag]);
+    let ops_team = w.dc.add_group(&groups, "Ops-Team", &[&night]);
+    w.dc.add_group(&groups, "Fax-Users", &[&ops_team]);
+    w.dc.add_group(&groups, "SMS-Users", &[&night]);
+    w.extra = format!(
+        r#"
+[roles]
+default = "regular"
+[[roles.rule]]
+group = "Portal-Admins"
+role = "administrator"
+[[roles.rule]]
+group = "Account-Managers"
+role = "account_manager"
+
+[[service]]
+group = "Fax-Users"
+service = "fax"
+[[service]]
+group = "SMS-Users"
+service = "sms"
+
+[portal_groups]
+groups = ["Ops-Team", "Sales-Leads"]
+
+[sub_unit]
+from = "ou"
+to = "{SUB_UNIT}:subUnit"
+"#
+    );
+    let report = w.sync();
+    assert_eq!(count(&report, "create"), 4, "{report:#}");
+    assert_eq!(read_of(&w.sync()), ("delta".into(), 0));
+    let logins = [
+        "anna@dirsync.test",
+        "bo@dirsync.test",
+        "cid@dirsync.test",
+        "dag@dirsync.test",
+    ];
+    let before: Vec<_> = logins.iter().map(|l| access_of(&w, l)).collect();
+    let both = |role: &str, unit: &str, groups: &[&str]| {
+        (
+            role.to_string(),
+            vec!["fax".to_string(), "sms".to_string()],
+            json!(unit),
+            groups.iter().map(|g| g.to_string()).collect::<Vec<_>>(),
+        )
+    };
+    assert_eq!(
+        before,
+        [
+            both("administrator", "Ops", &["Ops-Team"]),
+            both("account_manager", "Ops", &["Ops-Team", "Sales-Leads"]),
+            both("account_manager", "Ops", &["Ops-Team", "Sales-Leads"]),
+            both("regular", "Ops", &["Ops-Team"]),
+        ]
+    );
+
+    // Anna renamed, Bo moved to Oslo, Cid renamed and moved. AD rewrites their DNs in
+    // the groups' member values without touching the groups' uSNChanged.
+    let night_usn = w.dc.attribute_values(&night, "uSNChanged");
+    let modrdn = |dn: &str, rdn: &str, to: &str| {
+        w.dc.ldif(&format!(
+            "dn: {dn}\nchangetype: modrdn\nnewrdn: {rdn}\ndeleteoldrdn: 1\nnewsuperior: {to}\n"
+        ))
+    };
+    modrdn(&anna, "CN=Anna Lind", &ops);
+    modrdn(&bo, "CN=Bo Ek", &oslo);
+    modrdn(&cid, "CN=Cid Berg-Al", &oslo);
+    assert_eq!(
+        w.dc.attribute_values(&night, "uSNChanged"),
+        night_usn,
+        "the group itself did not change"
+    );
+
+    let report = w.sync();
+    assert_eq!(read_of(&report).0, "delta", "{:#}", report["directory"]);
+    let sub_unit = format!("{SUB_UNIT}:subUnit");
+    assert_eq!(
+        changed_fields(&report),
+        [
+            (
+                "bo@dirsync.test".to_string(),
+                "update".to_string(),
+                vec![sub_unit.clone()]
+            ),
+            (
+                "cid@dirsync.test".to_string(),
+                "update".to_string(),
+                vec![sub_unit.clone()]
+            ),
+        ],
+        "only the moved users' sub-unit: {report:#}"
+    );
+    assert!(
+        report["group_changes"].as_array().unwrap().is_empty(),
+        "{report:#}"
+    );
+    let after: Vec<_> = logins.iter().map(|l| access_of(&w, l)).collect();
+    assert_eq!(
+        after,
+        [
+            both("administrator", "Ops", &["Ops-Team"]),
+            both("account_manager", "Oslo", &["Ops-Team", "Sales-Leads"]),
+            both("account_manager", "Oslo", &["Ops-Team", "Sales-Leads"]),
+            both("regular", "Ops", &["Ops-Team"]),
+        ]
+    );
+
+    // A full read finds the portal as the delta left it.
+    forget_basis(&w);
+    let report = w.sync();
+    assert_eq!(read_of(&report).0, "full");
+    assert!(
+        report["changes"].as_array().unwrap().is_empty()
+            && report["group_changes"].as_array().unwrap().is_empty(),
+        "{report:#}"
+    );
+
+    // Dag is deleted and someone new takes his DN in the same delta: the newcomer gets
+    // nothing of Dag's groups.
+    assert_eq!(read_of(&w.sync()).0, "delta");
+    w.dc.ldif(&format!("dn: {dag}\nchangetype: delete\n"));
+    let newcomer =
+        w.dc.add_user(&ops, "dag2", "Dag", "Ny", Some("dag2@dirsync.test"));
+    assert_eq!(newcomer, dag);
+    let report = w.sync();
+    assert_eq!(read_of(&report).0, "delta");
+    let closed: Vec<&Json> = report["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["action"] == "close")
+        .collect();
+    assert_eq!(closed.len(), 1, "{report:#}");
+    assert_eq!(
+        (&closed[0]["user_name"], &closed[0]["reason"]),
+        (
+            &json!("dag@dirsync.test"),
+            &json!("deleted from the directory")
+        )
+    );
+    assert_eq!(
+        access_of(&w, "dag2@dirsync.test"),
+        ("regular".to_string(), vec![], json!("Ops"), vec![]),
+        "{report:#}"
+    );
+    forget_basis(&w);
+    let report = w.sync();
+    assert_eq!(read_of(&report).0, "full");
+    assert!(
+        report["changes"].as_array().unwrap().is_empty()
+            && report["group_changes"].as_array().unwrap().is_empty(),
+        "{report:#}"
+    );
+}
+
+#[test]
+fn ad_a_renamed_nested_group_keeps_its_members_access_on_a_delta() {
+    let mut w = AdWorld::start(SambaDc::start());
+    let ops = w.dc.add_ou("Ops,Staff");
+    let anna =
+        w.dc.add_user(&ops, "anna", "Anna", "Berg", Some("anna@dirsync.test"));
+    let groups = w.dc.add_ou("Groups");
+    let elsewhere = w.dc.add_ou("Teams,Groups");
+    let night = w.dc.add_group(&groups, "Night-Shift", &[&anna]);
+    let ops_team = w.dc.add_group(&groups, "Ops-Team", &[&night]);
+    w.dc.add_group(&groups, "Fax-Users", &[&ops_team]);
+    w.extra = r#"
+[roles]
+default = "regular"
+[[roles.rule]]
+group = "Fax-Users"
+role = "account_manager"
+[[service]]
+group = "Fax-Users"
+service = "fax"
+[portal_groups]
+groups = ["Fax-Users"]
+"#
+    .into();
+    w.sync();
+    assert_eq!(read_of(&w.sync()).0, "delta");
+    let before = access_of(&w, "anna@dirsync.test");
+    assert_eq!(before.0, "account_manager");
+    assert_eq!(before.1, ["fax"]);
+    assert_eq!(before.3, ["Fax-Users"]);
+
+    // Both inner groups renamed and moved to another OU.
+    w.dc.ldif(&format!(
+        "dn: {night}\nchangetype: modrdn\nnewrdn: CN=Late-Shift\ndeleteoldrdn: 1\nnewsuperior: {elsewhere}\n"
+    ));
+    w.dc.ldif(&format!(
+        "dn: {ops_team}\nchangetype: modrdn\nnewrdn: CN=Operations\ndeleteoldrdn: 1\nnewsuperior: {elsewhere}\n"
+    ));
+    let report = w.sync();
+    assert_eq!(read_of(&report).0, "delta");
+    assert!(
+        report["changes"].as_array().unwrap().is_empty()
+            && report["group_changes"].as_array().unwrap().is_empty(),
+        "{report:#}"
+    );
+    assert_eq!(access_of(&w, "anna@dirsync.test"), before);
+    forget_basis(&w);
+    let report = w.sync();
+    assert_eq!(read_of(&report).0, "full");
+    assert!(
+        report["changes"].as_array().unwrap().is_empty(),
+        "{report:#}"
+    );
+}
+
+#[test]
+fn ad_a_renamed_ou_forces_a_full_read_and_its_users_keep_their_access() {
+    let mut w = AdWorld::start(SambaDc::start());
+    let ops = w.dc.add_ou("Ops,Staff");
+    let anna =
+        w.dc.add_user(&ops, "anna", "Anna", "Berg", Some("anna@dirsync.test"));
+    let bo =
+        w.dc.add_user(&ops, "bo", "Bo", "Ek", Some("bo@dirsync.test"));
+    let cid = w.dc.add_user(
+        &w.staff.clone(),
+        "cid",
+        "Cid",
+        "Al",
+        Some("cid@dirsync.test"),
+    );
+    let groups = w.dc.add_ou("Groups");
+    let night = w.dc.add_group(&groups, "Night-Shift", &[&anna, &bo]);
+    w.dc.add_group(&groups, "Fax-Users", &[&night]);
+    w.extra = format!(
+        r#"
+[roles]
+default = "regular"
+[[roles.rule]]
+group = "Fax-Users"
+role = "account_manager"
+[[service]]
+group = "Fax-Users"
+service = "fax"
+[sub_unit]
+from = "ou"
+to = "{SUB_UNIT}:subUnit"
+"#
+    );
+    w.sync();
+    assert_eq!(read_of(&w.sync()).0, "delta");
+
+    // The OU is renamed: Anna's and Bo's DNs change, their uSNChanged does not. Cid joins
+    // Night-Shift, so the group is read again, with the members' new DNs.
+    let usn = w.dc.attribute_values(&anna, "uSNChanged");
+    w.dc.ldif(&format!(
+        "dn: {ops}\nchangetype: modrdn\nnewrdn: OU=Operations\ndeleteoldrdn: 1\n"
+    ));
+    let operations = format!("OU=Operations,{}", w.staff);
+    assert_eq!(
+        w.dc.attribute_values(&format!("CN=Anna Berg,{operations}"), "uSNChanged"),
+        usn
+    );
+    w.modify(&night, &format!("add: member\nmember: {cid}"));
+    let report = w.sync();
+    assert_eq!(read_of(&report).0, "full", "{:#}", report["directory"]);
+    assert_eq!(
+        report["directory"]["read_reason"],
+        json!(format!(
+            "{ops} was renamed or moved to {operations}: the DNs of the users and groups below it changed"
+        ))
+    );
+    let sub_unit = format!("{SUB_UNIT}:subUnit");
+    let role = "roles.value".to_string();
+    let fax = "entitlements[value eq \"fax\"].value".to_string();
+    let changes = changed_fields(&report);
+    assert_eq!(
+        changes,
+        [
+            (
+                "anna@dirsync.test".to_string(),
+                "update".to_string(),
+                vec![sub_unit.clone()]
+            ),
+            (
+                "bo@dirsync.test".to_string(),
+                "update".to_string(),
+                vec![sub_unit.clone()]
+            ),
+            (
+                "cid@dirsync.test".to_string(),
+                "update".to_string(),
+                vec![role, fax]
+            ),
+        ],
+        "{report:#}"
+    );
+    for login in ["anna@dirsync.test", "bo@dirsync.test", "cid@dirsync.test"] {
+        let (role, services, _, _) = access_of(&w, login);
+        assert_eq!(
+            (role.as_str(), services),
+            ("account_manager", vec!["fax".to_string()]),
+            "{login}"
+        );
+    }
+    assert_eq!(access_of(&w, "anna@dirsync.test").2, json!("Operations"));
+    assert_eq!(
+        read_of(&w.sync()).0,
+        "delta",
+        "deltas again after the full read"
+    );
 }

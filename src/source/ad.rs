@@ -209,9 +209,8 @@ pub fn parse_range(key: &str) -> Option<Range<'_>> {
 /// The attribute to ask for to continue after `range` (`member;range=1500-*`), or `None`
 /// when `range` was the last one.
 pub fn next_range(range: &Range<'_>) -> Option<String> {
-    range
-        .end
-        .map(|end| format!("{};range={}-*", range.attr, end + 1))
+    let next = range.end?.checked_add(1)?;
+    Some(format!("{};range={next}-*", range.attr))
 }
 
 #[cfg(test)]
@@ -346,5 +345,99 @@ mod tests {
         assert_eq!(next_range(&last), None);
         assert_eq!(parse_range("member"), None);
         assert_eq!(parse_range("member;binary"), None);
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn a_guid_renders_and_parses_back_to_its_bytes(bytes in prop::array::uniform16(any::<u8>())) {
+            let g = Guid::from_bytes(&bytes).unwrap();
+            let text = g.to_string();
+            prop_assert_eq!(text.len(), 36);
+            prop_assert_eq!(text.parse::<Guid>().ok(), Some(g));
+            prop_assert_eq!(text.to_uppercase().parse::<Guid>().ok(), Some(g));
+            prop_assert_eq!(guid_string(&bytes), Some(text));
+        }
+
+        #[test]
+        fn only_sixteen_bytes_are_a_guid(bytes in prop::collection::vec(any::<u8>(), 0..40)) {
+            prop_assert_eq!(Guid::from_bytes(&bytes).is_some(), bytes.len() == 16);
+            let _ = String::from_utf8_lossy(&bytes).parse::<Guid>();
+        }
+
+        #[test]
+        fn sids_render_from_their_parts_and_split_at_the_rid(
+            authority in 0u64..(1 << 48),
+            subs in prop::collection::vec(any::<u32>(), 1..15),
+        ) {
+            let mut bytes = vec![1u8, subs.len() as u8];
+            bytes.extend_from_slice(&authority.to_be_bytes()[2..]);
+            for s in &subs {
+                bytes.extend_from_slice(&s.to_le_bytes());
+            }
+            let text = sid_string(&bytes).unwrap();
+            let want: Vec<String> = subs.iter().map(u32::to_string).collect();
+            prop_assert_eq!(&text, &format!("S-1-{authority}-{}", want.join("-")));
+            let (domain, rid) = sid_domain_and_rid(&text).unwrap();
+            prop_assert_eq!(rid, *subs.last().unwrap());
+            prop_assert!(text.starts_with(domain));
+        }
+
+        #[test]
+        fn any_bytes_or_text_never_panic_the_decoders(
+            bytes in prop::collection::vec(any::<u8>(), 0..80),
+            text in any::<String>(),
+        ) {
+            let _ = sid_string(&bytes);
+            let _ = sid_domain_and_rid(&text);
+            let _ = account_disabled(&text);
+            let _ = account_expires(&text);
+            if let Some(r) = parse_range(&text) {
+                let _ = next_range(&r);
+            }
+        }
+
+        #[test]
+        fn expiry_is_never_early_and_at_most_a_second_late(ft in 1i64..i64::MAX) {
+            match account_expires(&ft.to_string()).unwrap() {
+                Some(at) => {
+                    let expires_100ns = i128::from(ft) - FILETIME_UNIX_EPOCH;
+                    let at_100ns = i128::from(at.unix()) * 10_000_000;
+                    prop_assert!(at_100ns >= expires_100ns, "closed early");
+                    prop_assert!(at_100ns - expires_100ns < 10_000_000, "more than a second late");
+                }
+                // Beyond what a date can hold (year 9999): never.
+                None => prop_assert!(ft > 2_650_467_743_990_000_000),
+            }
+        }
+
+        #[test]
+        fn ranged_attribute_names_round_trip(
+            attr in "[a-zA-Z][a-zA-Z0-9-]{0,12}",
+            start in any::<u64>(),
+            len in prop::option::of(any::<u64>()),
+        ) {
+            let end = len.map(|l| start.saturating_add(l));
+            let key = match end {
+                Some(e) => format!("{attr};range={start}-{e}"),
+                None => format!("{attr};range={start}-*"),
+            };
+            let r = parse_range(&key).unwrap();
+            prop_assert_eq!(&r, &Range { attr: &attr, start, end });
+            match (end, next_range(&r)) {
+                (None, next) => prop_assert_eq!(next, None),
+                (Some(u64::MAX), next) => prop_assert_eq!(next, None),
+                (Some(e), Some(next)) => {
+                    let n = parse_range(&next).unwrap();
+                    prop_assert_eq!((n.attr, n.start, n.end), (attr.as_str(), e + 1, None));
+                }
+                (Some(_), None) => prop_assert!(false, "a range that is not the last has a next"),
+            }
+        }
     }
 }

@@ -26,11 +26,38 @@ pub struct Confirmed {
     pub removals: Option<usize>,
 }
 
+/// Which guard held changes back. It decides the exit code and what an admin must do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeldKind {
+    /// More closures than `[safety]` allows: `--confirm-closures N`.
+    Closures,
+    /// More access taken away than `[safety]` allows: `--confirm-removals N`.
+    AccessRemovals,
+    /// The directory scope changed since the last sync: `--accept-scope-change`.
+    ScopeChange,
+    /// A saved plan no longer matches the directory or the portal: plan again.
+    StalePlan,
+    /// The directory returned no users: nobody is closed (exit 1).
+    EmptySource,
+}
+
+impl HeldKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            HeldKind::Closures => "closures",
+            HeldKind::AccessRemovals => "access removals",
+            HeldKind::ScopeChange => "scope change",
+            HeldKind::StalePlan => "stale plan",
+            HeldKind::EmptySource => "empty source",
+        }
+    }
+}
+
 /// A guard that held changes back.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Held {
-    /// `closures` or `access_removals`.
-    pub kind: String,
+    pub kind: HeldKind,
     pub count: usize,
     pub limit: String,
     pub message: String,
@@ -76,7 +103,7 @@ pub fn apply_limits(
             }
             plan.changes.retain(|c| c.action != Action::Close);
             held.push(Held {
-                kind: "closures".into(),
+                kind: HeldKind::Closures,
                 count: closures,
                 limit,
                 message,
@@ -101,7 +128,7 @@ pub fn apply_limits(
                 message.push_str(&format!(" (you confirmed {n}, the plan has {removals})"));
             }
             held.push(Held {
-                kind: "access_removals".into(),
+                kind: HeldKind::AccessRemovals,
                 count: removals,
                 limit: format!("{} removals", limits.max_access_removals),
                 message,

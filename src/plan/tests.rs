@@ -461,7 +461,7 @@ fn an_empty_directory_closes_nobody() {
     let plan = plan_with(&[], &[p], &managed(&[&anna]));
     assert!(plan.changes.is_empty());
     assert_eq!(plan.held.len(), 1);
-    assert_eq!(plan.held[0].kind, "empty_source");
+    assert_eq!(plan.held[0].kind, guard::HeldKind::EmptySource);
     assert!(plan.held[0].message.contains("NOT closed"));
 }
 

@@ -79,7 +79,7 @@ pub fn render_html(r: &Report) -> String {
         let _ = writeln!(
             o,
             "<div class=\"held\"><b>Held back ({}):</b> {}</div>",
-            escape(&h.kind.replace('_', " ")),
+            escape(h.kind.label()),
             escape(&h.message)
         );
     }

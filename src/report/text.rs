@@ -209,12 +209,7 @@ pub fn render_text(r: &Report) -> String {
         }
     }
     for h in &r.held {
-        let _ = writeln!(
-            out,
-            "\nHELD BACK ({}): {}",
-            h.kind.replace('_', " "),
-            h.message
-        );
+        let _ = writeln!(out, "\nHELD BACK ({}): {}", h.kind.label(), h.message);
     }
     if let Some(a) = &r.aborted {
         let _ = writeln!(out, "\nSTOPPED EARLY: {a}");

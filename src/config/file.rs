@@ -12,6 +12,7 @@ pub(super) struct FileV1 {
     pub state: Option<StateV1>,
     #[serde(default)]
     pub sync: Option<SyncV1>,
+    pub schedule: Option<ScheduleV1>,
     pub safety: Option<SafetyV1>,
     #[serde(default, rename = "mapping")]
     pub mappings: Vec<MappingV1>,
@@ -119,6 +120,16 @@ pub(super) struct PortalV1 {
 #[serde(deny_unknown_fields)]
 pub(super) struct StateV1 {
     pub path: Option<String>,
+    pub keep_runs: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ScheduleV1 {
+    pub cron: Option<String>,
+    pub run_at_start: Option<bool>,
+    pub standby: Option<bool>,
+    pub stop_grace_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

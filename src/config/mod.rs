@@ -22,8 +22,25 @@ pub const DEFAULT_PORTAL_PAGE_SIZE: usize = 100;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_CYCLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 pub const DEFAULT_STATE_PATH: &str = "/var/lib/dirsync/state.db";
+pub const DEFAULT_KEEP_RUNS: usize = 10_000;
+pub const DEFAULT_CRON: &str = "0 */15 * * * *";
+pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(30);
 pub const DEFAULT_SUB_UNIT_TARGET: &str =
     "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department";
+
+/// When the daemon (`dirsync run`) starts a cycle.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    /// Seconds-first cron expression (the `cron` crate's syntax), as written.
+    pub cron_text: String,
+    pub cron: cron::Schedule,
+    /// One cycle right after start.
+    pub run_at_start: bool,
+    /// Plan and report every cycle, never apply (a warm spare host).
+    pub standby: bool,
+    /// How long in-flight requests may take to finish once a stop was asked for.
+    pub stop_grace: Duration,
+}
 
 /// A config that cannot be used. Fatal: the caller reports it and exits with code 2.
 /// It names the file, the line and the key, and never quotes a value from the file: an
@@ -64,6 +81,10 @@ pub struct Config {
     pub source: SourceConfig,
     pub portal: PortalConfig,
     pub state_path: PathBuf,
+    /// Runs kept in the state's history (`[state] keep_runs`).
+    pub keep_runs: usize,
+    /// When `dirsync run` starts cycles.
+    pub schedule: Schedule,
     pub cycle_timeout: Duration,
     pub safety: Safety,
     pub mapping: Vec<Rule>,
@@ -388,11 +409,19 @@ impl Validator {
         let base_dir = path.parent().unwrap_or(Path::new("."));
         let source = self.source(base_dir, raw.source)?;
         let portal = self.portal(base_dir, raw.portal)?;
-        let state_path = raw
-            .state
-            .and_then(|s| s.path)
+        let (state_path, keep_runs) = match raw.state {
+            Some(s) => (s.path, s.keep_runs),
+            None => (None, None),
+        };
+        let state_path = state_path
             .map(|p| resolve(base_dir, &p))
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_PATH));
+        let keep_runs = match keep_runs {
+            None => DEFAULT_KEEP_RUNS,
+            Some(n) if n >= 1 => usize::try_from(n).unwrap_or(usize::MAX),
+            Some(_) => return Err(self.err("state.keep_runs", "must be at least 1")),
+        };
+        let schedule = self.schedule(raw.schedule)?;
         let cycle_timeout = self.duration(
             "sync.cycle_timeout_secs",
             raw.sync.and_then(|s| s.cycle_timeout_secs),
@@ -418,11 +447,61 @@ impl Validator {
             source,
             portal,
             state_path,
+            keep_runs,
+            schedule,
             cycle_timeout,
             safety,
             mapping,
             access,
             warnings: Vec::new(),
+        })
+    }
+
+    fn schedule(&self, s: Option<file::ScheduleV1>) -> Result<Schedule, ConfigError> {
+        use std::str::FromStr;
+        let s = s.unwrap_or(file::ScheduleV1 {
+            cron: None,
+            run_at_start: None,
+            standby: None,
+            stop_grace_secs: None,
+        });
+        let (cron_text, cron) = match s.cron {
+            None => (
+                DEFAULT_CRON.to_string(),
+                cron::Schedule::from_str(DEFAULT_CRON)
+                    .map_err(|e| self.err("schedule.cron", format!("the default: {e}")))?,
+            ),
+            Some(text) => {
+                let fields = text.split_whitespace().count();
+                if !(6..=7).contains(&fields) {
+                    return Err(self.err(
+                        "schedule.cron",
+                        format!(
+                            "has {fields} fields; dirsync's cron takes 6 or 7, seconds first: \
+                             \"sec min hour day-of-month month day-of-week [year]\", e.g. \
+                             \"0 */15 * * * *\" for every quarter hour"
+                        ),
+                    ));
+                }
+                let cron = cron::Schedule::from_str(&text).map_err(|e| {
+                    self.err("schedule.cron", format!("is not a cron expression: {e}"))
+                })?;
+                if cron.upcoming(chrono::Utc).next().is_none() {
+                    return Err(self.err("schedule.cron", "never fires again"));
+                }
+                (text, cron)
+            }
+        };
+        Ok(Schedule {
+            cron_text,
+            cron,
+            run_at_start: s.run_at_start.unwrap_or(true),
+            standby: s.standby.unwrap_or(false),
+            stop_grace: self.duration(
+                "schedule.stop_grace_secs",
+                s.stop_grace_secs,
+                DEFAULT_STOP_GRACE,
+            )?,
         })
     }
 

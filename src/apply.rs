@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use futures_util::stream::{self, StreamExt};
+use tokio_util::sync::CancellationToken;
 
 use crate::mapping::Rule;
 use crate::plan::groups::Member;
@@ -75,63 +76,158 @@ pub struct Replan<'a> {
     pub max_consecutive_failures: usize,
 }
 
+/// What applying has done so far. It lives outside the apply future, so a cycle stopped
+/// hard (its in-flight requests abandoned) still reports every outcome it saw.
+#[derive(Debug, Default)]
+pub struct Progress {
+    outcomes: Mutex<Vec<Option<Outcome>>>,
+    group_outcomes: Mutex<Vec<Option<Outcome>>>,
+    aborted: Mutex<Option<String>>,
+}
+
+impl Progress {
+    pub fn new(plan: &Plan) -> Progress {
+        Progress {
+            outcomes: Mutex::new(vec![None; plan.changes.len()]),
+            group_outcomes: Mutex::new(vec![None; plan.group_changes.len()]),
+            aborted: Mutex::new(None),
+        }
+    }
+
+    fn set(&self, i: usize, outcome: Outcome) {
+        if let Some(slot) = lock(&self.outcomes).get_mut(i) {
+            *slot = Some(outcome);
+        }
+    }
+
+    fn set_group(&self, i: usize, outcome: Outcome) {
+        if let Some(slot) = lock(&self.group_outcomes).get_mut(i) {
+            *slot = Some(outcome);
+        }
+    }
+
+    fn abort(&self, why: String) {
+        let mut a = lock(&self.aborted);
+        if a.is_none() {
+            *a = Some(why);
+        }
+    }
+
+    /// What happened, in plan order. A change without an outcome was never answered:
+    /// `NotAttempted`, with `unfinished` as the reason the run stopped, if it did.
+    pub fn applied(&self, unfinished: Option<&str>) -> Applied {
+        let finish = |v: &Vec<Option<Outcome>>| -> Vec<Outcome> {
+            v.iter()
+                .map(|o| {
+                    o.clone().unwrap_or(Outcome {
+                        status: Status::NotAttempted,
+                        message: unfinished.map(str::to_string),
+                    })
+                })
+                .collect()
+        };
+        let outcomes = finish(&lock(&self.outcomes));
+        let group_outcomes = finish(&lock(&self.group_outcomes));
+        let mut aborted = lock(&self.aborted).clone();
+        if let Some(why) = unfinished {
+            aborted.get_or_insert_with(|| why.to_string());
+        }
+        Applied {
+            outcomes,
+            group_outcomes,
+            aborted,
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Applies the plan, writing each outcome into `progress` as it comes. `stop`: start no
+/// new change once it is cancelled (a shutdown); changes in flight finish.
 pub async fn apply(
     plan: &Plan,
     portal: &PortalClient,
     state: &mut State,
     replan: &Replan<'_>,
-) -> Result<Applied, ApplyError> {
-    // Users already in step: their link and baseline come from what was just read.
-    for s in &plan.in_sync {
-        state.record(&s.anchor, &s.portal_id, &s.user_name, &s.baseline)?;
-    }
+    stop: &CancellationToken,
+    progress: &Progress,
+) -> Result<(), ApplyError> {
     // Orphans taken over (`--adopt-orphans`) are managed from now on, never synced yet;
     // closures planned for them follow below or, if a guard held them, once confirmed.
     for o in plan.orphans.iter().filter(|o| o.adopted) {
-        state.record(
-            &o.external_id,
-            &o.portal_id,
-            &o.user_name,
-            &plan::Baseline::new(),
-        )?;
+        blocking(|| {
+            state.record(
+                &o.external_id,
+                &o.portal_id,
+                &o.user_name,
+                &plan::Baseline::new(),
+            )
+        })?;
     }
     let state = Mutex::new(state);
     let run = Run {
         consecutive_failures: AtomicUsize::new(0),
         stop: Mutex::new(None),
         max_failures: replan.max_consecutive_failures,
+        shutdown: stop,
     };
     // Bounded concurrency; each change records its own outcome in the state as soon as
     // the portal confirms it, so an interruption loses nothing that happened.
-    let mut results: Vec<(usize, Result<Outcome, StateError>)> =
-        stream::iter(plan.changes.iter().enumerate())
-            .map(|(i, change)| {
-                let (state, run) = (&state, &run);
-                async move { (i, apply_guarded(change, portal, state, replan, run).await) }
-            })
-            .buffer_unordered(replan.concurrency.max(1))
-            .collect()
-            .await;
-    results.sort_by_key(|(i, _)| *i);
-    let mut applied = Applied::default();
-    for (_, r) in results {
-        applied.outcomes.push(r?);
+    let results: Vec<Result<(), StateError>> = stream::iter(plan.changes.iter().enumerate())
+        .map(|(i, change)| {
+            let (state, run) = (&state, &run);
+            async move {
+                let outcome = apply_guarded(change, portal, state, replan, run).await?;
+                progress.set(i, outcome);
+                Ok(())
+            }
+        })
+        .buffer_unordered(replan.concurrency.max(1))
+        .collect()
+        .await;
+    if let Some(why) = run.stop.lock().map(|s| s.clone()).unwrap_or(None) {
+        progress.abort(why);
     }
-    applied.aborted = run.stop.lock().map(|s| s.clone()).unwrap_or(None);
+    for r in results {
+        r?;
+    }
     let state = state.into_inner().unwrap_or_else(|p| p.into_inner());
-    apply_groups(plan, portal, state, &mut applied).await?;
-    Ok(applied)
+    apply_groups(plan, portal, state, &run, progress).await?;
+    if let Some(why) = run.stop.lock().map(|s| s.clone()).unwrap_or(None) {
+        progress.abort(why);
+    }
+    Ok(())
+}
+
+/// Runs a short synchronous state write off the async worker threads (the runtime hands
+/// its other tasks to another thread meanwhile); directly on a single-threaded runtime.
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }
 
 /// Shared by the changes of one run: when to stop.
-struct Run {
+struct Run<'a> {
     consecutive_failures: AtomicUsize,
     stop: Mutex<Option<String>>,
     max_failures: usize,
+    /// Cancelled when dirsync is asked to stop: no new change starts.
+    shutdown: &'a CancellationToken,
 }
 
-impl Run {
+/// Why changes were not attempted after a shutdown was asked for.
+const SHUTDOWN: &str =
+    "dirsync was asked to stop: changes not started yet are planned again next cycle";
+
+impl Run<'_> {
     fn stopped(&self) -> bool {
+        if self.shutdown.is_cancelled() {
+            self.stop_with(SHUTDOWN.to_string());
+        }
         self.stop.lock().map(|s| s.is_some()).unwrap_or(true)
     }
 
@@ -149,7 +245,7 @@ async fn apply_guarded(
     portal: &PortalClient,
     state: &Mutex<&mut State>,
     replan: &Replan<'_>,
-    run: &Run,
+    run: &Run<'_>,
 ) -> Result<Outcome, StateError> {
     if run.stopped() {
         return Ok(Outcome {
@@ -206,19 +302,23 @@ async fn apply_groups(
     plan: &Plan,
     portal: &PortalClient,
     state: &mut State,
-    applied: &mut Applied,
+    run: &Run<'_>,
+    progress: &Progress,
 ) -> Result<(), ApplyError> {
     if plan.group_changes.is_empty() {
         return Ok(());
     }
-    let ids = state.portal_ids()?;
-    let known = state.groups()?;
-    for gc in &plan.group_changes {
-        if applied.aborted.is_some() {
-            applied.group_outcomes.push(Outcome {
-                status: Status::NotAttempted,
-                message: None,
-            });
+    let ids = blocking(|| state.portal_ids())?;
+    let known = blocking(|| state.groups())?;
+    for (i, gc) in plan.group_changes.iter().enumerate() {
+        if run.stopped() {
+            progress.set_group(
+                i,
+                Outcome {
+                    status: Status::NotAttempted,
+                    message: None,
+                },
+            );
             continue;
         }
         let mut missing = Vec::new();
@@ -238,8 +338,7 @@ async fn apply_groups(
             GroupAction::Create => {
                 let members: Vec<String> = gc.add.iter().filter_map(&mut resolve).collect();
                 match portal.create_group(&gc.name, &gc.anchor, &members).await {
-                    Ok(created) => state
-                        .record_group(&gc.anchor, &created.id, &gc.name, true)
+                    Ok(created) => blocking(|| state.record_group(&gc.anchor, &created.id, &gc.name, true))
                         .map(|_| {
                             Ok(created.found_after_lost_answer.then(|| {
                                 "the answer to the create was lost; the group it made was found by its externalId and taken over"
@@ -282,9 +381,10 @@ async fn apply_groups(
                     Ok(())
                 };
                 match patched {
-                    Ok(()) if had_ops || gc.take_over => state
-                        .record_group(&gc.anchor, &id, &gc.name, created)
-                        .map(|_| Ok(None)),
+                    Ok(()) if had_ops || gc.take_over => {
+                        blocking(|| state.record_group(&gc.anchor, &id, &gc.name, created))
+                            .map(|_| Ok(None))
+                    }
                     Ok(()) => Ok(Ok(None)),
                     Err(e) => Ok(Err(e)),
                 }
@@ -293,7 +393,7 @@ async fn apply_groups(
                 let id = gc.portal_id.clone().unwrap_or_default();
                 match portal.delete_group(&id).await {
                     Ok(()) | Err(PortalError::NotFound) => {
-                        state.forget_group(&gc.anchor).map(|_| Ok(None))
+                        blocking(|| state.forget_group(&gc.anchor)).map(|_| Ok(None))
                     }
                     Err(e) => Ok(Err(e)),
                 }
@@ -318,7 +418,7 @@ async fn apply_groups(
             Err(e) => {
                 warn!(group = %gc.name, error = %e, "group change not applied");
                 if e.is_fatal() {
-                    applied.aborted = Some(e.to_string());
+                    run.stop_with(e.to_string());
                 }
                 Outcome {
                     status: Status::of(&e),
@@ -326,7 +426,7 @@ async fn apply_groups(
                 }
             }
         };
-        applied.group_outcomes.push(outcome);
+        progress.set_group(i, outcome);
     }
     Ok(())
 }
@@ -395,7 +495,9 @@ async fn apply_one(
         Err(e) => return Err(e.into()),
     };
     if done.dn.is_some() && done.action != Action::Close {
-        locked(state).record(&done.anchor, id, &done.user_name, &done.baseline)?;
+        write_state(state, |s| {
+            s.record(&done.anchor, id, &done.user_name, &done.baseline)
+        })?;
     }
     Ok(note)
 }
@@ -410,12 +512,14 @@ async fn create(
 ) -> Result<Option<String>, Failure> {
     match portal.create_user(create_body(change)).await {
         Ok(created) => {
-            locked(state).record(
-                &change.anchor,
-                &created.id,
-                &created.user_name,
-                &change.baseline,
-            )?;
+            write_state(state, |s| {
+                s.record(
+                    &change.anchor,
+                    &created.id,
+                    &created.user_name,
+                    &change.baseline,
+                )
+            })?;
             Ok(None)
         }
         Err(PortalError::Rejected {
@@ -450,7 +554,7 @@ async fn create(
             };
             match u.external_id.as_deref() {
                 Some(x) if x.eq_ignore_ascii_case(&change.anchor) => {
-                    locked(state).record(&change.anchor, &u.id, &u.user_name, &change.baseline)?;
+                    write_state(state, |s| s.record(&change.anchor, &u.id, &u.user_name, &change.baseline))?;
                     Ok(Some("HTTP 409: the user already existed with this anchor (an earlier create whose answer was lost); taken over".into()))
                 }
                 None => {
@@ -459,12 +563,12 @@ async fn create(
                         .patch_user(&u.id, vec![op], u.version.as_deref())
                         .await?;
                     // Nothing is known to be synced: the next cycle brings every attribute in line.
-                    locked(state).record(
+                    write_state(state, |s| s.record(
                         &change.anchor,
                         &u.id,
                         &u.user_name,
                         &Default::default(),
-                    )?;
+                    ))?;
                     Ok(Some("HTTP 409: a user with this login already existed; adopted, its attributes follow next cycle".into()))
                 }
                 Some(other) => refuse(format!(
@@ -482,6 +586,11 @@ async fn create(
 /// holds a consistent database: every write is its own transaction.
 fn locked<'a, 'b>(state: &'a Mutex<&'b mut State>) -> std::sync::MutexGuard<'a, &'b mut State> {
     state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One synchronous state write under the lock, off the async worker threads.
+fn write_state<T>(state: &Mutex<&mut State>, f: impl FnOnce(&mut State) -> T) -> T {
+    blocking(|| f(&mut locked(state)))
 }
 
 /// The resource a create POSTs: the mapped attributes, the anchor as `externalId`, active.

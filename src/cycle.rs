@@ -2,27 +2,89 @@
 //! read the directory and the portal → plan (pure) → apply (unless a dry run) → record → report.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
 
 use tracing::{info, warn};
 
-use crate::apply::{self, ApplyError};
+use crate::apply::{self, blocking, ApplyError};
 use crate::config::Config;
 use crate::config::SourceKind;
 use crate::plan::{self, guard, Action, Plan};
 use crate::portal::{PortalClient, PortalError, PortalSchema, PortalUser};
-use crate::report::{self, DirectorySummary, PortalSummary, Report};
+use crate::record;
+use crate::report::{self, DirectorySummary, PortalSummary, Report, RunOutcome, Stopped};
 use crate::saved::SavedPlan;
 use crate::source::delta;
 use crate::source::{LdapSource, SourceError, Timestamp};
-use crate::state::{RunRecord, State, StateError};
+use crate::state::{State, StateError};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    /// Compute and report; write nothing anywhere.
-    Plan,
+/// What a cycle is asked to do. Every command but `check` is one of these, through
+/// [`run`]; so are the daemon's cycles.
+pub enum Request<'a> {
+    /// Compute and report; write nothing anywhere. With `save`, also save the plan to
+    /// apply later exactly as reviewed.
+    Plan { save: Option<&'a Path> },
     /// Compute, apply, record, report.
     Sync,
+    /// Apply a saved plan exactly as reviewed, or refuse if an affected user moved.
+    Apply(&'a SavedPlan),
+    /// The daemon on a spare host: plan and report every cycle and record the run, but
+    /// never write to the portal or the state's links.
+    Standby,
+}
+
+/// The kind of a cycle, as reports and the run history name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Plan,
+    Sync,
+    Apply,
+    Standby,
+}
+
+impl Kind {
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Plan => "plan",
+            Kind::Sync => "sync",
+            Kind::Apply => "apply",
+            Kind::Standby => "standby",
+        }
+    }
+
+    /// Writes to the portal (and the links in the state).
+    fn applies(self) -> bool {
+        matches!(self, Kind::Sync | Kind::Apply)
+    }
+
+    /// Opens the state as its one writer and records the run.
+    fn records(self) -> bool {
+        !matches!(self, Kind::Plan)
+    }
+}
+
+impl Request<'_> {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Request::Plan { .. } => Kind::Plan,
+            Request::Sync => Kind::Sync,
+            Request::Apply(_) => Kind::Apply,
+            Request::Standby => Kind::Standby,
+        }
+    }
+}
+
+/// How a running cycle is told to stop. `soft` (a shutdown): no new request is started,
+/// those in flight finish, and the cycle records and reports what it did. `hard` (the
+/// shutdown's grace period is over): requests still in flight are abandoned, and the
+/// cycle still records and reports. The cycle timeout is a hard stop of its own.
+#[derive(Clone, Debug, Default)]
+pub struct Stop {
+    pub soft: CancellationToken,
+    pub hard: CancellationToken,
 }
 
 /// Why a cycle produced no report. Nothing was closed: a failed read never means "gone".
@@ -34,8 +96,23 @@ pub enum CycleError {
     Portal(#[from] PortalError),
     #[error("{0}")]
     State(#[from] StateError),
-    #[error("the cycle did not finish within {} s (sync.cycle_timeout_secs); nothing more was done", .0.as_secs())]
+    #[error(transparent)]
+    Saved(#[from] crate::saved::SavedError),
+    #[error("the cycle did not finish within {} s (sync.cycle_timeout_secs) and was stopped before anything was applied", .0.as_secs())]
     Timeout(Duration),
+    #[error("the cycle was asked to stop before anything was applied")]
+    Interrupted,
+}
+
+impl CycleError {
+    /// How the run history records this failure.
+    fn outcome(&self) -> RunOutcome {
+        match self {
+            CycleError::Timeout(_) => RunOutcome::TimedOut,
+            CycleError::Interrupted => RunOutcome::Interrupted,
+            _ => RunOutcome::Failed,
+        }
+    }
 }
 
 impl From<ApplyError> for CycleError {
@@ -63,71 +140,206 @@ pub struct Options {
 /// The `meta` key of the scope the last applied sync ran with.
 const SCOPE_KEY: &str = "scope";
 
-/// Runs one cycle within the configured cycle timeout.
-pub async fn run(config: &Config, mode: Mode, options: &Options) -> Result<Report, CycleError> {
-    let cycle = async {
-        let prepared = prepare(config, mode, options).await?;
-        finish(config, prepared).await
-    };
-    within_cycle_timeout(config, cycle).await
-}
+/// Runs one cycle: read both sides, plan, apply (unless the request is a dry run or a
+/// guard held the cycle back), record, report. Under `sync.cycle_timeout_secs` and `stop`;
+/// a cycle that writes always records its run, also when it fails, times out or is
+/// stopped, and a cycle that got as far as planning always reports.
+pub async fn run(
+    config: &Config,
+    request: Request<'_>,
+    options: &Options,
+    stop: &Stop,
+) -> Result<Report, CycleError> {
+    let kind = request.kind();
+    let clock = Instant::now();
+    let started_at = report::now();
+    let deadline = tokio::time::sleep(config.cycle_timeout);
+    tokio::pin!(deadline);
 
-/// Applies a saved plan exactly as reviewed, or refuses if an affected user moved.
-pub async fn apply_saved(config: &Config, saved: &SavedPlan) -> Result<Report, CycleError> {
-    let cycle = async {
-        let scope = config.scope_text();
-        let options = Options {
-            accept_scope_change: saved.scope == scope,
+    let mut state = if kind.records() {
+        Some(blocking(|| State::open(&config.state_path))?)
+    } else {
+        blocking(|| State::open_read_only(&config.state_path))?
+    };
+    let failed = |state: Option<&mut State>, e: CycleError| -> CycleError {
+        if let (true, Some(s)) = (kind.records(), state) {
+            let recorded = blocking(|| {
+                record::failed(
+                    s,
+                    kind.label(),
+                    &started_at,
+                    clock.elapsed(),
+                    e.outcome(),
+                    &e.to_string(),
+                    config.keep_runs,
+                )
+            });
+            if let Err(r) = recorded {
+                warn!(error = %r, "the failed run could not be recorded");
+            }
+        }
+        e
+    };
+
+    // Read and plan. A stop of either kind ends it: nothing was applied yet.
+    let options = match &request {
+        Request::Apply(saved) => Options {
+            accept_scope_change: saved.scope == config.scope_text(),
             reviewed: true,
             adopt_orphans: !saved.adopted_orphans.is_empty(),
             ..Options::default()
-        };
-        let mut prepared = prepare(config, Mode::Sync, &options).await?;
-        let mut moved = saved.restrict(&mut prepared.plan);
-        if saved.scope != scope {
-            moved.insert(
-                0,
-                format!(
-                    "the directory scope changed since the plan was saved:\n{}",
-                    scope_diff(&saved.scope, &scope)
-                ),
-            );
+        },
+        _ => *options,
+    };
+    let prepared = tokio::select! {
+        biased;
+        _ = stop.hard.cancelled() => Err(CycleError::Interrupted),
+        _ = stop.soft.cancelled() => Err(CycleError::Interrupted),
+        _ = &mut deadline => Err(CycleError::Timeout(config.cycle_timeout)),
+        r = prepare(config, &options, state.as_ref()) => r,
+    };
+    let mut prepared = match prepared {
+        Ok(p) => p,
+        Err(e) => return Err(failed(state.as_mut(), e)),
+    };
+    match &request {
+        Request::Apply(saved) => refuse_if_moved(config, saved, &mut prepared),
+        Request::Plan { save: Some(path) } => {
+            SavedPlan::of(&prepared.plan, config.scope_text()).write(path)?;
         }
-        if !moved.is_empty() {
-            prepared.may_apply = false;
-            prepared.plan.held.push(guard::Held {
-                kind: "stale_plan".into(),
-                count: moved.len(),
-                limit: "the plan as saved".into(),
-                message: format!(
-                    "the saved plan (from {}) was not applied: {} of its changes no longer match. Run `dirsync plan` again and review.\n  {}",
-                    saved.saved_at,
-                    moved.len(),
-                    moved.join("\n  ")
+        _ => {}
+    }
+
+    // Apply.
+    let Prepared {
+        schema,
+        portal,
+        directory,
+        portal_summary,
+        may_apply,
+        directory_read,
+        deleted_in_portal,
+        known,
+        linked,
+        mut plan,
+        ..
+    } = prepared;
+    let applying = kind.applies() && may_apply;
+    let (applied, stopped) = match state.as_mut() {
+        Some(state) if applying => {
+            // Their portal users are gone; a create planned again links anew.
+            for anchor in &deleted_in_portal {
+                blocking(|| state.forget_user(anchor))?;
+            }
+            let rules = plan::effective_rules(&config.mapping, &config.access);
+            let replan = apply::Replan {
+                rules: &rules,
+                schema: &schema,
+                concurrency: config.portal.concurrency,
+                max_consecutive_failures: config.safety.max_consecutive_failures,
+            };
+            let progress = apply::Progress::new(&plan);
+            let ended = tokio::select! {
+                r = apply::apply(&plan, &portal, state, &replan, &stop.soft, &progress) => {
+                    r.map(|()| stop.soft.is_cancelled().then_some(Stopped::Interrupted))
+                }
+                _ = stop.hard.cancelled() => Ok(Some(Stopped::Interrupted)),
+                _ = &mut deadline => Ok(Some(Stopped::TimedOut)),
+            };
+            let stopped = match ended {
+                Ok(s) => s,
+                Err(e) => return Err(failed(Some(state), e.into())),
+            };
+            let why = stopped.map(|s| match s {
+                Stopped::Interrupted => "dirsync was asked to stop; changes not made are planned again next cycle".to_string(),
+                Stopped::TimedOut => format!(
+                    "the cycle did not finish within {} s (sync.cycle_timeout_secs); changes not made are planned again next cycle",
+                    config.cycle_timeout.as_secs()
                 ),
             });
+            (Some(progress.applied(why.as_deref())), stopped)
         }
-        finish(config, prepared).await
+        _ => (None, None),
     };
-    within_cycle_timeout(config, cycle).await
+    let in_sync = std::mem::take(&mut plan.in_sync);
+    let report = Report::new(
+        kind.label(),
+        started_at.clone(),
+        directory,
+        portal_summary,
+        plan,
+        applied,
+        stopped,
+    );
+
+    // Record.
+    if let (true, Some(state)) = (kind.records(), state.as_mut()) {
+        let mut meta = Vec::new();
+        if applying {
+            meta.push((SCOPE_KEY, config.scope_text()));
+        }
+        if let Some(read) = &directory_read {
+            meta.extend(delta::basis_meta(read, config));
+        }
+        let facts = record::Facts {
+            command: kind.label(),
+            started_at: &started_at,
+            duration: clock.elapsed(),
+            in_sync: if applying { &in_sync } else { &[] },
+            known: &known,
+            linked: &linked,
+            meta,
+            keep_runs: config.keep_runs,
+        };
+        blocking(|| record::cycle(state, &facts, &report))?;
+    }
+    info!(
+        command = kind.label(),
+        read = %report.directory.read,
+        outcome = report.outcome.label(),
+        created = report.counts.get("create").copied().unwrap_or(0),
+        updated = report.counts.get("update").copied().unwrap_or(0),
+        closed = report.counts.get("close").copied().unwrap_or(0),
+        failed = report.counts.get("failed").copied().unwrap_or(0),
+        held = report.held.len(),
+        duration_ms = u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "cycle finished"
+    );
+    Ok(report)
 }
 
-/// Runs `cycle` within `sync.cycle_timeout_secs`.
-async fn within_cycle_timeout(
-    config: &Config,
-    cycle: impl std::future::Future<Output = Result<Report, CycleError>>,
-) -> Result<Report, CycleError> {
-    match tokio::time::timeout(config.cycle_timeout, cycle).await {
-        Ok(r) => r,
-        Err(_) => Err(CycleError::Timeout(config.cycle_timeout)),
+/// A saved plan applied later: restricted to what was reviewed, and held back whole if
+/// an affected user or the scope moved since.
+fn refuse_if_moved(config: &Config, saved: &SavedPlan, prepared: &mut Prepared) {
+    let scope = config.scope_text();
+    let mut moved = saved.restrict(&mut prepared.plan);
+    if saved.scope != scope {
+        moved.insert(
+            0,
+            format!(
+                "the directory scope changed since the plan was saved:\n{}",
+                scope_diff(&saved.scope, &scope)
+            ),
+        );
+    }
+    if !moved.is_empty() {
+        prepared.may_apply = false;
+        prepared.plan.held.push(guard::Held {
+            kind: guard::HeldKind::StalePlan,
+            count: moved.len(),
+            limit: "the plan as saved".into(),
+            message: format!(
+                "the saved plan (from {}) was not applied: {} of its changes no longer match. Run `dirsync plan` again and review.\n  {}",
+                saved.saved_at,
+                moved.len(),
+                moved.join("\n  ")
+            ),
+        });
     }
 }
 
 /// A cycle that has read both sides and planned, ready to apply.
 pub struct Prepared {
-    mode: Mode,
-    started_at: String,
-    state: Option<State>,
     portal: PortalClient,
     schema: PortalSchema,
     directory: DirectorySummary,
@@ -139,30 +351,33 @@ pub struct Prepared {
     /// Anchors the state links to portal users that were deleted in the portal: their
     /// links are dropped before applying.
     deleted_in_portal: Vec<String>,
+    /// What the state held when the cycle started (lowercased anchors): baselines and
+    /// portal ids, so the record step writes only what changed.
+    known: HashMap<String, plan::Baseline>,
+    linked: HashMap<String, String>,
     pub plan: Plan,
 }
 
 /// Reads the directory and the portal (at the same time) and plans.
-pub async fn prepare(
+async fn prepare(
     config: &Config,
-    mode: Mode,
     options: &Options,
+    state: Option<&State>,
 ) -> Result<Prepared, CycleError> {
-    let started_at = report::now();
-    let state = match mode {
-        Mode::Sync => Some(State::open(&config.state_path)?),
-        Mode::Plan => State::open_read_only(&config.state_path)?,
-    };
-    let (known, known_groups, linked) = match &state {
-        Some(s) => (s.baselines()?, s.groups()?, s.portal_ids()?),
+    let (known, known_groups, linked) = match state {
+        Some(s) => {
+            blocking(|| Ok::<_, StateError>((s.baselines()?, s.groups()?, s.portal_ids()?)))?
+        }
         None => Default::default(),
     };
     let rules = plan::effective_rules(&config.mapping, &config.access);
     let mirror_groups = config.access.portal_groups.is_some();
 
     let attributes = source_attributes(config);
-    let basis = match &state {
-        Some(s) if config.source.kind == SourceKind::ActiveDirectory => delta::Basis::load(s)?,
+    let basis = match state {
+        Some(s) if config.source.kind == SourceKind::ActiveDirectory => {
+            blocking(|| delta::Basis::load(s))?
+        }
         _ => delta::Cached::Nothing,
     };
     let read_directory = async {
@@ -194,7 +409,7 @@ pub async fn prepare(
     let now = Timestamp::now();
     let links = plan::Links {
         deleted_in_portal: deleted.values().cloned().collect(),
-        portal_ids: linked,
+        portal_ids: linked.clone(),
         adopt_orphans: options.adopt_orphans,
     };
     let mut plan = plan::compute(&plan::Input {
@@ -235,13 +450,13 @@ pub async fn prepare(
         plan.held.extend(held);
     }
     let mut may_apply = true;
-    if let Some(s) = &state {
+    if let Some(s) = state {
         let scope = config.scope_text();
-        if let Some(last) = s.meta(SCOPE_KEY)? {
+        if let Some(last) = blocking(|| s.meta(SCOPE_KEY))? {
             if last != scope && !options.accept_scope_change {
                 may_apply = false;
                 plan.held.push(guard::Held {
-                    kind: "scope_change".into(),
+                    kind: guard::HeldKind::ScopeChange,
                     count: plan.changes.len() + plan.group_changes.len(),
                     limit: "the scope of the last sync".into(),
                     message: format!(
@@ -273,9 +488,8 @@ pub async fn prepare(
         })
         .count();
     Ok(Prepared {
-        mode,
-        started_at,
-        state,
+        known,
+        linked,
         portal,
         schema,
         directory: DirectorySummary {
@@ -302,84 +516,6 @@ pub async fn prepare(
         may_apply,
         plan,
     })
-}
-
-/// Applies a prepared plan (in a sync), records the run, and reports.
-pub async fn finish(config: &Config, prepared: Prepared) -> Result<Report, CycleError> {
-    let Prepared {
-        mode,
-        started_at,
-        mut state,
-        portal,
-        schema,
-        directory,
-        portal_summary,
-        may_apply,
-        directory_read,
-        deleted_in_portal,
-        plan,
-    } = prepared;
-    let (command, applied) = match (mode, state.as_mut()) {
-        (Mode::Sync, Some(state)) if may_apply => {
-            // Their portal users are gone; a create planned again links anew.
-            for anchor in &deleted_in_portal {
-                state.forget_user(anchor)?;
-            }
-            let rules = plan::effective_rules(&config.mapping, &config.access);
-            let replan = apply::Replan {
-                rules: &rules,
-                schema: &schema,
-                concurrency: config.portal.concurrency,
-                max_consecutive_failures: config.safety.max_consecutive_failures,
-            };
-            (
-                "sync",
-                Some(apply::apply(&plan, &portal, state, &replan).await?),
-            )
-        }
-        (Mode::Sync, _) => ("sync", None),
-        (Mode::Plan, _) => ("plan", None),
-    };
-    let report = Report::new(
-        command,
-        started_at,
-        directory,
-        portal_summary,
-        plan,
-        applied,
-    );
-
-    if let (Mode::Sync, Some(state)) = (mode, state.as_mut()) {
-        if may_apply {
-            state.set_meta(SCOPE_KEY, &config.scope_text())?;
-        }
-        if let Some(read) = &directory_read {
-            delta::remember(state, read, config)?;
-        }
-        let c = |k: &str| report.counts.get(k).copied().unwrap_or(0);
-        state.record_run(&RunRecord {
-            started_at: report.started_at.clone(),
-            finished_at: report.finished_at.clone(),
-            command: command.to_string(),
-            outcome: if report.has_failures() {
-                "partial"
-            } else if !report.held.is_empty() {
-                "held"
-            } else {
-                "ok"
-            }
-            .to_string(),
-            created: c("create"),
-            adopted: c("adopt"),
-            updated: c("update"),
-            reactivated: c("reactivate"),
-            closed: c("close"),
-            skipped: c("skipped"),
-            failed: c("failed") + c("rejected"),
-            conflicts: c("conflicts"),
-        })?;
-    }
-    Ok(report)
 }
 
 /// Checks that the listing holds every portal user the state links to a directory anchor

@@ -14,6 +14,7 @@ pub mod dn;
 pub mod mapping;
 pub mod plan;
 pub mod portal;
+pub mod record;
 pub mod report;
 pub mod saved;
 pub mod secret;
@@ -22,7 +23,7 @@ pub mod state;
 
 use cli::{Cli, Command, Confirm, Format};
 use config::{Config, ConfigError};
-use cycle::{CycleError, Mode};
+use cycle::CycleError;
 
 /// Process exit codes.
 pub mod exit {
@@ -84,17 +85,18 @@ pub async fn run(cli: Cli) -> Result<u8, Error> {
             adopt_orphans,
             save,
         } => {
-            let prepared =
-                cycle::prepare(&config, Mode::Plan, &options(confirm, adopt_orphans)).await?;
+            let request = cycle::Request::Plan {
+                save: save.as_deref(),
+            };
+            let options = options(confirm, adopt_orphans);
+            let report = cycle::run(&config, request, &options, &cycle::Stop::default()).await?;
             if let Some(path) = save {
-                saved::SavedPlan::of(&prepared.plan, config.scope_text()).write(&path)?;
                 eprintln!(
                     "dirsync: plan saved to {}; apply it as reviewed with `dirsync apply {}`",
                     path.display(),
                     path.display()
                 );
             }
-            let report = cycle::finish(&config, prepared).await?;
             Ok(print_report(&report, format))
         }
         Command::Sync {
@@ -102,12 +104,26 @@ pub async fn run(cli: Cli) -> Result<u8, Error> {
             confirm,
             adopt_orphans,
         } => {
-            let report = cycle::run(&config, Mode::Sync, &options(confirm, adopt_orphans)).await?;
+            let options = options(confirm, adopt_orphans);
+            let report = cycle::run(
+                &config,
+                cycle::Request::Sync,
+                &options,
+                &cycle::Stop::default(),
+            )
+            .await?;
             Ok(print_report(&report, format))
         }
         Command::Apply { file, format } => {
             let saved = saved::SavedPlan::read(&file)?;
-            let report = cycle::apply_saved(&config, &saved).await?;
+            let request = cycle::Request::Apply(&saved);
+            let report = cycle::run(
+                &config,
+                request,
+                &cycle::Options::default(),
+                &cycle::Stop::default(),
+            )
+            .await?;
             Ok(print_report(&report, format))
         }
     }

@@ -66,6 +66,15 @@ const MIGRATIONS: &[&str] = &[
          key   TEXT PRIMARY KEY,
          value TEXT NOT NULL
      );",
+    // 5: what `dirsync status` and the metrics tell about each cycle: the read kind and
+    //    why, changes held back, the error of a failed cycle, the duration; `command` is
+    //    sync, apply or standby. Runs are pruned to [state] keep_runs.
+    "ALTER TABLE run ADD COLUMN read TEXT;
+     ALTER TABLE run ADD COLUMN read_reason TEXT;
+     ALTER TABLE run ADD COLUMN held INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE run ADD COLUMN error TEXT;
+     ALTER TABLE run ADD COLUMN duration_ms INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE run ADD COLUMN entries_read INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// A state store problem. Fatal for the cycle: without its memory the daemon could not
@@ -161,12 +170,18 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 }
 
 /// One finished run, as recorded.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RunRecord {
     pub started_at: String,
     pub finished_at: String,
+    /// `sync`, `apply` or `standby`.
     pub command: String,
+    /// `ok`, `held`, `partial`, `failed`, `interrupted` or `timed_out`.
     pub outcome: String,
+    /// `full` or `delta`, when the directory was read.
+    pub read: Option<String>,
+    pub read_reason: Option<String>,
+    pub entries_read: usize,
     pub created: usize,
     pub adopted: usize,
     pub updated: usize,
@@ -175,6 +190,11 @@ pub struct RunRecord {
     pub skipped: usize,
     pub failed: usize,
     pub conflicts: usize,
+    /// Changes a guard held back.
+    pub held: usize,
+    /// Why the cycle failed or stopped early.
+    pub error: Option<String>,
+    pub duration_ms: u64,
 }
 
 pub struct State {
@@ -418,19 +438,7 @@ impl State {
         baseline: &Baseline,
     ) -> Result<(), StateError> {
         let tx = self.conn.transaction()?;
-        link_in(&tx, anchor, portal_id, user_name)?;
-        tx.execute(
-            "DELETE FROM synced_value WHERE anchor = ?1",
-            params![anchor],
-        )?;
-        {
-            let mut insert =
-                tx.prepare("INSERT INTO synced_value (anchor, path, value) VALUES (?1, ?2, ?3)")?;
-            for (path, value) in baseline {
-                let text = value.as_ref().map(|v| v.to_json().to_string());
-                insert.execute(params![anchor, path.to_string(), text])?;
-            }
-        }
+        record_in(&tx, anchor, portal_id, user_name, baseline)?;
         tx.commit()?;
         Ok(())
     }
@@ -528,28 +536,155 @@ impl State {
         Ok(())
     }
 
-    pub fn record_run(&mut self, run: &RunRecord) -> Result<(), StateError> {
-        self.conn.execute(
-            "INSERT INTO run (started_at, finished_at, command, outcome, created, updated, reactivated, closed,
-                              skipped, failed, adopted, conflicts)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-            params![
-                run.started_at,
-                run.finished_at,
-                run.command,
-                run.outcome,
-                run.created as i64,
-                run.updated as i64,
-                run.reactivated as i64,
-                run.closed as i64,
-                run.skipped as i64,
-                run.failed as i64,
-                run.adopted as i64,
-                run.conflicts as i64
-            ],
-        )?;
+    /// Records a finished run and prunes the table to the newest `keep` runs.
+    pub fn record_run(&mut self, run: &RunRecord, keep: usize) -> Result<(), StateError> {
+        let tx = self.conn.transaction()?;
+        insert_run(&tx, run, keep)?;
+        tx.commit()?;
         Ok(())
     }
+
+    /// The newest `limit` runs, newest first.
+    pub fn recent_runs(&self, limit: usize) -> Result<Vec<RunRecord>, StateError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT started_at, finished_at, command, outcome, read, read_reason, entries_read,
+                    created, adopted, updated, reactivated, closed, skipped, failed, conflicts,
+                    held, error, duration_ms
+             FROM run ORDER BY id DESC LIMIT ?1",
+        )?;
+        let n = |v: i64| usize::try_from(v).unwrap_or(0);
+        let rows = stmt.query_map(params![limit as i64], |r| {
+            Ok(RunRecord {
+                started_at: r.get(0)?,
+                finished_at: r.get(1)?,
+                command: r.get(2)?,
+                outcome: r.get(3)?,
+                read: r.get(4)?,
+                read_reason: r.get(5)?,
+                entries_read: n(r.get(6)?),
+                created: n(r.get(7)?),
+                adopted: n(r.get(8)?),
+                updated: n(r.get(9)?),
+                reactivated: n(r.get(10)?),
+                closed: n(r.get(11)?),
+                skipped: n(r.get(12)?),
+                failed: n(r.get(13)?),
+                conflicts: n(r.get(14)?),
+                held: n(r.get(15)?),
+                error: r.get(16)?,
+                duration_ms: u64::try_from(r.get::<_, i64>(17)?).unwrap_or(0),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The number of recorded runs.
+    pub fn run_count(&self) -> Result<usize, StateError> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM run", [], |r| r.get(0))?;
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
+    /// Writes, in one transaction, the end of a cycle: the baselines of in-step users that
+    /// changed, meta facts (scope, delta basis), and the run (pruned to `keep`).
+    pub fn record_cycle(
+        &mut self,
+        baselines: &[(&str, &str, &str, &Baseline)],
+        meta: &[(&str, &str)],
+        run: &RunRecord,
+        keep: usize,
+    ) -> Result<(), StateError> {
+        let tx = self.conn.transaction()?;
+        for (anchor, portal_id, user_name, baseline) in baselines {
+            record_in(&tx, anchor, portal_id, user_name, baseline)?;
+        }
+        for (key, value) in meta {
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )?;
+        }
+        insert_run(&tx, run, keep)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Who holds the writer lock of the database at `path` (pid and since when), if a
+    /// live process does; `None` when nobody writes. Takes no lock itself.
+    pub fn writer(path: &Path) -> Option<String> {
+        let lock = lock_path(path);
+        let file = File::options().read(true).write(true).open(&lock).ok()?;
+        match file.try_lock() {
+            // Free: nobody writes. Let it go at once (dropping the file unlocks).
+            Ok(()) => None,
+            Err(TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&lock).unwrap_or_default();
+                Some(if holder.trim().is_empty() {
+                    "holder unknown".to_owned()
+                } else {
+                    holder.trim().to_owned()
+                })
+            }
+            Err(TryLockError::Error(_)) => None,
+        }
+    }
+}
+
+/// The link of `anchor` to `portal_id` and its last-synced values, inside a transaction.
+fn record_in(
+    conn: &Connection,
+    anchor: &str,
+    portal_id: &str,
+    user_name: &str,
+    baseline: &Baseline,
+) -> Result<(), StateError> {
+    link_in(conn, anchor, portal_id, user_name)?;
+    conn.execute(
+        "DELETE FROM synced_value WHERE anchor = ?1",
+        params![anchor],
+    )?;
+    let mut insert =
+        conn.prepare_cached("INSERT INTO synced_value (anchor, path, value) VALUES (?1, ?2, ?3)")?;
+    for (path, value) in baseline {
+        let text = value.as_ref().map(|v| v.to_json().to_string());
+        insert.execute(params![anchor, path.to_string(), text])?;
+    }
+    Ok(())
+}
+
+fn insert_run(conn: &Connection, run: &RunRecord, keep: usize) -> Result<(), StateError> {
+    conn.execute(
+        "INSERT INTO run (started_at, finished_at, command, outcome, read, read_reason, entries_read,
+                          created, adopted, updated, reactivated, closed, skipped, failed, conflicts,
+                          held, error, duration_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+        params![
+            run.started_at,
+            run.finished_at,
+            run.command,
+            run.outcome,
+            run.read,
+            run.read_reason,
+            run.entries_read as i64,
+            run.created as i64,
+            run.adopted as i64,
+            run.updated as i64,
+            run.reactivated as i64,
+            run.closed as i64,
+            run.skipped as i64,
+            run.failed as i64,
+            run.conflicts as i64,
+            run.held as i64,
+            run.error,
+            i64::try_from(run.duration_ms).unwrap_or(i64::MAX),
+        ],
+    )?;
+    conn.execute(
+        "DELETE FROM run WHERE id <= (SELECT max(id) FROM run) - ?1",
+        params![keep.max(1) as i64],
+    )?;
+    Ok(())
 }
 
 /// [`StateError::Corrupt`] for a damaged file, else the SQLite error as it is.

@@ -674,7 +674,7 @@ fn plan_closures(
     }
     if input.directory.is_empty() {
         plan.held.push(guard::Held {
-            kind: "empty_source".into(),
+            kind: guard::HeldKind::EmptySource,
             count: leaving.len(),
             limit: "a directory with users".into(),
             message: format!(

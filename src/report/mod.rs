@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::apply::{Applied, Outcome, Status};
-use crate::plan::guard::Held;
+use crate::plan::guard::{Held, HeldKind};
 use crate::plan::{
     Action, Change, Conflict, GroupAction, GroupChange, NeedsAdmin, Orphan, Plan, Skipped,
 };
@@ -82,9 +82,49 @@ pub struct ReportedGroupChange {
     pub outcome: Option<Outcome>,
 }
 
+/// Why a cycle ended before its plan was carried out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stopped {
+    /// Asked to stop (SIGTERM, SIGINT): in-flight requests finished, no new ones started.
+    Interrupted,
+    /// `sync.cycle_timeout_secs` passed.
+    TimedOut,
+}
+
+/// How a cycle ended, as recorded and reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunOutcome {
+    /// Everything planned was applied (or, in a dry run, planned).
+    Ok,
+    /// A guard held changes back until an admin confirms.
+    Held,
+    /// Some changes failed; they are planned again next cycle.
+    Partial,
+    /// The cycle failed before it could plan (a side unreachable, an incomplete read).
+    Failed,
+    Interrupted,
+    TimedOut,
+}
+
+impl RunOutcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            RunOutcome::Ok => "ok",
+            RunOutcome::Held => "held",
+            RunOutcome::Partial => "partial",
+            RunOutcome::Failed => "failed",
+            RunOutcome::Interrupted => "interrupted",
+            RunOutcome::TimedOut => "timed_out",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
-    /// `plan` (dry run) or `sync`.
+    /// `plan` (dry run), `sync`, `apply` (a saved plan) or `standby` (the daemon's plan
+    /// on a spare host).
     pub command: String,
     pub dry_run: bool,
     pub started_at: String,
@@ -106,6 +146,10 @@ pub struct Report {
     /// Why the run stopped early, if it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub aborted: Option<String>,
+    /// The cycle was stopped before its plan was carried out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<Stopped>,
+    pub outcome: RunOutcome,
     /// Per action (planned, or applied in a sync), plus `skipped`, `needs_admin`,
     /// `conflicts`, `rejected` and `failed`.
     pub counts: BTreeMap<String, usize>,
@@ -119,6 +163,7 @@ impl Report {
         portal: PortalSummary,
         plan: Plan,
         applied: Option<Applied>,
+        stopped: Option<Stopped>,
     ) -> Report {
         let dry_run = applied.is_none();
         let (outcomes, group_outcomes, aborted) = match applied {
@@ -207,7 +252,7 @@ impl Report {
         if let Some(f) = counts.get_mut("failed") {
             *f += group_failed;
         }
-        Report {
+        let mut report = Report {
             command: command.to_string(),
             dry_run,
             started_at,
@@ -223,7 +268,21 @@ impl Report {
             notes: plan.notes,
             orphans: plan.orphans,
             aborted,
+            stopped,
+            outcome: RunOutcome::Ok,
             counts,
+        };
+        report.outcome = report.derive_outcome();
+        report
+    }
+
+    fn derive_outcome(&self) -> RunOutcome {
+        match self.stopped {
+            Some(Stopped::Interrupted) => RunOutcome::Interrupted,
+            Some(Stopped::TimedOut) => RunOutcome::TimedOut,
+            None if self.has_failures() => RunOutcome::Partial,
+            None if !self.held.is_empty() => RunOutcome::Held,
+            None => RunOutcome::Ok,
         }
     }
 
@@ -251,7 +310,7 @@ impl Report {
 
     /// The process exit code this report calls for.
     pub fn exit_code(&self) -> u8 {
-        if self.has_failures() || self.held.iter().any(|h| h.kind == "empty_source") {
+        if self.has_failures() || self.held.iter().any(|h| h.kind == HeldKind::EmptySource) {
             crate::exit::FAILURE
         } else if !self.held.is_empty() {
             crate::exit::HELD

@@ -352,9 +352,16 @@ pub fn moved_container(
 
 /// Remembers this read for the next delta (sync runs only).
 pub fn remember(state: &mut State, read: &Read, config: &Config) -> Result<(), StateError> {
-    let Some(dc) = &read.identity else {
-        return Ok(());
-    };
+    match basis_meta(read, config) {
+        Some((key, text)) => state.set_meta(key, &text),
+        None => Ok(()),
+    }
+}
+
+/// The `meta` row that remembers this read for the next delta: `None` when there is
+/// nothing to remember (not Active Directory).
+pub fn basis_meta(read: &Read, config: &Config) -> Option<(&'static str, String)> {
+    let dc = read.identity.as_ref()?;
     let basis = Basis {
         format: FORMAT,
         host: dc.host.clone(),
@@ -365,10 +372,8 @@ pub fn remember(state: &mut State, read: &Read, config: &Config) -> Result<(), S
         snapshot: read.snapshot.clone(),
         containers: read.containers.clone(),
     };
-    match serde_json::to_string(&basis) {
-        Ok(text) => state.set_meta(KEY, &text),
-        Err(_) => Ok(()), // never happens for these types; a full read next time is safe
-    }
+    // Serialising these types cannot fail; if it did, a full read next time is safe.
+    serde_json::to_string(&basis).ok().map(|text| (KEY, text))
 }
 
 fn now_secs() -> u64 {

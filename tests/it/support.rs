@@ -270,11 +270,6 @@ pub fn mappings_with_owner(owners: &[(&str, &str)]) -> String {
     out
 }
 
-/// The loaded config of a world, for tests that drive the library directly.
-pub fn load_config(w: &World) -> dirsync::config::Config {
-    dirsync::config::Config::load(&w.write_config()).unwrap()
-}
-
 /// A `groupOfNames` under ou=groups (slapd needs at least one member: an empty group gets
 /// the service account, which is no user in scope).
 pub fn group_ldif(cn: &str, member_dns: &[&str]) -> String {

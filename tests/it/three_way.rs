@@ -4,6 +4,8 @@
 
 use serde_json::{json, Value as Json};
 
+use crate::harness::Fault;
+
 use crate::support::{
     count, kill_mid_create, mappings_with_owner, person, portal_shape, KillPoint, World,
 };
@@ -216,24 +218,33 @@ fn changed_mail_cannot_change_the_immutable_login_but_everything_else_applies() 
 #[test]
 fn a_user_edited_between_plan_and_apply_gets_412_and_no_edit_is_lost() {
     let phone = "'phoneNumbers[type eq \"work\"].value'";
-    let w = anna_world(&[(phone, "merge")]);
-    let config = crate::support::load_config(&w);
-    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut w = anna_world(&[(phone, "merge")]);
+    let proxy = w.behind_proxy();
+    let config = w.write_config();
 
     directory_edit(&w, "sn", "Lind");
     directory_edit(&w, "telephoneNumber", "+46 8 200");
-    let prepared = rt
-        .block_on(dirsync::cycle::prepare(
-            &config,
-            dirsync::cycle::Mode::Sync,
-            &Default::default(),
-        ))
+    // The sync plans from what it read, then its PATCH is held at the proxy while the
+    // user edits the merge-owned phone and an admin-locked name in the portal.
+    proxy.fail_matching(
+        "PATCH",
+        "/Users/",
+        vec![Fault::Delay(std::time::Duration::from_secs(5))],
+    );
+    let sync = crate::support::dirsync_command(&config, &["sync", "--format", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
-    assert_eq!(prepared.plan.changes.len(), 1);
-    assert_eq!(prepared.plan.changes[0].fields.len(), 2, "sn and the phone");
-
-    // Between plan and apply, the user edits the merge-owned phone and an admin-locked
-    // name in the portal.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while proxy.count("PATCH", "/Users/") == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no PATCH: {}",
+            proxy.summary()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     portal_edit(
         &w,
         "anna@example.se",
@@ -246,19 +257,28 @@ fn a_user_edited_between_plan_and_apply_gets_412_and_no_edit_is_lost() {
         "displayName",
         json!("Edited meanwhile"),
     );
-
-    let report = rt
-        .block_on(dirsync::cycle::finish(&config, prepared))
-        .unwrap();
-    let outcome = &report.changes[0].outcome.as_ref().unwrap();
+    let out = sync.wait_with_output().unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(report["changes"].as_array().unwrap().len(), 1, "{report:#}");
     assert_eq!(
-        outcome.status,
-        dirsync::apply::Status::Applied,
-        "{outcome:?}"
+        report["changes"][0]["fields"].as_array().unwrap().len(),
+        2,
+        "sn and the phone were planned"
+    );
+    let outcome = &report["changes"][0]["outcome"];
+    assert_eq!(outcome["status"], "applied", "{outcome}");
+    assert!(
+        outcome["message"].as_str().unwrap().contains("412"),
+        "{outcome}"
     );
     assert!(
-        outcome.message.as_deref().unwrap().contains("412"),
-        "{outcome:?}"
+        proxy
+            .requests()
+            .iter()
+            .any(|r| r.method == "PATCH" && r.status == 412),
+        "the held PATCH met the concurrent edit: {}",
+        proxy.summary()
     );
 
     let anna = w.portal_user("anna@example.se");

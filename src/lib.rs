@@ -20,6 +20,7 @@ pub mod saved;
 pub mod secret;
 pub mod source;
 pub mod state;
+pub mod telemetry;
 
 use cli::{Cli, Command, Confirm, Format};
 use config::{Config, ConfigError};

@@ -21,6 +21,7 @@ pub(super) struct FileV1 {
     pub services: Vec<ServiceV1>,
     pub portal_groups: Option<PortalGroupsV1>,
     pub sub_unit: Option<SubUnitV1>,
+    pub health: Option<HealthV1>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -136,6 +137,13 @@ pub(super) struct ScheduleV1 {
 #[serde(deny_unknown_fields)]
 pub(super) struct SyncV1 {
     pub cycle_timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct HealthV1 {
+    pub listen: Option<String>,
+    pub max_age_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

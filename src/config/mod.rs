@@ -21,6 +21,8 @@ pub const DEFAULT_LDAP_PAGE_SIZE: i32 = 500;
 pub const DEFAULT_PORTAL_PAGE_SIZE: usize = 100;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_CYCLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// How long `/healthz` stays healthy without a successful cycle, by default.
+pub const DEFAULT_HEALTH_MAX_AGE: Duration = Duration::from_secs(3600);
 pub const DEFAULT_STATE_PATH: &str = "/var/lib/dirsync/state.db";
 pub const DEFAULT_KEEP_RUNS: usize = 10_000;
 pub const DEFAULT_CRON: &str = "0 */15 * * * *";
@@ -92,6 +94,17 @@ pub struct Config {
     pub access: AccessRules,
     /// Problems that do not stop dirsync but that an admin should fix; logged at start.
     pub warnings: Vec<String>,
+    /// The `/healthz` and `/metrics` listener of `dirsync run`; `None`: no listener.
+    pub health: Option<HealthConfig>,
+}
+
+/// The daemon's HTTP listener for `/healthz` and `/metrics` (`[health]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// The address to listen on (`health.listen`).
+    pub listen: std::net::SocketAddr,
+    /// `/healthz` answers 503 when no cycle succeeded for this long (`health.max_age_secs`).
+    pub max_age: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -442,6 +455,7 @@ impl Validator {
             source.portal_groups_filter = Some(f);
         }
         let access = access.0;
+        let health = self.health(raw.health)?;
         Ok(Config {
             path: path.to_path_buf(),
             source,
@@ -454,6 +468,7 @@ impl Validator {
             mapping,
             access,
             warnings: Vec::new(),
+            health,
         })
     }
 
@@ -503,6 +518,26 @@ impl Validator {
                 DEFAULT_STOP_GRACE,
             )?,
         })
+    }
+
+    /// `[health]`: no listener unless `listen` is set.
+    fn health(&self, h: Option<file::HealthV1>) -> Result<Option<HealthConfig>, ConfigError> {
+        let Some(h) = h else { return Ok(None) };
+        let max_age = match h.max_age_secs {
+            None => DEFAULT_HEALTH_MAX_AGE,
+            Some(0) => return Err(self.err("health.max_age_secs", "must be at least 1 second")),
+            Some(s) => Duration::from_secs(s),
+        };
+        let Some(listen) = h.listen else {
+            return Ok(None);
+        };
+        let listen = listen.trim().parse().map_err(|_| {
+            self.err(
+                "health.listen",
+                "is not an IP address and port (expected e.g. \"127.0.0.1:9469\" or \"[::1]:9469\")",
+            )
+        })?;
+        Ok(Some(HealthConfig { listen, max_age }))
     }
 
     fn safety(&self, s: Option<file::SafetyV1>) -> Result<Safety, ConfigError> {

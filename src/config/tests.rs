@@ -71,6 +71,7 @@ fn minimal_config_gets_safe_defaults() {
     assert_eq!(c.portal.token.expose(), "token-secret-456");
     assert_eq!(c.portal.url.as_str(), "http://127.0.0.1:8080/");
     assert_eq!(c.state_path, PathBuf::from(DEFAULT_STATE_PATH));
+    assert_eq!(c.health, None, "no listener unless [health] listen is set");
     assert!(
         !format!("{c:?}").contains("secret-"),
         "Debug must not show secrets"
@@ -218,6 +219,24 @@ fn malformed_configs_name_the_key_and_the_problem() {
             "line 9",
         ),
         (
+            "health listen not an address",
+            format!("{MINIMAL}\n[health]\nlisten = \"localhost-9469\"\n"),
+            "health.listen",
+            "is not an IP address and port",
+        ),
+        (
+            "health listen without a port",
+            format!("{MINIMAL}\n[health]\nlisten = \"127.0.0.1\"\n"),
+            "health.listen",
+            "is not an IP address and port",
+        ),
+        (
+            "zero health max age",
+            format!("{MINIMAL}\n[health]\nlisten = \"127.0.0.1:9469\"\nmax_age_secs = 0\n"),
+            "health.max_age_secs",
+            "at least 1",
+        ),
+        (
             "unknown source kind",
             MINIMAL.replace("[source]\n", "[source]\nkind = \"novell\"\n"),
             "source.kind",
@@ -256,7 +275,10 @@ fn malformed_configs_name_the_key_and_the_problem() {
             "{what}: the error quotes a secret: {msg}"
         );
         assert!(
-            !msg.contains("/nonexistent") && !msg.contains("\"big\"") && !msg.contains("novell"),
+            !msg.contains("/nonexistent")
+                && !msg.contains("\"big\"")
+                && !msg.contains("novell")
+                && !msg.contains("localhost-9469"),
             "{what}: the error quotes a value from the file: {msg}"
         );
         if !matches!(key, "" | "mapping") {
@@ -269,6 +291,38 @@ fn malformed_configs_name_the_key_and_the_problem() {
             );
         }
     }
+}
+
+#[test]
+fn health_listener_is_on_only_when_listen_is_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = parse_in(
+        dir.path(),
+        &format!("{MINIMAL}\n[health]\nlisten = \"127.0.0.1:9469\"\n"),
+    )
+    .unwrap();
+    assert_eq!(
+        c.health,
+        Some(HealthConfig {
+            listen: "127.0.0.1:9469".parse().unwrap(),
+            max_age: DEFAULT_HEALTH_MAX_AGE,
+        })
+    );
+    let c = parse_in(
+        dir.path(),
+        &format!("{MINIMAL}\n[health]\nlisten = \"[::1]:9000\"\nmax_age_secs = 900\n"),
+    )
+    .unwrap();
+    let h = c.health.unwrap();
+    assert_eq!(h.listen, "[::1]:9000".parse().unwrap());
+    assert_eq!(h.max_age, Duration::from_secs(900));
+    // The table without `listen`: off, but its other keys are still checked.
+    let c = parse_in(
+        dir.path(),
+        &format!("{MINIMAL}\n[health]\nmax_age_secs = 60\n"),
+    )
+    .unwrap();
+    assert_eq!(c.health, None);
 }
 
 #[test]

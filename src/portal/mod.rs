@@ -9,6 +9,7 @@
 mod schema;
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
@@ -22,6 +23,7 @@ use url::Url;
 
 pub use self::schema::{Mutability, PortalSchema};
 use crate::config::PortalConfig;
+use crate::telemetry::Telemetry;
 
 pub const USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
 pub const GROUP_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
@@ -250,6 +252,8 @@ pub struct PortalClient {
     page_size: usize,
     max_retries: u32,
     pub capabilities: Capabilities,
+    /// Where requests and retries are counted, if anywhere.
+    telemetry: Option<Arc<Telemetry>>,
 }
 
 impl PortalClient {
@@ -292,7 +296,14 @@ impl PortalClient {
             page_size: config.page_size,
             max_retries: config.max_retries,
             capabilities: Capabilities::default(),
+            telemetry: None,
         })
+    }
+
+    /// Counts every request sent (by method and HTTP status) and every retry in `telemetry`.
+    pub fn with_telemetry(mut self, telemetry: Arc<Telemetry>) -> Self {
+        self.telemetry = Some(telemetry);
+        self
     }
 
     /// Reads `/ServiceProviderConfig` and remembers what the portal supports.
@@ -526,10 +537,10 @@ impl PortalClient {
         });
         let mut attempt = 0u32;
         loop {
-            let lost = match self
+            let (status, result) = self
                 .send_once(Method::POST, "Groups", Some(body.clone()), None)
-                .await
-            {
+                .await;
+            let lost = match result {
                 Ok((created, _)) => {
                     return created
                         .get("id")
@@ -563,6 +574,7 @@ impl PortalClient {
                 return Err(error);
             }
             attempt += 1;
+            self.count_retry(status);
             debug!(
                 group = name,
                 attempt,
@@ -695,7 +707,7 @@ impl PortalClient {
     ) -> Result<(Json, Option<String>), PortalError> {
         let mut attempt = 0u32;
         loop {
-            let result = self
+            let (status, result) = self
                 .send_once(method.clone(), path, body.clone(), if_match)
                 .await;
             let wait = match &result {
@@ -709,22 +721,55 @@ impl PortalClient {
                 return result;
             }
             attempt += 1;
+            self.count_retry(status);
             debug!(%method, path, attempt, wait_ms = wait.as_millis() as u64, "retrying");
             tokio::time::sleep(wait).await;
         }
     }
 
+    /// Sends a request once and counts it in the telemetry: the HTTP status of the answer
+    /// (`None` when no whole answer came) and what the answer means.
     async fn send_once(
         &self,
         method: Method,
         path: &str,
         body: Option<Json>,
         if_match: Option<&str>,
-    ) -> Result<(Json, Option<String>), PortalError> {
-        let url = self
-            .base
-            .join(path)
-            .map_err(|e| PortalError::Protocol(format!("bad request path {path}: {e}")))?;
+    ) -> (Option<u16>, Result<(Json, Option<String>), PortalError>) {
+        let url = match self.base.join(path) {
+            Ok(url) => url,
+            Err(e) => {
+                // Nothing was sent.
+                let e = PortalError::Protocol(format!("bad request path {path}: {e}"));
+                return (None, Err(e));
+            }
+        };
+        let (status, result) = self
+            .exchange(method.clone(), url, path, body, if_match)
+            .await;
+        if let Some(t) = &self.telemetry {
+            t.portal_request(method.as_str(), status);
+        }
+        (status, result)
+    }
+
+    /// Counts a retry after a request that got `status` (`None`: no answer).
+    fn count_retry(&self, status: Option<u16>) {
+        if let Some(t) = &self.telemetry {
+            t.portal_retry(status);
+        }
+    }
+
+    /// One HTTP exchange: the status of the answer (`None` when no whole answer came) and
+    /// what it means.
+    async fn exchange(
+        &self,
+        method: Method,
+        url: Url,
+        path: &str,
+        body: Option<Json>,
+        if_match: Option<&str>,
+    ) -> (Option<u16>, Result<(Json, Option<String>), PortalError>) {
         let mut req = self.http.request(method.clone(), url);
         if let Some(body) = body {
             req = req.header(CONTENT_TYPE, SCIM_JSON).body(body.to_string());
@@ -732,18 +777,23 @@ impl PortalClient {
         if let Some(v) = if_match {
             req = req.header(IF_MATCH, v);
         }
-        let resp = req.send().await.map_err(|e| {
-            let chain = error_chain(&e);
-            if let Some(why) = tls_problem(&chain) {
-                return PortalError::Tls(format!("{method} /{path}: {chain}. {why}"));
+        let resp = match req.send().await {
+            Ok(resp) => resp,
+            Err(e) => {
+                let chain = error_chain(&e);
+                if let Some(why) = tls_problem(&chain) {
+                    let e = PortalError::Tls(format!("{method} /{path}: {chain}. {why}"));
+                    return (None, Err(e));
+                }
+                let what = if e.is_timeout() {
+                    "timed out"
+                } else {
+                    "failed"
+                };
+                let e = PortalError::Transient(format!("{method} /{path} {what}: {chain}"));
+                return (None, Err(e));
             }
-            let what = if e.is_timeout() {
-                "timed out"
-            } else {
-                "failed"
-            };
-            PortalError::Transient(format!("{method} /{path} {what}: {chain}"))
-        })?;
+        };
         let status = resp.status();
         let retry_after = resp
             .headers()
@@ -755,21 +805,41 @@ impl PortalClient {
             .get(ETAG)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let text = resp.text().await.map_err(|e| {
-            PortalError::Transient(format!("{method} /{path}: reading the answer failed: {e}"))
-        })?;
+        let text = match resp.text().await {
+            Ok(text) => text,
+            Err(e) => {
+                let e = PortalError::Transient(format!(
+                    "{method} /{path}: reading the answer failed: {e}"
+                ));
+                return (None, Err(e));
+            }
+        };
+        let result = self.interpret(&method, path, status, retry_after, etag, &text);
+        (Some(status.as_u16()), result)
+    }
+
+    /// What an answer means: its JSON body and ETag, or the error its status stands for.
+    fn interpret(
+        &self,
+        method: &Method,
+        path: &str,
+        status: StatusCode,
+        retry_after: Option<Duration>,
+        etag: Option<String>,
+        text: &str,
+    ) -> Result<(Json, Option<String>), PortalError> {
         if status.is_success() {
             if text.trim().is_empty() {
                 return Ok((Json::Null, etag));
             }
-            let json = serde_json::from_str(&text).map_err(|e| {
+            let json = serde_json::from_str(text).map_err(|e| {
                 PortalError::Protocol(format!(
                     "{method} /{path}: HTTP {status} with a body that is not JSON ({e})"
                 ))
             })?;
             return Ok((json, etag));
         }
-        let err: Json = serde_json::from_str(&text).unwrap_or(Json::Null);
+        let err: Json = serde_json::from_str(text).unwrap_or(Json::Null);
         let detail = err
             .get("detail")
             .and_then(Json::as_str)
@@ -1167,5 +1237,118 @@ mod tests {
             Some(MAX_RETRY_AFTER)
         );
         assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    /// A portal on a loopback port that gives `answers` (status, body) in turn, the last
+    /// one again and again.
+    async fn scripted_portal(answers: Vec<(u16, &'static str)>) -> std::net::SocketAddr {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let answers = Arc::new(answers);
+        let next = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let (answers, next) = (Arc::clone(&answers), Arc::clone(&next));
+                let service = hyper::service::service_fn(move |_req| {
+                    let i = next.fetch_add(1, Ordering::SeqCst).min(answers.len() - 1);
+                    let (status, body) = answers[i];
+                    let mut r = hyper::Response::new(http_body_util::Full::new(
+                        bytes::Bytes::from_static(body.as_bytes()),
+                    ));
+                    *r.status_mut() = StatusCode::from_u16(status).unwrap();
+                    async move { Ok::<_, std::convert::Infallible>(r) }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+                );
+            }
+        });
+        addr
+    }
+
+    fn client(addr: std::net::SocketAddr, max_retries: u32) -> PortalClient {
+        PortalClient::new(&PortalConfig {
+            url: Url::parse(&format!("http://{addr}/scim/v2/")).unwrap(),
+            token: crate::secret::Secret::new("t"),
+            token_key: "portal.token_file".into(),
+            ca_file: None,
+            timeout: Duration::from_secs(5),
+            page_size: 100,
+            concurrency: 1,
+            max_retries,
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn each_request_and_retry_is_counted_by_status() {
+        let addr = scripted_portal(vec![
+            (503, "busy"),
+            (200, r#"{"patch": {"supported": true}}"#),
+            (500, "broken"),
+        ])
+        .await;
+        let telemetry = Arc::new(Telemetry::new());
+        let mut portal = client(addr, 1).with_telemetry(Arc::clone(&telemetry));
+        portal.discover().await.unwrap();
+        // 500 twice: retried once, then given up.
+        portal.schema().await.unwrap_err();
+        let out = telemetry.render();
+        for line in [
+            r#"dirsync_portal_requests_total{method="GET",status="503"} 1"#,
+            r#"dirsync_portal_requests_total{method="GET",status="200"} 1"#,
+            r#"dirsync_portal_requests_total{method="GET",status="500"} 2"#,
+            r#"dirsync_portal_retries_total{reason="503"} 1"#,
+            r#"dirsync_portal_retries_total{reason="500"} 1"#,
+        ] {
+            assert!(out.lines().any(|l| l == line), "no {line:?} in:\n{out}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_without_an_answer_is_counted_as_an_error() {
+        // A port nothing listens on.
+        let addr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let telemetry = Arc::new(Telemetry::new());
+        let portal = client(addr, 1).with_telemetry(Arc::clone(&telemetry));
+        portal.delete_group("g1").await.unwrap_err();
+        let out = telemetry.render();
+        for line in [
+            r#"dirsync_portal_requests_total{method="DELETE",status="error"} 2"#,
+            r#"dirsync_portal_retries_total{reason="error"} 1"#,
+        ] {
+            assert!(out.lines().any(|l| l == line), "no {line:?} in:\n{out}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_group_create_retried_after_a_lost_answer_counts_the_retry() {
+        // POST 502; the two lookups (full listings: no filter support was discovered)
+        // find no group; POST again: 201.
+        let addr = scripted_portal(vec![
+            (502, "bad gateway"),
+            (200, r#"{"totalResults": 0, "Resources": []}"#),
+            (200, r#"{"totalResults": 0, "Resources": []}"#),
+            (201, r#"{"id": "g-1"}"#),
+        ])
+        .await;
+        let telemetry = Arc::new(Telemetry::new());
+        let portal = client(addr, 2).with_telemetry(Arc::clone(&telemetry));
+        let created = portal.create_group("Fax", "x-1", &[]).await.unwrap();
+        assert_eq!(created.id, "g-1");
+        let out = telemetry.render();
+        for line in [
+            r#"dirsync_portal_requests_total{method="POST",status="502"} 1"#,
+            r#"dirsync_portal_requests_total{method="POST",status="201"} 1"#,
+            r#"dirsync_portal_retries_total{reason="502"} 1"#,
+        ] {
+            assert!(out.lines().any(|l| l == line), "no {line:?} in:\n{out}");
+        }
     }
 }

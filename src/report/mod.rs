@@ -93,7 +93,7 @@ pub enum Stopped {
 }
 
 /// How a cycle ended, as recorded and reported.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunOutcome {
     /// Everything planned was applied (or, in a dry run, planned).
@@ -102,7 +102,8 @@ pub enum RunOutcome {
     Held,
     /// Some changes failed; they are planned again next cycle.
     Partial,
-    /// The cycle failed before it could plan (a side unreachable, an incomplete read).
+    /// The cycle failed before it could plan (a side unreachable, an incomplete read),
+    /// or the directory returned no users at all (nobody is closed; it needs a look).
     Failed,
     Interrupted,
     TimedOut,
@@ -118,6 +119,12 @@ impl RunOutcome {
             RunOutcome::Interrupted => "interrupted",
             RunOutcome::TimedOut => "timed_out",
         }
+    }
+
+    /// Whether the cycle counts as a success for `/healthz` and the last-success metric:
+    /// it did its work, perhaps waiting for an admin's confirmation of some of it.
+    pub fn is_success(self) -> bool {
+        matches!(self, RunOutcome::Ok | RunOutcome::Held)
     }
 }
 
@@ -280,6 +287,7 @@ impl Report {
         match self.stopped {
             Some(Stopped::Interrupted) => RunOutcome::Interrupted,
             Some(Stopped::TimedOut) => RunOutcome::TimedOut,
+            None if self.held.iter().any(|h| h.kind == HeldKind::EmptySource) => RunOutcome::Failed,
             None if self.has_failures() => RunOutcome::Partial,
             None if !self.held.is_empty() => RunOutcome::Held,
             None => RunOutcome::Ok,

@@ -175,15 +175,20 @@ pub async fn apply(
     };
     // Bounded concurrency; each change records its own outcome in the state as soon as
     // the portal confirms it, so an interruption loses nothing that happened.
-    let results: Vec<Result<(), StateError>> = stream::iter(plan.changes.iter().enumerate())
-        .map(|(i, change)| {
-            let (state, run) = (&state, &run);
-            async move {
-                let outcome = apply_guarded(change, portal, state, replan, run).await?;
-                progress.set(i, outcome);
-                Ok(())
-            }
+    // The futures are made first and then driven (not made by a closure inside the
+    // stream), so the cycle stays `Send` for the daemon's task (rust-lang/rust#102211).
+    let (state_ref, run_ref) = (&state, &run);
+    let changes: Vec<_> = plan
+        .changes
+        .iter()
+        .enumerate()
+        .map(|(i, change)| async move {
+            let outcome = apply_guarded(change, portal, state_ref, replan, run_ref).await?;
+            progress.set(i, outcome);
+            Ok::<(), StateError>(())
         })
+        .collect();
+    let results: Vec<Result<(), StateError>> = stream::iter(changes)
         .buffer_unordered(replan.concurrency.max(1))
         .collect()
         .await;

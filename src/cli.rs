@@ -66,6 +66,20 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    /// Run as a service: cycles on the `[schedule]` cron (and at start), until SIGTERM.
+    /// SIGHUP reloads the config for the next cycle, SIGUSR1 starts a cycle now. Logs go to
+    /// stderr (JSON lines under systemd); `dirsync status` shows what it does.
+    Run,
+    /// Show the daemon (running or not, next run, cycle in progress) and the last cycles.
+    /// Read-only: safe while the daemon runs.
+    Status {
+        /// text for people, json for tools.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        /// How many of the last cycles to show.
+        #[arg(long, default_value_t = 10)]
+        last: usize,
+    },
     /// Run one cycle: plan, apply, record, and print what was done.
     Sync {
         /// Report format: text for people, json for tools, html for a page to open or mail.

@@ -87,6 +87,14 @@ pub struct Stop {
     pub hard: CancellationToken,
 }
 
+/// What a cycle runs within: how it is stopped, and where it counts its portal requests
+/// (the daemon's metrics; none for a one-shot command).
+#[derive(Clone, Debug, Default)]
+pub struct Context {
+    pub stop: Stop,
+    pub telemetry: Option<std::sync::Arc<crate::telemetry::Telemetry>>,
+}
+
 /// Why a cycle produced no report. Nothing was closed: a failed read never means "gone".
 #[derive(Debug, thiserror::Error)]
 pub enum CycleError {
@@ -148,8 +156,9 @@ pub async fn run(
     config: &Config,
     request: Request<'_>,
     options: &Options,
-    stop: &Stop,
+    context: &Context,
 ) -> Result<Report, CycleError> {
+    let stop = &context.stop;
     let kind = request.kind();
     let clock = Instant::now();
     let started_at = report::now();
@@ -161,26 +170,6 @@ pub async fn run(
     } else {
         blocking(|| State::open_read_only(&config.state_path))?
     };
-    let failed = |state: Option<&mut State>, e: CycleError| -> CycleError {
-        if let (true, Some(s)) = (kind.records(), state) {
-            let recorded = blocking(|| {
-                record::failed(
-                    s,
-                    kind.label(),
-                    &started_at,
-                    clock.elapsed(),
-                    e.outcome(),
-                    &e.to_string(),
-                    config.keep_runs,
-                )
-            });
-            if let Err(r) = recorded {
-                warn!(error = %r, "the failed run could not be recorded");
-            }
-        }
-        e
-    };
-
     // Read and plan. A stop of either kind ends it: nothing was applied yet.
     let options = match &request {
         Request::Apply(saved) => Options {
@@ -191,16 +180,38 @@ pub async fn run(
         },
         _ => *options,
     };
+    let remembered = match Remembered::read(config, state.as_ref()) {
+        Ok(r) => r,
+        Err(e) => {
+            return Err(record_failure(
+                config,
+                kind,
+                &started_at,
+                clock,
+                state.as_mut(),
+                e.into(),
+            ))
+        }
+    };
     let prepared = tokio::select! {
         biased;
         _ = stop.hard.cancelled() => Err(CycleError::Interrupted),
         _ = stop.soft.cancelled() => Err(CycleError::Interrupted),
         _ = &mut deadline => Err(CycleError::Timeout(config.cycle_timeout)),
-        r = prepare(config, &options, state.as_ref()) => r,
+        r = prepare(config, &options, remembered, context.telemetry.clone()) => r,
     };
     let mut prepared = match prepared {
         Ok(p) => p,
-        Err(e) => return Err(failed(state.as_mut(), e)),
+        Err(e) => {
+            return Err(record_failure(
+                config,
+                kind,
+                &started_at,
+                clock,
+                state.as_mut(),
+                e,
+            ))
+        }
     };
     match &request {
         Request::Apply(saved) => refuse_if_moved(config, saved, &mut prepared),
@@ -248,7 +259,16 @@ pub async fn run(
             };
             let stopped = match ended {
                 Ok(s) => s,
-                Err(e) => return Err(failed(Some(state), e.into())),
+                Err(e) => {
+                    return Err(record_failure(
+                        config,
+                        kind,
+                        &started_at,
+                        clock,
+                        Some(state),
+                        e.into(),
+                    ))
+                }
             };
             let why = stopped.map(|s| match s {
                 Stopped::Interrupted => "dirsync was asked to stop; changes not made are planned again next cycle".to_string(),
@@ -308,6 +328,35 @@ pub async fn run(
     Ok(report)
 }
 
+/// Records a cycle that failed before it could report (when the cycle writes), and
+/// hands the error back.
+fn record_failure(
+    config: &Config,
+    kind: Kind,
+    started_at: &str,
+    clock: Instant,
+    state: Option<&mut State>,
+    e: CycleError,
+) -> CycleError {
+    if let (true, Some(s)) = (kind.records(), state) {
+        let recorded = blocking(|| {
+            record::failed(
+                s,
+                kind.label(),
+                started_at,
+                clock.elapsed(),
+                e.outcome(),
+                &e.to_string(),
+                config.keep_runs,
+            )
+        });
+        if let Err(r) = recorded {
+            warn!(error = %r, "the failed run could not be recorded");
+        }
+    }
+    e
+}
+
 /// A saved plan applied later: restricted to what was reviewed, and held back whole if
 /// an affected user or the scope moved since.
 fn refuse_if_moved(config: &Config, saved: &SavedPlan, prepared: &mut Prepared) {
@@ -359,27 +408,60 @@ pub struct Prepared {
 }
 
 /// Reads the directory and the portal (at the same time) and plans.
+/// What a cycle needs from the state, read before anything is awaited (the database
+/// stays with the cycle, never shared across tasks).
+struct Remembered {
+    known: HashMap<String, plan::Baseline>,
+    known_groups: HashMap<String, plan::KnownGroup>,
+    linked: HashMap<String, String>,
+    basis: delta::Cached,
+    last_scope: Option<String>,
+}
+
+impl Remembered {
+    fn read(config: &Config, state: Option<&State>) -> Result<Remembered, StateError> {
+        let Some(s) = state else {
+            return Ok(Remembered {
+                known: HashMap::new(),
+                known_groups: HashMap::new(),
+                linked: HashMap::new(),
+                basis: delta::Cached::Nothing,
+                last_scope: None,
+            });
+        };
+        blocking(|| {
+            Ok(Remembered {
+                known: s.baselines()?,
+                known_groups: s.groups()?,
+                linked: s.portal_ids()?,
+                basis: if config.source.kind == SourceKind::ActiveDirectory {
+                    delta::Basis::load(s)?
+                } else {
+                    delta::Cached::Nothing
+                },
+                last_scope: s.meta(SCOPE_KEY)?,
+            })
+        })
+    }
+}
+
 async fn prepare(
     config: &Config,
     options: &Options,
-    state: Option<&State>,
+    remembered: Remembered,
+    telemetry: Option<std::sync::Arc<crate::telemetry::Telemetry>>,
 ) -> Result<Prepared, CycleError> {
-    let (known, known_groups, linked) = match state {
-        Some(s) => {
-            blocking(|| Ok::<_, StateError>((s.baselines()?, s.groups()?, s.portal_ids()?)))?
-        }
-        None => Default::default(),
-    };
+    let Remembered {
+        known,
+        known_groups,
+        linked,
+        basis,
+        last_scope,
+    } = remembered;
     let rules = plan::effective_rules(&config.mapping, &config.access);
     let mirror_groups = config.access.portal_groups.is_some();
 
     let attributes = source_attributes(config);
-    let basis = match state {
-        Some(s) if config.source.kind == SourceKind::ActiveDirectory => {
-            blocking(|| delta::Basis::load(s))?
-        }
-        _ => delta::Cached::Nothing,
-    };
     let read_directory = async {
         let mut source = LdapSource::connect(&config.source, &attributes).await?;
         let read = delta::read(&mut source, config, basis).await;
@@ -388,6 +470,9 @@ async fn prepare(
     };
     let read_portal = async {
         let mut portal = PortalClient::new(&config.portal)?;
+        if let Some(t) = telemetry {
+            portal = portal.with_telemetry(t);
+        }
         portal.discover().await?;
         let schema = portal.schema().await?;
         let users = portal.list_users().await?;
@@ -450,9 +535,9 @@ async fn prepare(
         plan.held.extend(held);
     }
     let mut may_apply = true;
-    if let Some(s) = state {
+    {
         let scope = config.scope_text();
-        if let Some(last) = blocking(|| s.meta(SCOPE_KEY))? {
+        if let Some(last) = last_scope {
             if last != scope && !options.accept_scope_change {
                 may_apply = false;
                 plan.held.push(guard::Held {

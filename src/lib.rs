@@ -10,6 +10,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod cycle;
+pub mod daemon;
 pub mod dn;
 pub mod mapping;
 pub mod plan;
@@ -47,13 +48,15 @@ pub enum Error {
     Cycle(#[from] CycleError),
     #[error(transparent)]
     Saved(#[from] saved::SavedError),
+    #[error(transparent)]
+    Daemon(#[from] daemon::DaemonError),
 }
 
 impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Config(_) => exit::CONFIG,
-            Error::Cycle(_) | Error::Saved(_) => exit::FAILURE,
+            Error::Cycle(_) | Error::Saved(_) | Error::Daemon(_) => exit::FAILURE,
         }
     }
 }
@@ -90,7 +93,7 @@ pub async fn run(cli: Cli) -> Result<u8, Error> {
                 save: save.as_deref(),
             };
             let options = options(confirm, adopt_orphans);
-            let report = cycle::run(&config, request, &options, &cycle::Stop::default()).await?;
+            let report = cycle::run(&config, request, &options, &cycle::Context::default()).await?;
             if let Some(path) = save {
                 eprintln!(
                     "dirsync: plan saved to {}; apply it as reviewed with `dirsync apply {}`",
@@ -110,10 +113,25 @@ pub async fn run(cli: Cli) -> Result<u8, Error> {
                 &config,
                 cycle::Request::Sync,
                 &options,
-                &cycle::Stop::default(),
+                &cycle::Context::default(),
             )
             .await?;
             Ok(print_report(&report, format))
+        }
+        Command::Run => {
+            daemon::run(config, cli.config.clone()).await?;
+            Ok(exit::OK)
+        }
+        Command::Status { format, last } => {
+            let status = daemon::status::gather(&config, last).map_err(CycleError::State)?;
+            match format {
+                Format::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&status).unwrap_or_default()
+                ),
+                Format::Text | Format::Html => print!("{}", status.to_text()),
+            }
+            Ok(exit::OK)
         }
         Command::Apply { file, format } => {
             let saved = saved::SavedPlan::read(&file)?;
@@ -122,7 +140,7 @@ pub async fn run(cli: Cli) -> Result<u8, Error> {
                 &config,
                 request,
                 &cycle::Options::default(),
-                &cycle::Stop::default(),
+                &cycle::Context::default(),
             )
             .await?;
             Ok(print_report(&report, format))

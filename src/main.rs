@@ -15,9 +15,12 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_ansi(colour)
         .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().init(),
+    // Under systemd without a terminal (the journal), one JSON object per line.
+    let journal = std::env::var_os("JOURNAL_STREAM").is_some()
+        && !std::io::IsTerminal::is_terminal(&std::io::stderr());
+    match (cli.log_format, journal) {
+        (LogFormat::Json, _) | (LogFormat::Text, true) => logs.json().init(),
+        (LogFormat::Text, false) => logs.init(),
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

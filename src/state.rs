@@ -610,23 +610,29 @@ impl State {
         Ok(())
     }
 
-    /// Who holds the writer lock of the database at `path` (pid and since when), if a
-    /// live process does; `None` when nobody writes. Takes no lock itself.
-    pub fn writer(path: &Path) -> Option<String> {
-        let lock = lock_path(path);
-        let file = File::options().read(true).write(true).open(&lock).ok()?;
-        match file.try_lock() {
-            // Free: nobody writes. Let it go at once (dropping the file unlocks).
-            Ok(()) => None,
-            Err(TryLockError::WouldBlock) => {
-                let holder = std::fs::read_to_string(&lock).unwrap_or_default();
-                Some(if holder.trim().is_empty() {
-                    "holder unknown".to_owned()
-                } else {
-                    holder.trim().to_owned()
-                })
-            }
-            Err(TryLockError::Error(_)) => None,
+    /// Who is writing the database at `path` (pid and since when), if a live process is.
+    /// Takes no lock: reads what the writer wrote into the lock file (cleared when it ends;
+    /// one killed leaves its pid, which no longer runs).
+    pub fn writer_pid(path: &Path) -> Option<String> {
+        let holder = std::fs::read_to_string(lock_path(path)).ok()?;
+        let holder = holder.trim();
+        let pid: u32 = holder
+            .strip_prefix("pid ")?
+            .split(',')
+            .next()?
+            .trim()
+            .parse()
+            .ok()?;
+        (pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists())
+            .then(|| holder.to_string())
+    }
+}
+
+impl Drop for State {
+    /// The writer clears its name from the lock file as it lets go of the lock.
+    fn drop(&mut self) {
+        if let Some(lock) = &self._lock {
+            let _ = lock.set_len(0);
         }
     }
 }

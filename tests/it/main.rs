@@ -13,6 +13,7 @@ mod support;
 mod access;
 mod ad;
 mod cli;
+mod daemon;
 mod errors;
 mod names;
 mod orphans;

@@ -16,6 +16,7 @@ mod cli;
 mod errors;
 mod names;
 mod orphans;
+mod packaging;
 mod portal_listing;
 mod safety;
 mod skeleton;

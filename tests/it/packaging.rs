@@ -1,5 +1,6 @@
 //! What the .deb installs: the systemd unit (checked by `systemd-analyze verify` against the
-//! binary just built) and `dirsync --version`.
+//! binary just built), its agreement with the package's layout in `Cargo.toml`, and
+//! `dirsync --version`. `scripts/package` builds the .deb itself and checks its contents.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -233,6 +234,46 @@ fn the_service_is_the_only_systemd_unit() {
         .collect();
     units.sort();
     assert_eq!(units, ["dirsync.service"]);
+}
+
+/// The unit and the .deb agree: ExecStart's program and --config are where the package
+/// installs the binary and the config.
+#[test]
+fn unit_paths_are_where_the_deb_installs_binary_and_config() {
+    let manifest: toml::Value =
+        toml::from_str(&std::fs::read_to_string(repo().join("Cargo.toml")).unwrap()).unwrap();
+    let deb = &manifest["package"]["metadata"]["deb"];
+    let assets: Vec<(String, String)> = deb["assets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            let a = a.as_array().unwrap();
+            (
+                a[0].as_str().unwrap().to_string(),
+                a[1].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let installed = |source: &str| -> String {
+        let (_, dest) = assets
+            .iter()
+            .find(|(s, _)| s == source)
+            .unwrap_or_else(|| panic!("no asset {source} in [package.metadata.deb]"));
+        let name = Path::new(source).file_name().unwrap().to_string_lossy();
+        match dest.strip_suffix('/') {
+            Some(dir) => format!("/{dir}/{name}"),
+            None => format!("/{dest}"),
+        }
+    };
+    let service = section(&unit_text(), "Service");
+    let exec: Vec<&str> = one(&service, "ExecStart").split_whitespace().collect();
+    assert_eq!(installed("target/release/dirsync"), exec[0]);
+    assert_eq!(installed("config/example.toml"), exec[2]);
+    // Not enabled or started by installing the package: the config must be edited first.
+    let units = &deb["systemd-units"];
+    assert_eq!(units["enable"].as_bool(), Some(false));
+    assert_eq!(units["start"].as_bool(), Some(false));
 }
 
 fn git(args: &[&str]) -> Option<String> {

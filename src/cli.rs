@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 /// failed, a directory that returned no users); 2 config or usage error; 3 a safety guard
 /// held changes back until an admin confirms them.
 #[derive(Debug, Parser)]
-#[command(name = "dirsync", version, about, long_about = None, after_help = "Exit codes: 0 success; 1 runtime failure; 2 config or usage error; 3 changes held back by a safety guard (see the report).")]
+#[command(name = "dirsync", version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("DIRSYNC_COMMIT"), ")"), about, long_about = None, after_help = "Exit codes: 0 success; 1 runtime failure; 2 config or usage error; 3 changes held back by a safety guard (see the report).")]
 pub struct Cli {
     /// The config file.
     #[arg(

@@ -17,6 +17,7 @@ mod daemon;
 mod errors;
 mod names;
 mod orphans;
+mod packaging;
 mod portal_listing;
 mod safety;
 mod skeleton;

@@ -339,3 +339,22 @@ fn version_names_the_release_and_the_commit() {
     let short = Command::new(DIRSYNC).arg("-V").output().unwrap();
     assert_eq!(String::from_utf8(short.stdout).unwrap(), printed);
 }
+
+#[test]
+fn the_command_the_unit_runs_exists() {
+    let unit = unit_text();
+    let service = section(&unit, "Service");
+    let exec = one(&service, "ExecStart");
+    let subcommand = exec.split_whitespace().last().unwrap();
+    assert_eq!(subcommand, "run");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dirsync"))
+        .args([subcommand, "--help"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("SIGHUP"));
+}

@@ -301,7 +301,6 @@ fn finished(
             )
         }
         Some(Err(e)) => {
-            error!(error = %e, "cycle failed");
             let facts = match e {
                 CycleError::Interrupted => CycleFacts::interrupted(took, now),
                 _ => CycleFacts::failed(took, now),
@@ -318,6 +317,9 @@ fn finished(
         }
     };
     shared.record_cycle(&facts, &reason);
+    if facts.outcome == telemetry::Outcome::Failed {
+        error!(error = %reason, "cycle failed");
+    }
     published.status.cycle_running_since = None;
     published.status.last_cycle = Some(status::LastCycle {
         finished_at: crate::report::now(),

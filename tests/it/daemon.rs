@@ -122,6 +122,21 @@ fn get(url: &str) -> (u16, String) {
     (status, resp.body_mut().read_to_string().unwrap())
 }
 
+/// Polls `/healthz` until it answers `want` (the daemon records a cycle for health just
+/// after the cycle logs its end); the last body.
+#[track_caller]
+fn wait_health(base: &str, want: u16) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, body) = get(&format!("{base}/healthz"));
+        if code == want {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "/healthz stayed {code}: {body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The value of one sample line of a Prometheus exposition, e.g.
 /// `dirsync_changes_applied_total{kind="create"}`.
 fn metric(exposition: &str, sample: &str) -> f64 {
@@ -331,8 +346,7 @@ fn a_second_daemon_is_refused_status_shows_the_cycles_and_health_and_metrics_fol
     let daemon = Daemon::start(&config);
     daemon.wait_for("cycle finished", 1, Duration::from_secs(60));
     let base = format!("http://127.0.0.1:{port}");
-    let (code, body) = get(&format!("{base}/healthz"));
-    assert_eq!(code, 200, "{body}");
+    wait_health(&base, 200);
 
     // A second daemon on the same state refuses, naming the first one's pid.
     let second = run_dirsync(&config, &["run"]);
@@ -353,15 +367,13 @@ fn a_second_daemon_is_refused_status_shows_the_cycles_and_health_and_metrics_fol
     proxy.random_faults(1.0, 7, vec![Fault::status(503)]);
     daemon.signal("USR1");
     daemon.wait_for("cycle failed", 1, Duration::from_secs(120));
-    let (code, body) = get(&format!("{base}/healthz"));
-    assert_eq!(code, 503, "{body}");
+    let body = wait_health(&base, 503);
     assert!(body.contains("last cycle failed"), "{body}");
     // Back: 200 again after the next cycle.
     proxy.heal();
     daemon.signal("USR1");
     daemon.wait_for("cycle finished", 2, Duration::from_secs(60));
-    let (code, body) = get(&format!("{base}/healthz"));
-    assert_eq!(code, 200, "{body}");
+    wait_health(&base, 200);
 
     // status, in text and JSON, while the daemon runs.
     let status = status_json(&config);

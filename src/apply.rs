@@ -18,7 +18,7 @@ use crate::plan::{self, Action, Change, GroupAction, Plan};
 use crate::portal::{PortalClient, PortalError, PortalSchema, USER_SCHEMA};
 use crate::state::{State, StateError};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// The portal confirmed the change.
@@ -42,7 +42,7 @@ impl Status {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Outcome {
     pub status: Status,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -247,6 +247,14 @@ impl Serialize for AttrPath {
     }
 }
 
+/// Read back as written (a saved report): parsed, as the config's paths are.
+impl<'de> serde::Deserialize<'de> for AttrPath {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<AttrPath, D::Error> {
+        let text = String::deserialize(d)?;
+        AttrPath::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 fn split_schema(text: &str) -> Result<(Option<String>, &str), String> {
     if !text.to_ascii_lowercase().starts_with("urn:") {
         return Ok((None, text));
@@ -385,7 +393,7 @@ fn object_entry<'a>(
 }
 
 /// A mapped attribute value: one string, or a set of strings for a multi-valued target.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(untagged)]
 pub enum Value {
     One(String),

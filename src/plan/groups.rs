@@ -14,7 +14,7 @@ use crate::access::{Membership, PortalGroupRule};
 use crate::portal::{PortalGroup, PortalUser};
 use crate::source::DirectoryGroup;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum GroupAction {
     Create,
@@ -24,7 +24,7 @@ pub enum GroupAction {
 
 /// A portal group member, by directory anchor (to resolve to a portal id at apply time,
 /// when users created in this cycle have one) or by portal id.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
 pub struct Member {
     pub user_name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -33,7 +33,7 @@ pub struct Member {
     pub portal_id: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct GroupChange {
     pub action: GroupAction,
     pub name: String,

@@ -55,7 +55,7 @@ impl HeldKind {
 }
 
 /// A guard that held changes back.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Held {
     pub kind: HeldKind,
     pub count: usize,

@@ -32,7 +32,7 @@ pub struct Links {
 
 /// A portal user with an externalId that dirsync does not manage and that no directory
 /// user has.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Orphan {
     pub user_name: String,
     pub portal_id: String,

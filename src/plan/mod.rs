@@ -19,7 +19,9 @@ use crate::mapping::{AttrPath, Attributes, Owner, Rule, Value};
 use crate::portal::{PortalGroup, PortalSchema, PortalUser};
 use crate::source::{BadEntry, Closure, DirectoryGroup, DirectoryUser, Timestamp};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     Create,
@@ -51,7 +53,7 @@ impl Action {
 }
 
 /// Why an attribute is written.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Why {
     /// The directory changed it since the last sync.
@@ -73,7 +75,7 @@ impl Why {
 }
 
 /// One attribute going from `old` to `new` (`None`: absent).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct FieldChange {
     pub path: AttrPath,
     pub old: Option<Value>,
@@ -90,7 +92,7 @@ pub struct FieldChange {
 pub type Baseline = BTreeMap<AttrPath, Option<Value>>;
 
 /// One portal user to create or change.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Change {
     pub action: Action,
     /// The directory anchor, sent as `externalId`.
@@ -126,7 +128,7 @@ pub struct Planned {
 }
 
 /// A directory entry that is not synced this cycle, and why.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Skipped {
     pub dn: String,
     pub problem: String,
@@ -134,7 +136,7 @@ pub struct Skipped {
 
 /// A directory change the portal will not take (the attribute is immutable or read-only
 /// there); an administrator must act in the portal.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct NeedsAdmin {
     pub anchor: String,
     pub user_name: String,
@@ -145,7 +147,7 @@ pub struct NeedsAdmin {
 }
 
 /// A `merge` attribute both sides changed: the portal value was kept.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Conflict {
     pub anchor: String,
     pub user_name: String,

@@ -6,7 +6,7 @@ mod text;
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::apply::{Applied, Outcome, Status};
 use crate::plan::guard::{Held, HeldKind};
@@ -25,7 +25,7 @@ pub fn now() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DirectorySummary {
     pub url: String,
     pub users: usize,
@@ -58,14 +58,14 @@ impl DirectorySummary {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PortalSummary {
     pub url: String,
     pub users: usize,
     pub managed: usize,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ReportedChange {
     #[serde(flatten)]
     pub change: Change,
@@ -74,7 +74,7 @@ pub struct ReportedChange {
     pub outcome: Option<Outcome>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ReportedGroupChange {
     #[serde(flatten)]
     pub change: GroupChange,
@@ -83,7 +83,7 @@ pub struct ReportedGroupChange {
 }
 
 /// Why a cycle ended before its plan was carried out.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stopped {
     /// Asked to stop (SIGTERM, SIGINT): in-flight requests finished, no new ones started.
@@ -93,7 +93,7 @@ pub enum Stopped {
 }
 
 /// How a cycle ended, as recorded and reported.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunOutcome {
     /// Everything planned was applied (or, in a dry run, planned).
@@ -128,7 +128,7 @@ impl RunOutcome {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Report {
     /// `plan` (dry run), `sync`, `apply` (a saved plan) or `standby` (the daemon's plan
     /// on a spare host).

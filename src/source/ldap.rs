@@ -29,7 +29,7 @@ pub struct LdapSource {
 }
 
 /// Which AD domain controller answered, and its highest committed USN.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct DcIdentity {
     /// `dnsHostName`.
     pub host: String,

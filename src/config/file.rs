@@ -22,6 +22,8 @@ pub(super) struct FileV1 {
     pub portal_groups: Option<PortalGroupsV1>,
     pub sub_unit: Option<SubUnitV1>,
     pub health: Option<HealthV1>,
+    pub reports: Option<ReportsV1>,
+    pub mail: Option<MailV1>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -162,4 +164,28 @@ pub(super) struct MappingV1 {
     pub to: String,
     pub multi_valued: Option<bool>,
     pub owner: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ReportsV1 {
+    pub dir: Option<String>,
+    pub keep: Option<i64>,
+    pub max_age_days: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct MailV1 {
+    pub host: String,
+    pub port: Option<i64>,
+    pub tls: Option<String>,
+    pub from: String,
+    pub to: Vec<String>,
+    pub username: Option<String>,
+    pub password_file: Option<String>,
+    pub password_env: Option<String>,
+    pub password_credential: Option<String>,
+    pub ca_file: Option<String>,
+    pub timeout_secs: Option<u64>,
 }

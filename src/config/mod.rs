@@ -27,6 +27,12 @@ pub const DEFAULT_STATE_PATH: &str = "/var/lib/dirsync/state.db";
 pub const DEFAULT_KEEP_RUNS: usize = 10_000;
 pub const DEFAULT_CRON: &str = "0 */15 * * * *";
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(30);
+/// The reports directory's name beside the state (`/var/lib/dirsync/reports` by default).
+pub const REPORTS_DIR_NAME: &str = "reports";
+/// Cycles whose reports are kept, by default.
+pub const DEFAULT_REPORTS_KEEP: usize = 1000;
+/// Reports older than this many days are removed, by default.
+pub const DEFAULT_REPORTS_MAX_AGE_DAYS: u64 = 30;
 pub const DEFAULT_SUB_UNIT_TARGET: &str =
     "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department";
 
@@ -96,6 +102,58 @@ pub struct Config {
     pub warnings: Vec<String>,
     /// The `/healthz` and `/metrics` listener of `dirsync run`; `None`: no listener.
     pub health: Option<HealthConfig>,
+    /// Where each cycle's report is written, and for how long it is kept (`[reports]`).
+    pub reports: ReportsConfig,
+    /// Where reports that need an administrator are mailed (`[mail]`); `None`: no mail.
+    pub mail: Option<MailConfig>,
+}
+
+/// `[reports]`: every cycle that records a run writes its report here, as JSON and HTML.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportsConfig {
+    /// `reports.dir`; by default `reports` beside the state database.
+    pub dir: PathBuf,
+    /// The reports of this many cycles are kept (`reports.keep`)...
+    pub keep: usize,
+    /// ...and none older than this (`reports.max_age_days`).
+    pub max_age: Duration,
+}
+
+/// How the SMTP connection is protected (`mail.tls`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MailTls {
+    /// Plain connection upgraded with STARTTLS, which is required (port 587).
+    StartTls,
+    /// TLS from the first byte ("SMTPS", port 465).
+    Tls,
+    /// No TLS at all: only to a mail server on this host (a loopback address).
+    None,
+}
+
+impl MailTls {
+    pub fn default_port(self) -> u16 {
+        match self {
+            MailTls::StartTls => 587,
+            MailTls::Tls => 465,
+            MailTls::None => 25,
+        }
+    }
+}
+
+/// `[mail]`: the SMTP server reports are mailed through, and to whom.
+#[derive(Debug, Clone)]
+pub struct MailConfig {
+    pub host: String,
+    pub port: u16,
+    pub tls: MailTls,
+    pub from: lettre::message::Mailbox,
+    pub to: Vec<lettre::message::Mailbox>,
+    /// SMTP AUTH: the user name and the password (from a file, env or credential).
+    pub credentials: Option<(String, Secret)>,
+    /// A CA file trusted besides the system roots, for the server's certificate.
+    pub ca_file: Option<PathBuf>,
+    /// Connecting and each SMTP exchange time out after this long.
+    pub timeout: Duration,
 }
 
 /// The daemon's HTTP listener for `/healthz` and `/metrics` (`[health]`).
@@ -456,6 +514,11 @@ impl Validator {
         }
         let access = access.0;
         let health = self.health(raw.health)?;
+        let reports = self.reports(base_dir, raw.reports, &state_path)?;
+        let mail = match raw.mail {
+            Some(m) => Some(self.mail(base_dir, m)?),
+            None => None,
+        };
         Ok(Config {
             path: path.to_path_buf(),
             source,
@@ -469,6 +532,143 @@ impl Validator {
             access,
             warnings: Vec::new(),
             health,
+            reports,
+            mail,
+        })
+    }
+
+    /// `[reports]`: by default `reports` beside the state database.
+    fn reports(
+        &self,
+        base_dir: &Path,
+        r: Option<file::ReportsV1>,
+        state_path: &Path,
+    ) -> Result<ReportsConfig, ConfigError> {
+        let r = r.unwrap_or(file::ReportsV1 {
+            dir: None,
+            keep: None,
+            max_age_days: None,
+        });
+        let dir = match r.dir {
+            Some(d) if d.trim().is_empty() => {
+                return Err(self.err("reports.dir", "is empty; leave it out for the default"))
+            }
+            Some(d) => resolve(base_dir, &d),
+            None => state_path
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join(REPORTS_DIR_NAME),
+        };
+        let keep = match r.keep {
+            None => DEFAULT_REPORTS_KEEP,
+            Some(n) if n >= 1 => usize::try_from(n).unwrap_or(usize::MAX),
+            Some(_) => return Err(self.err("reports.keep", "must be at least 1")),
+        };
+        let days = match r.max_age_days {
+            None => DEFAULT_REPORTS_MAX_AGE_DAYS,
+            Some(n) if (1..=36_500).contains(&n) => n.unsigned_abs(),
+            Some(_) => return Err(self.err("reports.max_age_days", "is out of range 1..=36500")),
+        };
+        Ok(ReportsConfig {
+            dir,
+            keep,
+            max_age: Duration::from_secs(days * 24 * 3600),
+        })
+    }
+
+    /// `[mail]`: STARTTLS unless told otherwise; no TLS only to this host.
+    fn mail(&self, base_dir: &Path, m: file::MailV1) -> Result<MailConfig, ConfigError> {
+        let host = m.host.trim().to_string();
+        if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/') {
+            return Err(self.err("mail.host", "is not a host name or IP address"));
+        }
+        let tls = match m.tls.as_deref() {
+            None | Some("starttls") => MailTls::StartTls,
+            Some("tls") => MailTls::Tls,
+            Some("none") => MailTls::None,
+            Some(_) => {
+                return Err(self.err(
+                    "mail.tls",
+                    "unknown value; expected \"starttls\", \"tls\" or \"none\"",
+                ))
+            }
+        };
+        if tls == MailTls::None && !is_loopback_host(&host) {
+            return Err(self.err(
+                "mail.tls",
+                "\"none\" would send the reports (and the SMTP password) in clear over the \
+                 network; it is allowed only for a mail server on this host (127.0.0.1, ::1, \
+                 localhost). Use \"starttls\" or \"tls\"",
+            ));
+        }
+        let port = match m.port {
+            None => tls.default_port(),
+            Some(p) => match u16::try_from(p) {
+                Ok(p) if p > 0 => p,
+                _ => return Err(self.err("mail.port", "is out of range 1..=65535")),
+            },
+        };
+        let mailbox = |key: &str, text: &str| {
+            text.trim()
+                .parse::<lettre::message::Mailbox>()
+                .map_err(|_| {
+                    self.err(
+                        key,
+                        "is not a mail address (expected e.g. \"dirsync@example.com\" or \
+                     \"dirsync <dirsync@example.com>\")",
+                    )
+                })
+        };
+        let from = mailbox("mail.from", &m.from)?;
+        if m.to.is_empty() {
+            return Err(self.err("mail.to", "names no one; give at least one address"));
+        }
+        let mut to = Vec::with_capacity(m.to.len());
+        for (i, t) in m.to.iter().enumerate() {
+            to.push(mailbox(&format!("mail.to[{i}]"), t)?);
+        }
+        let has_password = m.password_file.is_some()
+            || m.password_env.is_some()
+            || m.password_credential.is_some();
+        let credentials = match m.username {
+            Some(u) if u.trim().is_empty() => {
+                return Err(self.err(
+                    "mail.username",
+                    "is empty; leave it out when the server needs no login",
+                ))
+            }
+            Some(u) => {
+                let (password, _) = self.secret(
+                    "mail.password",
+                    base_dir,
+                    m.password_file,
+                    m.password_env,
+                    m.password_credential,
+                )?;
+                Some((u.trim().to_string(), password))
+            }
+            None if has_password => {
+                return Err(self.err("mail.username", "a password is set but no username"))
+            }
+            None => None,
+        };
+        let ca_file = self.ca_file("mail.ca_file", base_dir, m.ca_file)?;
+        if ca_file.is_some() && tls == MailTls::None {
+            return Err(self.err(
+                "mail.ca_file",
+                "is for TLS connections; this one has none (tls = \"none\")",
+            ));
+        }
+        let timeout = self.duration("mail.timeout_secs", m.timeout_secs, DEFAULT_TIMEOUT)?;
+        Ok(MailConfig {
+            host,
+            port,
+            tls,
+            from,
+            to,
+            credentials,
+            ca_file,
+            timeout,
         })
     }
 
@@ -1167,6 +1367,18 @@ fn is_loopback(url: &Url) -> bool {
             d.eq_ignore_ascii_case("localhost") || d.to_ascii_lowercase().ends_with(".localhost")
         }
         None => false,
+    }
+}
+
+/// Whether a host name is this machine: a loopback address or `localhost`.
+fn is_loopback_host(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => {
+            bare.eq_ignore_ascii_case("localhost")
+                || bare.to_ascii_lowercase().ends_with(".localhost")
+        }
     }
 }
 

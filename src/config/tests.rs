@@ -569,3 +569,105 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn reports_go_beside_the_state_by_default_and_keep_a_bounded_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = parse_in(dir.path(), MINIMAL).unwrap();
+    assert_eq!(c.reports.dir, PathBuf::from("/var/lib/dirsync/reports"));
+    assert_eq!(c.reports.keep, DEFAULT_REPORTS_KEEP);
+    assert_eq!(c.reports.max_age, Duration::from_secs(30 * 86400));
+    assert!(c.mail.is_none(), "no mail unless [mail] is set");
+
+    let text = format!("{MINIMAL}\n[state]\npath = \"var/state.db\"\n");
+    let c = parse_in(dir.path(), &text).unwrap();
+    assert_eq!(c.reports.dir, dir.path().join("var/reports"));
+
+    let text = format!("{MINIMAL}\n[reports]\ndir = \"out\"\nkeep = 5\nmax_age_days = 2\n");
+    let c = parse_in(dir.path(), &text).unwrap();
+    assert_eq!(c.reports.dir, dir.path().join("out"));
+    assert_eq!(
+        (c.reports.keep, c.reports.max_age),
+        (5, Duration::from_secs(2 * 86400))
+    );
+
+    for (table, key) in [
+        ("keep = 0", "reports.keep"),
+        ("max_age_days = 0", "reports.max_age_days"),
+        ("dir = \" \"", "reports.dir"),
+    ] {
+        let err = parse_in(dir.path(), &format!("{MINIMAL}\n[reports]\n{table}\n")).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some(key), "{err}");
+    }
+}
+
+const MAIL: &str = "\n[mail]\nhost = \"smtp.example.com\"\nfrom = \"dirsync <dirsync@example.com>\"\nto = [\"admins@example.com\"]\n";
+
+#[test]
+fn mail_uses_starttls_by_default_and_plain_smtp_only_on_this_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = parse_in(dir.path(), &format!("{MINIMAL}{MAIL}")).unwrap();
+    let m = c.mail.unwrap();
+    assert_eq!((m.tls, m.port), (MailTls::StartTls, 587));
+    assert_eq!(m.to.len(), 1);
+    assert!(m.credentials.is_none());
+
+    let c = parse_in(dir.path(), &format!("{MINIMAL}{MAIL}tls = \"tls\"\n")).unwrap();
+    assert_eq!(c.mail.map(|m| (m.tls, m.port)), Some((MailTls::Tls, 465)));
+
+    let err = parse_in(dir.path(), &format!("{MINIMAL}{MAIL}tls = \"none\"\n")).unwrap_err();
+    assert_eq!(err.key.as_deref(), Some("mail.tls"));
+    assert!(err.problem.contains("in clear"), "{err}");
+
+    for host in ["127.0.0.1", "localhost", "::1"] {
+        let text = format!("{MINIMAL}{}", MAIL.replace("smtp.example.com", host))
+            + "tls = \"none\"\nport = 2525\n";
+        let m = parse_in(dir.path(), &text).unwrap().mail.unwrap();
+        assert_eq!((m.tls, m.port), (MailTls::None, 2525), "{host}");
+    }
+}
+
+#[test]
+fn mail_credentials_come_from_a_secret_source_and_never_show() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("smtp-pw"), "smtp-secret-789\n").unwrap();
+    let text = format!("{MINIMAL}{MAIL}username = \"dirsync\"\npassword_file = \"smtp-pw\"\n");
+    let c = parse_in(dir.path(), &text).unwrap();
+    let (user, password) = c.mail.as_ref().unwrap().credentials.clone().unwrap();
+    assert_eq!(
+        (user.as_str(), password.expose()),
+        ("dirsync", "smtp-secret-789")
+    );
+    assert!(!format!("{c:?}").contains("smtp-secret"));
+
+    let err = parse_in(
+        dir.path(),
+        &format!("{MINIMAL}{MAIL}password_file = \"smtp-pw\"\n"),
+    )
+    .unwrap_err();
+    assert_eq!(err.key.as_deref(), Some("mail.username"), "{err}");
+    let err = parse_in(
+        dir.path(),
+        &format!("{MINIMAL}{MAIL}username = \"dirsync\"\n"),
+    )
+    .unwrap_err();
+    assert_eq!(err.key.as_deref(), Some("mail.password_file"), "{err}");
+}
+
+#[test]
+fn mail_addresses_are_checked_without_echoing_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{MINIMAL}{}",
+        MAIL.replace("admins@example.com", "hunter2 not an address")
+    );
+    let err = parse_in(dir.path(), &text).unwrap_err();
+    assert_eq!(err.key.as_deref(), Some("mail.to[0]"));
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+    let text = format!(
+        "{MINIMAL}{}",
+        MAIL.replace("to = [\"admins@example.com\"]", "to = []")
+    );
+    let err = parse_in(dir.path(), &text).unwrap_err();
+    assert_eq!(err.key.as_deref(), Some("mail.to"), "{err}");
+}

@@ -43,7 +43,8 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
-    /// Dry run: compute and print the plan. Never writes to the portal or the state.
+    /// Dry run: compute and print the plan. Never writes to the portal or the state, nor
+    /// a report file ([reports] keeps those of sync, apply and the daemon's cycles).
     Plan {
         /// Report format: text for people, json for tools, html for a page to open or mail.
         #[arg(long, value_enum, default_value_t = Format::Text)]
@@ -58,7 +59,8 @@ pub enum Command {
         save: Option<PathBuf>,
     },
     /// Apply a plan saved with `plan --save`, exactly as reviewed. Refused (exit 3, nothing
-    /// applied) if the directory or the portal changed for a user it affects.
+    /// applied) if the directory or the portal changed for a user it affects. The report
+    /// is written and mailed as a sync's.
     Apply {
         /// The saved plan.
         file: PathBuf,
@@ -68,7 +70,9 @@ pub enum Command {
     },
     /// Run as a service: cycles on the `[schedule]` cron (and at start), until SIGTERM.
     /// SIGHUP reloads the config for the next cycle, SIGUSR1 starts a cycle now. Logs go to
-    /// stderr (JSON lines under systemd); `dirsync status` shows what it does.
+    /// stderr (JSON lines under systemd); `dirsync status` shows what it does. Each
+    /// cycle's report goes to [reports] dir and, with [mail], to the administrators when
+    /// it fails, holds changes back or needs an administrator (once per condition).
     Run,
     /// Show the daemon (running or not, next run, cycle in progress) and the last cycles.
     /// Read-only: safe while the daemon runs.
@@ -80,7 +84,17 @@ pub enum Command {
         #[arg(long, default_value_t = 10)]
         last: usize,
     },
-    /// Run one cycle: plan, apply, record, and print what was done.
+    /// Print a saved JSON report again: a cycle's file from the reports directory
+    /// ([reports] dir, e.g. latest.json) or the output of `--format json`. Needs no config.
+    Report {
+        /// The JSON report.
+        file: PathBuf,
+        /// text for people, html for a page to open or mail, json as saved.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Run one cycle: plan, apply, record, and print what was done. The report is also
+    /// written to [reports] dir and, with [mail], mailed when it needs an administrator.
     Sync {
         /// Report format: text for people, json for tools, html for a page to open or mail.
         #[arg(long, value_enum, default_value_t = Format::Text)]

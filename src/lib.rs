@@ -6,15 +6,18 @@
 
 pub mod access;
 pub mod apply;
+pub mod archive;
 pub mod check;
 pub mod cli;
 pub mod config;
 pub mod cycle;
 pub mod daemon;
 pub mod dn;
+pub mod mail;
 pub mod mapping;
 pub mod plan;
 pub mod portal;
+pub mod publish;
 pub mod record;
 pub mod report;
 pub mod saved;
@@ -50,19 +53,29 @@ pub enum Error {
     Saved(#[from] saved::SavedError),
     #[error(transparent)]
     Daemon(#[from] daemon::DaemonError),
+    #[error(transparent)]
+    Report(#[from] archive::ReadError),
 }
 
 impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Config(_) => exit::CONFIG,
-            Error::Cycle(_) | Error::Saved(_) | Error::Daemon(_) => exit::FAILURE,
+            Error::Cycle(_) | Error::Saved(_) | Error::Daemon(_) | Error::Report(_) => {
+                exit::FAILURE
+            }
         }
     }
 }
 
 /// Runs a command; prints its report on stdout and returns the exit code.
 pub async fn run(cli: Cli) -> Result<u8, Error> {
+    // A saved report is printed without the config: it may be read on another machine.
+    if let Command::Report { file, format } = &cli.command {
+        let report = archive::read(file)?;
+        print_report(&report, *format);
+        return Ok(exit::OK);
+    }
     let config = Config::load(&cli.config)?;
     for warning in &config.warnings {
         tracing::warn!("{warning}");
@@ -109,14 +122,7 @@ pub async fn run(cli: Cli) -> Result<u8, Error> {
             adopt_orphans,
         } => {
             let options = options(confirm, adopt_orphans);
-            let report = cycle::run(
-                &config,
-                cycle::Request::Sync,
-                &options,
-                &cycle::Context::default(),
-            )
-            .await?;
-            Ok(print_report(&report, format))
+            recorded(&config, cycle::Request::Sync, &options, format).await
         }
         Command::Run => {
             daemon::run(config, cli.config.clone()).await?;
@@ -136,15 +142,29 @@ pub async fn run(cli: Cli) -> Result<u8, Error> {
         Command::Apply { file, format } => {
             let saved = saved::SavedPlan::read(&file)?;
             let request = cycle::Request::Apply(&saved);
-            let report = cycle::run(
-                &config,
-                request,
-                &cycle::Options::default(),
-                &cycle::Context::default(),
-            )
-            .await?;
-            Ok(print_report(&report, format))
+            recorded(&config, request, &cycle::Options::default(), format).await
         }
+        Command::Report { .. } => Ok(exit::OK),
+    }
+}
+
+/// A cycle that records its run: prints its report, then writes it to `[reports] dir`
+/// and mails it when `[mail]` says so (a failed cycle's report too).
+async fn recorded(
+    config: &Config,
+    request: cycle::Request<'_>,
+    options: &cycle::Options,
+    format: Format,
+) -> Result<u8, Error> {
+    let kind = request.kind();
+    let started_at = report::now();
+    let result = cycle::run(config, request, options, &cycle::Context::default()).await;
+    let code = result.as_ref().ok().map(|r| print_report(r, format));
+    publish::publish(config, kind, &started_at, &result).await;
+    match (code, result) {
+        (Some(code), _) => Ok(code),
+        (None, Err(e)) => Err(e.into()),
+        (None, Ok(r)) => Ok(r.exit_code()),
     }
 }
 

@@ -5,6 +5,9 @@
 //! the run is recorded and reported, exit 0). systemd hears READY, STATUS, WATCHDOG and
 //! STOPPING (`Type=notify`); `/healthz` and `/metrics` serve when `[health] listen` is set.
 //!
+//! After each cycle its report is written to `[reports] dir` and, with `[mail]`, mailed
+//! when its condition is new, changed or resolved ([`publish`]).
+//!
 //! One daemon per state: `<state>.daemon.lock` is held for the daemon's life, so a second
 //! `run` refuses with the first one's pid. Between cycles the state's writer lock is free,
 //! so an admin's `dirsync sync` works; during a cycle it is refused as always.
@@ -22,6 +25,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{Config, ConfigError};
 use crate::cycle::{self, Context, CycleError, Request, Stop};
+use crate::publish;
 use crate::report::Report;
 use crate::telemetry::{self, CycleFacts, Telemetry};
 
@@ -274,7 +278,22 @@ fn start_cycle(config: &Config, shared: &Arc<telemetry::Shared>) -> Running {
         } else {
             Request::Sync
         };
-        cycle::run(&config, request, &cycle::Options::default(), &context).await
+        let kind = request.kind();
+        let started_at = crate::report::now();
+        let result = cycle::run(&config, request, &cycle::Options::default(), &context).await;
+        // Every cycle leaves its report; with [mail], the administrators hear of a new,
+        // changed or resolved condition. A stop past its grace period cuts the mail short
+        // (it is tried again at the next start); the report file is written first.
+        let (report, failure) = publish::report_of(&config, kind, &started_at, &result);
+        publish::archive(&config, &report);
+        tokio::select! {
+            () = publish::mail(&config, &report, failure) => {}
+            () = context.stop.hard.cancelled() => {
+                warn!("stopping: the report mail was not sent; it is tried again at the next cycle");
+            }
+        }
+        drop(report);
+        result
     });
     Running {
         handle,

@@ -454,6 +454,25 @@ fn standby_plans_every_cycle_writes_nothing_and_its_plan_is_what_an_active_insta
     let standby = &status["runs"][0];
     assert_eq!(standby["command"], "standby", "{status:#}");
     assert_eq!(standby["created"], 6, "the plan it would apply");
+    // Standby cycles leave their reports too.
+    daemon.wait_for("report written", 2, Duration::from_secs(30));
+    let reports = w.dir.path().join("reports");
+    let standby_reports = std::fs::read_dir(&reports)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with("-standby.json")
+        })
+        .count();
+    assert_eq!(standby_reports, 2);
+    let latest: Json =
+        serde_json::from_str(&std::fs::read_to_string(reports.join("latest.json")).unwrap())
+            .unwrap();
+    assert_eq!(latest["command"], "standby");
+    assert_eq!(latest["counts"]["create"], 6);
     daemon.signal("TERM");
     assert_eq!(daemon.wait_exit(Duration::from_secs(30)).0, 0);
 
@@ -516,4 +535,60 @@ fn sigterm_past_the_grace_period_abandons_requests_in_flight_and_still_records_t
     let report = w.sync();
     assert_eq!(count(&report, "create"), 17);
     assert_eq!(w.portal.users().len(), 20);
+}
+
+#[test]
+fn a_failing_cycle_leaves_a_report_and_is_mailed_once_until_it_recovers() {
+    let smtp = crate::harness::SmtpSink::start();
+    let mut w = World::start(&people(2));
+    // The portal is down: nothing listens where the config points.
+    w.portal_url = Some(format!("http://127.0.0.1:{}", free_port()));
+    w.extra_config = format!("{}{}", schedule(NEVER, true, ""), smtp.config());
+    let config = w.write_config();
+    let daemon = Daemon::start(&config);
+    daemon.wait_for("report mailed", 1, Duration::from_secs(60));
+    let latest: Json = serde_json::from_str(
+        &std::fs::read_to_string(w.dir.path().join("reports/latest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(latest["outcome"], "failed", "{latest:#}");
+    assert!(
+        latest["aborted"].as_str().unwrap().starts_with("portal: "),
+        "{latest:#}"
+    );
+    let mails = smtp.mails();
+    assert_eq!(mails.len(), 1);
+    assert!(
+        mails[0]
+            .subject()
+            .ends_with(": sync: the portal could not be read"),
+        "{}",
+        mails[0].subject()
+    );
+
+    // Still down next cycle: the same condition, no second mail.
+    daemon.signal("USR1");
+    daemon.wait_for("report written", 2, Duration::from_secs(60));
+    // The portal is back (a reload): the cycle succeeds and one mail says it is resolved.
+    w.portal_url = None;
+    w.write_config();
+    daemon.signal("HUP");
+    daemon.wait_for("SIGHUP: config reloaded", 1, Duration::from_secs(10));
+    daemon.signal("USR1");
+    daemon.wait_for("report mailed", 2, Duration::from_secs(60));
+    let mails = smtp.mails();
+    assert_eq!(
+        mails.len(),
+        2,
+        "{:?}",
+        mails.iter().map(|m| m.subject()).collect::<Vec<_>>()
+    );
+    assert!(
+        mails[1]
+            .subject()
+            .ends_with(": resolved: the portal could not be read"),
+        "{}",
+        mails[1].subject()
+    );
+    assert_eq!(w.portal.users().len(), 2);
 }

@@ -19,6 +19,7 @@ mod names;
 mod orphans;
 mod packaging;
 mod portal_listing;
+mod reports;
 mod safety;
 mod skeleton;
 mod source;

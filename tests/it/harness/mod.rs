@@ -7,6 +7,7 @@
 //!   `tests/fixtures/portal`, with a random bearer token.
 //! - [`Proxy`]: an HTTP/1.1 reverse proxy to put in front of it, which counts requests and
 //!   injects [`Fault`]s (error statuses, delays, resets) on the test's schedule.
+//! - [`SmtpSink`]: `aiosmtpd` (PyPI) receiving mail on a loopback port into a maildir.
 //! - [`SambaDc`]: a throwaway Samba Active Directory domain controller (`dirsync.test`) on
 //!   a loopback address of its own, `127.0.X.Y`, with LDAP, LDAPS (throwaway CA) and helpers
 //!   to add OUs, users and groups (see [`samba`]). Needs root (ports 389/636).
@@ -35,11 +36,13 @@ mod samba_selftest;
 mod scim;
 mod selftest;
 pub mod slapd;
+pub mod smtp;
 
 pub use proxy::{Fault, Proxy, Seen};
 pub use samba::SambaDc;
 pub use scim::ScimServer;
 pub use slapd::Slapd;
+pub use smtp::SmtpSink;
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};

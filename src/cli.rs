@@ -84,6 +84,18 @@ pub enum Command {
         #[arg(long, default_value_t = 10)]
         last: usize,
     },
+    /// Explain one user: the directory entry, the groups and the paths through nesting,
+    /// each role, service and portal-group rule and whether it matched, the portal user
+    /// and its link, and per mapped field the owner, the last-synced, directory and portal
+    /// values and what the next cycle will do and why. Read-only: takes no lock, writes
+    /// nothing (it runs the next cycle as a dry run to tell what it would do).
+    Explain {
+        /// The user: a login, a DN or a directory anchor (entryUUID, objectGUID).
+        user: String,
+        /// text for people, json for tools (html: the text in a page).
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
     /// Print a saved JSON report again: a cycle's file from the reports directory
     /// ([reports] dir, e.g. latest.json) or the output of `--format json`. Needs no config.
     Report {

@@ -13,6 +13,7 @@ pub mod config;
 pub mod cycle;
 pub mod daemon;
 pub mod dn;
+pub mod explain;
 pub mod mail;
 pub mod mapping;
 pub mod plan;
@@ -54,6 +55,8 @@ pub enum Error {
     #[error(transparent)]
     Daemon(#[from] daemon::DaemonError),
     #[error(transparent)]
+    Explain(#[from] explain::ExplainError),
+    #[error(transparent)]
     Report(#[from] archive::ReadError),
 }
 
@@ -61,9 +64,11 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Config(_) => exit::CONFIG,
-            Error::Cycle(_) | Error::Saved(_) | Error::Daemon(_) | Error::Report(_) => {
-                exit::FAILURE
-            }
+            Error::Cycle(_)
+            | Error::Saved(_)
+            | Error::Daemon(_)
+            | Error::Explain(_)
+            | Error::Report(_) => exit::FAILURE,
         }
     }
 }
@@ -143,6 +148,21 @@ pub async fn run(cli: Cli) -> Result<u8, Error> {
             let saved = saved::SavedPlan::read(&file)?;
             let request = cycle::Request::Apply(&saved);
             recorded(&config, request, &cycle::Options::default(), format).await
+        }
+        Command::Explain { user, format } => {
+            let explanation = explain::explain(&config, &user).await?;
+            match format {
+                Format::Text => print!("{}", explain::render_text(&explanation)),
+                Format::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&explanation).unwrap_or_default()
+                ),
+                Format::Html => print!(
+                    "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>dirsync explain</title></head><body><pre>{}</pre></body></html>\n",
+                    report::html_escape(&explain::render_text(&explanation))
+                ),
+            }
+            Ok(exit::OK)
         }
         Command::Report { .. } => Ok(exit::OK),
     }

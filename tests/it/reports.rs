@@ -1,13 +1,15 @@
-//! Every cycle's report on disk, `dirsync report` and report mail,
+//! Every cycle's report on disk, `dirsync report`, report mail and `dirsync explain`,
 //! against the real slapd and scim2-server, with aiosmtpd receiving the mail.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use serde_json::Value as Json;
+use serde_json::{json, Value as Json};
 
 use crate::harness::SmtpSink;
-use crate::support::{person, run_dirsync, user_dn, World};
+use crate::support::{
+    group_dn, group_ldif, mappings_with_owner, person, run_dirsync, user_dn, World,
+};
 
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
@@ -210,4 +212,129 @@ fn a_mail_server_that_is_down_never_fails_the_cycle_and_the_mail_comes_later() {
     w.extra_config = smtp.config();
     assert_eq!(w.dirsync(&["sync"]).code, 3);
     assert_eq!(smtp.mails().len(), 1, "sent at the next cycle");
+}
+
+#[test]
+fn explain_shows_a_nested_group_role_a_merge_conflict_and_a_portal_owned_field() {
+    let anna = user_dn("anna");
+    let mut ldif = person("anna", "Anna", "Berg", Some("anna@example.se"));
+    ldif.push_str(&person("bo", "Bo", "Ek", Some("bo@example.se")));
+    ldif.push_str(&group_ldif("Staff", &[&anna]));
+    ldif.push_str(&group_ldif("Portal-Admins", &[&group_dn("Staff")]));
+    ldif.push_str(&group_ldif("Fax-Users", &[&user_dn("bo")]));
+    let mut w = World::start(&ldif);
+    w.mappings = mappings_with_owner(&[
+        ("\"displayName\"", "merge"),
+        ("\"preferredLanguage\"", "portal"),
+    ]);
+    w.extra_config = r#"
+[roles]
+default = "regular"
+[[roles.rule]]
+group = "Fax-Users"
+role = "account_manager"
+[[roles.rule]]
+group = "Portal-Admins"
+role = "administrator"
+
+[[service]]
+group = "Fax-Users"
+service = "fax"
+"#
+    .into();
+    w.sync();
+    // Both sides change the merge-owned display name; the user edits the portal-owned language.
+    let id = w.portal_user("anna@example.se")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let status = w.portal.patch_user(
+        &id,
+        json!([
+            {"op": "replace", "path": "displayName", "value": "Queen Anna"},
+            {"op": "replace", "path": "preferredLanguage", "value": "en"}
+        ]),
+    );
+    assert_eq!(status, 204);
+    w.ldap.modify(&format!(
+        "dn: {anna}\nchangetype: modify\nreplace: displayName\ndisplayName: Anna B. Berg\n-\nreplace: sn\nsn: Bergqvist\n"
+    ));
+    let state_before = std::fs::read(w.dir.path().join("state.db")).unwrap();
+
+    let run = w.dirsync(&["explain", "anna@example.se"]);
+    assert_eq!(run.code, 0, "{}", run.all_output());
+    let text = &run.stdout;
+    println!("{text}");
+    for expected in [
+        &format!("directory entry {anna}"),
+        "Staff (direct member)",
+        "Portal-Admins via Staff ⊂ Portal-Admins",
+        "role administrator: rule 2 (the first that matches)",
+        "rule 1: group Fax-Users → role account_manager: no match: not a member",
+        "rule 2: group Portal-Admins → role administrator: matched, via Staff ⊂ Portal-Admins",
+        "group Fax-Users → service fax: no match: not a member",
+        "link: linked: externalId ",
+        "displayName [owner merge] from directory attribute displayName",
+        "last synced \"Anna Berg\" · directory \"Anna B. Berg\" · portal \"Queen Anna\"",
+        "next: keeps the portal value: the directory and the portal both changed it",
+        "preferredLanguage [owner portal] from directory attribute preferredLanguage",
+        "directory \"sv\" · portal \"en\"",
+        "next: never touched: owned by the portal",
+        "name.familyName [owner directory]",
+        "next: set to \"Bergqvist\" (directory change)",
+        "roles.value [owner directory] from the access rules: via group Portal-Admins",
+        "next: nothing: the portal has the directory's value",
+        "next cycle: update",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+
+    // The same facts for tools; found by DN and by anchor too.
+    let uuid = w.ldap.entry_uuid(&anna);
+    for who in [anna.as_str(), uuid.as_str()] {
+        let run = w.dirsync(&["explain", who, "--format", "json"]);
+        assert_eq!(run.code, 0, "{}", run.all_output());
+        let e = run.json();
+        assert_eq!(e["directory"]["anchor"], uuid.as_str());
+        assert_eq!(e["role"]["role"], "administrator");
+        assert_eq!(e["role"]["decided_by"], 1);
+        assert_eq!(
+            e["role"]["rules"][1]["via"],
+            json!(["Staff", "Portal-Admins"])
+        );
+        assert_eq!(e["next"]["action"], "update");
+        let field = |name: &str| {
+            e["fields"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|f| f["attribute"] == name)
+                .unwrap_or_else(|| panic!("no field {name}: {e:#}"))
+                .clone()
+        };
+        let display = field("displayName");
+        assert_eq!(display["owner"], "merge");
+        assert_eq!(
+            display["last_synced"],
+            json!({"known": "value", "value": "Anna Berg"})
+        );
+        assert_eq!(display["directory"], "Anna B. Berg");
+        assert_eq!(display["portal"], "Queen Anna");
+        assert_eq!(field("preferredLanguage")["owner"], "portal");
+    }
+
+    // Read-only: nothing was written, no report file, and a user nobody has is an error.
+    assert_eq!(
+        std::fs::read(w.dir.path().join("state.db")).unwrap(),
+        state_before
+    );
+    let reports = w.dir.path().join("reports");
+    assert_eq!(files(&reports).len(), 4, "only the first sync's report");
+    let run = w.dirsync(&["explain", "nobody@example.se"]);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("no user nobody@example.se"),
+        "{}",
+        run.stderr
+    );
 }

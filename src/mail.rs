@@ -144,6 +144,10 @@ impl Condition {
                 HeldKind::EmptySource => "the directory returned no users".to_string(),
                 HeldKind::ScopeChange => "held back: the directory scope changed".to_string(),
                 HeldKind::StalePlan => "held back: the saved plan is stale".to_string(),
+                other if *count == 1 => {
+                    let label = other.label();
+                    format!("held back: 1 {}", label.strip_suffix('s').unwrap_or(label))
+                }
                 other => format!("held back: {count} {}", other.label()),
             });
         }

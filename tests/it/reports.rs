@@ -338,3 +338,34 @@ service = "fax"
         run.stderr
     );
 }
+
+#[test]
+fn mail_over_starttls_verifies_the_server_certificate() {
+    let smtp = SmtpSink::start_starttls();
+    let mut w = World::start(&staff(3));
+    w.safety = "[safety]\nmax_closures = 0\nmax_closure_percent = 100\n".into();
+    w.sync();
+    disable(&w, "s0");
+    // Without the CA that signed it, the server's certificate is not trusted: no mail,
+    // and the cycle is as it would be without mail.
+    let ca_line = format!("ca_file = \"{}\"\n", smtp.ca.as_ref().unwrap().display());
+    w.extra_config = smtp.config().replace(&ca_line, "");
+    let run = w.dirsync(&["sync"]);
+    assert_eq!(run.code, 3, "{}", run.all_output());
+    assert!(
+        run.stderr.contains("the report mail was not sent"),
+        "{}",
+        run.stderr
+    );
+    assert!(smtp.mails().is_empty());
+    // Trusting it (mail.ca_file), the mail goes out over TLS.
+    w.extra_config = smtp.config();
+    assert_eq!(w.dirsync(&["sync"]).code, 3);
+    let mails = smtp.mails();
+    assert_eq!(mails.len(), 1);
+    assert!(
+        mails[0].subject().ends_with("held back: 1 closure"),
+        "{}",
+        mails[0].subject()
+    );
+}

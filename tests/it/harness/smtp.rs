@@ -1,5 +1,6 @@
-//! `aiosmtpd` (PyPI) as the mail server reports are sent to: plain SMTP on a free
-//! loopback port, every message it receives written to a maildir the test reads.
+//! `aiosmtpd` (PyPI) as the mail server reports are sent to: SMTP on a free loopback
+//! port (plain, or requiring STARTTLS with a certificate from a throwaway CA), every
+//! message it receives written to a maildir the test reads.
 
 use super::{
     find_tool, free_port, log_stdio, log_tail, port_was_taken, Proc, POLL_INTERVAL, PORT_ATTEMPTS,
@@ -54,6 +55,8 @@ impl Mail {
 pub struct SmtpSink {
     pub host: String,
     pub port: u16,
+    /// The CA that signed the server's certificate, when it speaks STARTTLS.
+    pub ca: Option<PathBuf>,
     maildir: PathBuf,
     proc: Proc,
     // Last: dropped after the server is killed.
@@ -70,6 +73,18 @@ impl SmtpSink {
     /// greets (220).
     #[track_caller]
     pub fn start() -> SmtpSink {
+        SmtpSink::start_with(false)
+    }
+
+    /// [`SmtpSink::start`], requiring STARTTLS before any mail, with a certificate for
+    /// 127.0.0.1 and localhost signed by a throwaway CA ([`SmtpSink::ca`]).
+    #[track_caller]
+    pub fn start_starttls() -> SmtpSink {
+        SmtpSink::start_with(true)
+    }
+
+    #[track_caller]
+    fn start_with(starttls: bool) -> SmtpSink {
         let python = python();
         for attempt in 1..=PORT_ATTEMPTS {
             let port = free_port();
@@ -80,8 +95,20 @@ impl SmtpSink {
             let maildir = dir.path().join("maildir");
             let log = dir.path().join("aiosmtpd.log");
             let (out, err) = log_stdio(&log);
-            let child = Command::new(&python)
-                .args(["-m", "aiosmtpd", "-n", "-l"])
+            let mut command = Command::new(&python);
+            command.args(["-m", "aiosmtpd"]);
+            let ca = starttls.then(|| {
+                let tls = dir.path().join("tls");
+                let ca = super::slapd::make_server_tls(&tls);
+                command
+                    .arg("--tlscert")
+                    .arg(tls.join("server.crt"))
+                    .arg("--tlskey")
+                    .arg(tls.join("server.key"));
+                ca
+            });
+            let child = command
+                .args(["-n", "-l"])
                 .arg(format!("127.0.0.1:{port}"))
                 .args(["-c", "aiosmtpd.handlers.Mailbox"])
                 .arg(&maildir)
@@ -94,6 +121,7 @@ impl SmtpSink {
             let mut sink = SmtpSink {
                 host: "127.0.0.1".into(),
                 port,
+                ca,
                 maildir,
                 proc: Proc::new(child),
                 dir,
@@ -155,10 +183,15 @@ impl SmtpSink {
             .collect()
     }
 
-    /// The `[mail]` table that sends to this sink.
+    /// The `[mail]` table that sends to this sink: plain SMTP, or STARTTLS trusting
+    /// its CA.
     pub fn config(&self) -> String {
+        let tls = match &self.ca {
+            None => "tls = \"none\"\n".to_string(),
+            Some(ca) => format!("tls = \"starttls\"\nca_file = \"{}\"\n", ca.display()),
+        };
         format!(
-            "[mail]\nhost = \"{}\"\nport = {}\ntls = \"none\"\nfrom = \"dirsync <dirsync@example.com>\"\nto = [\"admins@example.com\"]\ntimeout_secs = 10\n",
+            "[mail]\nhost = \"{}\"\nport = {}\n{tls}from = \"dirsync <dirsync@example.com>\"\nto = [\"admins@example.com\"]\ntimeout_secs = 10\n",
             self.host, self.port
         )
     }

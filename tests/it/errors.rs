@@ -420,6 +420,12 @@ fn both_secrets_appear_nowhere_dirsync_writes_whatever_goes_wrong() {
             written.extend(std::fs::read(&path).unwrap());
         }
     }
+    // Every report file the cycles left.
+    let reports = w.dir.path().join("reports");
+    assert!(reports.is_dir(), "the syncs wrote their reports");
+    for entry in std::fs::read_dir(&reports).unwrap() {
+        written.extend(std::fs::read(entry.unwrap().path()).unwrap());
+    }
     let text = String::from_utf8_lossy(&written);
     assert!(
         text.contains("TRACE") || text.contains("\"level\":\"TRACE\""),

@@ -245,6 +245,9 @@ pub async fn send(config: &MailConfig, message: Message) -> Result<(), MailError
         MailTls::StartTls => Tls::Required(tls_parameters(config)?),
         MailTls::Tls => Tls::Wrapper(tls_parameters(config)?),
     };
+    // lettre's "dangerous" builder is the one that takes the TLS mode as given: it is
+    // set just below, verified (STARTTLS required, or TLS from the start) unless the
+    // config says "none", which it allows only for a server on this host.
     let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&config.host)
         .port(config.port)
         .tls(tls)

@@ -6,7 +6,7 @@
 //! STOPPING (`Type=notify`); `/healthz` and `/metrics` serve when `[health] listen` is set.
 //!
 //! After each cycle its report is written to `[reports] dir` and, with `[mail]`, mailed
-//! when its condition is new, changed or resolved ([`publish`]).
+//! when its condition is new, changed or resolved ([`publish`]), in the background.
 //!
 //! One daemon per state: `<state>.daemon.lock` is held for the daemon's life, so a second
 //! `run` refuses with the first one's pid. Between cycles the state's writer lock is free,
@@ -120,6 +120,9 @@ struct Running {
     handle: JoinHandle<Result<Report, CycleError>>,
     stop: Stop,
     started: Instant,
+    /// What the cycle is and when it started, for its report if it fails.
+    kind: cycle::Kind,
+    started_at: String,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT. `config_path` is re-read on SIGHUP.
@@ -167,6 +170,8 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
     );
 
     let mut running: Option<Running> = None;
+    // The report mail of the last cycle, while it is being sent (one at a time, in order).
+    let mut mailing: Option<JoinHandle<()>> = None;
     let mut start_now = config.schedule.run_at_start;
     let mut next = next_tick(&config);
     published.status.next_run = next.map(format_time);
@@ -189,6 +194,9 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
             ended = async { (&mut running.as_mut()?.handle).await.ok() }, if running.is_some() => {
                 let done = running.take();
                 let took = done.as_ref().map_or(Duration::ZERO, |r| r.started.elapsed());
+                if let (Some(done), Some(result)) = (&done, &ended) {
+                    mailing = publish_cycle(&config, done, result, mailing.take());
+                }
                 finished(ended, took, &shared, &mut published);
                 if stopping {
                     break;
@@ -254,6 +262,12 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
     }
     published.status.cycle_running_since = None;
     published.status.stopped_at = Some(crate::report::now());
+    if let Some(mail) = mailing {
+        let grace = config.schedule.stop_grace;
+        if tokio::time::timeout(grace, mail).await.is_err() {
+            warn!("stopping: the report mail was not sent within the stop grace period; it is tried again at the next start");
+        }
+    }
     published.write();
     server_stop.cancel();
     if let Some(server) = server {
@@ -266,6 +280,11 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
 
 /// Starts one cycle in its own task, with the config as it is now.
 fn start_cycle(config: &Config, shared: &Arc<telemetry::Shared>) -> Running {
+    let kind = if config.schedule.standby {
+        cycle::Kind::Standby
+    } else {
+        cycle::Kind::Sync
+    };
     let stop = Stop::default();
     let context = Context {
         stop: stop.clone(),
@@ -278,28 +297,39 @@ fn start_cycle(config: &Config, shared: &Arc<telemetry::Shared>) -> Running {
         } else {
             Request::Sync
         };
-        let kind = request.kind();
-        let started_at = crate::report::now();
-        let result = cycle::run(&config, request, &cycle::Options::default(), &context).await;
-        // Every cycle leaves its report; with [mail], the administrators hear of a new,
-        // changed or resolved condition. A stop past its grace period cuts the mail short
-        // (it is tried again at the next start); the report file is written first.
-        let (report, failure) = publish::report_of(&config, kind, &started_at, &result);
-        publish::archive(&config, &report);
-        tokio::select! {
-            () = publish::mail(&config, &report, failure) => {}
-            () = context.stop.hard.cancelled() => {
-                warn!("stopping: the report mail was not sent; it is tried again at the next cycle");
-            }
-        }
-        drop(report);
-        result
+        cycle::run(&config, request, &cycle::Options::default(), &context).await
     });
     Running {
         handle,
         stop,
         started: Instant::now(),
+        kind,
+        started_at: crate::report::now(),
     }
+}
+
+/// After a cycle: its report to `[reports] dir`, now, and with `[mail]` its mail, in a
+/// task of its own after the previous cycle's (so the loop keeps answering signals and
+/// the watchdog while a mail server is slow). Returns that task.
+fn publish_cycle(
+    config: &Config,
+    done: &Running,
+    result: &Result<Report, CycleError>,
+    previous: Option<JoinHandle<()>>,
+) -> Option<JoinHandle<()>> {
+    let (report, failure) = publish::report_of(config, done.kind, &done.started_at, result);
+    publish::archive(config, &report);
+    if config.mail.is_none() {
+        return previous;
+    }
+    let report = report.into_owned();
+    let config = config.clone();
+    Some(tokio::spawn(async move {
+        if let Some(p) = previous {
+            let _ = p.await;
+        }
+        publish::mail(&config, &report, failure).await;
+    }))
 }
 
 /// After a cycle: metrics, health, the status file and systemd's STATUS line.

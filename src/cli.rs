@@ -142,7 +142,7 @@ pub struct Confirm {
 pub enum Format {
     Text,
     Json,
-    /// A self-contained HTML page (plan, sync, apply).
+    /// A self-contained HTML page (plan, sync, apply, report).
     Html,
 }
 

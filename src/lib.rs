@@ -164,6 +164,7 @@ pub async fn run(cli: Cli) -> Result<u8, Error> {
             }
             Ok(exit::OK)
         }
+        // Printed above, before the config is loaded.
         Command::Report { .. } => Ok(exit::OK),
     }
 }

@@ -511,6 +511,7 @@ async fn prepare(
         now,
         deleted: &read.deleted,
         links: &links,
+        scope: &plan::PlanScope::Full,
     });
     // Orphans taken over count as managed users from now on.
     let adopted = plan.orphans.iter().filter(|o| o.adopted).count();

@@ -8,6 +8,7 @@ pub mod access;
 pub mod apply;
 pub mod check;
 pub mod cli;
+pub mod concern;
 pub mod config;
 pub mod cycle;
 pub mod daemon;
@@ -87,12 +88,13 @@ pub async fn run(cli: Cli) -> Result<u8, Error> {
             format,
             confirm,
             adopt_orphans,
+            full,
             save,
         } => {
             let request = cycle::Request::Plan {
                 save: save.as_deref(),
             };
-            let options = options(confirm, adopt_orphans);
+            let options = options(confirm, adopt_orphans, full);
             let report = cycle::run(&config, request, &options, &cycle::Context::default()).await?;
             if let Some(path) = save {
                 eprintln!(
@@ -107,8 +109,9 @@ pub async fn run(cli: Cli) -> Result<u8, Error> {
             format,
             confirm,
             adopt_orphans,
+            full,
         } => {
-            let options = options(confirm, adopt_orphans);
+            let options = options(confirm, adopt_orphans, full);
             let report = cycle::run(
                 &config,
                 cycle::Request::Sync,
@@ -148,7 +151,7 @@ pub async fn run(cli: Cli) -> Result<u8, Error> {
     }
 }
 
-fn options(confirm: Confirm, adopt_orphans: bool) -> cycle::Options {
+fn options(confirm: Confirm, adopt_orphans: bool, full: bool) -> cycle::Options {
     cycle::Options {
         confirmed: plan::guard::Confirmed {
             closures: confirm.confirm_closures,
@@ -157,6 +160,7 @@ fn options(confirm: Confirm, adopt_orphans: bool) -> cycle::Options {
         accept_scope_change: confirm.accept_scope_change,
         reviewed: false,
         adopt_orphans,
+        full,
     }
 }
 

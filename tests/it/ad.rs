@@ -14,6 +14,8 @@ struct AdWorld {
     /// Replaces the `[source]` connection lines (URL, TLS).
     connection: String,
     extra: String,
+    /// The portal URL dirsync is given, when not the scim2-server's (a counting proxy's).
+    portal_url: Option<String>,
 }
 
 impl AdWorld {
@@ -27,6 +29,7 @@ impl AdWorld {
             staff,
             connection,
             extra: String::new(),
+            portal_url: None,
         }
     }
 
@@ -80,7 +83,7 @@ to = "displayName"
             admin = self.dc.admin_dn,
             staff = self.staff,
             base = self.dc.base_dn,
-            portal = self.portal.url,
+            portal = self.portal_url.as_deref().unwrap_or(&self.portal.url),
             extra = self.extra,
         );
         let path = self.dir.path().join("dirsync.toml");
@@ -385,6 +388,69 @@ fn ad_delta_cycles_read_only_what_changed_and_reach_the_full_cycle_state() {
     );
 }
 
+#[test]
+fn ad_an_incremental_cycle_lists_no_portal_and_reads_by_id_only_the_users_that_changed() {
+    let mut w = AdWorld::start(SambaDc::start());
+    let proxy = crate::harness::proxy::Proxy::start(&w.portal.url);
+    w.portal_url = Some(proxy.url.clone());
+    let ou = w.dc.add_ou("Few,Staff");
+    bulk_users(&w.dc, &ou, 6);
+    let report = w.sync();
+    assert_eq!(count(&report, "create"), 6, "{report:#}");
+    assert_eq!(read_of(&report).0, "full");
+
+    w.modify(&format!("CN=Bulk 0001,{ou}"), "replace: sn\nsn: Changed");
+    w.dc.ldif(&format!("dn: CN=Bulk 0002,{ou}\nchangetype: delete\n"));
+    let ids: std::collections::BTreeSet<String> = ["bulk0001", "bulk0002"]
+        .iter()
+        .map(|u| {
+            w.user(&format!("{u}@dirsync.test"))["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    proxy.clear();
+    let report = w.sync();
+    assert_eq!(
+        read_of(&report).0,
+        "incremental",
+        "{:#}",
+        report["directory"]
+    );
+    assert_eq!(
+        (count(&report, "update"), count(&report, "close")),
+        (1, 1),
+        "{report:#}"
+    );
+    let requests = proxy.requests();
+    let listings: Vec<&str> = requests
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.contains("startIndex="))
+        .map(|r| r.path.as_str())
+        .collect();
+    assert!(listings.is_empty(), "no listing: {}", proxy.summary());
+    let read: std::collections::BTreeSet<String> = requests
+        .iter()
+        .filter(|r| r.method == "GET")
+        .filter_map(|r| r.path.strip_prefix("/Users/").map(str::to_string))
+        .collect();
+    assert_eq!(
+        read,
+        ids,
+        "only the changed users, by id: {}",
+        proxy.summary()
+    );
+    assert_eq!(report["portal"]["listed"], false);
+
+    // A full reconcile agrees: nothing left.
+    let run = w.run(&["plan", "--full", "--format", "json"]);
+    assert_eq!(run.code, 0, "{}", run.all_output());
+    let full = run.json();
+    assert_eq!(read_of(&full).0, "full");
+    assert!(full["changes"].as_array().unwrap().is_empty(), "{full:#}");
+}
+
 /// The DC's invocationId as Samba reports it: the `invocationId` of the NTDS Settings
 /// object the rootDSE's `dsServiceName` names, read with ldapsearch.
 fn samba_invocation_id(dc: &SambaDc) -> String {
@@ -398,9 +464,11 @@ fn samba_invocation_id(dc: &SambaDc) -> String {
 /// The delta basis the state keeps, as JSON.
 fn stored_basis(db: &rusqlite::Connection) -> Json {
     let text: String = db
-        .query_row("SELECT value FROM meta WHERE key = 'directory.basis'", [], |r| {
-            r.get(0)
-        })
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'directory.basis'",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     serde_json::from_str(&text).unwrap()
 }
@@ -551,7 +619,12 @@ fn ad_an_account_expiring_between_cycles_is_closed_by_the_next_delta_as_expired(
     w.modify(&bo, "replace: userAccountControl\nuserAccountControl: 514");
     w.dc.ldif(&format!("dn: {cid}\nchangetype: delete\n"));
     let report = w.sync();
-    assert_eq!(read_of(&report).0, "incremental", "{:#}", report["directory"]);
+    assert_eq!(
+        read_of(&report).0,
+        "incremental",
+        "{:#}",
+        report["directory"]
+    );
     let on =
         dirsync::source::Timestamp::from_system_time(start + std::time::Duration::from_secs(20));
     let mut reasons: Vec<(String, String)> = report["changes"]
@@ -770,7 +843,12 @@ to = "{SUB_UNIT}:subUnit"
     );
 
     let report = w.sync();
-    assert_eq!(read_of(&report).0, "incremental", "{:#}", report["directory"]);
+    assert_eq!(
+        read_of(&report).0,
+        "incremental",
+        "{:#}",
+        report["directory"]
+    );
     let sub_unit = format!("{SUB_UNIT}:subUnit");
     assert_eq!(
         changed_fields(&report),

@@ -505,6 +505,7 @@ mod tests {
                 url: "https://portal.example.com/scim/v2/".into(),
                 users: 5,
                 managed: 4,
+                listed: false,
             },
             plan,
             Some(applied),

@@ -54,6 +54,11 @@ pub enum Command {
         /// Show the plan as if orphans were taken over (see `sync --adopt-orphans`).
         #[arg(long)]
         adopt_orphans: bool,
+        /// A full reconcile: read the whole directory and list the whole portal, so that
+        /// portal-side edits of admin-locked fields are reverted. Without it, a cycle reads
+        /// only what changed since the last one, when it can.
+        #[arg(long)]
+        full: bool,
         /// Also save the plan to FILE, to apply it later exactly as reviewed (`dirsync apply FILE`).
         #[arg(long, value_name = "FILE")]
         save: Option<PathBuf>,
@@ -119,6 +124,11 @@ pub enum Command {
         /// subject to the closure guard.
         #[arg(long)]
         adopt_orphans: bool,
+        /// A full reconcile: read the whole directory and list the whole portal, so that
+        /// portal-side edits of admin-locked fields are reverted. Without it, a cycle reads
+        /// only what changed since the last one, when it can.
+        #[arg(long)]
+        full: bool,
     },
 }
 

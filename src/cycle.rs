@@ -5,19 +5,20 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use futures_util::stream::{self, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 use tracing::{info, warn};
 
-use crate::apply::{self, blocking, ApplyError};
+use crate::apply::{self, blocking, Applied, ApplyError, Status};
+use crate::concern::{self, Concerned};
 use crate::config::Config;
-use crate::config::SourceKind;
-use crate::plan::{self, guard, Action, Plan};
-use crate::portal::{PortalClient, PortalError, PortalSchema, PortalUser};
+use crate::plan::{self, guard, Action, KnownGroup, Plan, PlanScope};
+use crate::portal::{GroupKey, PortalClient, PortalError, PortalGroup, PortalSchema, PortalUser};
 use crate::record;
 use crate::report::{self, DirectorySummary, PortalSummary, Report, RunOutcome, Stopped};
 use crate::saved::SavedPlan;
-use crate::source::delta;
+use crate::source::delta::{self, Cached, FullReason, Pending};
 use crate::source::{LdapSource, SourceError, Timestamp};
 use crate::state::{State, StateError};
 
@@ -143,6 +144,9 @@ pub struct Options {
     /// Take over portal users with an externalId dirsync does not manage and no directory
     /// user has (`--adopt-orphans`): they become managed users.
     pub adopt_orphans: bool,
+    /// A full reconcile (`--full`): both sides read whole, even where an incremental
+    /// cycle could build on the last one.
+    pub full: bool,
 }
 
 /// The `meta` key of the scope the last applied sync ran with.
@@ -180,7 +184,17 @@ pub async fn run(
         },
         _ => *options,
     };
-    let remembered = match Remembered::read(config, state.as_ref()) {
+    // Why this cycle must be a full reconcile, whatever the directory says.
+    let forced = if matches!(request, Request::Apply(_)) {
+        Some(FullReason::SavedPlan)
+    } else if options.adopt_orphans {
+        Some(FullReason::AdoptOrphans)
+    } else if options.full {
+        Some(FullReason::Requested)
+    } else {
+        None
+    };
+    let remembered = match Remembered::read(state.as_ref()) {
         Ok(r) => r,
         Err(e) => {
             return Err(record_failure(
@@ -198,7 +212,7 @@ pub async fn run(
         _ = stop.hard.cancelled() => Err(CycleError::Interrupted),
         _ = stop.soft.cancelled() => Err(CycleError::Interrupted),
         _ = &mut deadline => Err(CycleError::Timeout(config.cycle_timeout)),
-        r = prepare(config, &options, remembered, context.telemetry.clone()) => r,
+        r = prepare(config, &options, remembered, context.telemetry.clone(), forced) => r,
     };
     let mut prepared = match prepared {
         Ok(p) => p,
@@ -232,6 +246,8 @@ pub async fn run(
         deleted_in_portal,
         known,
         linked,
+        planned,
+        legacy_basis,
         mut plan,
         ..
     } = prepared;
@@ -282,6 +298,7 @@ pub async fn run(
         _ => (None, None),
     };
     let in_sync = std::mem::take(&mut plan.in_sync);
+    let pending = planned.pending_after(&plan, applied.as_ref());
     let report = Report::new(
         kind.label(),
         started_at.clone(),
@@ -299,7 +316,7 @@ pub async fn run(
             meta.push((SCOPE_KEY, config.scope_text()));
         }
         if let Some(read) = &directory_read {
-            meta.extend(delta::basis_meta(read, config));
+            meta.extend(delta::basis_meta(read, config, &pending, legacy_basis));
         }
         let facts = record::Facts {
             command: kind.label(),
@@ -316,6 +333,7 @@ pub async fn run(
     info!(
         command = kind.label(),
         read = %report.directory.read,
+        why = report.directory.read_reason.as_deref().unwrap_or_default(),
         outcome = report.outcome.label(),
         created = report.counts.get("create").copied().unwrap_or(0),
         updated = report.counts.get("update").copied().unwrap_or(0),
@@ -395,8 +413,13 @@ pub struct Prepared {
     portal_summary: PortalSummary,
     /// False when a guard turned this sync into a plan only.
     may_apply: bool,
-    /// What the directory read gave, to remember for the next delta (AD).
+    /// What the directory read gave, to remember for the next incremental read.
     directory_read: Option<delta::Read>,
+    /// The state still has a basis where an older dirsync kept it (emptied on record).
+    legacy_basis: bool,
+    /// The changes planned, before a guard held any back: what is still owed after the
+    /// cycle is remembered with the basis.
+    planned: Planned,
     /// Anchors the state links to portal users that were deleted in the portal: their
     /// links are dropped before applying.
     deleted_in_portal: Vec<String>,
@@ -407,25 +430,26 @@ pub struct Prepared {
     pub plan: Plan,
 }
 
-/// Reads the directory and the portal (at the same time) and plans.
 /// What a cycle needs from the state, read before anything is awaited (the database
 /// stays with the cycle, never shared across tasks).
 struct Remembered {
     known: HashMap<String, plan::Baseline>,
-    known_groups: HashMap<String, plan::KnownGroup>,
+    known_groups: HashMap<String, KnownGroup>,
     linked: HashMap<String, String>,
-    basis: delta::Cached,
+    basis: Cached,
+    legacy_basis: bool,
     last_scope: Option<String>,
 }
 
 impl Remembered {
-    fn read(config: &Config, state: Option<&State>) -> Result<Remembered, StateError> {
+    fn read(state: Option<&State>) -> Result<Remembered, StateError> {
         let Some(s) = state else {
             return Ok(Remembered {
                 known: HashMap::new(),
                 known_groups: HashMap::new(),
                 linked: HashMap::new(),
-                basis: delta::Cached::Nothing,
+                basis: Cached::Nothing,
+                legacy_basis: false,
                 last_scope: None,
             });
         };
@@ -434,37 +458,113 @@ impl Remembered {
                 known: s.baselines()?,
                 known_groups: s.groups()?,
                 linked: s.portal_ids()?,
-                basis: if config.source.kind == SourceKind::ActiveDirectory {
-                    delta::Basis::load(s)?
-                } else {
-                    delta::Cached::Nothing
-                },
+                basis: delta::Basis::load(s)?,
+                legacy_basis: delta::legacy(s)?,
                 last_scope: s.meta(SCOPE_KEY)?,
             })
         })
     }
 }
 
+/// The changes a plan holds before the guards, by lowercased anchor, with how much each
+/// changes (fields, activation; members added and removed, a rename): a change is settled
+/// only when it was applied whole.
+#[derive(Clone, Debug, Default)]
+struct Planned {
+    users: HashMap<String, usize>,
+    groups: HashMap<String, usize>,
+    /// Concerned users and groups that could not be read: owed as they are.
+    unread: Pending,
+}
+
+impl Planned {
+    fn of(plan: &Plan) -> Planned {
+        Planned {
+            users: plan
+                .changes
+                .iter()
+                .map(|c| (c.anchor.to_ascii_lowercase(), user_weight(c)))
+                .collect(),
+            groups: plan
+                .group_changes
+                .iter()
+                .map(|g| (g.anchor.to_ascii_lowercase(), group_weight(g)))
+                .collect(),
+            unread: Pending::default(),
+        }
+    }
+
+    /// What is still owed after `applied` (nothing was applied without it): every planned
+    /// change but those the portal confirmed whole.
+    fn pending_after(&self, plan: &Plan, applied: Option<&Applied>) -> Pending {
+        let mut pending = Pending {
+            users: self.users.keys().cloned().collect(),
+            groups: self.groups.keys().cloned().collect(),
+        };
+        pending.users.extend(self.unread.users.iter().cloned());
+        pending.groups.extend(self.unread.groups.iter().cloned());
+        if let Some(applied) = applied {
+            for (c, o) in plan.changes.iter().zip(&applied.outcomes) {
+                let key = c.anchor.to_ascii_lowercase();
+                if o.status == Status::Applied && self.users.get(&key) == Some(&user_weight(c)) {
+                    pending.users.remove(&key);
+                }
+            }
+            for (g, o) in plan.group_changes.iter().zip(&applied.group_outcomes) {
+                let key = g.anchor.to_ascii_lowercase();
+                if o.status == Status::Applied && self.groups.get(&key) == Some(&group_weight(g)) {
+                    pending.groups.remove(&key);
+                }
+            }
+        }
+        pending
+    }
+}
+
+fn user_weight(c: &plan::Change) -> usize {
+    c.fields.len() + usize::from(c.set_active.is_some())
+}
+
+fn group_weight(g: &plan::GroupChange) -> usize {
+    g.add.len() + g.remove.len() + usize::from(g.rename.is_some())
+}
+
+/// The portal users and groups a cycle plans with.
+struct PortalView {
+    users: Vec<PortalUser>,
+    groups: Vec<PortalGroup>,
+    /// Linked users the portal answered 404 for: anchor → portal id.
+    deleted: HashMap<String, String>,
+    /// Concerned users and groups an incremental cycle could not read (a transient
+    /// failure after the retries): not planned this cycle, owed to the next.
+    unread: Pending,
+}
+
+/// Reads the directory and the portal and plans. A full reconcile lists the portal while
+/// the directory is read; an incremental cycle reads, once the directory said what
+/// changed, only the portal users and groups the changes concern.
 async fn prepare(
     config: &Config,
     options: &Options,
     remembered: Remembered,
     telemetry: Option<std::sync::Arc<crate::telemetry::Telemetry>>,
+    forced: Option<FullReason>,
 ) -> Result<Prepared, CycleError> {
     let Remembered {
         known,
         known_groups,
         linked,
         basis,
+        legacy_basis,
         last_scope,
     } = remembered;
-    let rules = plan::effective_rules(&config.mapping, &config.access);
     let mirror_groups = config.access.portal_groups.is_some();
+    let full_ahead = delta::full_ahead(&basis, config, forced.as_ref());
 
     let attributes = source_attributes(config);
     let read_directory = async {
         let mut source = LdapSource::connect(&config.source, &attributes).await?;
-        let read = delta::read(&mut source, config, basis).await;
+        let read = delta::read(&mut source, config, basis, forced).await;
         source.close().await;
         read
     };
@@ -475,23 +575,205 @@ async fn prepare(
         }
         portal.discover().await?;
         let schema = portal.schema().await?;
-        let users = portal.list_users().await?;
-        let deleted = deleted_in_portal(&portal, &users, &linked).await?;
-        let groups = if mirror_groups {
-            portal.list_groups().await?
+        let listed = if full_ahead {
+            Some(list_portal(&portal, &linked, mirror_groups).await?)
         } else {
-            Vec::new()
+            None
         };
-        Ok::<_, PortalError>((portal, schema, users, groups, deleted))
+        Ok::<_, PortalError>((portal, schema, listed))
     };
-    let (snapshot, portal_side) = tokio::join!(read_directory, read_portal);
-    let read = snapshot?;
+    let (read, portal_side) = tokio::join!(read_directory, read_portal);
+    let mut read = read?;
+    let (portal, schema, listed) = portal_side?;
     let mut snapshot = read.snapshot.clone();
     snapshot.add_primary_group_members();
-    let (portal, schema, portal_users, portal_groups, deleted) = portal_side?;
 
     // One "now" for the whole cycle: expiries pass with time, not with directory changes.
     let now = Timestamp::now();
+    let (view, scope, managed_before) = match (read.changes.take(), listed) {
+        (_, Some(listed)) => (listed, PlanScope::Full, None),
+        (None, None) => (
+            list_portal(&portal, &linked, mirror_groups).await?,
+            PlanScope::Full,
+            None,
+        ),
+        (Some(mut changes), None) => {
+            let read_portal = read_incremental(
+                config,
+                &portal,
+                &snapshot,
+                &mut changes,
+                &Remembrance {
+                    known: &known,
+                    known_groups: &known_groups,
+                    linked: &linked,
+                },
+                now,
+            )
+            .await?;
+            read.changes = Some(changes);
+            read_portal
+        }
+    };
+    plan_and_guard(
+        config,
+        options,
+        Planning {
+            known,
+            known_groups,
+            linked,
+            last_scope,
+            legacy_basis,
+            read,
+            snapshot,
+            portal,
+            schema,
+            view,
+            scope,
+            managed_before,
+            now,
+        },
+    )
+}
+
+/// The state's memory an incremental cycle looks things up in.
+struct Remembrance<'a> {
+    known: &'a HashMap<String, plan::Baseline>,
+    known_groups: &'a HashMap<String, KnownGroup>,
+    linked: &'a HashMap<String, String>,
+}
+
+/// The portal side of an incremental cycle: the users and groups the directory's
+/// `changes` concern, read one by one, and the plan scope that covers just them (and
+/// the managed users active as of the last read, for the closure guard). When so much
+/// changed that listing the portal costs less, it is listed and the plan covers everyone.
+/// The basis in `changes` is used up; what was deleted is kept.
+async fn read_incremental(
+    config: &Config,
+    portal: &PortalClient,
+    snapshot: &crate::source::Snapshot,
+    changes: &mut delta::Changes,
+    state: &Remembrance<'_>,
+    now: Timestamp,
+) -> Result<(PortalView, PlanScope, Option<usize>), PortalError> {
+    let rules = plan::effective_rules(&config.mapping, &config.access);
+    let mut previous = std::mem::take(&mut changes.previous);
+    previous.add_primary_group_members();
+    let before = Timestamp::from_unix(i64::try_from(changes.previous_at).unwrap_or(0));
+    let concerned = concern::concerned(&concern::Input {
+        snapshot,
+        previous: &previous,
+        now,
+        before,
+        changed: &changes.changed,
+        gone: &changes.gone,
+        pending: &changes.pending,
+        known: state.known,
+        known_groups: state.known_groups,
+        rules: &rules,
+        access: &config.access,
+    });
+    if listing_is_cheaper(
+        &concerned,
+        state.linked,
+        state.known.len(),
+        state.known_groups.len(),
+        config.portal.page_size,
+        config.portal.concurrency,
+    ) {
+        info!(
+            users = concerned.users.len(),
+            groups = concerned.groups.len(),
+            "so much changed that listing the portal costs less than reading each user it concerns"
+        );
+        let mirror_groups = config.access.portal_groups.is_some();
+        let view = list_portal(portal, state.linked, mirror_groups).await?;
+        return Ok((view, PlanScope::Full, None));
+    }
+    info!(
+        users = concerned.users.len(),
+        groups = concerned.groups.len(),
+        "incremental cycle: reading the portal users and groups the changes concern"
+    );
+    let view = read_concerned(
+        portal,
+        &concerned,
+        state.linked,
+        state.known_groups,
+        config.portal.concurrency,
+    )
+    .await?;
+    // The managed users active as of the last read: what a listing would count.
+    let managed_before = previous
+        .users
+        .iter()
+        .filter(|u| {
+            state.known.contains_key(&u.anchor.to_ascii_lowercase()) && u.closure(before).is_none()
+        })
+        .count();
+    let scope = PlanScope::Only {
+        users: concerned
+            .users
+            .into_iter()
+            .filter(|a| !view.unread.users.contains(a))
+            .collect(),
+        groups: concerned
+            .groups
+            .into_keys()
+            .filter(|a| !view.unread.groups.contains(a))
+            .collect(),
+    };
+    Ok((view, scope, Some(managed_before)))
+}
+
+/// What a cycle plans from, once both sides are read.
+struct Planning {
+    known: HashMap<String, plan::Baseline>,
+    known_groups: HashMap<String, KnownGroup>,
+    linked: HashMap<String, String>,
+    last_scope: Option<String>,
+    legacy_basis: bool,
+    read: delta::Read,
+    /// The directory now, with primary-group members.
+    snapshot: crate::source::Snapshot,
+    portal: PortalClient,
+    schema: PortalSchema,
+    view: PortalView,
+    scope: PlanScope,
+    /// Managed users active as of the last read, when the portal was not listed.
+    managed_before: Option<usize>,
+    now: Timestamp,
+}
+
+/// Plans, applies the guards, and makes the cycle ready to apply.
+fn plan_and_guard(
+    config: &Config,
+    options: &Options,
+    planning: Planning,
+) -> Result<Prepared, CycleError> {
+    let Planning {
+        known,
+        known_groups,
+        linked,
+        last_scope,
+        legacy_basis,
+        read,
+        snapshot,
+        portal,
+        schema,
+        view,
+        scope,
+        managed_before,
+        now,
+    } = planning;
+    let rules = plan::effective_rules(&config.mapping, &config.access);
+    let PortalView {
+        users: portal_users,
+        groups: portal_groups,
+        deleted,
+        unread,
+    } = view;
+
     let links = plan::Links {
         deleted_in_portal: deleted.values().cloned().collect(),
         portal_ids: linked.clone(),
@@ -509,21 +791,34 @@ async fn prepare(
         portal_groups: &portal_groups,
         known_groups: &known_groups,
         now,
-        deleted: &read.deleted,
+        deleted: &read.deleted(),
         links: &links,
+        scope: &scope,
     });
+    let mut planned = Planned::of(&plan);
+    planned.unread = unread.clone();
+    if !unread.users.is_empty() || !unread.groups.is_empty() {
+        plan.notes.push(format!(
+            "{} portal users and {} portal groups could not be read (the portal failed after the retries): \
+             they are planned again next cycle",
+            unread.users.len(),
+            unread.groups.len()
+        ));
+    }
     // Orphans taken over count as managed users from now on.
     let adopted = plan.orphans.iter().filter(|o| o.adopted).count();
     let managed_now = adopted
-        + portal_users
-            .iter()
-            .filter(|p| {
-                p.active
-                    && p.external_id
-                        .as_ref()
-                        .is_some_and(|x| known.contains_key(&x.to_ascii_lowercase()))
-            })
-            .count();
+        + managed_before.unwrap_or_else(|| {
+            portal_users
+                .iter()
+                .filter(|p| {
+                    p.active
+                        && p.external_id
+                            .as_ref()
+                            .is_some_and(|x| known.contains_key(&x.to_ascii_lowercase()))
+                })
+                .count()
+        });
     let limits = guard::Limits {
         max_closures: config.safety.max_closures,
         max_closure_percent: config.safety.max_closure_percent,
@@ -564,14 +859,19 @@ async fn prepare(
         "planned"
     );
 
-    let managed = portal_users
-        .iter()
-        .filter(|p| {
-            p.external_id
-                .as_ref()
-                .is_some_and(|x| known.contains_key(&x.to_ascii_lowercase()))
-        })
-        .count();
+    let listed = scope == PlanScope::Full;
+    let managed = if listed {
+        portal_users
+            .iter()
+            .filter(|p| {
+                p.external_id
+                    .as_ref()
+                    .is_some_and(|x| known.contains_key(&x.to_ascii_lowercase()))
+            })
+            .count()
+    } else {
+        known.len()
+    };
     Ok(Prepared {
         known,
         linked,
@@ -586,20 +886,196 @@ async fn prepare(
                 .filter(|u| u.closure(now).is_some())
                 .count(),
             groups: config.source.groups.as_ref().map(|_| snapshot.groups.len()),
-            read: if read.delta { "delta" } else { "full" }.into(),
-            read_reason: read.reason.as_ref().map(ToString::to_string),
+            read: read.kind.label().into(),
+            read_reason: Some(read.kind.reason()),
             domain_controller: read.identity.clone(),
             entries_read: read.snapshot.entries_read,
         },
         directory_read: Some(read),
+        legacy_basis,
+        planned,
         deleted_in_portal: deleted.into_keys().collect(),
         portal_summary: PortalSummary {
             url: config.portal.url.to_string(),
             users: portal_users.len(),
             managed,
+            listed,
         },
         may_apply,
         plan,
+    })
+}
+
+/// Lists the portal whole (a full reconcile): its users, those the state links that the
+/// portal deleted, and the groups when groups are mirrored.
+async fn list_portal(
+    portal: &PortalClient,
+    linked: &HashMap<String, String>,
+    mirror_groups: bool,
+) -> Result<PortalView, PortalError> {
+    let users = portal.list_users().await?;
+    let deleted = deleted_in_portal(portal, &users, linked).await?;
+    let groups = if mirror_groups {
+        portal.list_groups().await?
+    } else {
+        Vec::new()
+    };
+    Ok(PortalView {
+        users,
+        groups,
+        deleted,
+        unread: Pending::default(),
+    })
+}
+
+/// Whether reading the concerned users and groups one by one would take longer than
+/// listing the portal: pages of `page_size` follow each other, reads by id go
+/// `concurrency` at a time, and a page costs about two single reads. The portal holds at
+/// least the `managed` users and `groups`.
+fn listing_is_cheaper(
+    concerned: &Concerned,
+    linked: &HashMap<String, String>,
+    managed: usize,
+    groups: usize,
+    page_size: usize,
+    concurrency: usize,
+) -> bool {
+    let lookups = concerned
+        .logins
+        .keys()
+        .filter(|a| !linked.contains_key(*a))
+        .count();
+    let reads = concerned.users.len() + 2 * lookups + 2 * concerned.groups.len();
+    let page_size = page_size.max(1);
+    let pages = managed / page_size + 1 + groups / page_size + 1;
+    reads / concurrency.max(1) > 2 * pages
+}
+
+/// Reads what an incremental cycle plans with, and nothing else: each concerned user the
+/// state links, by id (its values and ETag; a 404 means deleted in the portal); those it
+/// does not link, and those deleted in the portal, looked up by login and by email (to
+/// adopt or relink rather than create twice); each concerned mirrored group, by id when
+/// dirsync knows it, else looked up by externalId and name. At most `concurrency`
+/// requests at once.
+async fn read_concerned(
+    portal: &PortalClient,
+    concerned: &Concerned,
+    linked: &HashMap<String, String>,
+    known_groups: &HashMap<String, KnownGroup>,
+    concurrency: usize,
+) -> Result<PortalView, PortalError> {
+    let concurrency = concurrency.max(1);
+    // A transient failure (after the retries) leaves that one user or group unread; one
+    // that would fail every request (credentials, TLS, not SCIM) fails the cycle.
+    let unreadable = |e: PortalError| if e.is_fatal() { Err(e) } else { Ok(e) };
+    let mut unread = Pending::default();
+    let by_id: Vec<_> = concerned
+        .users
+        .iter()
+        .filter_map(|a| linked.get(a).map(|id| (a, id)))
+        .map(|(anchor, id)| async move { (anchor, id, portal.get_user(id).await) })
+        .collect();
+    let fetched: Vec<_> = stream::iter(by_id)
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let mut users: Vec<PortalUser> = Vec::new();
+    let mut deleted: HashMap<String, String> = HashMap::new();
+    for (anchor, id, result) in fetched {
+        match result {
+            Ok(user) => users.push(user),
+            Err(PortalError::NotFound) => {
+                warn!(
+                    anchor,
+                    id, "a managed portal user was deleted in the portal"
+                );
+                deleted.insert(anchor.clone(), id.clone());
+            }
+            Err(e) => {
+                let e = unreadable(e)?;
+                warn!(anchor, id, error = %e, "a portal user could not be read; it is planned next cycle");
+                unread.users.insert(anchor.clone());
+            }
+        }
+    }
+
+    let lookups: Vec<_> = concerned
+        .logins
+        .iter()
+        .filter(|(anchor, _)| !linked.contains_key(*anchor) || deleted.contains_key(*anchor))
+        .map(|(anchor, login)| async move {
+            let found = match portal.find_users(login).await {
+                Ok(mut found) => portal.find_users_by_email(login).await.map(|more| {
+                    found.extend(more);
+                    found
+                }),
+                Err(e) => Err(e),
+            };
+            (anchor, login, found)
+        })
+        .collect();
+    let looked_up: Vec<_> = stream::iter(lookups)
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    for (anchor, login, found) in looked_up {
+        match found {
+            Ok(found) => users.extend(found),
+            Err(e) => {
+                let e = unreadable(e)?;
+                warn!(anchor, login, error = %e, "a portal user could not be looked up; it is planned next cycle");
+                unread.users.insert(anchor.clone());
+            }
+        }
+    }
+
+    let group_reads: Vec<_> = concerned
+        .groups
+        .iter()
+        .map(|(anchor, name)| async move {
+            let found = async {
+                if let Some(known) = known_groups.get(anchor) {
+                    match portal.get_group(&known.portal_id).await {
+                        Ok(g) => return Ok(vec![g]),
+                        Err(PortalError::NotFound) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                let mut found = portal.find_groups(GroupKey::ExternalId, anchor).await?;
+                if !name.is_empty() {
+                    found.extend(portal.find_groups(GroupKey::DisplayName, name).await?);
+                }
+                Ok(found)
+            }
+            .await;
+            (anchor, found)
+        })
+        .collect();
+    let group_results: Vec<_> = stream::iter(group_reads)
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let mut groups: Vec<PortalGroup> = Vec::new();
+    for (anchor, found) in group_results {
+        match found {
+            Ok(found) => groups.extend(found),
+            Err(e) => {
+                let e = unreadable(e)?;
+                warn!(anchor, error = %e, "a portal group could not be read; it is planned next cycle");
+                unread.groups.insert(anchor.clone());
+            }
+        }
+    }
+
+    let mut seen = HashSet::new();
+    users.retain(|u| seen.insert(u.id.clone()));
+    let mut seen = HashSet::new();
+    groups.retain(|g| seen.insert(g.id.clone()));
+    Ok(PortalView {
+        users,
+        groups,
+        deleted,
+        unread,
     })
 }
 

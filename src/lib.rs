@@ -9,6 +9,7 @@ pub mod apply;
 pub mod archive;
 pub mod check;
 pub mod cli;
+pub mod concern;
 pub mod config;
 pub mod cycle;
 pub mod daemon;
@@ -105,12 +106,13 @@ pub async fn run(cli: Cli) -> Result<u8, Error> {
             format,
             confirm,
             adopt_orphans,
+            full,
             save,
         } => {
             let request = cycle::Request::Plan {
                 save: save.as_deref(),
             };
-            let options = options(confirm, adopt_orphans);
+            let options = options(confirm, adopt_orphans, full);
             let report = cycle::run(&config, request, &options, &cycle::Context::default()).await?;
             if let Some(path) = save {
                 eprintln!(
@@ -125,8 +127,9 @@ pub async fn run(cli: Cli) -> Result<u8, Error> {
             format,
             confirm,
             adopt_orphans,
+            full,
         } => {
-            let options = options(confirm, adopt_orphans);
+            let options = options(confirm, adopt_orphans, full);
             recorded(&config, cycle::Request::Sync, &options, format).await
         }
         Command::Run => {
@@ -189,7 +192,7 @@ async fn recorded(
     }
 }
 
-fn options(confirm: Confirm, adopt_orphans: bool) -> cycle::Options {
+fn options(confirm: Confirm, adopt_orphans: bool, full: bool) -> cycle::Options {
     cycle::Options {
         confirmed: plan::guard::Confirmed {
             closures: confirm.confirm_closures,
@@ -198,6 +201,7 @@ fn options(confirm: Confirm, adopt_orphans: bool) -> cycle::Options {
         accept_scope_change: confirm.accept_scope_change,
         reviewed: false,
         adopt_orphans,
+        full,
     }
 }
 

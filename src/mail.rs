@@ -500,6 +500,7 @@ mod tests {
                 url: "https://portal.example.com/scim/v2/".into(),
                 users,
                 managed: users,
+                listed: true,
             },
             plan,
             applied,

@@ -30,7 +30,7 @@ pub use self::server::{bind, serve, Shared, TelemetryError};
 /// The `Content-Type` of [`Telemetry::render`]: the Prometheus text format 0.0.4.
 pub const METRICS_CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
-/// Upper bounds of the cycle duration buckets, in seconds: from a quick delta read to
+/// Upper bounds of the cycle duration buckets, in seconds: from a quick incremental read to
 /// the default cycle timeout (30 minutes) and beyond.
 const CYCLE_BUCKETS: [f64; 12] = [
     1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0,
@@ -41,8 +41,8 @@ const CYCLE_BUCKETS: [f64; 12] = [
 pub enum ReadKind {
     /// Every user and group in scope.
     Full,
-    /// Only what changed since the last read (Active Directory).
-    Delta,
+    /// Only what changed since the last read, and the portal users it concerns.
+    Incremental,
     /// The cycle ended before the directory read said which (it failed early).
     Unknown,
 }
@@ -51,7 +51,7 @@ impl ReadKind {
     pub fn label(self) -> &'static str {
         match self {
             ReadKind::Full => "full",
-            ReadKind::Delta => "delta",
+            ReadKind::Incremental => "incremental",
             ReadKind::Unknown => "unknown",
         }
     }
@@ -253,7 +253,7 @@ impl CycleFacts {
     pub fn from_report(report: &Report, duration: Duration, finished_at: SystemTime) -> CycleFacts {
         let read = match report.directory.read.as_str() {
             "full" => ReadKind::Full,
-            "delta" => ReadKind::Delta,
+            "incremental" => ReadKind::Incremental,
             _ => ReadKind::Unknown,
         };
         let statuses = report

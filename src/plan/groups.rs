@@ -6,7 +6,7 @@
 //! and what to remove, never the whole list. Hand-made portal groups are never touched;
 //! a group that leaves scope is deleted only if dirsync created it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::Serialize;
 
@@ -70,15 +70,24 @@ pub struct GroupInput<'a> {
     pub portal_groups: &'a [PortalGroup],
     /// Lowercased anchor → the portal group the state links it to.
     pub known: &'a HashMap<String, KnownGroup>,
+    /// Only these directory groups (lowercased anchors) are planned, when not all are:
+    /// an incremental cycle read just their portal groups.
+    pub only: Option<&'a HashSet<String>>,
 }
 
 /// Plans the group changes; notes go to `notes`.
 pub fn plan(input: &GroupInput<'_>, notes: &mut Vec<String>) -> Vec<GroupChange> {
     let mut out = Vec::new();
-    let selected: Vec<&DirectoryGroup> = input
+    let covered = |anchor: &str| input.only.is_none_or(|only| only.contains(anchor));
+    let all_selected: Vec<&DirectoryGroup> = input
         .directory
         .iter()
-        .filter(|g| (input.rule.by_filter && g.selected) || named(input, g))
+        .filter(|g| (input.rule.by_filter && g.selected) || named(input.rule, input.membership, g))
+        .collect();
+    let selected: Vec<&DirectoryGroup> = all_selected
+        .iter()
+        .copied()
+        .filter(|g| covered(&g.anchor.to_ascii_lowercase()))
         .collect();
     for r in &input.rule.groups {
         if let Err(e) = input.membership.resolve(r) {
@@ -195,14 +204,14 @@ pub fn plan(input: &GroupInput<'_>, notes: &mut Vec<String>) -> Vec<GroupChange>
     }
 
     // Groups dirsync mirrored before that are no longer selected or no longer exist.
-    let selected_anchors: BTreeSet<String> = selected
+    let selected_anchors: BTreeSet<String> = all_selected
         .iter()
         .map(|g| g.anchor.to_ascii_lowercase())
         .collect();
     let leaving: Vec<(&String, &KnownGroup)> = input
         .known
         .iter()
-        .filter(|(a, _)| !selected_anchors.contains(*a))
+        .filter(|(a, _)| !selected_anchors.contains(*a) && covered(a))
         .collect();
     if !leaving.is_empty() && input.directory.is_empty() {
         notes.push(format!(
@@ -240,11 +249,33 @@ pub fn plan(input: &GroupInput<'_>, notes: &mut Vec<String>) -> Vec<GroupChange>
     out
 }
 
-fn named(input: &GroupInput<'_>, g: &DirectoryGroup) -> bool {
-    input.rule.groups.iter().any(|r| {
-        input
-            .membership
+fn named(rule: &PortalGroupRule, membership: &Membership<'_>, g: &DirectoryGroup) -> bool {
+    rule.groups.iter().any(|r| {
+        membership
             .resolve(r)
             .is_ok_and(|found| crate::dn::same(&found.dn, &g.dn))
     })
+}
+
+/// The mirrored directory groups (lowercased anchor) with their names and the lowercased
+/// anchors of their members among `users` (DN key → (anchor, login)), as [`plan`] wants
+/// them in the portal.
+pub fn desired_members(
+    rule: &PortalGroupRule,
+    directory: &[DirectoryGroup],
+    membership: &Membership<'_>,
+    users: &HashMap<String, (String, String)>,
+) -> BTreeMap<String, (String, BTreeSet<String>)> {
+    directory
+        .iter()
+        .filter(|g| (rule.by_filter && g.selected) || named(rule, membership, g))
+        .map(|g| {
+            let members = membership
+                .members_of(g, rule.flatten)
+                .into_iter()
+                .filter_map(|dn| users.get(&dn).map(|u| u.0.to_ascii_lowercase()))
+                .collect();
+            (g.anchor.to_ascii_lowercase(), (g.name.clone(), members))
+        })
+        .collect()
 }

@@ -8,7 +8,7 @@ pub mod links;
 pub mod user;
 mod validate;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::Serialize;
 
@@ -217,6 +217,42 @@ pub struct Input<'a> {
     /// The state's links to portal ids, which of them the portal deleted, and whether
     /// orphans are taken over.
     pub links: &'a Links,
+    /// Which users and groups the plan covers: all of them, or only those an incremental
+    /// cycle read from the portal.
+    pub scope: &'a PlanScope,
+}
+
+/// Which directory users and groups a plan covers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum PlanScope {
+    /// Every user and group: both sides were listed whole (a full reconcile).
+    #[default]
+    Full,
+    /// Only these (lowercased anchors): an incremental cycle read just the portal users
+    /// and groups they concern (`portal` and `portal_groups` hold those alone). Nothing
+    /// outside them is created, closed, counted as an orphan or deleted.
+    Only {
+        users: HashSet<String>,
+        groups: HashSet<String>,
+    },
+}
+
+impl PlanScope {
+    /// Whether the plan covers the user with this (lowercased) anchor.
+    pub fn covers_user(&self, anchor: &str) -> bool {
+        match self {
+            PlanScope::Full => true,
+            PlanScope::Only { users, .. } => users.contains(anchor),
+        }
+    }
+
+    /// The mirrored groups covered, when not all are.
+    fn groups(&self) -> Option<&HashSet<String>> {
+        match self {
+            PlanScope::Full => None,
+            PlanScope::Only { groups, .. } => Some(groups),
+        }
+    }
 }
 
 /// A directory user that passed validation, with its mapped attributes.
@@ -296,7 +332,10 @@ pub fn compute(input: &Input<'_>) -> Plan {
         .map(|u| u.anchor.to_ascii_lowercase())
         .collect();
     let adopt = input.links.adopt_orphans;
-    plan.orphans = links::orphans(input.portal, input.state, &in_directory, adopt);
+    // Orphans are found by listing the whole portal; a partial plan sees only some.
+    if input.scope == &PlanScope::Full {
+        plan.orphans = links::orphans(input.portal, input.state, &in_directory, adopt);
+    }
     let with_orphans;
     let input = if adopt && !plan.orphans.is_empty() {
         with_orphans = links::with_orphans(input.state, &plan.orphans);
@@ -310,6 +349,9 @@ pub fn compute(input: &Input<'_>) -> Plan {
     let mut claimed: HashSet<String> = HashSet::new();
     for w in &wanted {
         let key = w.user.anchor.to_ascii_lowercase();
+        if !input.scope.covers_user(&key) {
+            continue;
+        }
         match by_anchor.get(&key).map(Vec::as_slice) {
             None | Some([]) => plan_unlinked(w, input, &in_directory, &mut claimed, &mut plan),
             Some([p]) => plan_linked(w, p, input.state.get(&key), input, &mut plan),
@@ -335,7 +377,7 @@ pub fn compute(input: &Input<'_>) -> Plan {
             }
         }
     }
-    keep_one_privileged(input, &in_directory, &mut plan);
+    keep_one_privileged(input, &in_directory, &wanted, &mut plan);
 
     if let Some(rule) = &input.access.portal_groups {
         let users: HashMap<String, (String, String)> = wanted
@@ -348,15 +390,24 @@ pub fn compute(input: &Input<'_>) -> Plan {
                 )
             })
             .collect();
+        let with_members;
+        let portal_users = match input.scope {
+            PlanScope::Full => input.portal,
+            PlanScope::Only { .. } => {
+                with_members = with_linked_members(input, &wanted);
+                &with_members
+            }
+        };
         plan.group_changes = groups::plan(
             &groups::GroupInput {
                 rule,
                 directory: input.groups,
                 membership: &membership,
                 users: &users,
-                portal_users: input.portal,
+                portal_users,
                 portal_groups: input.portal_groups,
                 known: input.known_groups,
+                only: input.scope.groups(),
             },
             &mut plan.notes,
         );
@@ -366,6 +417,107 @@ pub fn compute(input: &Input<'_>) -> Plan {
             .cmp(&(b.action, b.user_name.to_ascii_lowercase()))
     });
     plan
+}
+
+/// The portal users of a partial plan, and a stand-in for each member of a portal group
+/// read this cycle whose user was not read: the state links its id to an anchor (and the
+/// directory names its login), so it is not taken for a stranger and removed.
+fn with_linked_members(input: &Input<'_>, wanted: &[Wanted<'_>]) -> Vec<PortalUser> {
+    let mut users: Vec<PortalUser> = input.portal.to_vec();
+    let mut seen: HashSet<String> = users.iter().map(|u| u.id.clone()).collect();
+    let anchor_of: HashMap<&str, &str> = input
+        .links
+        .portal_ids
+        .iter()
+        .map(|(anchor, id)| (id.as_str(), anchor.as_str()))
+        .collect();
+    let login_of: HashMap<String, &str> = wanted
+        .iter()
+        .map(|w| (w.user.anchor.to_ascii_lowercase(), w.user_name.as_str()))
+        .collect();
+    for id in input.portal_groups.iter().flat_map(|g| &g.members) {
+        let Some(anchor) = anchor_of.get(id.as_str()) else {
+            continue;
+        };
+        if input.links.deleted_in_portal.contains(id) {
+            continue; // gone: a member id that no longer names anyone
+        }
+        if seen.insert(id.clone()) {
+            users.push(PortalUser {
+                id: id.clone(),
+                external_id: Some(anchor.to_string()),
+                user_name: login_of.get(*anchor).map_or(id.as_str(), |l| l).to_string(),
+                active: true,
+                version: None,
+                resource: serde_json::Value::Null,
+            });
+        }
+    }
+    users
+}
+
+/// What each directory user the planner would sync should look like in the portal:
+/// lowercased anchor → (login, mapped and derived attributes), by the same rules as
+/// [`compute`]. Entries it would skip are left out.
+pub fn desired(
+    directory: &[DirectoryUser],
+    groups: &[DirectoryGroup],
+    rules: &[Rule],
+    access: &AccessRules,
+) -> HashMap<String, (String, Attributes)> {
+    let membership = Membership::new(groups);
+    let resolved = access::resolve(access, &membership);
+    let (mut skipped, mut notes) = (Vec::new(), Vec::new());
+    validate::validate(directory, rules, &mut skipped, &mut notes)
+        .into_iter()
+        .map(|w| {
+            let (derived, _) = access::derive(access, &membership, &resolved, w.user);
+            let mut attrs = w.attrs;
+            attrs.extend(derived);
+            (w.user.anchor.to_ascii_lowercase(), (w.user_name, attrs))
+        })
+        .collect()
+}
+
+/// Whether `desired` differs from the last-synced values (`base`) in an attribute the
+/// directory owns or merges; a value never synced differs.
+pub fn differs_from_baseline(desired: &Attributes, base: &Baseline, rules: &[Rule]) -> bool {
+    rules
+        .iter()
+        .filter(|r| r.owner != Owner::Portal)
+        .any(|r| match base.get(&r.to) {
+            None => true,
+            Some(last) => !user::same(&r.to, last.as_ref(), desired.get(&r.to)),
+        })
+}
+
+/// The portal groups the directory asks for at `now`: lowercased anchor of each mirrored
+/// directory group → (its name, the lowercased anchors of the users [`compute`] makes its
+/// members). Empty when no groups are mirrored.
+pub fn mirrored_groups(
+    directory: &[DirectoryUser],
+    groups: &[DirectoryGroup],
+    rules: &[Rule],
+    access: &AccessRules,
+    now: Timestamp,
+) -> BTreeMap<String, (String, BTreeSet<String>)> {
+    let Some(rule) = &access.portal_groups else {
+        return BTreeMap::new();
+    };
+    let membership = Membership::new(groups);
+    let (mut skipped, mut notes) = (Vec::new(), Vec::new());
+    let users: HashMap<String, (String, String)> =
+        validate::validate(directory, rules, &mut skipped, &mut notes)
+            .into_iter()
+            .filter(|w| w.user.closure(now).is_none())
+            .map(|w| {
+                (
+                    crate::dn::key(&w.user.dn),
+                    (w.user.anchor.clone(), w.user_name),
+                )
+            })
+            .collect();
+    groups::desired_members(rule, groups, &membership, &users)
 }
 
 /// A directory user with no portal user carrying its anchor: relink a returning managed
@@ -668,7 +820,11 @@ fn plan_closures(
             p.external_id
                 .as_ref()
                 .map(|x| x.to_ascii_lowercase())
-                .is_some_and(|x| input.state.contains_key(&x) && !in_directory.contains(&x))
+                .is_some_and(|x| {
+                    input.state.contains_key(&x)
+                        && !in_directory.contains(&x)
+                        && input.scope.covers_user(&x)
+                })
         })
         .collect();
     if leaving.is_empty() {
@@ -700,7 +856,14 @@ fn plan_closures(
 
 /// Never leave the portal without an active, managed holder of one of the `keep_one_of`
 /// roles: if the plan would demote or close the last one, that one change is held back.
-fn keep_one_privileged(input: &Input<'_>, in_directory: &HashSet<String>, plan: &mut Plan) {
+/// A partial plan counts the managed users it did not read as the directory has them:
+/// nothing changed for them since the last sync.
+fn keep_one_privileged(
+    input: &Input<'_>,
+    in_directory: &HashSet<String>,
+    wanted: &[Wanted<'_>],
+    plan: &mut Plan,
+) {
     let keep = &input.access.keep_one_of;
     if input.access.roles.is_none() || keep.is_empty() {
         return;
@@ -724,6 +887,18 @@ fn keep_one_privileged(input: &Input<'_>, in_directory: &HashSet<String>, plan: 
         .iter()
         .filter(|p| p.active && managed(p) && privileged(role.get(&p.resource).as_ref()))
         .collect();
+    if let PlanScope::Only { users, .. } = input.scope {
+        let unread_holder = wanted.iter().any(|w| {
+            let key = w.user.anchor.to_ascii_lowercase();
+            !users.contains(&key)
+                && input.state.contains_key(&key)
+                && w.user.closure(input.now).is_none()
+                && privileged(w.attrs.get(&role))
+        });
+        if unread_holder {
+            return;
+        }
+    }
     if holders.is_empty() {
         return;
     }

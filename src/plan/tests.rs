@@ -7,6 +7,7 @@ use crate::mapping::{self, Owner};
 use crate::portal::PortalSchema;
 
 mod links;
+mod scope;
 
 fn rules() -> Vec<Rule> {
     [
@@ -86,6 +87,7 @@ fn plan_with_rules(
         now: Timestamp::from_unix(1_800_000_000),
         deleted: &HashSet::new(),
         links: &Links::default(),
+        scope: &PlanScope::Full,
     })
 }
 
@@ -252,6 +254,7 @@ fn an_account_whose_expiry_passed_is_closed_and_one_expiring_later_is_not() {
         now: Timestamp::from_unix(now),
         deleted: &HashSet::new(),
         links: &Links::default(),
+        scope: &PlanScope::Full,
     });
     assert_eq!(
         plan.changes.len(),
@@ -296,6 +299,7 @@ fn a_user_whose_tombstone_was_read_is_closed_as_deleted() {
         now: Timestamp::from_unix(1_800_000_000),
         deleted: &HashSet::from(["uuid-anna".to_string()]),
         links: &Links::default(),
+        scope: &PlanScope::Full,
     });
     let reasons: Vec<(&str, Option<&str>)> = plan
         .changes
@@ -886,6 +890,7 @@ mod access_rules {
                 now: Timestamp::from_unix(1_800_000_000),
                 deleted: &HashSet::new(),
                 links: &Links::default(),
+                scope: &PlanScope::Full,
             })
         }
 

@@ -412,10 +412,39 @@ impl PortalClient {
     /// portal supports filters; what it answers is checked, and a portal that ignored the
     /// filter (it sent other users) is searched by a full listing instead.
     pub async fn find_users(&self, user_name: &str) -> Result<Vec<PortalUser>, PortalError> {
-        let matching = |u: &PortalUser| u.user_name.eq_ignore_ascii_case(user_name);
+        self.find_users_where("userName", user_name, |u| {
+            u.user_name.eq_ignore_ascii_case(user_name)
+        })
+        .await
+    }
+
+    /// The users with `email` among their `emails` (case-insensitively), checked as
+    /// [`PortalClient::find_users`] checks logins.
+    pub async fn find_users_by_email(&self, email: &str) -> Result<Vec<PortalUser>, PortalError> {
+        self.find_users_where("emails.value", email, |u| {
+            u.resource
+                .get("emails")
+                .and_then(Json::as_array)
+                .is_some_and(|all| {
+                    all.iter().any(|e| {
+                        e.get("value")
+                            .and_then(Json::as_str)
+                            .is_some_and(|v| v.eq_ignore_ascii_case(email))
+                    })
+                })
+        })
+        .await
+    }
+
+    async fn find_users_where(
+        &self,
+        attribute: &str,
+        value: &str,
+        matching: impl Fn(&PortalUser) -> bool,
+    ) -> Result<Vec<PortalUser>, PortalError> {
         if self.capabilities.filter {
             let found = self
-                .filtered("Users", "userName", user_name)
+                .filtered("Users", attribute, value)
                 .await?
                 .map(|r| {
                     r.into_iter()
@@ -424,12 +453,13 @@ impl PortalClient {
                 })
                 .transpose()?;
             if let Some(found) = found {
-                if found.iter().all(matching) {
+                if found.iter().all(&matching) {
                     return Ok(found);
                 }
                 info!(
-                    user_name,
-                    "the portal ignored the userName filter; looking the user up in the full listing"
+                    attribute,
+                    value,
+                    "the portal ignored the user filter; looking the user up in the full listing"
                 );
             }
         }
@@ -437,7 +467,7 @@ impl PortalClient {
             .list_users()
             .await?
             .into_iter()
-            .filter(matching)
+            .filter(|u| matching(u))
             .collect())
     }
 
@@ -637,6 +667,14 @@ impl PortalClient {
         self.send(Method::DELETE, &resource_path("Groups", id)?, None, None)
             .await?;
         Ok(())
+    }
+
+    /// `GET /Groups/{id}`; [`PortalError::NotFound`] when the group is gone.
+    pub async fn get_group(&self, id: &str) -> Result<PortalGroup, PortalError> {
+        let (body, _) = self
+            .send(Method::GET, &resource_path("Groups", id)?, None, None)
+            .await?;
+        PortalGroup::from_json(body)
     }
 
     /// `GET /Users/{id}`; [`PortalError::NotFound`] when the user is gone.

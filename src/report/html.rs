@@ -53,7 +53,7 @@ pub fn render_html(r: &Report) -> String {
     let _ = writeln!(o, "<h1>{title}</h1>");
     let _ = writeln!(
         o,
-        "<p class=\"muted\">{} · directory <code>{}</code>: {} users in scope ({} disabled), {} read, {} entries · portal <code>{}</code>: {} users, {} managed</p>",
+        "<p class=\"muted\">{} · directory <code>{}</code>: {} users in scope ({} disabled), {} read, {} entries · portal <code>{}</code>: {}</p>",
         escape(&r.finished_at),
         escape(&r.directory.url),
         r.directory.users,
@@ -61,8 +61,7 @@ pub fn render_html(r: &Report) -> String {
         escape(&r.directory.read),
         r.directory.entries_read,
         escape(&r.portal.url),
-        r.portal.users,
-        r.portal.managed
+        escape(&r.portal.read_text())
     );
     if let Some(why) = &r.directory.read_reason {
         let _ = writeln!(

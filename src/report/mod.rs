@@ -31,9 +31,10 @@ pub struct DirectorySummary {
     pub users: usize,
     pub disabled: usize,
     pub groups: Option<usize>,
-    /// `full`, or `delta` (Active Directory: only what changed since the last read).
+    /// `full` (a full reconcile: both sides read whole), or `incremental` (only what
+    /// changed since the last cycle, and only the portal users it concerns).
     pub read: String,
-    /// Why a full read was needed, when a delta was possible in principle.
+    /// Why a full read ran, or how an incremental one found what changed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub read_reason: Option<String>,
     /// Entries the directory returned this cycle.
@@ -61,8 +62,27 @@ impl DirectorySummary {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PortalSummary {
     pub url: String,
+    /// Portal users read: all of them when `listed`, else those read by id or looked up.
     pub users: usize,
+    /// Users dirsync manages: those of the listing, or (not listed) those the state links.
     pub managed: usize,
+    /// The portal was listed whole (a full reconcile). An incremental cycle reads only the
+    /// users and groups the directory's changes concern.
+    pub listed: bool,
+}
+
+impl PortalSummary {
+    /// How the portal was read, in words, for the text and HTML reports.
+    pub fn read_text(&self) -> String {
+        if self.listed {
+            format!("{} users, {} managed by dirsync", self.users, self.managed)
+        } else {
+            format!(
+                "not listed (incremental cycle): {} users read by id or looked up; {} managed by dirsync",
+                self.users, self.managed
+            )
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -43,11 +43,7 @@ pub fn render_text(r: &Report) -> String {
     if let Some(dc) = r.directory.domain_controller_text() {
         let _ = writeln!(out, "          {dc}");
     }
-    let _ = writeln!(
-        out,
-        "portal    {}: {} users, {} managed by dirsync",
-        r.portal.url, r.portal.users, r.portal.managed
-    );
+    let _ = writeln!(out, "portal    {}: {}", r.portal.url, r.portal.read_text());
 
     if r.changes.is_empty() && r.group_changes.is_empty() {
         let _ = writeln!(out, "\nNo changes: the portal matches the directory.");

@@ -13,6 +13,7 @@ use serde::Serialize;
 use tracing::{debug, info, warn};
 
 use super::ad::Guid;
+use super::sync::{self, Refresh};
 use super::{
     ad, BadEntry, Changed, DirectoryGroup, DirectoryUser, Snapshot, SourceError, Timestamp,
 };
@@ -44,6 +45,29 @@ pub struct DcIdentity {
 
 /// AD's back link to the groups an entry is a direct member of.
 const MEMBER_OF: &str = "memberof";
+
+/// Anchors per search when entries are read again by anchor: a filter of this many
+/// `(entryUUID=…)` terms stays a few kilobytes.
+const ANCHORS_PER_SEARCH: usize = 200;
+
+/// How a content synchronisation refresh (RFC 4533, `refreshOnly`) ended.
+#[derive(Debug)]
+pub enum SyncAnswer {
+    /// The refresh is complete: what changed, what left, and the new cookie.
+    Done(Refresh),
+    /// The server offers no content synchronisation for this search: it refused the
+    /// control (unavailableCriticalExtension) or answered as to a plain search.
+    Unsupported(String),
+    /// The server will not build on the cookie: e-syncRefreshRequired, or a cookie newer
+    /// than the server's own state (its database was restored or replaced).
+    Refused(String),
+    /// More changed entries than one search may return to this account (sizeLimitExceeded):
+    /// the refresh is not paged.
+    TooMany(String),
+}
+
+/// The LDAP result code e-syncRefreshRequired (RFC 4533).
+const SYNC_REFRESH_REQUIRED: u32 = 4096;
 
 /// What a `check` found, for the admin.
 #[derive(Debug, Clone)]
@@ -303,6 +327,177 @@ impl LdapSource {
             .into_iter()
             .filter_map(|e| lower_attrs(e).remove(&key)?.into_iter().next())
             .collect())
+    }
+
+    /// A content synchronisation refresh (RFC 4533 `refreshOnly`) of the entries under
+    /// `search` matching `filter`, from `cookie` (from the start without one). Entries come
+    /// without attributes: the refresh says which changed, and they are read again.
+    pub async fn sync_refresh(
+        &mut self,
+        search: &Search,
+        filter: &str,
+        cookie: Option<Vec<u8>>,
+    ) -> Result<SyncAnswer, SourceError> {
+        let timeout = self.config.timeout;
+        let fail = |message: String| SourceError::Search {
+            base: search.base.clone(),
+            message,
+        };
+        let had_cookie = cookie.is_some();
+        let mut control: RawControl = ldap3::controls::SyncRequest {
+            mode: ldap3::controls::RefreshMode::RefreshOnly,
+            cookie,
+            reload_hint: false,
+        }
+        .into();
+        // Critical: a server without content synchronisation must refuse the search, not
+        // answer it as a plain one.
+        control.crit = true;
+        // A streaming search without adapters: `search` would drop the intermediate
+        // messages, and with them the Sync Info that names deleted entries.
+        let op = "content synchronisation search";
+        let mut stream = self
+            .ldap
+            .with_controls(vec![control])
+            .with_timeout(timeout)
+            .streaming_search(&search.base, ldap_scope(search.scope), filter, vec!["1.1"])
+            .await
+            .map_err(|e| timeout_or(e, op, timeout, fail))?;
+        let mut items = Vec::new();
+        loop {
+            match stream.next().await {
+                Ok(Some(item)) => items.push(item),
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = stream.finish().await;
+                    return Err(timeout_or(e, op, timeout, fail));
+                }
+            }
+        }
+        let result = stream.finish().await;
+        match result.rc {
+            0 => {}
+            12 => {
+                return Ok(SyncAnswer::Unsupported(result_message(
+                    result.rc,
+                    &result.text,
+                )))
+            }
+            SYNC_REFRESH_REQUIRED => {
+                return Ok(SyncAnswer::Refused(format!(
+                    "e-syncRefreshRequired (LDAP result {SYNC_REFRESH_REQUIRED}){}",
+                    if result.text.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", result.text)
+                    }
+                )))
+            }
+            // slapd's syncprov: "consumer state is newer than provider!".
+            53 if had_cookie => {
+                return Ok(SyncAnswer::Refused(result_message(result.rc, &result.text)))
+            }
+            4 => return Ok(SyncAnswer::TooMany(result_message(result.rc, &result.text))),
+            rc => return Err(fail(result_message(rc, &result.text))),
+        }
+        let mut refresh = Refresh::default();
+        for item in items {
+            if item.is_ref() {
+                continue;
+            }
+            if item.is_intermediate() {
+                let info = sync::parse_intermediate(item.0).ok_or_else(|| {
+                    fail("an intermediate message that is not a readable Sync Info".into())
+                })?;
+                refresh.info(info);
+                continue;
+            }
+            let state = item
+                .1
+                .iter()
+                .find(|c| c.1.ctype == sync::SYNC_STATE_OID)
+                .map(|c| c.1.val.as_deref().and_then(sync::parse_state));
+            match state {
+                Some(Some(s)) => refresh.entry(s),
+                Some(None) => return Err(fail("an unreadable Sync State control".into())),
+                None => {
+                    return Ok(SyncAnswer::Unsupported(
+                        "an entry came without a Sync State control".into(),
+                    ))
+                }
+            }
+        }
+        let done = result
+            .ctrls
+            .iter()
+            .find(|c| c.1.ctype == sync::SYNC_DONE_OID)
+            .map(|c| c.1.val.as_deref().and_then(sync::parse_done));
+        match done {
+            Some(Some(d)) => refresh.finish(d),
+            Some(None) => return Err(fail("an unreadable Sync Done control".into())),
+            None => {
+                return Ok(SyncAnswer::Unsupported(
+                    "the search ended without a Sync Done control".into(),
+                ))
+            }
+        }
+        debug!(
+            base = %search.base,
+            changed = refresh.changed.len(),
+            deleted = refresh.deleted.len(),
+            present = refresh.present.len(),
+            present_phase = refresh.present_phase,
+            "content synchronisation refresh"
+        );
+        Ok(SyncAnswer::Done(refresh))
+    }
+
+    /// The users' and the groups' searches, as configured.
+    pub fn searches(&self) -> (Search, Option<Search>) {
+        (self.config.users.search.clone(), self.config.groups.clone())
+    }
+
+    /// Reads the users and groups in scope whose anchor is one of `anchors` (lowercased),
+    /// a few hundred per search. Those not found are no longer in scope.
+    pub async fn read_anchors(&mut self, anchors: &[String]) -> Result<Changed, SourceError> {
+        let mut all = Changed::default();
+        let attr = self.config.anchor_attribute.clone();
+        for chunk in anchors.chunks(ANCHORS_PER_SEARCH) {
+            let terms: String = chunk
+                .iter()
+                .map(|a| format!("({attr}={})", ldap3::ldap_escape(a.as_str())))
+                .collect();
+            let part = self.read_where(Some(format!("(|{terms})")), false).await?;
+            all.snapshot.users.extend(part.snapshot.users);
+            all.snapshot.groups.extend(part.snapshot.groups);
+            all.snapshot.bad_entries.extend(part.snapshot.bad_entries);
+            all.snapshot.entries_read += part.snapshot.entries_read;
+        }
+        Ok(all)
+    }
+
+    /// Reads the users and groups in scope modified at or after `since` (Unix seconds,
+    /// `modifyTimestamp`), for a server without content synchronisation.
+    pub async fn read_modified_since(&mut self, since: u64) -> Result<Changed, SourceError> {
+        self.read_where(
+            Some(format!("(modifyTimestamp>={})", generalized_time(since))),
+            false,
+        )
+        .await
+    }
+
+    /// The anchors (lowercased) of every user and every group in scope: only the anchor
+    /// attribute is read. What the last read had and these lack is gone.
+    pub async fn anchors_in_scope(
+        &mut self,
+    ) -> Result<(HashSet<String>, HashSet<String>), SourceError> {
+        let users = self.config.users.search.clone();
+        let user_anchors = self.anchors_matching(&users, &users.filter).await?;
+        let group_anchors = match self.config.groups.clone() {
+            Some(g) => self.anchors_matching(&g, &g.filter).await?,
+            None => HashSet::new(),
+        };
+        Ok((user_anchors, group_anchors))
     }
 
     /// One small non-paged search (rootDSE, configuration objects): the first entry.
@@ -566,11 +761,7 @@ impl LdapSource {
             base: search.base.clone(),
             message,
         };
-        let scope = match search.scope {
-            Scope::Base => ldap3::Scope::Base,
-            Scope::One => ldap3::Scope::OneLevel,
-            Scope::Subtree => ldap3::Scope::Subtree,
-        };
+        let scope = ldap_scope(search.scope);
         let attrs = attrs.to_vec();
         // Simple paged results (RFC 2696), page by page, strictly: every page must carry
         // the paging control back. A server (or a proxy) that drops it would otherwise end
@@ -1051,6 +1242,31 @@ fn result_message(rc: u32, text: &str) -> String {
     }
 }
 
+fn ldap_scope(scope: Scope) -> ldap3::Scope {
+    match scope {
+        Scope::Base => ldap3::Scope::Base,
+        Scope::One => ldap3::Scope::OneLevel,
+        Scope::Subtree => ldap3::Scope::Subtree,
+    }
+}
+
+/// Unix seconds as an LDAP GeneralizedTime in UTC (`20240131235959Z`).
+pub fn generalized_time(secs: u64) -> String {
+    let t = i64::try_from(secs)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:04}{:02}{:02}{:02}{:02}{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
 /// The Show Deleted control (AD): tombstones are returned too.
 const SHOW_DELETED_OID: &str = "1.2.840.113556.1.4.417";
 
@@ -1139,6 +1355,17 @@ mod tests {
             }
             .into(),
         )
+    }
+
+    #[test]
+    fn unix_seconds_become_a_generalized_time_in_utc() {
+        assert_eq!(generalized_time(0), "19700101000000Z");
+        assert_eq!(generalized_time(1_800_000_000), "20270115080000Z");
+        assert_eq!(
+            generalized_time(u64::MAX),
+            "19700101000000Z",
+            "out of range"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod account;
 pub mod ad;
 pub mod delta;
 pub mod ldap;
+pub mod sync;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -179,6 +180,42 @@ impl Snapshot {
     }
 }
 
+impl Snapshot {
+    /// Applies what changed to a cached full snapshot of a directory where nothing
+    /// rewrites member values behind the groups' backs (OpenLDAP): a group's `member`
+    /// values change only when the group entry is modified (by a client, or by an overlay
+    /// such as refint), and then the group comes with the changes. The entries in
+    /// `changed` replace their cached selves by anchor (a rename or a move is the same
+    /// entry under a new DN), those in `gone` (lowercased anchors) leave, and the cached
+    /// groups' member lists stay as stored: exactly what a full read would find.
+    pub fn replace(mut self, changed: Snapshot, gone: &HashSet<String>) -> Snapshot {
+        let leaves: HashSet<String> = changed
+            .users
+            .iter()
+            .map(|u| u.anchor.to_ascii_lowercase())
+            .chain(changed.groups.iter().map(|g| g.anchor.to_ascii_lowercase()))
+            .chain(gone.iter().cloned())
+            .collect();
+        self.users
+            .retain(|u| !leaves.contains(&u.anchor.to_ascii_lowercase()));
+        self.groups
+            .retain(|g| !leaves.contains(&g.anchor.to_ascii_lowercase()));
+        self.users.extend(changed.users);
+        self.groups.extend(changed.groups);
+        self.bad_entries = changed.bad_entries;
+        self.entries_read = changed.entries_read;
+        self
+    }
+
+    /// The anchors (lowercased) of its users and groups.
+    pub fn anchors(&self) -> impl Iterator<Item = String> + '_ {
+        self.users
+            .iter()
+            .map(|u| u.anchor.to_ascii_lowercase())
+            .chain(self.groups.iter().map(|g| g.anchor.to_ascii_lowercase()))
+    }
+}
+
 /// What a delta read found in scope.
 #[derive(Clone, Debug, Default)]
 pub struct Changed {
@@ -345,6 +382,27 @@ mod tests {
             members(&merged, "Night-Shift"),
             [format!("CN=Anna Lind,{STAFF}"), format!("CN=Bo Ek,{STAFF}")]
         );
+    }
+
+    #[test]
+    fn replacing_keeps_cached_member_values_as_stored_and_moves_entries_by_anchor() {
+        let renamed = format!("CN=Anna Lind,OU=Oslo,{STAFF}");
+        let merged = cached().replace(
+            Snapshot {
+                users: vec![user("u-anna", &renamed)],
+                ..Snapshot::default()
+            },
+            &HashSet::from(["u-bo".to_string()]),
+        );
+        // No overlay rewrote Night-Shift: it still names Anna's old DN and Bo, as a full
+        // read of the directory would find it.
+        assert_eq!(
+            members(&merged, "Night-Shift"),
+            [format!("CN=Anna Berg,{STAFF}"), format!("CN=Bo Ek,{STAFF}")]
+        );
+        let dns: Vec<&str> = merged.users.iter().map(|u| u.dn.as_str()).collect();
+        assert_eq!(dns, [renamed.as_str()]);
+        assert_eq!(merged.groups.len(), 3);
     }
 
     #[test]

@@ -22,9 +22,9 @@ fn assert_lines(render: &str, lines: &[&str]) {
     }
 }
 
-fn held_delta_cycle() -> CycleFacts {
+fn held_incremental_cycle() -> CycleFacts {
     CycleFacts {
-        read: ReadKind::Delta,
+        read: ReadKind::Incremental,
         outcome: Outcome::Held,
         duration: Duration::from_millis(12_500),
         finished_at: at(0),
@@ -39,17 +39,17 @@ fn held_delta_cycle() -> CycleFacts {
 #[test]
 fn a_cycle_renders_as_exact_prometheus_samples() {
     let t = Telemetry::new();
-    t.observe_cycle(&held_delta_cycle());
+    t.observe_cycle(&held_incremental_cycle());
     let out = t.render();
     assert_lines(
         &out,
         &[
             "# TYPE dirsync_cycle_duration_seconds histogram",
-            r#"dirsync_cycle_duration_seconds_bucket{read="delta",outcome="held",le="10"} 0"#,
-            r#"dirsync_cycle_duration_seconds_bucket{read="delta",outcome="held",le="30"} 1"#,
-            r#"dirsync_cycle_duration_seconds_bucket{read="delta",outcome="held",le="+Inf"} 1"#,
-            r#"dirsync_cycle_duration_seconds_sum{read="delta",outcome="held"} 12.5"#,
-            r#"dirsync_cycle_duration_seconds_count{read="delta",outcome="held"} 1"#,
+            r#"dirsync_cycle_duration_seconds_bucket{read="incremental",outcome="held",le="10"} 0"#,
+            r#"dirsync_cycle_duration_seconds_bucket{read="incremental",outcome="held",le="30"} 1"#,
+            r#"dirsync_cycle_duration_seconds_bucket{read="incremental",outcome="held",le="+Inf"} 1"#,
+            r#"dirsync_cycle_duration_seconds_sum{read="incremental",outcome="held"} 12.5"#,
+            r#"dirsync_cycle_duration_seconds_count{read="incremental",outcome="held"} 1"#,
             "# TYPE dirsync_last_success_timestamp_seconds gauge",
             "dirsync_last_success_timestamp_seconds 1714564800.0",
             "# TYPE dirsync_entries_read_total counter",
@@ -105,7 +105,7 @@ fn every_known_series_starts_at_zero() {
 #[test]
 fn counters_add_up_over_cycles_and_a_failed_cycle_keeps_the_last_success_and_holds() {
     let t = Telemetry::new();
-    t.observe_cycle(&held_delta_cycle());
+    t.observe_cycle(&held_incremental_cycle());
     t.observe_cycle(&CycleFacts {
         read: ReadKind::Full,
         outcome: Outcome::Ok,
@@ -231,6 +231,7 @@ fn report(plan: Plan, applied: Option<Applied>, read: &str) -> Report {
             url: "https://portal.example.com/scim/v2/".into(),
             users: 17,
             managed: 15,
+            listed: true,
         },
         plan,
         applied,
@@ -269,7 +270,7 @@ fn facts_of_a_sync_count_what_the_portal_confirmed_and_what_failed() {
         group_outcomes: vec![status(Status::Applied), status(Status::Failed)],
         aborted: None,
     };
-    let r = report(plan, Some(applied), "delta");
+    let r = report(plan, Some(applied), "incremental");
     let facts = CycleFacts::from_report(&r, Duration::from_secs(9), at(0));
     let count = |k: ChangeKind| {
         facts
@@ -281,7 +282,7 @@ fn facts_of_a_sync_count_what_the_portal_confirmed_and_what_failed() {
     assert_eq!(
         facts,
         CycleFacts {
-            read: ReadKind::Delta,
+            read: ReadKind::Incremental,
             outcome: Outcome::Partial,
             duration: Duration::from_secs(9),
             finished_at: at(0),

@@ -14,6 +14,8 @@ struct AdWorld {
     /// Replaces the `[source]` connection lines (URL, TLS).
     connection: String,
     extra: String,
+    /// The portal URL dirsync is given, when not the scim2-server's (a counting proxy's).
+    portal_url: Option<String>,
 }
 
 impl AdWorld {
@@ -27,6 +29,7 @@ impl AdWorld {
             staff,
             connection,
             extra: String::new(),
+            portal_url: None,
         }
     }
 
@@ -80,7 +83,7 @@ to = "displayName"
             admin = self.dc.admin_dn,
             staff = self.staff,
             base = self.dc.base_dn,
-            portal = self.portal.url,
+            portal = self.portal_url.as_deref().unwrap_or(&self.portal.url),
             extra = self.extra,
         );
         let path = self.dir.path().join("dirsync.toml");
@@ -323,14 +326,14 @@ fn ad_delta_cycles_read_only_what_changed_and_reach_the_full_cycle_state() {
     assert_eq!(read_of(&report).0, "full");
     assert_eq!(
         report["directory"]["read_reason"],
-        "first read: nothing to build a delta on"
+        "first read: nothing to build an incremental read on"
     );
 
     // Nothing changed: a delta that reads nothing.
     let report = w.sync();
     assert_eq!(
         read_of(&report),
-        ("delta".into(), 0),
+        ("incremental".into(), 0),
         "{:#}",
         report["directory"]
     );
@@ -347,7 +350,7 @@ fn ad_delta_cycles_read_only_what_changed_and_reach_the_full_cycle_state() {
     // catches moves out of scope: two reads per changed user, one per deletion.
     assert_eq!(
         read_of(&report),
-        ("delta".into(), 5),
+        ("incremental".into(), 5),
         "only the three changed entries were read: {:#}",
         report["directory"]
     );
@@ -370,7 +373,7 @@ fn ad_delta_cycles_read_only_what_changed_and_reach_the_full_cycle_state() {
     // The same portal state a full read reaches: forget the delta basis, read everything,
     // and nothing is left to do.
     let db = rusqlite::Connection::open(w.dir.path().join("state.db")).unwrap();
-    db.execute("DELETE FROM meta WHERE key = 'ad.delta'", [])
+    db.execute("DELETE FROM meta WHERE key = 'directory.basis'", [])
         .unwrap();
     let report = w.sync();
     let (kind, entries) = read_of(&report);
@@ -383,6 +386,69 @@ fn ad_delta_cycles_read_only_what_changed_and_reach_the_full_cycle_state() {
         report["changes"].as_array().unwrap().is_empty(),
         "the delta left the portal as a full read does: {report:#}"
     );
+}
+
+#[test]
+fn ad_an_incremental_cycle_lists_no_portal_and_reads_by_id_only_the_users_that_changed() {
+    let mut w = AdWorld::start(SambaDc::start());
+    let proxy = crate::harness::proxy::Proxy::start(&w.portal.url);
+    w.portal_url = Some(proxy.url.clone());
+    let ou = w.dc.add_ou("Few,Staff");
+    bulk_users(&w.dc, &ou, 6);
+    let report = w.sync();
+    assert_eq!(count(&report, "create"), 6, "{report:#}");
+    assert_eq!(read_of(&report).0, "full");
+
+    w.modify(&format!("CN=Bulk 0001,{ou}"), "replace: sn\nsn: Changed");
+    w.dc.ldif(&format!("dn: CN=Bulk 0002,{ou}\nchangetype: delete\n"));
+    let ids: std::collections::BTreeSet<String> = ["bulk0001", "bulk0002"]
+        .iter()
+        .map(|u| {
+            w.user(&format!("{u}@dirsync.test"))["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    proxy.clear();
+    let report = w.sync();
+    assert_eq!(
+        read_of(&report).0,
+        "incremental",
+        "{:#}",
+        report["directory"]
+    );
+    assert_eq!(
+        (count(&report, "update"), count(&report, "close")),
+        (1, 1),
+        "{report:#}"
+    );
+    let requests = proxy.requests();
+    let listings: Vec<&str> = requests
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.contains("startIndex="))
+        .map(|r| r.path.as_str())
+        .collect();
+    assert!(listings.is_empty(), "no listing: {}", proxy.summary());
+    let read: std::collections::BTreeSet<String> = requests
+        .iter()
+        .filter(|r| r.method == "GET")
+        .filter_map(|r| r.path.strip_prefix("/Users/").map(str::to_string))
+        .collect();
+    assert_eq!(
+        read,
+        ids,
+        "only the changed users, by id: {}",
+        proxy.summary()
+    );
+    assert_eq!(report["portal"]["listed"], false);
+
+    // A full reconcile agrees: nothing left.
+    let run = w.run(&["plan", "--full", "--format", "json"]);
+    assert_eq!(run.code, 0, "{}", run.all_output());
+    let full = run.json();
+    assert_eq!(read_of(&full).0, "full");
+    assert!(full["changes"].as_array().unwrap().is_empty(), "{full:#}");
 }
 
 /// The DC's invocationId as Samba reports it: the `invocationId` of the NTDS Settings
@@ -398,9 +464,11 @@ fn samba_invocation_id(dc: &SambaDc) -> String {
 /// The delta basis the state keeps, as JSON.
 fn stored_basis(db: &rusqlite::Connection) -> Json {
     let text: String = db
-        .query_row("SELECT value FROM meta WHERE key = 'ad.delta'", [], |r| {
-            r.get(0)
-        })
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'directory.basis'",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     serde_json::from_str(&text).unwrap()
 }
@@ -426,7 +494,7 @@ fn ad_the_recorded_invocation_id_is_the_dcs_and_a_changed_one_or_another_dc_forc
         "{}",
         text.stdout
     );
-    assert_eq!(read_of(&w.sync()).0, "delta");
+    assert_eq!(read_of(&w.sync()).0, "incremental");
 
     let restored = "00000000-0000-0000-0000-000000000001";
     for (field, bogus, reason) in [
@@ -447,7 +515,7 @@ fn ad_the_recorded_invocation_id_is_the_dcs_and_a_changed_one_or_another_dc_forc
         let mut basis = stored_basis(&db);
         basis[field] = json!(bogus);
         db.execute(
-            "UPDATE meta SET value = ?1 WHERE key = 'ad.delta'",
+            "UPDATE meta SET value = ?1 WHERE key = 'directory.basis'",
             [basis.to_string()],
         )
         .unwrap();
@@ -461,7 +529,7 @@ fn ad_the_recorded_invocation_id_is_the_dcs_and_a_changed_one_or_another_dc_forc
         );
         assert_eq!(
             read_of(&w.sync()).0,
-            "delta",
+            "incremental",
             "back to deltas after the full read"
         );
         assert_eq!(stored_basis(&db)["invocation_id"], json!(samba_says));
@@ -506,10 +574,10 @@ fn ad_a_user_moved_out_of_the_users_base_is_closed_by_the_next_delta() {
     bulk_users(&w.dc, &ou, 3);
     let elsewhere = w.dc.add_ou("Contractors");
     w.sync();
-    assert_eq!(read_of(&w.sync()).0, "delta");
+    assert_eq!(read_of(&w.sync()).0, "incremental");
     w.dc.ldif(&format!("dn: CN=Bulk 0001,{ou}\nchangetype: modrdn\nnewrdn: CN=Bulk 0001\ndeleteoldrdn: 1\nnewsuperior: {elsewhere}\n"));
     let report = w.sync();
-    assert_eq!(read_of(&report).0, "delta");
+    assert_eq!(read_of(&report).0, "incremental");
     assert_eq!(count(&report, "close"), 1, "{report:#}");
     assert_eq!(
         report["changes"][0]["reason"],
@@ -539,7 +607,7 @@ fn ad_an_account_expiring_between_cycles_is_closed_by_the_next_delta_as_expired(
         &format!("replace: accountExpires\naccountExpires: {expires}"),
     );
     let report = w.sync();
-    assert_eq!(read_of(&report).0, "delta");
+    assert_eq!(read_of(&report).0, "incremental");
     assert_eq!(count(&report, "close"), 0, "{report:#}");
     assert_eq!(w.user("anna@dirsync.test")["active"], json!(true));
 
@@ -551,7 +619,12 @@ fn ad_an_account_expiring_between_cycles_is_closed_by_the_next_delta_as_expired(
     w.modify(&bo, "replace: userAccountControl\nuserAccountControl: 514");
     w.dc.ldif(&format!("dn: {cid}\nchangetype: delete\n"));
     let report = w.sync();
-    assert_eq!(read_of(&report).0, "delta", "{:#}", report["directory"]);
+    assert_eq!(
+        read_of(&report).0,
+        "incremental",
+        "{:#}",
+        report["directory"]
+    );
     let on =
         dirsync::source::Timestamp::from_system_time(start + std::time::Duration::from_secs(20));
     let mut reasons: Vec<(String, String)> = report["changes"]
@@ -595,7 +668,7 @@ fn ad_an_account_expiring_between_cycles_is_closed_by_the_next_delta_as_expired(
 
     // A full read agrees: nothing left to do.
     let db = rusqlite::Connection::open(w.dir.path().join("state.db")).unwrap();
-    db.execute("DELETE FROM meta WHERE key = 'ad.delta'", [])
+    db.execute("DELETE FROM meta WHERE key = 'directory.basis'", [])
         .unwrap();
     let report = w.sync();
     assert_eq!(read_of(&report).0, "full");
@@ -667,7 +740,7 @@ fn changed_fields(report: &Json) -> Vec<(String, String, Vec<String>)> {
 /// Forgets the delta basis: the next sync reads everything.
 fn forget_basis(w: &AdWorld) {
     let db = rusqlite::Connection::open(w.dir.path().join("state.db")).unwrap();
-    db.execute("DELETE FROM meta WHERE key = 'ad.delta'", [])
+    db.execute("DELETE FROM meta WHERE key = 'directory.basis'", [])
         .unwrap();
 }
 
@@ -726,7 +799,7 @@ to = "{SUB_UNIT}:subUnit"
     );
     let report = w.sync();
     assert_eq!(count(&report, "create"), 4, "{report:#}");
-    assert_eq!(read_of(&w.sync()), ("delta".into(), 0));
+    assert_eq!(read_of(&w.sync()), ("incremental".into(), 0));
     let logins = [
         "anna@dirsync.test",
         "bo@dirsync.test",
@@ -770,7 +843,12 @@ to = "{SUB_UNIT}:subUnit"
     );
 
     let report = w.sync();
-    assert_eq!(read_of(&report).0, "delta", "{:#}", report["directory"]);
+    assert_eq!(
+        read_of(&report).0,
+        "incremental",
+        "{:#}",
+        report["directory"]
+    );
     let sub_unit = format!("{SUB_UNIT}:subUnit");
     assert_eq!(
         changed_fields(&report),
@@ -815,13 +893,13 @@ to = "{SUB_UNIT}:subUnit"
 
     // Dag is deleted and someone new takes his DN in the same delta: the newcomer gets
     // nothing of Dag's groups.
-    assert_eq!(read_of(&w.sync()).0, "delta");
+    assert_eq!(read_of(&w.sync()).0, "incremental");
     w.dc.ldif(&format!("dn: {dag}\nchangetype: delete\n"));
     let newcomer =
         w.dc.add_user(&ops, "dag2", "Dag", "Ny", Some("dag2@dirsync.test"));
     assert_eq!(newcomer, dag);
     let report = w.sync();
-    assert_eq!(read_of(&report).0, "delta");
+    assert_eq!(read_of(&report).0, "incremental");
     let closed: Vec<&Json> = report["changes"]
         .as_array()
         .unwrap()
@@ -876,7 +954,7 @@ groups = ["Fax-Users"]
 "#
     .into();
     w.sync();
-    assert_eq!(read_of(&w.sync()).0, "delta");
+    assert_eq!(read_of(&w.sync()).0, "incremental");
     let before = access_of(&w, "anna@dirsync.test");
     assert_eq!(before.0, "account_manager");
     assert_eq!(before.1, ["fax"]);
@@ -890,7 +968,7 @@ groups = ["Fax-Users"]
         "dn: {ops_team}\nchangetype: modrdn\nnewrdn: CN=Operations\ndeleteoldrdn: 1\nnewsuperior: {elsewhere}\n"
     ));
     let report = w.sync();
-    assert_eq!(read_of(&report).0, "delta");
+    assert_eq!(read_of(&report).0, "incremental");
     assert!(
         report["changes"].as_array().unwrap().is_empty()
             && report["group_changes"].as_array().unwrap().is_empty(),
@@ -940,7 +1018,7 @@ to = "{SUB_UNIT}:subUnit"
 "#
     );
     w.sync();
-    assert_eq!(read_of(&w.sync()).0, "delta");
+    assert_eq!(read_of(&w.sync()).0, "incremental");
 
     // The OU is renamed: Anna's and Bo's DNs change, their uSNChanged does not. Cid joins
     // Night-Shift, so the group is read again, with the members' new DNs.
@@ -998,7 +1076,7 @@ to = "{SUB_UNIT}:subUnit"
     assert_eq!(access_of(&w, "anna@dirsync.test").2, json!("Operations"));
     assert_eq!(
         read_of(&w.sync()).0,
-        "delta",
+        "incremental",
         "deltas again after the full read"
     );
 }

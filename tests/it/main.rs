@@ -15,6 +15,7 @@ mod ad;
 mod cli;
 mod daemon;
 mod errors;
+mod incremental;
 mod names;
 mod orphans;
 mod packaging;

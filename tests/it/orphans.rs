@@ -69,7 +69,8 @@ fn after_the_state_is_lost_leavers_are_listed_not_closed_until_adopted_and_confi
             && o["portal_id"].is_string()));
     assert_eq!(active_logins(&w), everyone, "nobody closed");
     assert_eq!(proxy.count("PATCH", "/Users/"), 0, "{}", proxy.summary());
-    let text = w.dirsync(&["plan"]);
+    // Orphans are found by listing the portal: a full reconcile.
+    let text = w.dirsync(&["plan", "--full"]);
     assert_eq!(text.code, 0, "{}", text.all_output());
     assert!(
         text.stdout.contains(": 30 users, 10 managed by dirsync"),
@@ -84,7 +85,7 @@ fn after_the_state_is_lost_leavers_are_listed_not_closed_until_adopted_and_confi
     );
     assert!(text.stdout.contains("s007@example.se (portal id "));
     assert!(text.stdout.contains("`dirsync sync --adopt-orphans`"));
-    let html = w.dirsync(&["plan", "--format", "html"]);
+    let html = w.dirsync(&["plan", "--full", "--format", "html"]);
     assert!(
         html.stdout
             .contains("<h2>Portal users with an externalId dirsync does not manage (20)</h2>"),
@@ -145,8 +146,10 @@ fn after_the_state_is_lost_leavers_are_listed_not_closed_until_adopted_and_confi
         "exactly the leavers were closed"
     );
 
-    // Managed now: the next cycle has nothing to do and no orphans to report.
-    let plan = w.plan();
+    // Managed now: the next full reconcile has nothing to do and no orphans to report.
+    let run = w.dirsync(&["plan", "--full", "--format", "json"]);
+    assert_eq!(run.code, 0, "{}", run.all_output());
+    let plan = run.json();
     assert!(plan["changes"].as_array().unwrap().is_empty(), "{plan:#}");
     assert_eq!(count(&plan, "orphans"), 0);
 }

@@ -1,7 +1,8 @@
 //! A portal listing that does not add up never becomes creates (issue 9, part 5). The
 //! test proxy rewrites the real scim2-server's listing pages; each lie fails the cycle
 //! before planning: exit 1 with the problem named, no create, no closure, and the next
-//! normal cycle plans nothing.
+//! normal cycle plans nothing. The portal is listed by full reconciles (`--full`); an
+//! incremental cycle lists nothing.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -45,6 +46,13 @@ fn paging(path: &str) -> (usize, usize) {
     (number("startIndex", 1), number("count", 100))
 }
 
+/// A full reconcile's plan: the portal listed whole.
+fn full_plan(w: &World) -> Json {
+    let run = w.dirsync(&["plan", "--full", "--format", "json"]);
+    assert_eq!(run.code, 0, "{}", run.all_output());
+    run.json()
+}
+
 /// A world of [`USERS`] users, synced, with the proxy in front of the portal.
 fn synced_world() -> (World, Proxy) {
     let mut w = World::start(&staff(USERS));
@@ -66,7 +74,7 @@ fn refused_before_planning(
     let (w, proxy) = synced_world();
     let before = w.portal.users();
     proxy.rewrite_matching("GET", "/Users?startIndex=", rewrite);
-    let run = w.dirsync(&["sync"]);
+    let run = w.dirsync(&["sync", "--full"]);
     assert_eq!(run.code, 1, "{}\n{}", run.all_output(), proxy.summary());
     assert!(
         run.stderr.contains("listing /Users is incomplete (")
@@ -88,7 +96,7 @@ fn refused_before_planning(
     assert_eq!(w.portal.users(), before, "the portal is as it was");
 
     proxy.heal();
-    let plan = w.plan();
+    let plan = full_plan(&w);
     assert!(
         plan["changes"].as_array().unwrap().is_empty(),
         "the next normal cycle plans nothing: {plan:#}"
@@ -163,7 +171,7 @@ fn a_portal_that_sends_fewer_per_page_than_asked_is_still_listed_completely() {
         page["Resources"].as_array_mut().unwrap().truncate(3);
         page
     });
-    let plan = w.plan();
+    let plan = full_plan(&w);
     assert!(plan["changes"].as_array().unwrap().is_empty(), "{plan:#}");
     // startIndex advanced by the 3 received each time: 1, 4, ..., 22, then the empty 24.
     let starts: Vec<usize> = proxy
@@ -190,7 +198,7 @@ fn a_portal_that_changed_while_it_was_listed_is_listed_again_once() {
         }
         page
     });
-    let plan = w.plan();
+    let plan = full_plan(&w);
     assert!(plan["changes"].as_array().unwrap().is_empty(), "{plan:#}");
     assert_eq!(
         *pages.lock().unwrap(),
@@ -206,7 +214,7 @@ fn a_portal_that_changed_while_it_was_listed_is_listed_again_once() {
         }
         page
     });
-    let run = w.dirsync(&["sync"]);
+    let run = w.dirsync(&["sync", "--full"]);
     assert_eq!(run.code, 1, "{}", run.all_output());
     assert!(
         run.stderr.contains(
@@ -242,7 +250,7 @@ fn a_managed_user_missing_from_a_listing_that_adds_up_fails_the_cycle_if_it_stil
     let id = hidden["id"].as_str().unwrap().to_string();
     hide(&proxy, w.portal.users(), &id);
 
-    let run = w.dirsync(&["sync"]);
+    let run = w.dirsync(&["sync", "--full"]);
     assert_eq!(run.code, 1, "{}\n{}", run.all_output(), proxy.summary());
     let anchor = hidden["externalId"].as_str().unwrap().to_ascii_lowercase();
     let expected = format!(
@@ -266,7 +274,7 @@ fn a_managed_user_missing_from_a_listing_that_adds_up_fails_the_cycle_if_it_stil
     assert_eq!(w.portal.users().len(), USERS);
 
     proxy.heal();
-    assert!(w.plan()["changes"].as_array().unwrap().is_empty());
+    assert!(full_plan(&w)["changes"].as_array().unwrap().is_empty());
 }
 
 #[test]
@@ -276,7 +284,11 @@ fn a_managed_user_deleted_in_the_portal_is_created_again_and_the_report_says_so(
     let old_id = gone["id"].as_str().unwrap().to_string();
     assert_eq!(w.portal.delete_user(&old_id), 204);
 
-    let report = w.sync();
+    // Found by the full reconcile, which lists the portal (an incremental cycle reads only
+    // the users the directory's changes concern).
+    let run = w.dirsync(&["sync", "--full", "--format", "json"]);
+    assert_eq!(run.code, 0, "{}", run.all_output());
+    let report = run.json();
     assert_eq!(
         proxy.count("GET", &format!("/Users/{old_id}")),
         1,
@@ -307,7 +319,7 @@ fn a_managed_user_deleted_in_the_portal_is_created_again_and_the_report_says_so(
 
     // The state links the new user: nothing is looked up by id any more.
     proxy.clear();
-    let plan = w.plan();
+    let plan = full_plan(&w);
     assert!(plan["changes"].as_array().unwrap().is_empty(), "{plan:#}");
     assert_eq!(
         proxy.count("GET", "/Users/"),

@@ -109,7 +109,8 @@ fn a_size_limited_search_fails_the_whole_read_instead_of_returning_part_of_it() 
         .unwrap()
         .replace(&w.ldap.bind_dn, &w.ldap.limited_bind_dn);
     std::fs::write(&cfg, text).unwrap();
-    let run = crate::support::run_dirsync(&cfg, &["sync"]);
+    // A full read (nothing changed, so an incremental one would read next to nothing).
+    let run = crate::support::run_dirsync(&cfg, &["sync", "--full"]);
     assert_eq!(run.code, 1, "{}", run.all_output());
     assert!(run.stderr.contains("sizeLimitExceeded"), "{}", run.stderr);
     let active = w

@@ -71,6 +71,8 @@ pub struct World {
     pub ldap: Slapd,
     pub portal: ScimServer,
     pub dir: TempDir,
+    /// `[source.users] filter` (default `(objectClass=inetOrgPerson)`).
+    pub users_filter: String,
     /// Extra lines for `[source.users]` (e.g. a disabled_filter).
     pub users_extra: String,
     pub source_extra: String,
@@ -99,10 +101,16 @@ pub fn person(uid: &str, given: &str, sn: &str, mail: Option<&str>) -> String {
 
 impl World {
     pub fn start(ldif: &str) -> World {
+        World::with_ldap(Slapd::start(ldif))
+    }
+
+    /// A world around a slapd the test started itself (say one without syncprov).
+    pub fn with_ldap(ldap: Slapd) -> World {
         World {
-            ldap: Slapd::start(ldif),
+            ldap,
             portal: ScimServer::start(),
             dir: tempfile::tempdir().unwrap(),
+            users_filter: "(objectClass=inetOrgPerson)".into(),
             users_extra: "disabled_filter = \"(employeeType=disabled)\"\n".into(),
             source_extra: String::new(),
             mappings: MAPPINGS.to_string(),
@@ -147,7 +155,7 @@ page_size = 7
 {source_extra}
 [source.users]
 base = "ou=people,{suffix}"
-filter = "(objectClass=inetOrgPerson)"
+filter = "{users_filter}"
 {users_extra}
 [source.groups]
 base = "ou=groups,{suffix}"
@@ -168,6 +176,7 @@ path = "state.db"
             bind_dn = self.ldap.bind_dn,
             suffix = self.ldap.suffix,
             portal = self.portal_url.as_deref().unwrap_or(&self.portal.url),
+            users_filter = self.users_filter,
             users_extra = self.users_extra,
             source_extra = self.source_extra,
             mappings = self.mappings,

@@ -75,10 +75,21 @@ fn portal_owned_language_edited_by_the_user_survives_every_cycle() {
 }
 
 #[test]
-fn directory_owned_display_name_edited_in_the_portal_is_reverted_and_reported() {
+fn directory_owned_display_name_edited_in_the_portal_is_reverted_at_the_next_full_reconcile() {
     let w = anna_world(&[]);
     portal_edit(&w, "anna@example.se", "displayName", json!("Queen Anna"));
-    let run = w.dirsync(&["sync"]);
+    // An incremental cycle touches only what changed in the directory: not Anna.
+    let report = w.sync();
+    assert_eq!(report["directory"]["read"], "incremental");
+    assert!(
+        report["changes"].as_array().unwrap().is_empty(),
+        "{report:#}"
+    );
+    assert_eq!(
+        w.portal_user("anna@example.se")["displayName"],
+        "Queen Anna"
+    );
+    let run = w.dirsync(&["sync", "--full"]);
     assert_eq!(run.code, 0, "{}", run.all_output());
     assert!(
         run.stdout

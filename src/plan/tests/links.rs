@@ -25,6 +25,7 @@ fn plan_linked(
         portal_groups: &[],
         known_groups: &HashMap::new(),
         links,
+        scope: &PlanScope::Full,
         now: Timestamp::from_unix(1_800_000_000),
         deleted: &HashSet::new(),
     })
@@ -229,6 +230,7 @@ fn a_portal_group_with_the_directory_groups_anchor_that_the_state_lacks_is_linke
             portal_groups: std::slice::from_ref(&made),
             known_groups: known,
             links: &Links::default(),
+            scope: &PlanScope::Full,
             now: Timestamp::from_unix(1_800_000_000),
             deleted: &HashSet::new(),
         })

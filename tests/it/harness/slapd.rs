@@ -57,14 +57,21 @@ impl Slapd {
     /// no changetype; may be empty), on `ldap://127.0.0.1:<free port>`.
     #[track_caller]
     pub fn start(ldif: &str) -> Slapd {
-        Self::launch(ldif, None)
+        Self::launch(ldif, None, true)
+    }
+
+    /// Like [`Slapd::start`], without the content synchronisation overlay (`syncprov`):
+    /// a server that refuses the RFC 4533 Sync Request control.
+    #[track_caller]
+    pub fn start_without_syncprov(ldif: &str) -> Slapd {
+        Self::launch(ldif, None, false)
     }
 
     /// Like [`Slapd::start`], plus TLS from a throwaway CA (`ca_file`): a server
     /// certificate for 127.0.0.1 and localhost, StartTLS on `url` and `ldaps_url`.
     #[track_caller]
     pub fn start_tls(ldif: &str) -> Slapd {
-        Self::launch(ldif, Some(Some(DEFAULT_SAN)))
+        Self::launch(ldif, Some(Some(DEFAULT_SAN)), true)
     }
 
     /// Like [`Slapd::start_tls`], with a server certificate (CN=localhost) whose
@@ -72,12 +79,13 @@ impl Slapd {
     /// no subjectAltName at all (`None`), as Samba's self-generated DC certificate.
     #[track_caller]
     pub fn start_tls_with_san(ldif: &str, san: Option<&str>) -> Slapd {
-        Self::launch(ldif, Some(san))
+        Self::launch(ldif, Some(san), true)
     }
 
-    /// `tls`: `None` for no TLS, else the server certificate's subjectAltName.
+    /// `tls`: `None` for no TLS, else the server certificate's subjectAltName; `syncprov`:
+    /// load the content synchronisation overlay.
     #[track_caller]
-    fn launch(ldif: &str, tls_san: Option<Option<&str>>) -> Slapd {
+    fn launch(ldif: &str, tls_san: Option<Option<&str>>, syncprov: bool) -> Slapd {
         let tls = tls_san.is_some();
         let slapd = ldap_tool("slapd");
         let slapadd = ldap_tool("slapadd");
@@ -93,7 +101,11 @@ impl Slapd {
 
         let ca_file = tls_san.map(|san| make_server_tls_with_san(&root.join("tls"), san));
         let conf = root.join("slapd.conf");
-        std::fs::write(&conf, render_conf(root, SUFFIX, &admin_password, tls)).unwrap();
+        std::fs::write(
+            &conf,
+            render_conf(root, SUFFIX, &admin_password, tls, syncprov),
+        )
+        .unwrap();
 
         // -u: check the configuration without opening the (still empty) database.
         let check = output(
@@ -343,8 +355,9 @@ impl Drop for Slapd {
 }
 
 /// `slapd.conf.in` with its placeholders filled; `@TLS@` becomes `slapd-tls.conf.in`
-/// (certificates in `<dir>/tls/`) or nothing.
-pub fn render_conf(dir: &Path, suffix: &str, rootpw: &str, tls: bool) -> String {
+/// (certificates in `<dir>/tls/`) or nothing. Without `syncprov`, every directive that
+/// names the overlay is left out.
+pub fn render_conf(dir: &Path, suffix: &str, rootpw: &str, tls: bool, syncprov: bool) -> String {
     let dir = dir
         .to_str()
         .unwrap_or_else(|| panic!("non-UTF-8 path {}", dir.display()));
@@ -355,6 +368,7 @@ pub fn render_conf(dir: &Path, suffix: &str, rootpw: &str, tls: bool) -> String 
     };
     fixture("slapd.conf.in")
         .lines()
+        .filter(|line| syncprov || line.starts_with('#') || !line.contains("syncprov"))
         .map(|line| {
             if line.trim() == "@TLS@" {
                 tls_lines.as_str()

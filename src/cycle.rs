@@ -373,16 +373,21 @@ fn refuse_if_moved(config: &Config, saved: &SavedPlan, prepared: &mut Prepared) 
     }
     if !moved.is_empty() {
         prepared.may_apply = false;
+        let again = format!("{} plan --save FILE", guard::invocation(&config.path));
         prepared.plan.held.push(guard::Held {
-            kind: guard::HeldKind::StalePlan,
-            count: moved.len(),
-            limit: "the plan as saved".into(),
-            message: format!(
-                "the saved plan (from {}) was not applied: {} of its changes no longer match. Run `dirsync plan` again and review.\n  {}",
-                saved.saved_at,
+            confirm: None,
+            moved: moved.clone(),
+            ..guard::Held::new(
+                guard::HeldKind::StalePlan,
                 moved.len(),
-                moved.join("\n  ")
-            ),
+                "the plan as saved".into(),
+                format!(
+                    "the saved plan (from {}) was not applied: {} of what it holds no longer matches (listed below). \
+                     Run `{again}` again and review.",
+                    saved.saved_at,
+                    moved.len(),
+                ),
+            )
         });
     }
 }
@@ -529,6 +534,7 @@ async fn prepare(
         max_closure_percent: config.safety.max_closure_percent,
         max_access_removals: config.safety.max_access_removals,
         privileged_roles: config.access.keep_one_of.clone(),
+        dirsync: guard::invocation(&config.path),
     };
     if !options.reviewed {
         let held = guard::apply_limits(&mut plan, managed_now, &limits, options.confirmed);
@@ -540,15 +546,23 @@ async fn prepare(
         if let Some(last) = last_scope {
             if last != scope && !options.accept_scope_change {
                 may_apply = false;
+                let count = plan.changes.len() + plan.group_changes.len();
+                let confirm = format!(
+                    "{} sync --accept-scope-change",
+                    guard::invocation(&config.path)
+                );
                 plan.held.push(guard::Held {
-                    kind: guard::HeldKind::ScopeChange,
-                    count: plan.changes.len() + plan.group_changes.len(),
-                    limit: "the scope of the last sync".into(),
-                    message: format!(
-                        "the directory scope changed since the last sync, so nothing was applied: this run is a plan. \
-                         Review it, then run `dirsync sync --accept-scope-change`.\n{}",
-                        scope_diff(&last, &scope)
-                    ),
+                    confirm: Some(confirm.clone()),
+                    ..guard::Held::new(
+                        guard::HeldKind::ScopeChange,
+                        count,
+                        "the scope of the last sync".into(),
+                        format!(
+                            "the directory scope changed since the last sync, so nothing was applied: this run is a plan \
+                             (its {count} changes are listed in the report). Review it, then run `{confirm}`.\n{}",
+                            scope_diff(&last, &scope)
+                        ),
+                    )
                 });
             }
         }

@@ -282,7 +282,7 @@ pub async fn run(
         _ => (None, None),
     };
     let in_sync = std::mem::take(&mut plan.in_sync);
-    let report = Report::new(
+    let mut report = Report::new(
         kind.label(),
         started_at.clone(),
         directory,
@@ -291,6 +291,7 @@ pub async fn run(
         applied,
         stopped,
     );
+    report.config = Some(config.path.display().to_string());
 
     // Record.
     if let (true, Some(state)) = (kind.records(), state.as_mut()) {
@@ -578,14 +579,16 @@ async fn prepare(
         "planned"
     );
 
-    let managed = portal_users
+    let linked_users: Vec<&PortalUser> = portal_users
         .iter()
         .filter(|p| {
             p.external_id
                 .as_ref()
                 .is_some_and(|x| known.contains_key(&x.to_ascii_lowercase()))
         })
-        .count();
+        .collect();
+    let managed = linked_users.len();
+    let managed_active = linked_users.iter().filter(|p| p.active).count();
     Ok(Prepared {
         known,
         linked,
@@ -611,6 +614,7 @@ async fn prepare(
             url: config.portal.url.to_string(),
             users: portal_users.len(),
             managed,
+            managed_active,
         },
         may_apply,
         plan,

@@ -231,6 +231,7 @@ fn report(plan: Plan, applied: Option<Applied>, read: &str) -> Report {
             url: "https://portal.example.com/scim/v2/".into(),
             users: 17,
             managed: 15,
+            managed_active: 15,
         },
         plan,
         applied,

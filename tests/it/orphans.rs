@@ -72,7 +72,8 @@ fn after_the_state_is_lost_leavers_are_listed_not_closed_until_adopted_and_confi
     let text = w.dirsync(&["plan"]);
     assert_eq!(text.code, 0, "{}", text.all_output());
     assert!(
-        text.stdout.contains(": 30 users, 10 managed by dirsync"),
+        text.stdout
+            .contains(": 30 users; 10 linked to a directory user, 10 of them active"),
         "the other 10 were linked again by their externalId: {}",
         text.stdout
     );
@@ -83,7 +84,10 @@ fn after_the_state_is_lost_leavers_are_listed_not_closed_until_adopted_and_confi
         text.stdout
     );
     assert!(text.stdout.contains("s007@example.se (portal id "));
-    assert!(text.stdout.contains("`dirsync sync --adopt-orphans`"));
+    assert!(text.stdout.contains(&format!(
+        "`dirsync --config {} sync --adopt-orphans`",
+        w.config_path().display()
+    )));
     let html = w.dirsync(&["plan", "--format", "html"]);
     assert!(
         html.stdout

@@ -105,10 +105,11 @@ fn after_the_state_is_lost_leavers_are_listed_not_closed_until_adopted_and_confi
     let held = &report["held"][0];
     assert_eq!(held["kind"], "closures");
     assert!(
-        held["message"].as_str().unwrap().contains(
+        held["message"].as_str().unwrap().contains(&format!(
             "this cycle would close 20 users, more than the limit (10 closures): no one was closed. \
-             If that is right, run `dirsync sync --adopt-orphans --confirm-closures 20`"
-        ),
+             If that is right, run `dirsync --config {} sync --adopt-orphans --confirm-closures 20`",
+            w.config_path().display()
+        )),
         "{held:#}"
     );
     assert_eq!(active_logins(&w), everyone, "nobody closed while held");

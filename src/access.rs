@@ -1,7 +1,7 @@
 //! Access from the directory: role, services, sub-unit and portal-group membership, from
 //! (nested) group membership and the user's place in the tree. Pure: no I/O.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use crate::dn::{self, Dn};
 use crate::mapping::{AttrPath, Attributes, Value};
@@ -192,45 +192,114 @@ impl<'a> Membership<'a> {
     /// Every group `dn` belongs to, directly or through nested groups (DN keys).
     /// Cycles are harmless here: each group is visited once.
     pub fn groups_of(&self, dn: &str) -> BTreeSet<String> {
-        let mut seen = BTreeSet::new();
-        let mut todo = vec![dn::key(dn)];
-        while let Some(cur) = todo.pop() {
-            for &i in self
-                .parents
-                .get(&cur)
-                .map(Vec::as_slice)
-                .unwrap_or_default()
-            {
-                if seen.insert(self.keys[i].clone()) {
-                    todo.push(self.keys[i].clone());
+        self.ancestry(dn)
+            .via
+            .keys()
+            .map(|&i| self.keys[i].clone())
+            .collect()
+    }
+
+    /// Every group `dn` belongs to, directly or through nested groups, each with the group
+    /// through which it was reached: a breadth-first walk up the graph, so the path it
+    /// records is a shortest one. Each group is visited once (cycles are harmless).
+    pub fn ancestry(&self, dn: &str) -> Ancestry {
+        let mut via: HashMap<usize, Option<usize>> = HashMap::new();
+        let mut todo: VecDeque<usize> = VecDeque::new();
+        let parents_of = |key: &str| self.parents.get(key).map(Vec::as_slice).unwrap_or_default();
+        for &i in parents_of(&dn::key(dn)) {
+            if let std::collections::hash_map::Entry::Vacant(e) = via.entry(i) {
+                e.insert(None);
+                todo.push_back(i);
+            }
+        }
+        while let Some(g) = todo.pop_front() {
+            for &i in parents_of(&self.keys[g]) {
+                if let std::collections::hash_map::Entry::Vacant(e) = via.entry(i) {
+                    e.insert(Some(g));
+                    todo.push_back(i);
                 }
             }
         }
-        seen
+        Ancestry { via }
+    }
+
+    /// The index of a group read from the directory (by address, else by DN).
+    fn position(&self, group: &DirectoryGroup) -> Option<usize> {
+        self.index_of(group)
+            .or_else(|| self.by_dn.get(&dn::key(&group.dn)).copied())
+    }
+
+    /// Whether the user of `ancestry` belongs to `group`, directly or not.
+    pub fn contains(&self, ancestry: &Ancestry, group: &DirectoryGroup) -> bool {
+        self.position(group)
+            .is_some_and(|i| ancestry.via.contains_key(&i))
+    }
+
+    /// How the user of `ancestry` is in `group`: the groups from the one that lists the
+    /// user up to `group`, by name (`IT-Leads → Portal-Admins`); `None` when not a member.
+    pub fn path(&self, ancestry: &Ancestry, group: &DirectoryGroup) -> Option<String> {
+        let mut at = self.position(group)?;
+        let mut chain = vec![self.groups[at].name.as_str()];
+        // Each step goes one level down; a chain never repeats a group.
+        while let Some(&Some(below)) = ancestry.via.get(&at) {
+            if chain.len() > self.groups.len() {
+                break;
+            }
+            chain.push(self.groups[below].name.as_str());
+            at = below;
+        }
+        ancestry.via.contains_key(&at).then(|| {
+            chain.reverse();
+            chain.join(" → ")
+        })
     }
 
     /// The member DN keys of a group: direct, or through nested groups too. Nested group
     /// entries themselves are not members.
     pub fn members_of(&self, group: &DirectoryGroup, flatten: bool) -> BTreeSet<String> {
-        let mut out = BTreeSet::new();
-        let Some(start) = self
-            .index_of(group)
-            .or_else(|| self.by_dn.get(&dn::key(&group.dn)).copied())
-        else {
-            return group.members.iter().map(|m| dn::key(m)).collect();
+        self.members_via(group, flatten).into_keys().collect()
+    }
+
+    /// [`Self::members_of`], each member with the groups through which it belongs, from
+    /// the one that lists it up to `group` (`IT-Leads → Sales`; just `Sales` when direct).
+    /// Breadth first, so the path is a shortest one; each group is visited once.
+    pub fn members_via(&self, group: &DirectoryGroup, flatten: bool) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        let Some(start) = self.position(group) else {
+            return group
+                .members
+                .iter()
+                .map(|m| (dn::key(m), group.name.clone()))
+                .collect();
         };
-        let mut seen = BTreeSet::from([start]);
-        let mut todo = vec![start];
-        while let Some(g) = todo.pop() {
+        // Group → the group one level up through which the walk reached it.
+        let mut above: HashMap<usize, Option<usize>> = HashMap::from([(start, None)]);
+        let mut todo = VecDeque::from([start]);
+        let path = |mut at: usize, above: &HashMap<usize, Option<usize>>| {
+            let mut chain = vec![self.groups[at].name.as_str()];
+            while let Some(&Some(up)) = above.get(&at) {
+                if chain.len() > self.groups.len() {
+                    break;
+                }
+                chain.push(self.groups[up].name.as_str());
+                at = up;
+            }
+            chain.join(" → ")
+        };
+        while let Some(g) = todo.pop_front() {
+            let here = path(g, &above);
             for key in &self.members[g] {
                 match self.by_dn.get(key) {
                     Some(&i) => {
-                        if flatten && seen.insert(i) {
-                            todo.push(i);
+                        if flatten && !above.contains_key(&i) {
+                            above.insert(i, Some(g));
+                            todo.push_back(i);
                         }
                     }
                     None => {
-                        out.insert(key.clone());
+                        if !out.contains_key(key) {
+                            out.insert(key.clone(), here.clone());
+                        }
                     }
                 }
             }
@@ -290,7 +359,15 @@ impl<'a> Membership<'a> {
     }
 }
 
-/// The access-derived attributes of one user, with a note on where each came from.
+/// The groups one entry belongs to (indices into the groups), each with the group one level
+/// down through which it was reached (`None`: the entry is a direct member).
+#[derive(Clone, Debug, Default)]
+pub struct Ancestry {
+    via: HashMap<usize, Option<usize>>,
+}
+
+/// The access-derived attributes of one user, with a note on where each came from: the
+/// path of groups that gives a role or service (`via group IT-Leads → Portal-Admins`).
 pub fn derive(
     rules: &AccessRules,
     membership: &Membership<'_>,
@@ -299,14 +376,14 @@ pub fn derive(
 ) -> (Attributes, BTreeMap<AttrPath, String>) {
     let mut attrs = Attributes::new();
     let mut why = BTreeMap::new();
-    let groups = membership.groups_of(&user.dn);
+    let ancestry = membership.ancestry(&user.dn);
     if let Some((role_rules, default)) = &rules.roles {
         let hit = role_rules
             .iter()
             .zip(&resolved.roles)
-            .find(|(_, g)| g.is_some_and(|g| groups.contains(&membership.key_of(g))));
+            .find(|(_, g)| g.is_some_and(|g| membership.contains(&ancestry, g)));
         let (role, note) = match hit {
-            Some((r, Some(g))) => (r.role.clone(), format!("via group {}", g.name)),
+            Some((r, Some(g))) => (r.role.clone(), via(membership, &ancestry, g)),
             _ => (
                 default.clone(),
                 "default role: no role group applies".to_string(),
@@ -318,9 +395,9 @@ pub fn derive(
     for (rule, group) in rules.services.iter().zip(&resolved.services) {
         let path = service_path(&rule.service);
         match group {
-            Some(g) if groups.contains(&membership.key_of(g)) => {
+            Some(g) if membership.contains(&ancestry, g) => {
                 attrs.insert(path.clone(), Value::One(rule.service.clone()));
-                why.insert(path, format!("granted via group {}", g.name));
+                why.insert(path, format!("granted {}", via(membership, &ancestry, g)));
             }
             Some(g) => {
                 why.insert(path, format!("not a member of {}", g.name));
@@ -343,6 +420,16 @@ pub fn derive(
         }
     }
     (attrs, why)
+}
+
+/// `via group IT-Leads → Portal-Admins`: the groups from the user's own up to `group`.
+fn via(membership: &Membership<'_>, ancestry: &Ancestry, group: &DirectoryGroup) -> String {
+    format!(
+        "via group {}",
+        membership
+            .path(ancestry, group)
+            .unwrap_or_else(|| group.name.clone())
+    )
 }
 
 /// The configured groups resolved against what the directory returned; `None` where a

@@ -451,6 +451,7 @@ mod tests {
                     user_name: "anna@example.com".into(),
                     anchor: Some("a-1".into()),
                     portal_id: None,
+                    via: None,
                 }],
                 remove: Vec::new(),
                 reason: None,
@@ -464,12 +465,12 @@ mod tests {
                 external_id: "x-9".into(),
                 adopted: false,
             }],
-            held: vec![Held {
-                kind: HeldKind::AccessRemovals,
-                count: 3,
-                limit: "2".into(),
-                message: "held".into(),
-            }],
+            held: vec![Held::new(
+                HeldKind::AccessRemovals,
+                3,
+                "2".into(),
+                "held".into(),
+            )],
         };
         let applied = Applied {
             outcomes: vec![
@@ -505,6 +506,7 @@ mod tests {
                 url: "https://portal.example.com/scim/v2/".into(),
                 users: 5,
                 managed: 4,
+                managed_active: 4,
                 listed: false,
             },
             plan,

@@ -4,6 +4,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::cycle::CycleError;
+use crate::plan::{self, Skipped};
 use crate::portal::PortalClient;
 use crate::source::LdapSource;
 use crate::state::State;
@@ -24,7 +25,11 @@ pub struct DirectoryCheck {
     pub users: usize,
     pub disabled: usize,
     pub groups: Option<usize>,
+    /// Entries `plan` skips for their own data (no anchor, no usable or unique login):
+    /// the length of `skipped`.
     pub unusable_entries: usize,
+    /// Those entries, by DN, and why each is skipped.
+    pub skipped: Vec<Skipped>,
 }
 
 #[derive(Debug, Serialize)]
@@ -46,9 +51,12 @@ pub struct StateCheck {
 pub async fn check(config: &Config) -> Result<CheckReport, CycleError> {
     let attributes = crate::cycle::source_attributes(config);
     let mut source = LdapSource::connect(&config.source, &attributes).await?;
-    let found = source.check().await;
+    let read = source.read().await;
     source.close().await;
-    let found = found?;
+    let read = read?;
+    let now = crate::source::Timestamp::now();
+    let rules = plan::effective_rules(&config.mapping, &config.access);
+    let skipped = plan::unusable(&read.users, &read.bad_entries, &rules);
     let mut portal = PortalClient::new(&config.portal)?;
     let caps = portal.discover().await?;
     portal.schema().await?;
@@ -61,10 +69,15 @@ pub async fn check(config: &Config) -> Result<CheckReport, CycleError> {
             url: config.source.url.to_string(),
             tls: config.source.tls.label().to_string(),
             bind_dn: config.source.bind.as_ref().map(|b| b.dn.clone()),
-            users: found.users,
-            disabled: found.disabled,
-            groups: found.groups,
-            unusable_entries: found.bad_entries,
+            users: read.users.len(),
+            disabled: read
+                .users
+                .iter()
+                .filter(|u| u.closure(now).is_some())
+                .count(),
+            groups: config.source.groups.as_ref().map(|_| read.groups.len()),
+            unusable_entries: skipped.len(),
+            skipped,
         },
         portal: PortalCheck {
             url: config.portal.url.to_string(),
@@ -88,30 +101,43 @@ impl CheckReport {
     pub fn to_text(&self) -> String {
         let d = &self.directory;
         let p = &self.portal;
-        format!(
+        let mut out = format!(
             "config    {}: ok\n\
-             directory {} ({}, bound as {}): {} users in scope ({} disabled){}, {} unusable entries\n\
-             portal    {}: SCIM ok (ETags {}, maxResults {}), {} users, {} groups\n\
-             state     {}: {}\n",
+             directory {} ({}, bound as {}): {} users in scope ({} disabled){}; \
+             {} entries that plan skips (no anchor, or no usable or unique login)\n",
             self.config,
             d.url,
             d.tls,
             d.bind_dn.as_deref().unwrap_or("anonymous"),
             d.users,
             d.disabled,
-            d.groups.map(|g| format!(", {g} groups")).unwrap_or_default(),
+            d.groups
+                .map(|g| format!(", {g} groups"))
+                .unwrap_or_default(),
             d.unusable_entries,
+        );
+        for s in &d.skipped {
+            out.push_str(&format!("          skipped {}: {}\n", s.dn, s.problem));
+        }
+        out.push_str(&format!(
+            "portal    {}: SCIM ok (ETags {}, maxResults {}), {} users, {} groups\n\
+             state     {}: {}\n",
             p.url,
             if p.etag { "yes" } else { "no" },
-            p.max_results.map_or("not announced".to_string(), |m| m.to_string()),
+            p.max_results
+                .map_or("not announced".to_string(), |m| m.to_string()),
             p.users,
             p.groups,
             self.state.path,
             if self.state.exists {
-                format!("{} managed users", self.state.managed_users)
+                format!(
+                    "{} users linked to directory users",
+                    self.state.managed_users
+                )
             } else {
                 "not created yet (the first sync creates it)".to_string()
             },
-        )
+        ));
+        out
     }
 }

@@ -17,7 +17,7 @@ pub struct Cli {
         short,
         long,
         global = true,
-        default_value = "/etc/dirsync/dirsync.toml",
+        default_value = crate::config::DEFAULT_PATH,
         env = "DIRSYNC_CONFIG"
     )]
     pub config: PathBuf,

@@ -299,7 +299,7 @@ pub async fn run(
     };
     let in_sync = std::mem::take(&mut plan.in_sync);
     let pending = planned.pending_after(&plan, applied.as_ref());
-    let report = Report::new(
+    let mut report = Report::new(
         kind.label(),
         started_at.clone(),
         directory,
@@ -308,6 +308,7 @@ pub async fn run(
         applied,
         stopped,
     );
+    report.config = Some(config.path.display().to_string());
 
     // Record.
     if let (true, Some(state)) = (kind.records(), state.as_mut()) {
@@ -391,16 +392,21 @@ fn refuse_if_moved(config: &Config, saved: &SavedPlan, prepared: &mut Prepared) 
     }
     if !moved.is_empty() {
         prepared.may_apply = false;
+        let again = format!("{} plan --save FILE", guard::invocation(&config.path));
         prepared.plan.held.push(guard::Held {
-            kind: guard::HeldKind::StalePlan,
-            count: moved.len(),
-            limit: "the plan as saved".into(),
-            message: format!(
-                "the saved plan (from {}) was not applied: {} of its changes no longer match. Run `dirsync plan` again and review.\n  {}",
-                saved.saved_at,
+            confirm: None,
+            moved: moved.clone(),
+            ..guard::Held::new(
+                guard::HeldKind::StalePlan,
                 moved.len(),
-                moved.join("\n  ")
-            ),
+                "the plan as saved".into(),
+                format!(
+                    "the saved plan (from {}) was not applied: {} of what it holds no longer matches (listed below). \
+                     Run `{again}` again and review.",
+                    saved.saved_at,
+                    moved.len(),
+                ),
+            )
         });
     }
 }
@@ -824,6 +830,7 @@ fn plan_and_guard(
         max_closure_percent: config.safety.max_closure_percent,
         max_access_removals: config.safety.max_access_removals,
         privileged_roles: config.access.keep_one_of.clone(),
+        dirsync: guard::invocation(&config.path),
     };
     if !options.reviewed {
         let held = guard::apply_limits(&mut plan, managed_now, &limits, options.confirmed);
@@ -835,15 +842,23 @@ fn plan_and_guard(
         if let Some(last) = last_scope {
             if last != scope && !options.accept_scope_change {
                 may_apply = false;
+                let count = plan.changes.len() + plan.group_changes.len();
+                let confirm = format!(
+                    "{} sync --accept-scope-change",
+                    guard::invocation(&config.path)
+                );
                 plan.held.push(guard::Held {
-                    kind: guard::HeldKind::ScopeChange,
-                    count: plan.changes.len() + plan.group_changes.len(),
-                    limit: "the scope of the last sync".into(),
-                    message: format!(
-                        "the directory scope changed since the last sync, so nothing was applied: this run is a plan. \
-                         Review it, then run `dirsync sync --accept-scope-change`.\n{}",
-                        scope_diff(&last, &scope)
-                    ),
+                    confirm: Some(confirm.clone()),
+                    ..guard::Held::new(
+                        guard::HeldKind::ScopeChange,
+                        count,
+                        "the scope of the last sync".into(),
+                        format!(
+                            "the directory scope changed since the last sync, so nothing was applied: this run is a plan \
+                             (its {count} changes are listed in the report). Review it, then run `{confirm}`.\n{}",
+                            scope_diff(&last, &scope)
+                        ),
+                    )
                 });
             }
         }
@@ -860,17 +875,24 @@ fn plan_and_guard(
     );
 
     let listed = scope == PlanScope::Full;
-    let managed = if listed {
-        portal_users
+    // Linked portal users: counted from the listing in a full reconcile; an incremental
+    // cycle lists no portal, so it counts the state's links and cannot tell which of them
+    // are active (it says so by counting them all).
+    let (managed, managed_active) = if listed {
+        let linked_users: Vec<&PortalUser> = portal_users
             .iter()
             .filter(|p| {
                 p.external_id
                     .as_ref()
                     .is_some_and(|x| known.contains_key(&x.to_ascii_lowercase()))
             })
-            .count()
+            .collect();
+        (
+            linked_users.len(),
+            linked_users.iter().filter(|p| p.active).count(),
+        )
     } else {
-        known.len()
+        (known.len(), known.len())
     };
     Ok(Prepared {
         known,
@@ -900,6 +922,7 @@ fn plan_and_guard(
             users: portal_users.len(),
             managed,
             listed,
+            managed_active,
         },
         may_apply,
         plan,

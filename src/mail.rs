@@ -474,12 +474,7 @@ mod tests {
     }
 
     fn held(kind: HeldKind, count: usize) -> Held {
-        Held {
-            kind,
-            count,
-            limit: "5 closures".into(),
-            message: format!("{count} held"),
-        }
+        Held::new(kind, count, "5 closures".into(), format!("{count} held"))
     }
 
     fn report(started_at: &str, plan: Plan, applied: Option<Applied>, users: usize) -> Report {
@@ -500,6 +495,7 @@ mod tests {
                 url: "https://portal.example.com/scim/v2/".into(),
                 users,
                 managed: users,
+                managed_active: users,
                 listed: true,
             },
             plan,

@@ -46,6 +46,7 @@ pub fn failed_report(config: &Config, kind: Kind, started_at: &str, e: &CycleErr
             url: config.portal.url.to_string(),
             users: 0,
             managed: 0,
+            managed_active: 0,
             listed: false,
         },
         Plan::default(),

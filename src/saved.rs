@@ -103,12 +103,13 @@ impl SavedPlan {
             match fresh.iter().find(|f| key(f) == key(saved)) {
                 Some(f) if f == saved => {}
                 Some(f) if f["version"] != saved["version"] => moved.push(format!(
-                    "{who}: the portal user changed since the plan was saved (version {} → {})",
-                    saved["version"], f["version"]
+                    "{who}: the portal user changed since the plan was saved (version {} then, {} now)",
+                    words(&saved["version"]),
+                    words(&f["version"])
                 )),
                 Some(f) => moved.push(format!(
-                    "{who}: the planned change is different now (saved fields {}, now {})",
-                    saved["fields"], f["fields"]
+                    "{who}: the planned change is different now: {}",
+                    fields_moved(&saved["fields"], &f["fields"])
                 )),
                 None => moved.push(format!(
                     "{who}: the saved {} is no longer planned (the directory or the portal changed)",
@@ -164,5 +165,58 @@ impl SavedPlan {
             ));
         }
         moved
+    }
+}
+
+/// A JSON value of a saved change in words: strings bare, lists comma-separated,
+/// `(none)` for null.
+fn words(v: &Json) -> String {
+    match v {
+        Json::Null => "(none)".into(),
+        Json::String(s) => s.clone(),
+        Json::Array(items) => format!(
+            "[{}]",
+            items.iter().map(words).collect::<Vec<_>>().join(", ")
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// How the fields of a saved change differ from the change planned now, field by field:
+/// `name.familyName: New → Newer (saved: Old → New)`.
+fn fields_moved(saved: &Json, now: &Json) -> String {
+    let by_path = |fields: &Json| -> Vec<(String, Json)> {
+        fields
+            .as_array()
+            .map(|fs| fs.iter().map(|f| (words(&f["path"]), f.clone())).collect())
+            .unwrap_or_default()
+    };
+    let (saved, now) = (by_path(saved), by_path(now));
+    let find = |list: &[(String, Json)], path: &str| {
+        list.iter().find(|(p, _)| p == path).map(|(_, f)| f.clone())
+    };
+    let mut paths: Vec<&String> = saved.iter().chain(now.iter()).map(|(p, _)| p).collect();
+    paths.sort();
+    paths.dedup();
+    let mut out = Vec::new();
+    for path in paths {
+        let change = |f: &Json| format!("{} → {}", words(&f["old"]), words(&f["new"]));
+        match (find(&saved, path), find(&now, path)) {
+            (Some(s), Some(n)) if s != n => out.push(format!(
+                "{path}: now {} (saved: {})",
+                change(&n),
+                change(&s)
+            )),
+            (Some(s), None) => {
+                out.push(format!("{path}: no longer changed (saved: {})", change(&s)))
+            }
+            (None, Some(n)) => out.push(format!("{path}: now also {}", change(&n))),
+            _ => {}
+        }
+    }
+    if out.is_empty() {
+        "its reason or target changed".into()
+    } else {
+        out.join("; ")
     }
 }

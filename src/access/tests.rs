@@ -115,7 +115,11 @@ fn first_matching_role_rule_wins_with_a_default() {
         bo_attrs.get(&service_path("fax")),
         Some(&Value::One("fax".into()))
     );
-    assert_eq!(why[&role_path()], "via group Managers");
+    assert_eq!(
+        why[&role_path()],
+        "via group Team → Managers",
+        "the path from bo's own group up to the rule's"
+    );
     assert!(!derive(&rules, &m, &r, &cy)
         .0
         .contains_key(&service_path("fax")));
@@ -242,4 +246,59 @@ fn membership_matches_dns_whatever_their_escaping() {
         .unwrap();
     assert_eq!(by_dn.name, "Night, Shift");
     assert!(m.cycles().is_empty());
+}
+
+#[test]
+fn a_role_or_service_names_the_groups_from_the_users_own_up_to_the_rules() {
+    let lea = user("lea", "uid=lea,ou=people,dc=x");
+    let bo = user("bo", "uid=bo,ou=people,dc=x");
+    // Portal-Admins ⊃ IT-Leads ⊃ lea, and a longer way round: Portal-Admins ⊃ Ops ⊃ Night
+    // ⊃ lea. bo is in Portal-Admins itself; Fax-Users ⊃ Portal-Admins.
+    let groups = vec![
+        group("Portal-Admins", &[&gdn("Ops"), &gdn("IT-Leads"), &bo.dn]),
+        group("Ops", &[&gdn("Night")]),
+        group("Night", &[&lea.dn]),
+        group("IT-Leads", &[&lea.dn]),
+        group("Fax-Users", &[&gdn("Portal-Admins")]),
+    ];
+    let rules = AccessRules {
+        roles: Some((
+            vec![RoleRule {
+                group: GroupRef("Portal-Admins".into()),
+                role: "account_manager".into(),
+            }],
+            "regular".into(),
+        )),
+        services: vec![ServiceRule {
+            group: GroupRef("Fax-Users".into()),
+            service: "fax".into(),
+        }],
+        ..Default::default()
+    };
+    let m = Membership::new(&groups);
+    let r = resolve(&rules, &m);
+    let (_, why) = derive(&rules, &m, &r, &lea);
+    assert_eq!(
+        why[&role_path()],
+        "via group IT-Leads → Portal-Admins",
+        "the shortest of the two paths"
+    );
+    assert_eq!(
+        why[&service_path("fax")],
+        "granted via group IT-Leads → Portal-Admins → Fax-Users"
+    );
+    let (_, why) = derive(&rules, &m, &r, &bo);
+    assert_eq!(why[&role_path()], "via group Portal-Admins");
+
+    let via = m.members_via(&groups[4], true);
+    assert_eq!(via[&crate::dn::key(&bo.dn)], "Portal-Admins → Fax-Users");
+    assert_eq!(
+        via[&crate::dn::key(&lea.dn)],
+        "IT-Leads → Portal-Admins → Fax-Users"
+    );
+    assert_eq!(
+        m.members_via(&groups[0], false).len(),
+        1,
+        "without flattening only bo"
+    );
 }

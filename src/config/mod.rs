@@ -82,6 +82,9 @@ pub struct Safety {
     pub max_consecutive_failures: usize,
 }
 
+/// Where dirsync reads its config unless told otherwise (`--config`, `DIRSYNC_CONFIG`).
+pub const DEFAULT_PATH: &str = "/etc/dirsync/dirsync.toml";
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {

@@ -31,6 +31,10 @@ pub struct Member {
     pub anchor: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub portal_id: Option<String>,
+    /// For a member added: the directory groups through which the user belongs, from the
+    /// one that lists it up to the mirrored group (`IT-Leads → Sales`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -106,11 +110,16 @@ pub fn plan(input: &GroupInput<'_>, notes: &mut Vec<String>) -> Vec<GroupChange>
         .collect();
 
     for g in &selected {
-        let desired: BTreeMap<String, &(String, String)> = input
+        let desired: BTreeMap<String, (&(String, String), String)> = input
             .membership
-            .members_of(g, input.rule.flatten)
+            .members_via(g, input.rule.flatten)
             .into_iter()
-            .filter_map(|dn| input.users.get(&dn).map(|u| (u.0.to_ascii_lowercase(), u)))
+            .filter_map(|(dn, via)| {
+                input
+                    .users
+                    .get(&dn)
+                    .map(|u| (u.0.to_ascii_lowercase(), (u, via)))
+            })
             .collect();
         let key = g.anchor.to_ascii_lowercase();
         match by_external.get(&key) {
@@ -132,10 +141,11 @@ pub fn plan(input: &GroupInput<'_>, notes: &mut Vec<String>) -> Vec<GroupChange>
                     rename: None,
                     add: desired
                         .values()
-                        .map(|(anchor, login)| Member {
+                        .map(|((anchor, login), via)| Member {
                             user_name: login.clone(),
                             anchor: Some(anchor.clone()),
                             portal_id: None,
+                            via: Some(via.clone()),
                         })
                         .collect(),
                     remove: Vec::new(),
@@ -159,10 +169,11 @@ pub fn plan(input: &GroupInput<'_>, notes: &mut Vec<String>) -> Vec<GroupChange>
                 let add: Vec<Member> = desired
                     .iter()
                     .filter(|(a, _)| !current.contains_key(*a))
-                    .map(|(_, (anchor, login))| Member {
+                    .map(|(_, ((anchor, login), via))| Member {
                         user_name: login.clone(),
                         anchor: Some(anchor.clone()),
                         portal_id: None,
+                        via: Some(via.clone()),
                     })
                     .collect();
                 let remove: Vec<Member> = current
@@ -174,6 +185,7 @@ pub fn plan(input: &GroupInput<'_>, notes: &mut Vec<String>) -> Vec<GroupChange>
                             .map_or_else(|| id.to_string(), |u| u.user_name.clone()),
                         anchor: None,
                         portal_id: Some(id.to_string()),
+                        via: None,
                     })
                     .collect();
                 let rename =

@@ -6,7 +6,7 @@
 
 use serde::Serialize;
 
-use super::{Action, Change, GroupAction, Plan, Why};
+use super::{Action, Change, GroupAction, GroupChange, Plan, Why};
 use crate::access;
 use crate::mapping::Value;
 
@@ -17,6 +17,27 @@ pub struct Limits {
     pub max_access_removals: usize,
     /// Roles whose loss counts as a downgrade.
     pub privileged_roles: Vec<String>,
+    /// How the admin runs dirsync, for the commands a report suggests: `dirsync`, or
+    /// `dirsync --config /srv/dirsync.toml` when the config is not the default one.
+    pub dirsync: String,
+}
+
+/// `dirsync`, with `--config PATH` when `config` is not the default path (quoted for a
+/// POSIX shell when it needs to be).
+pub fn invocation(config: &std::path::Path) -> String {
+    if config == std::path::Path::new(crate::config::DEFAULT_PATH) {
+        return "dirsync".into();
+    }
+    let path = config.display().to_string();
+    let plain = !path.is_empty()
+        && path
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+=:,@%".contains(c));
+    if plain {
+        format!("dirsync --config {path}")
+    } else {
+        format!("dirsync --config '{}'", path.replace('\'', "'\\''"))
+    }
 }
 
 /// What an admin confirmed on the command line.
@@ -52,15 +73,55 @@ impl HeldKind {
             HeldKind::EmptySource => "empty source",
         }
     }
+
+    /// What a hold's `count` counts, in words: `3 closures`, `1 access removal`.
+    pub fn counted(self, n: usize) -> String {
+        let (one, many) = match self {
+            HeldKind::Closures => ("closure", "closures"),
+            HeldKind::AccessRemovals => ("access removal", "access removals"),
+            HeldKind::ScopeChange => ("change not applied", "changes not applied"),
+            HeldKind::StalePlan => ("saved change that moved", "saved changes that moved"),
+            HeldKind::EmptySource => ("closure not made", "closures not made"),
+        };
+        format!("{n} {}", if n == 1 { one } else { many })
+    }
 }
 
-/// A guard that held changes back.
+/// A guard that held changes back: which, how many, and each change it held, user by user.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Held {
     pub kind: HeldKind,
+    /// What the guard counted: closures, access removals (fields and group members), or
+    /// the changes a scope change or a stale saved plan kept from being applied.
     pub count: usize,
     pub limit: String,
     pub message: String,
+    /// The exact command that releases them, when one does (with `--config` when the
+    /// config is not the default one).
+    pub confirm: Option<String>,
+    /// The user changes held back, sorted by login: for closures the whole change, for
+    /// access removals only the fields taken away.
+    pub changes: Vec<Change>,
+    /// The portal group changes held back (for access removals: the members removed).
+    pub group_changes: Vec<GroupChange>,
+    /// What no longer matches, for a stale saved plan: one line per user or group.
+    pub moved: Vec<String>,
+}
+
+impl Held {
+    /// A hold with no changes listed yet.
+    pub fn new(kind: HeldKind, count: usize, limit: String, message: String) -> Held {
+        Held {
+            kind,
+            count,
+            limit,
+            message,
+            confirm: None,
+            changes: Vec::new(),
+            group_changes: Vec::new(),
+            moved: Vec::new(),
+        }
+    }
 }
 
 /// Applies the guards: removes held-back changes from `plan` and says why in the result.
@@ -82,11 +143,11 @@ pub fn apply_limits(
         } else {
             let limit = if over_share && closures <= limits.max_closures {
                 format!(
-                    "{}% of {managed} managed users = {share_limit}",
+                    "{}% of the {managed} active users dirsync manages = {share_limit}",
                     limits.max_closure_percent
                 )
             } else {
-                format!("{} closures", limits.max_closures)
+                plural(limits.max_closures, "closure", "closures")
             };
             // Orphans taken over in this plan are linked only by a sync with the flag.
             let adopting = if plan.orphans.iter().any(|o| o.adopted) {
@@ -94,19 +155,27 @@ pub fn apply_limits(
             } else {
                 ""
             };
+            let confirm = format!(
+                "{} sync{adopting} --confirm-closures {closures}",
+                limits.dirsync
+            );
             let mut message = format!(
                 "this cycle would close {closures} users, more than the limit ({limit}): no one was closed. \
-                 If that is right, run `dirsync sync{adopting} --confirm-closures {closures}`"
+                 If that is right, run `{confirm}`"
             );
             if let Some(n) = confirmed.closures {
                 message.push_str(&format!(" (you confirmed {n}, the plan has {closures})"));
             }
-            plan.changes.retain(|c| c.action != Action::Close);
+            let (mut held_changes, kept): (Vec<Change>, Vec<Change>) =
+                std::mem::take(&mut plan.changes)
+                    .into_iter()
+                    .partition(|c| c.action == Action::Close);
+            plan.changes = kept;
+            held_changes.sort_by_key(|c| c.user_name.to_lowercase());
             held.push(Held {
-                kind: HeldKind::Closures,
-                count: closures,
-                limit,
-                message,
+                confirm: Some(confirm),
+                changes: held_changes,
+                ..Held::new(HeldKind::Closures, closures, limit, message)
             });
         }
     }
@@ -118,24 +187,36 @@ pub fn apply_limits(
                 "{removals} access removals confirmed on the command line"
             ));
         } else {
-            strip_access_removals(plan, limits);
+            let (mut changes, group_changes) = strip_access_removals(plan, limits);
+            changes.sort_by_key(|c| c.user_name.to_lowercase());
+            let confirm = format!("{} sync --confirm-removals {removals}", limits.dirsync);
             let mut message = format!(
                 "this cycle would take away {removals} group memberships, roles or services, more than the limit \
-                 ({}): none was taken away. If that is right, run `dirsync sync --confirm-removals {removals}`",
+                 ({}): none was taken away. If that is right, run `{confirm}`",
                 limits.max_access_removals
             );
             if let Some(n) = confirmed.removals {
                 message.push_str(&format!(" (you confirmed {n}, the plan has {removals})"));
             }
             held.push(Held {
-                kind: HeldKind::AccessRemovals,
-                count: removals,
-                limit: format!("{} removals", limits.max_access_removals),
-                message,
+                confirm: Some(confirm),
+                changes,
+                group_changes,
+                ..Held::new(
+                    HeldKind::AccessRemovals,
+                    removals,
+                    plural(limits.max_access_removals, "removal", "removals"),
+                    message,
+                )
             });
         }
     }
     held
+}
+
+/// `1 closure`, `2 closures`.
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// Group-membership removals, role downgrades and service revocations in the plan.
@@ -174,23 +255,47 @@ fn is_removal(f: &super::FieldChange, limits: &Limits) -> bool {
     f.path.attr.eq_ignore_ascii_case("entitlements") && f.old.is_some() && f.new.is_none()
 }
 
-fn strip_access_removals(plan: &mut Plan, limits: &Limits) {
+/// Takes the access removals out of `plan`; returns them: per user, a change with only
+/// the fields taken away, and per group, the members removed.
+fn strip_access_removals(plan: &mut Plan, limits: &Limits) -> (Vec<Change>, Vec<GroupChange>) {
+    let mut held_changes = Vec::new();
     for c in &mut plan.changes {
         // A held-back field keeps its last-synced value: it is still owed, and must count
         // as a removal again next cycle rather than pass as a reverted portal edit.
         let (held, kept): (Vec<_>, Vec<_>) =
             c.fields.drain(..).partition(|f| is_removal(f, limits));
-        for f in held {
-            c.baseline.insert(f.path, f.old);
+        for f in &held {
+            c.baseline.insert(f.path.clone(), f.old.clone());
         }
         c.fields = kept;
+        if !held.is_empty() {
+            held_changes.push(Change {
+                fields: held,
+                set_active: None,
+                baseline: Default::default(),
+                from: None,
+                ..c.clone()
+            });
+        }
     }
     plan.changes.retain(|c: &Change| {
         c.action == Action::Create || !c.fields.is_empty() || c.set_active.is_some()
     });
+    let mut held_groups = Vec::new();
     for g in &mut plan.group_changes {
+        if g.action == GroupAction::Update && !g.remove.is_empty() {
+            held_groups.push(GroupChange {
+                add: Vec::new(),
+                rename: None,
+                reason: None,
+                take_over: false,
+                remove: std::mem::take(&mut g.remove),
+                ..g.clone()
+            });
+        }
         g.remove.clear();
     }
     plan.group_changes
         .retain(|g| g.action != GroupAction::Update || !g.add.is_empty() || g.rename.is_some());
+    (held_changes, held_groups)
 }

@@ -42,10 +42,15 @@ pub struct Orphan {
     pub adopted: bool,
 }
 
-/// How to take orphans over, for the reports.
-pub const ADOPT_HINT: &str = "dirsync leaves them alone. If they are users dirsync made before its state was lost, \
-     run `dirsync sync --adopt-orphans` (preview it with `dirsync plan --adopt-orphans`): they are then linked \
-     as managed, and those no longer in the directory are closed, subject to the closure guard";
+/// How to take orphans over, for the reports; `dirsync` is how the admin runs it
+/// ([`crate::plan::guard::invocation`]).
+pub fn adopt_hint(dirsync: &str) -> String {
+    format!(
+        "dirsync leaves them alone. If they are users dirsync made before its state was lost, \
+         run `{dirsync} sync --adopt-orphans` (preview it with `{dirsync} plan --adopt-orphans`): they are then linked \
+         as managed, and those no longer in the directory are closed, subject to the closure guard"
+    )
+}
 
 impl Links {
     /// Whether a directory user that no portal user carries the anchor of may be created:

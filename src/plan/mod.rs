@@ -287,6 +287,22 @@ pub fn effective_rules(mapping: &[Rule], access: &AccessRules) -> Vec<Rule> {
     rules
 }
 
+/// The directory entries a plan skips for their own data, whatever the portal holds:
+/// those the source could not read as users (no anchor) and those without a usable,
+/// unique login. `dirsync check` reports these, so it counts what `plan` then skips.
+pub fn unusable(users: &[DirectoryUser], bad_entries: &[BadEntry], rules: &[Rule]) -> Vec<Skipped> {
+    let mut skipped: Vec<Skipped> = bad_entries
+        .iter()
+        .map(|bad| Skipped {
+            dn: bad.dn.clone(),
+            problem: bad.problem.clone(),
+        })
+        .collect();
+    validate::validate(users, rules, &mut skipped, &mut Vec::new());
+    skipped.sort_by_cached_key(|s| s.dn.to_lowercase());
+    skipped
+}
+
 /// Computes the plan.
 pub fn compute(input: &Input<'_>) -> Plan {
     let mut plan = Plan::default();
@@ -831,15 +847,26 @@ fn plan_closures(
         return;
     }
     if input.directory.is_empty() {
+        let mut not_closed: Vec<Change> = leaving
+            .iter()
+            .map(|p| {
+                let anchor = p.external_id.clone().unwrap_or_default();
+                close(p, &anchor, None, Closure::LeftScope)
+            })
+            .collect();
+        not_closed.sort_by_key(|c| c.user_name.to_lowercase());
         plan.held.push(guard::Held {
-            kind: guard::HeldKind::EmptySource,
-            count: leaving.len(),
-            limit: "a directory with users".into(),
-            message: format!(
-                "the directory returned no users in scope: the {} managed portal users that would \
-                 leave are NOT closed (check the base DN, the filter and the directory)",
-                leaving.len()
-            ),
+            changes: not_closed,
+            ..guard::Held::new(
+                guard::HeldKind::EmptySource,
+                leaving.len(),
+                "a directory with users".into(),
+                format!(
+                    "the directory returned no users in scope: the {} managed portal users that would \
+                     leave are NOT closed (check the base DN, the filter and the directory)",
+                    leaving.len()
+                ),
+            )
         });
         return;
     }

@@ -1210,6 +1210,7 @@ mod guards {
             max_closure_percent: pct,
             max_access_removals: 2,
             privileged_roles: vec!["administrator".into()],
+            dirsync: "dirsync".into(),
         }
     }
 
@@ -1345,6 +1346,7 @@ mod removal_guard {
             max_closure_percent: 100.0,
             max_access_removals: 2,
             privileged_roles: vec!["administrator".into()],
+            dirsync: "dirsync".into(),
         };
         assert_eq!(access_removals(&plan, &limits), 3);
         let held = apply_limits(&mut plan, 3, &limits, Confirmed::default());

@@ -1,7 +1,11 @@
-//! Reports: what a plan would do or a sync did, as text for people and JSON for tools.
-//! The same [`Report`] value feeds both, so they always agree.
+//! Reports: what a plan would do or a sync did, as text for people, JSON for tools and a
+//! self-contained HTML page. The same [`Report`] value feeds all three, and a test checks
+//! that every value of the JSON is in the other two. The JSON's shape is documented in
+//! `docs/report.schema.json`; [`SCHEMA_VERSION`] changes when it does.
 
 mod html;
+#[cfg(test)]
+mod tests;
 mod text;
 
 use std::collections::BTreeMap;
@@ -17,6 +21,10 @@ use crate::source::DcIdentity;
 
 pub use self::html::{escape as html_escape, render_html};
 pub use self::text::render_text;
+
+/// The version of the JSON report's shape (`schemaVersion`, `docs/report.schema.json`):
+/// raised when a field is removed or changes meaning; new fields may appear without it.
+pub const SCHEMA_VERSION: u32 = 1;
 
 /// The current time, RFC 3339 in UTC.
 pub fn now() -> String {
@@ -49,13 +57,22 @@ impl DirectorySummary {
     pub fn domain_controller_text(&self) -> Option<String> {
         self.domain_controller.as_ref().map(|dc| {
             format!(
-                "domain controller {}, invocationId {}, highest committed USN {}",
+                "domain controller {} of {}, invocationId {}, highest committed USN {}",
                 dc.host,
+                dc.naming_context,
                 dc.invocation_id
                     .map_or_else(|| "unreadable".to_string(), |g| g.to_string()),
                 dc.usn
             )
         })
+    }
+
+    /// The read kind and why, in words: `full read (the last delta basis is gone)`.
+    pub fn read_text(&self) -> String {
+        match &self.read_reason {
+            Some(why) => format!("{} read ({why})", self.read),
+            None => format!("{} read", self.read),
+        }
     }
 }
 
@@ -64,24 +81,39 @@ pub struct PortalSummary {
     pub url: String,
     /// Portal users read: all of them when `listed`, else those read by id or looked up.
     pub users: usize,
-    /// Users dirsync manages: those of the listing, or (not listed) those the state links.
+    /// Portal users linked to a directory user (their externalId is an anchor dirsync
+    /// manages), active or closed: those of the listing, or (not listed) those the state
+    /// links.
     pub managed: usize,
+    /// Of those, the active ones: what the closure guard's share is taken of (an
+    /// incremental cycle, which lists no portal, counts them all).
+    pub managed_active: usize,
     /// The portal was listed whole (a full reconcile). An incremental cycle reads only the
     /// users and groups the directory's changes concern.
     pub listed: bool,
 }
 
 impl PortalSummary {
-    /// How the portal was read, in words, for the text and HTML reports.
-    pub fn read_text(&self) -> String {
+    /// The counts in words: `60 users; 57 linked to a directory user, 55 of them active`.
+    pub fn counts_text(&self) -> String {
         if self.listed {
-            format!("{} users, {} managed by dirsync", self.users, self.managed)
+            format!(
+                "{} users; {} linked to a directory user, {} of them active",
+                self.users, self.managed, self.managed_active
+            )
         } else {
             format!(
-                "not listed (incremental cycle): {} users read by id or looked up; {} managed by dirsync",
+                "not listed (incremental cycle): {} users read by id or looked up; {} linked to a directory user",
                 self.users, self.managed
             )
         }
+    }
+}
+
+impl PortalSummary {
+    /// How the portal was read, in words, for the text and HTML reports.
+    pub fn read_text(&self) -> String {
+        self.counts_text()
     }
 }
 
@@ -150,21 +182,31 @@ impl RunOutcome {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Report {
+    /// [`SCHEMA_VERSION`].
+    #[serde(rename = "schemaVersion")]
+    pub schema_version: u32,
     /// `plan` (dry run), `sync`, `apply` (a saved plan) or `standby` (the daemon's plan
     /// on a spare host).
     pub command: String,
+    /// The config file the cycle ran with; the commands the report suggests name it
+    /// (`--config`) when it is not the default one.
+    pub config: Option<String>,
     pub dry_run: bool,
     pub started_at: String,
     pub finished_at: String,
     pub directory: DirectorySummary,
     pub portal: PortalSummary,
+    /// By action, then by login.
     pub changes: Vec<ReportedChange>,
+    /// By action, then by name.
     pub group_changes: Vec<ReportedGroupChange>,
+    /// Directory entries not synced, by DN.
     pub skipped: Vec<Skipped>,
+    /// By login, then attribute.
     pub needs_admin: Vec<NeedsAdmin>,
-    /// `merge` attributes changed on both sides: the portal value was kept.
+    /// `merge` attributes changed on both sides: the portal value was kept. By login.
     pub conflicts: Vec<Conflict>,
-    /// Changes a safety guard held back, and how to release them.
+    /// Changes a safety guard held back, user by user, and how to release them.
     pub held: Vec<Held>,
     pub notes: Vec<String>,
     /// Portal users with an externalId dirsync does not manage and no directory user has;
@@ -178,7 +220,7 @@ pub struct Report {
     pub stopped: Option<Stopped>,
     pub outcome: RunOutcome,
     /// Per action (planned, or applied in a sync), plus `skipped`, `needs_admin`,
-    /// `conflicts`, `rejected` and `failed`.
+    /// `conflicts`, `rejected`, `failed` and `held`: see [`Report::counted`].
     pub counts: BTreeMap<String, usize>,
 }
 
@@ -188,7 +230,7 @@ impl Report {
         started_at: String,
         directory: DirectorySummary,
         portal: PortalSummary,
-        plan: Plan,
+        mut plan: Plan,
         applied: Option<Applied>,
         stopped: Option<Stopped>,
     ) -> Report {
@@ -211,12 +253,33 @@ impl Report {
             .zip(group_outcomes.into_iter().chain(std::iter::repeat(None)))
             .map(|(change, outcome)| ReportedGroupChange { change, outcome })
             .collect();
-        let changes: Vec<ReportedChange> = plan
+        let mut changes: Vec<ReportedChange> = plan
             .changes
             .into_iter()
             .zip(outcomes)
             .map(|(change, outcome)| ReportedChange { change, outcome })
             .collect();
+        changes.sort_by_cached_key(|c| (c.change.action, c.change.user_name.to_lowercase()));
+        let mut group_changes = group_changes;
+        group_changes.sort_by_cached_key(|g| (g.change.action, g.change.name.to_lowercase()));
+        for g in &mut group_changes {
+            sort_members(&mut g.change);
+        }
+        plan.skipped.sort_by_cached_key(|s| s.dn.to_lowercase());
+        plan.needs_admin
+            .sort_by_cached_key(|n| (n.user_name.to_lowercase(), n.path.to_string()));
+        plan.conflicts
+            .sort_by_cached_key(|c| (c.user_name.to_lowercase(), c.path.to_string()));
+        plan.orphans
+            .sort_by_cached_key(|o| o.user_name.to_lowercase());
+        for h in &mut plan.held {
+            h.changes.sort_by_cached_key(|c| c.user_name.to_lowercase());
+            h.group_changes
+                .sort_by_cached_key(|g| g.name.to_lowercase());
+            for g in &mut h.group_changes {
+                sort_members(g);
+            }
+        }
         let mut counts = BTreeMap::new();
         for action in Action::ALL {
             let n = changes
@@ -279,8 +342,11 @@ impl Report {
         if let Some(f) = counts.get_mut("failed") {
             *f += group_failed;
         }
+        counts.insert("held".into(), plan.held.iter().map(|h| h.count).sum());
         let mut report = Report {
+            schema_version: SCHEMA_VERSION,
             command: command.to_string(),
+            config: None,
             dry_run,
             started_at,
             finished_at: now(),
@@ -312,6 +378,107 @@ impl Report {
             None if !self.held.is_empty() => RunOutcome::Held,
             None => RunOutcome::Ok,
         }
+    }
+
+    /// What a key of `counts` counts, in words, for the reports (`None`: not a count key).
+    pub fn counted(key: &str) -> Option<&'static str> {
+        Some(match key {
+            "create" => "portal users created",
+            "adopt" => "existing portal users taken over",
+            "update" => "portal users updated",
+            "reactivate" => "portal users reactivated",
+            "close" => "portal users closed",
+            "group_create" => "portal groups created",
+            "group_update" => "portal groups updated",
+            "group_delete" => "portal groups deleted",
+            "skipped" => "directory entries skipped",
+            "needs_admin" => "fields needing an administrator",
+            "conflicts" => "fields changed on both sides (portal value kept)",
+            "rejected" => "changes the portal refused",
+            "failed" => "changes that failed (retried next cycle)",
+            "held" => "changes held back by a guard",
+            "orphans" => "portal users with an externalId dirsync does not manage",
+            "orphans_adopted" => "orphans taken over",
+            _ => return None,
+        })
+    }
+
+    /// The counts, in the order the reports show them: user changes, group changes, what
+    /// needs a look, orphans; any other key last.
+    pub fn counts_in_order(&self) -> Vec<(&str, usize)> {
+        const ORDER: [&str; 16] = [
+            "create",
+            "adopt",
+            "update",
+            "reactivate",
+            "close",
+            "group_create",
+            "group_update",
+            "group_delete",
+            "held",
+            "needs_admin",
+            "failed",
+            "rejected",
+            "conflicts",
+            "skipped",
+            "orphans",
+            "orphans_adopted",
+        ];
+        let mut out: Vec<(&str, usize)> = ORDER
+            .iter()
+            .filter_map(|k| self.counts.get(*k).map(|&n| (*k, n)))
+            .collect();
+        out.extend(
+            self.counts
+                .iter()
+                .filter(|(k, _)| !ORDER.contains(&k.as_str()))
+                .map(|(k, &n)| (k.as_str(), n)),
+        );
+        out
+    }
+
+    /// The headline: the command and what it did to the portal.
+    pub fn title(&self) -> String {
+        match (self.command.as_str(), self.dry_run) {
+            ("plan", _) => "dirsync plan (dry run: nothing was changed)".into(),
+            ("standby", _) => "dirsync standby (this host only plans: nothing was changed)".into(),
+            ("apply", false) => "dirsync apply (a saved plan, as reviewed)".into(),
+            ("apply", true) => "dirsync apply (refused: nothing was applied, see below)".into(),
+            (c, true) => format!("dirsync {c} (held back: nothing was applied, see below)"),
+            (c, false) => format!("dirsync {c}"),
+        }
+    }
+
+    /// How the admin runs dirsync, for the commands the report suggests.
+    pub fn dirsync(&self) -> String {
+        self.config.as_deref().map_or_else(
+            || "dirsync".to_string(),
+            |c| crate::plan::guard::invocation(std::path::Path::new(c)),
+        )
+    }
+
+    /// The line that stands where the change lists would, when there are none.
+    pub fn no_changes_text(&self) -> Option<&'static str> {
+        if !self.changes.is_empty() || !self.group_changes.is_empty() {
+            return None;
+        }
+        Some(if self.held.is_empty() {
+            "No changes: the portal matches the directory."
+        } else {
+            "No changes besides those held back: see above."
+        })
+    }
+
+    /// The changes that failed or that the portal refused, with its answer.
+    pub fn failures(&self) -> Vec<&ReportedChange> {
+        self.changes
+            .iter()
+            .filter(|c| {
+                c.outcome
+                    .as_ref()
+                    .is_some_and(|o| o.status != Status::Applied)
+            })
+            .collect()
     }
 
     /// True when some change could not be applied for a reason other than its data.
@@ -352,7 +519,30 @@ impl Report {
         self.orphans.iter().partition(|o| !o.adopted)
     }
 
+    /// The JSON report, as documented in `docs/report.schema.json`.
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    }
+}
+
+/// Members added and removed, by login.
+fn sort_members(g: &mut GroupChange) {
+    g.add.sort_by_cached_key(|m| m.user_name.to_lowercase());
+    g.remove.sort_by_cached_key(|m| m.user_name.to_lowercase());
+}
+
+/// A change's status in words: `planned`, `done`, `FAILED: <the portal's answer>`.
+pub fn outcome_text(outcome: Option<&Outcome>) -> String {
+    match outcome {
+        None => "planned".into(),
+        Some(o) => {
+            let answer = o.message.as_deref().unwrap_or("no answer");
+            match o.status {
+                Status::Applied => "done".into(),
+                Status::Rejected => format!("REJECTED by the portal: {answer}"),
+                Status::Failed => format!("FAILED: {answer}"),
+                Status::NotAttempted => "not attempted".into(),
+            }
+        }
     }
 }

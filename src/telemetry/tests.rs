@@ -198,12 +198,12 @@ fn group_change(action: GroupAction) -> GroupChange {
 }
 
 fn held(kind: HeldKind, count: usize) -> Held {
-    Held {
+    Held::new(
         kind,
         count,
-        limit: "50".into(),
-        message: format!("{count} {} held back", kind.label()),
-    }
+        "50".into(),
+        format!("{count} {} held back", kind.label()),
+    )
 }
 
 fn status(status: Status) -> ApplyOutcome {
@@ -232,6 +232,7 @@ fn report(plan: Plan, applied: Option<Applied>, read: &str) -> Report {
             users: 17,
             managed: 15,
             listed: true,
+            managed_active: 15,
         },
         plan,
         applied,

@@ -73,7 +73,8 @@ fn after_the_state_is_lost_leavers_are_listed_not_closed_until_adopted_and_confi
     let text = w.dirsync(&["plan", "--full"]);
     assert_eq!(text.code, 0, "{}", text.all_output());
     assert!(
-        text.stdout.contains(": 30 users, 10 managed by dirsync"),
+        text.stdout
+            .contains(": 30 users; 10 linked to a directory user, 10 of them active"),
         "the other 10 were linked again by their externalId: {}",
         text.stdout
     );
@@ -84,7 +85,10 @@ fn after_the_state_is_lost_leavers_are_listed_not_closed_until_adopted_and_confi
         text.stdout
     );
     assert!(text.stdout.contains("s007@example.se (portal id "));
-    assert!(text.stdout.contains("`dirsync sync --adopt-orphans`"));
+    assert!(text.stdout.contains(&format!(
+        "`dirsync --config {} sync --adopt-orphans`",
+        w.config_path().display()
+    )));
     let html = w.dirsync(&["plan", "--full", "--format", "html"]);
     assert!(
         html.stdout
@@ -102,10 +106,11 @@ fn after_the_state_is_lost_leavers_are_listed_not_closed_until_adopted_and_confi
     let held = &report["held"][0];
     assert_eq!(held["kind"], "closures");
     assert!(
-        held["message"].as_str().unwrap().contains(
+        held["message"].as_str().unwrap().contains(&format!(
             "this cycle would close 20 users, more than the limit (10 closures): no one was closed. \
-             If that is right, run `dirsync sync --adopt-orphans --confirm-closures 20`"
-        ),
+             If that is right, run `dirsync --config {} sync --adopt-orphans --confirm-closures 20`",
+            w.config_path().display()
+        )),
         "{held:#}"
     );
     assert_eq!(active_logins(&w), everyone, "nobody closed while held");

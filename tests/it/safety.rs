@@ -210,12 +210,22 @@ fn sixty_of_a_hundred_leaving_is_held_until_exactly_sixty_are_confirmed() {
         "the non-destructive change was applied"
     );
     assert_eq!(report["held"][0]["kind"], "closures");
+    let confirm = format!(
+        "dirsync --config {} sync --confirm-closures 60",
+        w.config_path().display()
+    );
+    assert_eq!(report["held"][0]["confirm"], confirm.as_str());
     assert!(
         report["held"][0]["message"]
             .as_str()
             .unwrap()
-            .contains("dirsync sync --confirm-closures 60"),
+            .contains(&confirm),
         "{report:#}"
+    );
+    assert_eq!(
+        report["held"][0]["changes"].as_array().unwrap().len(),
+        60,
+        "each held closure is listed"
     );
     assert_eq!(active(&w), 100);
     assert_eq!(

@@ -396,12 +396,16 @@ fn the_html_report_is_one_self_contained_page_with_everything_escaped() {
         page.starts_with("<!DOCTYPE html>") && page.trim_end().ends_with("</html>"),
         "{page}"
     );
-    assert!(page.contains("<h2>create (3)</h2>"), "{page}");
+    assert!(page.contains("<h2>Create (3)</h2>"), "{page}");
     assert!(
         page.contains("Skipped directory entries") && page.contains("no mail"),
         "{page}"
     );
-    assert!(!page.contains("<script>"), "directory values are escaped");
+    assert_eq!(
+        page.matches("<script>").count(),
+        1,
+        "only the page's own filter script: directory values are escaped"
+    );
     assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
     assert!(
         !page.contains("src=") && !page.contains("href=") && !page.contains("http-equiv"),
@@ -410,7 +414,7 @@ fn the_html_report_is_one_self_contained_page_with_everything_escaped() {
     let run = w.dirsync(&["sync", "--format", "html"]);
     assert_eq!(run.code, 0, "{}", run.all_output());
     assert!(
-        run.stdout.contains("<span class=\"ok\">Applied</span>"),
+        run.stdout.contains("<span class=\"ok\">done</span>"),
         "{}",
         run.stdout
     );
@@ -432,6 +436,21 @@ fn hostile_logins_are_skipped_with_the_reason_and_a_tab_in_a_name_becomes_a_spac
             .replace("givenName: TABNAME\n", "givenName:: QW5uCWE=\n"),
     );
     let w = World::start(&ldif);
+    // `check` counts what `plan` skips, and names each.
+    let check = w.dirsync(&["check", "--format", "json"]);
+    assert_eq!(check.code, 0, "{}", check.all_output());
+    let checked = check.json();
+    let planned = w.plan();
+    assert_eq!(checked["directory"]["unusable_entries"], 3, "{checked:#}");
+    assert_eq!(
+        checked["directory"]["skipped"], planned["skipped"],
+        "check names the entries plan skips"
+    );
+    let text = w.dirsync(&["check"]).stdout;
+    assert!(
+        text.contains("3 entries that plan skips") && text.contains("skipped uid=xss,"),
+        "{text}"
+    );
     let report = w.sync();
     let skipped = report["skipped"].as_array().unwrap();
     assert_eq!(skipped.len(), 3, "{skipped:#?}");

@@ -217,7 +217,7 @@ fn changed_mail_cannot_change_the_immutable_login_but_everything_else_applies() 
         json!([{"type": "work", "value": "anna.berg@example.se"}])
     );
     let text = w.dirsync(&["plan"]).stdout;
-    assert!(text.contains("Needs an administrator (1):"), "{text}");
+    assert!(text.contains("Needs an administrator (1 field):"), "{text}");
     assert!(
         text.contains(
             "userName: \"anna@example.se\" → \"anna.berg@example.se\" — `userName` is immutable"

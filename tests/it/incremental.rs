@@ -470,11 +470,16 @@ fn full_asked_a_refused_cookie_and_a_lost_basis_make_a_full_read_that_the_report
         "{}",
         full.stdout
     );
-    assert!(full.stdout.contains(": 5 users, 5 managed by dirsync"));
+    assert!(
+        full.stdout
+            .contains(": 5 users; 5 linked to a directory user, 5 of them active"),
+        "{}",
+        full.stdout
+    );
     let html = w.dirsync(&["plan", "--full", "--format", "html"]);
     assert!(
         html.stdout
-            .contains("full read: a full reconcile was asked for (--full)"),
+            .contains("full read (a full reconcile was asked for (--full))"),
         "{}",
         html.stdout
     );

@@ -282,7 +282,7 @@ service = "fax"
         "next: never touched: owned by the portal",
         "name.familyName [owner directory]",
         "next: set to \"Bergqvist\" (directory change)",
-        "roles.value [owner directory] from the access rules: via group Portal-Admins",
+        "roles.value [owner directory] from the access rules: via group Staff → Portal-Admins",
         "next: nothing: the portal has the directory's value",
         "next cycle: update",
     ] {

@@ -16,6 +16,7 @@ use crate::plan::{self, guard, Action, Plan};
 use crate::portal::{PortalClient, PortalError, PortalSchema, PortalUser};
 use crate::record;
 use crate::report::{self, DirectorySummary, PortalSummary, Report, RunOutcome, Stopped};
+use crate::report::{millis, ApplyPhase, DirectoryRead, Phases, PlanPhase, PortalRead};
 use crate::saved::SavedPlan;
 use crate::source::delta;
 use crate::source::{LdapSource, SourceError, Timestamp};
@@ -232,6 +233,7 @@ pub async fn run(
         deleted_in_portal,
         known,
         linked,
+        mut phases,
         mut plan,
         ..
     } = prepared;
@@ -250,6 +252,8 @@ pub async fn run(
                 max_consecutive_failures: config.safety.max_consecutive_failures,
             };
             let progress = apply::Progress::new(&plan);
+            // Timing: the apply phase.
+            let (apply_started, requests_before) = (Instant::now(), portal.requests_sent());
             let ended = tokio::select! {
                 r = apply::apply(&plan, &portal, state, &replan, &stop.soft, &progress) => {
                     r.map(|()| stop.soft.is_cancelled().then_some(Stopped::Interrupted))
@@ -277,12 +281,23 @@ pub async fn run(
                     config.cycle_timeout.as_secs()
                 ),
             });
-            (Some(progress.applied(why.as_deref())), stopped)
+            let applied = progress.applied(why.as_deref());
+            phases.apply = Some(ApplyPhase {
+                ms: millis(apply_started.elapsed()),
+                requests: portal.requests_sent().saturating_sub(requests_before),
+                applied: applied
+                    .outcomes
+                    .iter()
+                    .chain(&applied.group_outcomes)
+                    .filter(|o| o.status == apply::Status::Applied)
+                    .count(),
+            });
+            (Some(applied), stopped)
         }
         _ => (None, None),
     };
     let in_sync = std::mem::take(&mut plan.in_sync);
-    let report = Report::new(
+    let mut report = Report::new(
         kind.label(),
         started_at.clone(),
         directory,
@@ -291,6 +306,7 @@ pub async fn run(
         applied,
         stopped,
     );
+    report.phases = phases;
 
     // Record.
     if let (true, Some(state)) = (kind.records(), state.as_mut()) {
@@ -311,7 +327,8 @@ pub async fn run(
             meta,
             keep_runs: config.keep_runs,
         };
-        blocking(|| record::cycle(state, &facts, &report))?;
+        let recorded = blocking(|| record::cycle(state, &facts, &report))?;
+        report.phases.record = Some(recorded);
     }
     info!(
         command = kind.label(),
@@ -322,6 +339,11 @@ pub async fn run(
         closed = report.counts.get("close").copied().unwrap_or(0),
         failed = report.counts.get("failed").copied().unwrap_or(0),
         held = report.held.len(),
+        directory_read_ms = report.phases.directory_read.ms,
+        portal_read_ms = report.phases.portal_read.ms,
+        plan_ms = report.phases.plan.ms,
+        apply_ms = report.phases.apply.as_ref().map(|a| a.ms),
+        record_ms = report.phases.record.as_ref().map(|r| r.ms),
         duration_ms = u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX),
         "cycle finished"
     );
@@ -404,6 +426,8 @@ pub struct Prepared {
     /// portal ids, so the record step writes only what changed.
     known: HashMap<String, plan::Baseline>,
     linked: HashMap<String, String>,
+    /// The reads' and the plan's timings; apply and record add theirs.
+    phases: Phases,
     pub plan: Plan,
 }
 
@@ -463,12 +487,14 @@ async fn prepare(
 
     let attributes = source_attributes(config);
     let read_directory = async {
+        let started = Instant::now(); // Timing: the directory read.
         let mut source = LdapSource::connect(&config.source, &attributes).await?;
         let read = delta::read(&mut source, config, basis).await;
         source.close().await;
-        read
+        read.map(|r| (r, started.elapsed()))
     };
     let read_portal = async {
+        let started = Instant::now(); // Timing: the portal read.
         let mut portal = PortalClient::new(&config.portal)?;
         if let Some(t) = telemetry {
             portal = portal.with_telemetry(t);
@@ -482,13 +508,21 @@ async fn prepare(
         } else {
             Vec::new()
         };
-        Ok::<_, PortalError>((portal, schema, users, groups, deleted))
+        let timing = PortalRead {
+            ms: millis(started.elapsed()),
+            users: users.len(),
+            groups: groups.len(),
+            fetched: deleted.len(),
+            requests: portal.requests_sent(),
+        };
+        Ok::<_, PortalError>((portal, schema, users, groups, deleted, timing))
     };
     let (snapshot, portal_side) = tokio::join!(read_directory, read_portal);
-    let read = snapshot?;
+    let (read, directory_took) = snapshot?;
     let mut snapshot = read.snapshot.clone();
     snapshot.add_primary_group_members();
-    let (portal, schema, portal_users, portal_groups, deleted) = portal_side?;
+    let (portal, schema, portal_users, portal_groups, deleted, portal_timing) = portal_side?;
+    let plan_started = Instant::now(); // Timing: the plan, from here to the guards' end.
 
     // One "now" for the whole cycle: expiries pass with time, not with directory changes.
     let now = Timestamp::now();
@@ -553,6 +587,19 @@ async fn prepare(
             }
         }
     }
+    let phases = Phases {
+        directory_read: DirectoryRead {
+            ms: millis(directory_took),
+            entries: read.snapshot.entries_read,
+        },
+        portal_read: portal_timing,
+        plan: PlanPhase {
+            ms: millis(plan_started.elapsed()),
+            changes: plan.changes.len() + plan.group_changes.len(),
+        },
+        apply: None,
+        record: None,
+    };
     info!(
         create = plan.count(Action::Create),
         adopt = plan.count(Action::Adopt),
@@ -575,6 +622,7 @@ async fn prepare(
     Ok(Prepared {
         known,
         linked,
+        phases,
         portal,
         schema,
         directory: DirectorySummary {

@@ -286,6 +286,21 @@ pub fn render_html(r: &Report) -> String {
         }
         let _ = writeln!(o, "</ul>");
     }
+    let _ = writeln!(
+        o,
+        "<h2>Phases</h2><p class=\"muted\">The directory and the portal are read at the same time.</p>\
+         <table><tr><th>phase</th><th>took</th><th>counted</th></tr>"
+    );
+    for (phase, took, counted) in r.phases.lines(r.dry_run) {
+        let _ = writeln!(
+            o,
+            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(phase),
+            escape(&took),
+            escape(&counted)
+        );
+    }
+    let _ = writeln!(o, "</table>");
     let _ = writeln!(o, "</body></html>");
     o
 }

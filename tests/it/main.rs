@@ -18,6 +18,7 @@ mod errors;
 mod names;
 mod orphans;
 mod packaging;
+mod phases;
 mod portal_listing;
 mod safety;
 mod skeleton;

@@ -81,6 +81,10 @@ def phases_of(prefix):
     return reps[(len(reps) - 1) // 2]
 
 
+def all_runs(name):
+    return " ".join("%.2f" % x[0] for x in runs(name))
+
+
 def secs(x):
     if x is None:
         return "n/a"
@@ -219,11 +223,21 @@ def render():
         w("Criterion: " + "; ".join("`%s` %s" % (name, secs(v)) for name, v in crit) + ".")
         w("")
 
-    w("Where the time goes: dirsync's own phase timings (its JSON report's `phases`; the median run "
-      "of each). The directory and the portal are read at the same time; each side is timed on its own.")
+    w("Every measurement: wall time (median, and each run), CPU (user + system) and peak RSS of the "
+      "process measured (the servers' are not counted), and for dirsync its own phase timings "
+      "(its JSON report's `phases`, from the median run). The directory and the portal are read at "
+      "the same time; each side is timed on its own.")
     w("")
-    w("| run | wall | CPU | peak RSS | directory read | portal read | plan | apply | record |")
-    w("|---|---|---|---|---|---|---|---|---|")
+    w("| run | wall | runs | CPU | peak RSS | directory read | portal read | plan | apply | record |")
+    w("|---|---|---|---|---|---|---|---|---|---|")
+    baselines = [("L: raw ldapsearch, the same searches", "ldap"),
+                 ("P: curl GET, %s pages, sequential" % env("PAGES"), "portal_read"),
+                 ("curl --parallel-max %d, %s POSTs" % (concurrency, format(n, ",")), "post"),
+                 ("naive Python script", "naive")]
+    for label, name in baselines:
+        if runs(name):
+            w("| %s | %s | %s | %s | %.0f MiB | | | | | |" % (
+                label, secs(median(name)), all_runs(name), secs(cpu(name)), peak_mib(name)))
     rows = [("plan, empty portal", "plan_empty", "plan-empty"),
             ("provisioning (sync, users only)", "provision", "provision"),
             ("group sync (creates the portal groups)", "groups_sync", "groups-sync"),
@@ -248,8 +262,8 @@ def render():
                 return "—"
             return "%s ms: %s" % (format(v.get("ms", 0), ","), what(v))
 
-        w("| %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
-            label, secs(median(name)), secs(cpu(name)), "%.0f MiB" % peak_mib(name),
+        w("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            label, secs(median(name)), all_runs(name), secs(cpu(name)), "%.0f MiB" % peak_mib(name),
             cell("directory_read", lambda v: "%s entries" % format(v.get("entries", 0), ",")),
             cell("portal_read", lambda v: "%s users, %s groups, %s fetched, %s requests" % (
                 format(v.get("users", 0), ","), format(v.get("groups", 0), ","),

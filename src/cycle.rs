@@ -17,6 +17,7 @@ use crate::plan::{self, guard, Action, KnownGroup, Plan, PlanScope};
 use crate::portal::{GroupKey, PortalClient, PortalError, PortalGroup, PortalSchema, PortalUser};
 use crate::record;
 use crate::report::{self, DirectorySummary, PortalSummary, Report, RunOutcome, Stopped};
+use crate::report::{millis, ApplyPhase, DirectoryRead, Phases, PlanPhase, PortalRead};
 use crate::saved::SavedPlan;
 use crate::source::delta::{self, Cached, FullReason, Pending};
 use crate::source::{LdapSource, SourceError, Timestamp};
@@ -248,6 +249,7 @@ pub async fn run(
         linked,
         planned,
         legacy_basis,
+        mut phases,
         mut plan,
         ..
     } = prepared;
@@ -266,6 +268,8 @@ pub async fn run(
                 max_consecutive_failures: config.safety.max_consecutive_failures,
             };
             let progress = apply::Progress::new(&plan);
+            // Timing: the apply phase.
+            let (apply_started, requests_before) = (Instant::now(), portal.requests_sent());
             let ended = tokio::select! {
                 r = apply::apply(&plan, &portal, state, &replan, &stop.soft, &progress) => {
                     r.map(|()| stop.soft.is_cancelled().then_some(Stopped::Interrupted))
@@ -293,7 +297,18 @@ pub async fn run(
                     config.cycle_timeout.as_secs()
                 ),
             });
-            (Some(progress.applied(why.as_deref())), stopped)
+            let applied = progress.applied(why.as_deref());
+            phases.apply = Some(ApplyPhase {
+                ms: millis(apply_started.elapsed()),
+                requests: portal.requests_sent().saturating_sub(requests_before),
+                applied: applied
+                    .outcomes
+                    .iter()
+                    .chain(&applied.group_outcomes)
+                    .filter(|o| o.status == apply::Status::Applied)
+                    .count(),
+            });
+            (Some(applied), stopped)
         }
         _ => (None, None),
     };
@@ -309,6 +324,7 @@ pub async fn run(
         stopped,
     );
     report.config = Some(config.path.display().to_string());
+    report.phases = phases;
 
     // Record.
     if let (true, Some(state)) = (kind.records(), state.as_mut()) {
@@ -329,7 +345,8 @@ pub async fn run(
             meta,
             keep_runs: config.keep_runs,
         };
-        blocking(|| record::cycle(state, &facts, &report))?;
+        let recorded = blocking(|| record::cycle(state, &facts, &report))?;
+        report.phases.record = Some(recorded);
     }
     info!(
         command = kind.label(),
@@ -341,6 +358,11 @@ pub async fn run(
         closed = report.counts.get("close").copied().unwrap_or(0),
         failed = report.counts.get("failed").copied().unwrap_or(0),
         held = report.held.len(),
+        directory_read_ms = report.phases.directory_read.ms,
+        portal_read_ms = report.phases.portal_read.ms,
+        plan_ms = report.phases.plan.ms,
+        apply_ms = report.phases.apply.as_ref().map(|a| a.ms),
+        record_ms = report.phases.record.as_ref().map(|r| r.ms),
         duration_ms = u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX),
         "cycle finished"
     );
@@ -433,6 +455,8 @@ pub struct Prepared {
     /// portal ids, so the record step writes only what changed.
     known: HashMap<String, plan::Baseline>,
     linked: HashMap<String, String>,
+    /// The reads' and the plan's timings; apply and record add theirs.
+    phases: Phases,
     pub plan: Plan,
 }
 
@@ -569,12 +593,14 @@ async fn prepare(
 
     let attributes = source_attributes(config);
     let read_directory = async {
+        let started = Instant::now(); // Timing: the directory read.
         let mut source = LdapSource::connect(&config.source, &attributes).await?;
         let read = delta::read(&mut source, config, basis, forced).await;
         source.close().await;
-        read
+        read.map(|r| (r, started.elapsed()))
     };
     let read_portal = async {
+        let started = Instant::now(); // Timing: the portal read.
         let mut portal = PortalClient::new(&config.portal)?;
         if let Some(t) = telemetry {
             portal = portal.with_telemetry(t);
@@ -586,16 +612,19 @@ async fn prepare(
         } else {
             None
         };
-        Ok::<_, PortalError>((portal, schema, listed))
+        Ok::<_, PortalError>((portal, schema, listed, started.elapsed()))
     };
     let (read, portal_side) = tokio::join!(read_directory, read_portal);
-    let mut read = read?;
-    let (portal, schema, listed) = portal_side?;
+    let (mut read, directory_took) = read?;
+    let (portal, schema, listed, portal_took) = portal_side?;
     let mut snapshot = read.snapshot.clone();
     snapshot.add_primary_group_members();
 
     // One "now" for the whole cycle: expiries pass with time, not with directory changes.
     let now = Timestamp::now();
+    // Timing: the portal read goes on here when it had to wait for the directory (a
+    // listing after a forced full read, or an incremental cycle's reads by id).
+    let view_started = Instant::now();
     let (view, scope, managed_before) = match (read.changes.take(), listed) {
         (_, Some(listed)) => (listed, PlanScope::Full, None),
         (None, None) => (
@@ -621,6 +650,14 @@ async fn prepare(
             read_portal
         }
     };
+    let portal_timing = PortalRead {
+        ms: millis(portal_took + view_started.elapsed()),
+        users: view.users.len(),
+        groups: view.groups.len(),
+        fetched: view.deleted.len(),
+        requests: portal.requests_sent(),
+    };
+    let plan_started = Instant::now(); // Timing: the plan, from here to the guards' end.
     plan_and_guard(
         config,
         options,
@@ -638,6 +675,9 @@ async fn prepare(
             scope,
             managed_before,
             now,
+            directory_took,
+            portal_timing,
+            plan_started,
         },
     )
 }
@@ -749,6 +789,10 @@ struct Planning {
     /// Managed users active as of the last read, when the portal was not listed.
     managed_before: Option<usize>,
     now: Timestamp,
+    /// Timings of the reads, and when planning started.
+    directory_took: Duration,
+    portal_timing: PortalRead,
+    plan_started: Instant,
 }
 
 /// Plans, applies the guards, and makes the cycle ready to apply.
@@ -771,6 +815,9 @@ fn plan_and_guard(
         scope,
         managed_before,
         now,
+        directory_took,
+        portal_timing,
+        plan_started,
     } = planning;
     let rules = plan::effective_rules(&config.mapping, &config.access);
     let PortalView {
@@ -863,6 +910,19 @@ fn plan_and_guard(
             }
         }
     }
+    let phases = Phases {
+        directory_read: DirectoryRead {
+            ms: millis(directory_took),
+            entries: read.snapshot.entries_read,
+        },
+        portal_read: portal_timing,
+        plan: PlanPhase {
+            ms: millis(plan_started.elapsed()),
+            changes: plan.changes.len() + plan.group_changes.len(),
+        },
+        apply: None,
+        record: None,
+    };
     info!(
         create = plan.count(Action::Create),
         adopt = plan.count(Action::Adopt),
@@ -897,6 +957,7 @@ fn plan_and_guard(
     Ok(Prepared {
         known,
         linked,
+        phases,
         portal,
         schema,
         directory: DirectorySummary {

@@ -5,10 +5,10 @@
 //! during apply were recorded one by one as they happened; this step never waits for them.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::plan::{Baseline, InSync};
-use crate::report::{Report, RunOutcome};
+use crate::report::{millis, RecordPhase, Report, RunOutcome};
 use crate::state::{RunRecord, State, StateError};
 
 /// What the cycle leaves for the record step.
@@ -29,8 +29,14 @@ pub struct Facts<'a> {
     pub keep_runs: usize,
 }
 
-/// Records a cycle that produced a report.
-pub fn cycle(state: &mut State, facts: &Facts<'_>, report: &Report) -> Result<(), StateError> {
+/// Records a cycle that produced a report, with the phases the report holds, and then
+/// the record phase itself (how long this took, what it wrote) into the same run row.
+pub fn cycle(
+    state: &mut State,
+    facts: &Facts<'_>,
+    report: &Report,
+) -> Result<RecordPhase, StateError> {
+    let started = Instant::now();
     let changed: Vec<(&str, &str, &str, &Baseline)> = facts
         .in_sync
         .iter()
@@ -45,7 +51,13 @@ pub fn cycle(state: &mut State, facts: &Facts<'_>, report: &Report) -> Result<()
         })
         .collect();
     let meta: Vec<(&str, &str)> = facts.meta.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    state.record_cycle(&changed, &meta, &run_of(facts, report), facts.keep_runs)
+    let id = state.record_cycle(&changed, &meta, &run_of(facts, report), facts.keep_runs)?;
+    let phase = RecordPhase {
+        ms: millis(started.elapsed()),
+        users: changed.len(),
+    };
+    state.set_record_phase(id, &phase)?;
+    Ok(phase)
 }
 
 /// Records a cycle that failed before it could report (a side unreachable, an incomplete
@@ -102,11 +114,8 @@ fn run_of(facts: &Facts<'_>, report: &Report) -> RunRecord {
         held: report.held.iter().map(|h| h.count).sum(),
         error: report.aborted.clone(),
         duration_ms: millis(facts.duration),
+        phases: Some(report.phases.clone()),
     }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

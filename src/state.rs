@@ -18,6 +18,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use crate::mapping::{AttrPath, Value};
 use crate::plan::{Baseline, KnownGroup};
+use crate::report::{ApplyPhase, DirectoryRead, Phases, PlanPhase, PortalRead, RecordPhase};
 
 /// Schema migrations; `PRAGMA user_version` is the number applied.
 const MIGRATIONS: &[&str] = &[
@@ -75,6 +76,23 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE run ADD COLUMN error TEXT;
      ALTER TABLE run ADD COLUMN duration_ms INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE run ADD COLUMN entries_read INTEGER NOT NULL DEFAULT 0;",
+    // 6: how long each phase of the cycle took (ms) and what it counted; NULL for runs
+    //    that failed before planning, runs from before this migration, and the phases a
+    //    run did not have (apply in a held-back sync). The directory read counts
+    //    `entries_read`.
+    "ALTER TABLE run ADD COLUMN directory_read_ms INTEGER;
+     ALTER TABLE run ADD COLUMN portal_read_ms INTEGER;
+     ALTER TABLE run ADD COLUMN portal_users INTEGER;
+     ALTER TABLE run ADD COLUMN portal_groups INTEGER;
+     ALTER TABLE run ADD COLUMN portal_fetched INTEGER;
+     ALTER TABLE run ADD COLUMN portal_requests INTEGER;
+     ALTER TABLE run ADD COLUMN plan_ms INTEGER;
+     ALTER TABLE run ADD COLUMN planned_changes INTEGER;
+     ALTER TABLE run ADD COLUMN apply_ms INTEGER;
+     ALTER TABLE run ADD COLUMN apply_requests INTEGER;
+     ALTER TABLE run ADD COLUMN applied_changes INTEGER;
+     ALTER TABLE run ADD COLUMN record_ms INTEGER;
+     ALTER TABLE run ADD COLUMN record_users INTEGER;",
 ];
 
 /// A state store problem. Fatal for the cycle: without its memory the daemon could not
@@ -195,6 +213,9 @@ pub struct RunRecord {
     /// Why the cycle failed or stopped early.
     pub error: Option<String>,
     pub duration_ms: u64,
+    /// How long each phase took and what it counted; `None` for a run that failed
+    /// before planning (or was recorded by a dirsync without phase timings).
+    pub phases: Option<Phases>,
 }
 
 pub struct State {
@@ -544,16 +565,69 @@ impl State {
         Ok(())
     }
 
+    /// Adds the record phase to the run `id` (from [`State::record_cycle`]), which could
+    /// not hold its own duration when it was written.
+    pub fn set_record_phase(&mut self, id: i64, record: &RecordPhase) -> Result<(), StateError> {
+        self.conn.execute(
+            "UPDATE run SET record_ms = ?2, record_users = ?3 WHERE id = ?1",
+            params![id, clamp(record.ms), record.users as i64],
+        )?;
+        Ok(())
+    }
+
     /// The newest `limit` runs, newest first.
     pub fn recent_runs(&self, limit: usize) -> Result<Vec<RunRecord>, StateError> {
         let mut stmt = self.conn.prepare(
             "SELECT started_at, finished_at, command, outcome, read, read_reason, entries_read,
                     created, adopted, updated, reactivated, closed, skipped, failed, conflicts,
-                    held, error, duration_ms
+                    held, error, duration_ms,
+                    directory_read_ms, portal_read_ms, portal_users, portal_groups,
+                    portal_fetched, portal_requests, plan_ms, planned_changes,
+                    apply_ms, apply_requests, applied_changes, record_ms, record_users
              FROM run ORDER BY id DESC LIMIT ?1",
         )?;
         let n = |v: i64| usize::try_from(v).unwrap_or(0);
+        let u = |v: i64| u64::try_from(v).unwrap_or(0);
         let rows = stmt.query_map(params![limit as i64], |r| {
+            // Columns 18.. as (value or 0): a phase is there when its duration is.
+            let at = |i: usize| -> rusqlite::Result<i64> {
+                Ok(r.get::<_, Option<i64>>(i)?.unwrap_or(0))
+            };
+            let phases = match r.get::<_, Option<i64>>(18)? {
+                None => None,
+                Some(directory_ms) => Some(Phases {
+                    directory_read: DirectoryRead {
+                        ms: u(directory_ms),
+                        entries: n(r.get(6)?),
+                    },
+                    portal_read: PortalRead {
+                        ms: u(at(19)?),
+                        users: n(at(20)?),
+                        groups: n(at(21)?),
+                        fetched: n(at(22)?),
+                        requests: u(at(23)?),
+                    },
+                    plan: PlanPhase {
+                        ms: u(at(24)?),
+                        changes: n(at(25)?),
+                    },
+                    apply: match r.get::<_, Option<i64>>(26)? {
+                        None => None,
+                        Some(ms) => Some(ApplyPhase {
+                            ms: u(ms),
+                            requests: u(at(27)?),
+                            applied: n(at(28)?),
+                        }),
+                    },
+                    record: match r.get::<_, Option<i64>>(29)? {
+                        None => None,
+                        Some(ms) => Some(RecordPhase {
+                            ms: u(ms),
+                            users: n(at(30)?),
+                        }),
+                    },
+                }),
+            };
             Ok(RunRecord {
                 started_at: r.get(0)?,
                 finished_at: r.get(1)?,
@@ -573,6 +647,7 @@ impl State {
                 held: n(r.get(15)?),
                 error: r.get(16)?,
                 duration_ms: u64::try_from(r.get::<_, i64>(17)?).unwrap_or(0),
+                phases,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -587,14 +662,15 @@ impl State {
     }
 
     /// Writes, in one transaction, the end of a cycle: the baselines of in-step users that
-    /// changed, meta facts (scope, delta basis), and the run (pruned to `keep`).
+    /// changed, meta facts (scope, delta basis), and the run (pruned to `keep`). Returns
+    /// the run's id.
     pub fn record_cycle(
         &mut self,
         baselines: &[(&str, &str, &str, &Baseline)],
         meta: &[(&str, &str)],
         run: &RunRecord,
         keep: usize,
-    ) -> Result<(), StateError> {
+    ) -> Result<i64, StateError> {
         let tx = self.conn.transaction()?;
         for (anchor, portal_id, user_name, baseline) in baselines {
             record_in(&tx, anchor, portal_id, user_name, baseline)?;
@@ -605,9 +681,9 @@ impl State {
                 params![key, value],
             )?;
         }
-        insert_run(&tx, run, keep)?;
+        let id = insert_run(&tx, run, keep)?;
         tx.commit()?;
-        Ok(())
+        Ok(id)
     }
 
     /// Who is writing the database at `path` (pid and since when), if a live process is.
@@ -659,12 +735,25 @@ fn record_in(
     Ok(())
 }
 
-fn insert_run(conn: &Connection, run: &RunRecord, keep: usize) -> Result<(), StateError> {
+/// A count or duration as SQLite's INTEGER.
+fn clamp(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Inserts the run and prunes the table; returns the run's id.
+fn insert_run(conn: &Connection, run: &RunRecord, keep: usize) -> Result<i64, StateError> {
+    let p = run.phases.as_ref();
+    let apply = p.and_then(|p| p.apply.as_ref());
+    let record = p.and_then(|p| p.record.as_ref());
     conn.execute(
         "INSERT INTO run (started_at, finished_at, command, outcome, read, read_reason, entries_read,
                           created, adopted, updated, reactivated, closed, skipped, failed, conflicts,
-                          held, error, duration_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+                          held, error, duration_ms,
+                          directory_read_ms, portal_read_ms, portal_users, portal_groups,
+                          portal_fetched, portal_requests, plan_ms, planned_changes,
+                          apply_ms, apply_requests, applied_changes, record_ms, record_users)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
+                 ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31)",
         params![
             run.started_at,
             run.finished_at,
@@ -683,14 +772,28 @@ fn insert_run(conn: &Connection, run: &RunRecord, keep: usize) -> Result<(), Sta
             run.conflicts as i64,
             run.held as i64,
             run.error,
-            i64::try_from(run.duration_ms).unwrap_or(i64::MAX),
+            clamp(run.duration_ms),
+            p.map(|p| clamp(p.directory_read.ms)),
+            p.map(|p| clamp(p.portal_read.ms)),
+            p.map(|p| p.portal_read.users as i64),
+            p.map(|p| p.portal_read.groups as i64),
+            p.map(|p| p.portal_read.fetched as i64),
+            p.map(|p| clamp(p.portal_read.requests)),
+            p.map(|p| clamp(p.plan.ms)),
+            p.map(|p| p.plan.changes as i64),
+            apply.map(|a| clamp(a.ms)),
+            apply.map(|a| clamp(a.requests)),
+            apply.map(|a| a.applied as i64),
+            record.map(|r| clamp(r.ms)),
+            record.map(|r| r.users as i64),
         ],
     )?;
+    let id = conn.last_insert_rowid();
     conn.execute(
         "DELETE FROM run WHERE id <= (SELECT max(id) FROM run) - ?1",
         params![keep.max(1) as i64],
     )?;
-    Ok(())
+    Ok(id)
 }
 
 /// [`StateError::Corrupt`] for a damaged file, else the SQLite error as it is.
@@ -905,6 +1008,60 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn runs_keep_their_phases_and_the_record_phase_is_added_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = State::open(&dir.path().join("state.db")).unwrap();
+        let phases = Phases {
+            directory_read: DirectoryRead {
+                ms: 1200,
+                entries: 10025,
+            },
+            portal_read: PortalRead {
+                ms: 8600,
+                users: 10000,
+                groups: 202,
+                fetched: 1,
+                requests: 107,
+            },
+            plan: PlanPhase {
+                ms: 60,
+                changes: 110,
+            },
+            apply: Some(ApplyPhase {
+                ms: 900,
+                requests: 112,
+                applied: 110,
+            }),
+            record: None,
+        };
+        let run = RunRecord {
+            command: "sync".into(),
+            outcome: "ok".into(),
+            entries_read: 10025,
+            phases: Some(phases.clone()),
+            ..RunRecord::default()
+        };
+        let id = s.record_cycle(&[], &[], &run, 10).unwrap();
+        assert_eq!(s.recent_runs(1).unwrap(), std::slice::from_ref(&run));
+        let record = RecordPhase { ms: 7, users: 3 };
+        s.set_record_phase(id, &record).unwrap();
+        let mut want = run;
+        want.phases = Some(Phases {
+            record: Some(record),
+            ..phases
+        });
+        assert_eq!(s.recent_runs(1).unwrap(), [want]);
+        // A run that failed before planning has none.
+        let failed = RunRecord {
+            command: "sync".into(),
+            outcome: "failed".into(),
+            ..RunRecord::default()
+        };
+        s.record_run(&failed, 10).unwrap();
+        assert_eq!(s.recent_runs(1).unwrap()[0].phases, None);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 mod schema;
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -254,6 +255,8 @@ pub struct PortalClient {
     pub capabilities: Capabilities,
     /// Where requests and retries are counted, if anywhere.
     telemetry: Option<Arc<Telemetry>>,
+    /// Requests sent by this client (each try of a retried one), for the report's phases.
+    requests: AtomicU64,
 }
 
 impl PortalClient {
@@ -297,6 +300,7 @@ impl PortalClient {
             max_retries: config.max_retries,
             capabilities: Capabilities::default(),
             telemetry: None,
+            requests: AtomicU64::new(0),
         })
     }
 
@@ -304,6 +308,12 @@ impl PortalClient {
     pub fn with_telemetry(mut self, telemetry: Arc<Telemetry>) -> Self {
         self.telemetry = Some(telemetry);
         self
+    }
+
+    /// How many requests this client has sent so far (every try of a retried request,
+    /// answered or not). A cycle reads it between its phases.
+    pub fn requests_sent(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
     }
 
     /// Reads `/ServiceProviderConfig` and remembers what the portal supports.
@@ -782,6 +792,7 @@ impl PortalClient {
                 return (None, Err(e));
             }
         };
+        self.requests.fetch_add(1, Ordering::Relaxed);
         let (status, result) = self
             .exchange(method.clone(), url, path, body, if_match)
             .await;
@@ -1334,6 +1345,7 @@ mod tests {
         portal.discover().await.unwrap();
         // 500 twice: retried once, then given up.
         portal.schema().await.unwrap_err();
+        assert_eq!(portal.requests_sent(), 4, "every try is a request sent");
         let out = telemetry.render();
         for line in [
             r#"dirsync_portal_requests_total{method="GET",status="503"} 1"#,
@@ -1356,6 +1368,7 @@ mod tests {
         let telemetry = Arc::new(Telemetry::new());
         let portal = client(addr, 1).with_telemetry(Arc::clone(&telemetry));
         portal.delete_group("g1").await.unwrap_err();
+        assert_eq!(portal.requests_sent(), 2, "unanswered tries count too");
         let out = telemetry.render();
         for line in [
             r#"dirsync_portal_requests_total{method="DELETE",status="error"} 2"#,

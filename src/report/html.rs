@@ -515,6 +515,16 @@ fn summary(r: &Report) -> Markup {
                 }
             }
         }
+        section #phases {
+            h2 { "Phases" }
+            p.muted { "The directory and the portal are read at the same time." }
+            table {
+                tr { th { "phase" } th { "took" } th { "counted" } }
+                @for (phase, took, counted) in r.phases.lines(r.dry_run) {
+                    tr { td { (phase) } td { (took) } td { (counted) } }
+                }
+            }
+        }
     }
 }
 

@@ -117,6 +117,136 @@ impl PortalSummary {
     }
 }
 
+/// How long each step of a cycle took and what it counted, in milliseconds. The directory
+/// and the portal are read at the same time, so each side is timed on its own and the
+/// two reads together take about the longer of them, not their sum.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Phases {
+    pub directory_read: DirectoryRead,
+    pub portal_read: PortalRead,
+    pub plan: PlanPhase,
+    /// `None` when nothing was applied: a dry run, or a sync a guard turned into a plan.
+    pub apply: Option<ApplyPhase>,
+    /// `None` when the cycle records nothing (a dry run). Takes in the run row, the
+    /// baselines of users in step and the delta basis, in one transaction.
+    pub record: Option<RecordPhase>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectoryRead {
+    pub ms: u64,
+    /// Entries the directory returned (users, groups and containers; a delta's changes).
+    pub entries: usize,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortalRead {
+    pub ms: u64,
+    /// Users and groups listed.
+    pub users: usize,
+    pub groups: usize,
+    /// Managed users missing from the listing, fetched one by one (deleted in the portal).
+    pub fetched: usize,
+    /// HTTP requests sent: discovery, schemas, the listings' pages, the fetches, retries.
+    pub requests: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanPhase {
+    pub ms: u64,
+    /// User and group changes planned.
+    pub changes: usize,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyPhase {
+    pub ms: u64,
+    /// HTTP requests sent, retries included.
+    pub requests: u64,
+    /// User and group changes the portal confirmed.
+    pub applied: usize,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordPhase {
+    pub ms: u64,
+    /// Users in step whose link or last-synced values were written.
+    pub users: usize,
+}
+
+impl Phases {
+    /// One line per phase for the text and HTML reports: its name, how long it took
+    /// (`-` when it did not run) and what it counted, in words.
+    pub fn lines(&self, dry_run: bool) -> Vec<(&'static str, String, String)> {
+        let ms = |ms: u64| format!("{} ms", thousands(ms));
+        let d = &self.directory_read;
+        let p = &self.portal_read;
+        let mut lines = vec![
+            (
+                "directory read",
+                ms(d.ms),
+                format!("{} entries read", thousands(d.entries as u64)),
+            ),
+            (
+                "portal read",
+                ms(p.ms),
+                format!(
+                    "{} users and {} groups listed, {} fetched, {} requests",
+                    thousands(p.users as u64),
+                    thousands(p.groups as u64),
+                    thousands(p.fetched as u64),
+                    thousands(p.requests)
+                ),
+            ),
+            (
+                "plan",
+                ms(self.plan.ms),
+                format!("{} changes planned", thousands(self.plan.changes as u64)),
+            ),
+        ];
+        lines.push(match &self.apply {
+            Some(a) => (
+                "apply",
+                ms(a.ms),
+                format!(
+                    "{} requests, {} changes applied",
+                    thousands(a.requests),
+                    thousands(a.applied as u64)
+                ),
+            ),
+            None if dry_run => ("apply", "-".into(), "nothing applied (dry run)".into()),
+            None => ("apply", "-".into(), "nothing applied".into()),
+        });
+        lines.push(match &self.record {
+            Some(r) => (
+                "record",
+                ms(r.ms),
+                format!("{} users in step written", thousands(r.users as u64)),
+            ),
+            None => ("record", "-".into(), "nothing recorded (dry run)".into()),
+        });
+        lines
+    }
+}
+
+/// `1234567` as `1,234,567`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A duration in whole milliseconds, as reports and the run history keep it.
+pub fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ReportedChange {
     #[serde(flatten)]
@@ -222,6 +352,10 @@ pub struct Report {
     /// Per action (planned, or applied in a sync), plus `skipped`, `needs_admin`,
     /// `conflicts`, `rejected`, `failed` and `held`: see [`Report::counted`].
     pub counts: BTreeMap<String, usize>,
+    /// How long each step took and what it counted (zero in a report from before
+    /// phases were recorded).
+    #[serde(default)]
+    pub phases: Phases,
 }
 
 impl Report {
@@ -364,6 +498,7 @@ impl Report {
             stopped,
             outcome: RunOutcome::Ok,
             counts,
+            phases: Phases::default(),
         };
         report.outcome = report.derive_outcome();
         report
@@ -543,6 +678,134 @@ pub fn outcome_text(outcome: Option<&Outcome>) -> String {
                 Status::Failed => format!("FAILED: {answer}"),
                 Status::NotAttempted => "not attempted".into(),
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod phase_tests {
+    use super::*;
+
+    fn report(dry_run: bool) -> Report {
+        let mut r = Report::new(
+            if dry_run { "plan" } else { "sync" },
+            "2024-05-01T12:00:00Z".into(),
+            DirectorySummary {
+                url: "ldap://ldap.example.com".into(),
+                users: 12000,
+                disabled: 0,
+                groups: Some(300),
+                read: "full".into(),
+                read_reason: None,
+                entries_read: 12345,
+                domain_controller: None,
+            },
+            PortalSummary {
+                url: "https://portal.example.com/scim/v2/".into(),
+                users: 11990,
+                managed: 11990,
+                managed_active: 11990,
+                listed: true,
+            },
+            Plan::default(),
+            (!dry_run).then(Applied::default),
+            None,
+        );
+        r.phases = Phases {
+            directory_read: DirectoryRead {
+                ms: 1234,
+                entries: 12345,
+            },
+            portal_read: PortalRead {
+                ms: 8601,
+                users: 11990,
+                groups: 202,
+                fetched: 3,
+                requests: 128,
+            },
+            plan: PlanPhase {
+                ms: 63,
+                changes: 17,
+            },
+            apply: (!dry_run).then_some(ApplyPhase {
+                ms: 2500,
+                requests: 21,
+                applied: 16,
+            }),
+            record: (!dry_run).then_some(RecordPhase { ms: 12, users: 4 }),
+        };
+        r
+    }
+
+    #[test]
+    fn every_phase_is_in_the_json_with_its_duration_and_counts() {
+        let json: serde_json::Value = serde_json::from_str(&report(false).to_json()).unwrap();
+        assert_eq!(
+            json["phases"],
+            serde_json::json!({
+                "directory_read": {"ms": 1234, "entries": 12345},
+                "portal_read": {"ms": 8601, "users": 11990, "groups": 202, "fetched": 3, "requests": 128},
+                "plan": {"ms": 63, "changes": 17},
+                "apply": {"ms": 2500, "requests": 21, "applied": 16},
+                "record": {"ms": 12, "users": 4},
+            })
+        );
+        let dry: serde_json::Value = serde_json::from_str(&report(true).to_json()).unwrap();
+        assert_eq!(dry["phases"]["apply"], serde_json::Value::Null);
+        assert_eq!(dry["phases"]["record"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn the_text_report_has_one_line_per_phase_with_what_it_counted() {
+        let text = render_text(&report(false));
+        let phases: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("Phases"))
+            .skip(1)
+            .collect();
+        assert_eq!(
+            phases,
+            [
+                "  directory read    1,234 ms  12,345 entries read",
+                "  portal read       8,601 ms  11,990 users and 202 groups listed, 3 fetched, 128 requests",
+                "  plan                 63 ms  17 changes planned",
+                "  apply             2,500 ms  21 requests, 16 changes applied",
+                "  record               12 ms  4 users in step written",
+            ],
+            "{text}"
+        );
+        let dry = render_text(&report(true));
+        assert!(
+            dry.contains("  apply                    -  nothing applied (dry run)\n")
+                && dry.contains("  record                   -  nothing recorded (dry run)\n"),
+            "{dry}"
+        );
+    }
+
+    #[test]
+    fn the_html_report_has_every_phase_the_json_has() {
+        let html = render_html(&report(false));
+        for cell in [
+            "<tr><td>directory read</td><td>1,234 ms</td><td>12,345 entries read</td></tr>",
+            "<tr><td>portal read</td><td>8,601 ms</td><td>11,990 users and 202 groups listed, 3 fetched, 128 requests</td></tr>",
+            "<tr><td>plan</td><td>63 ms</td><td>17 changes planned</td></tr>",
+            "<tr><td>apply</td><td>2,500 ms</td><td>21 requests, 16 changes applied</td></tr>",
+            "<tr><td>record</td><td>12 ms</td><td>4 users in step written</td></tr>",
+        ] {
+            assert!(html.contains(cell), "no {cell} in:\n{html}");
+        }
+    }
+
+    #[test]
+    fn thousands_are_grouped_by_three() {
+        for (n, text) in [
+            (0, "0"),
+            (999, "999"),
+            (1000, "1,000"),
+            (123456, "123,456"),
+            (1234567, "1,234,567"),
+        ] {
+            assert_eq!(thousands(n), text);
         }
     }
 }

@@ -139,6 +139,13 @@ pub fn render_text(r: &Report) -> String {
         }
     }
     summary(&mut out, r);
+    let _ = writeln!(
+        out,
+        "\nPhases (the directory and the portal are read at the same time):"
+    );
+    for (phase, took, counted) in r.phases.lines(r.dry_run) {
+        let _ = writeln!(out, "  {phase:<15} {took:>10}  {counted}");
+    }
     out
 }
 

@@ -19,6 +19,7 @@ mod incremental;
 mod names;
 mod orphans;
 mod packaging;
+mod phases;
 mod portal_listing;
 mod report_content;
 mod report_page;

@@ -1,0 +1,322 @@
+#!/usr/bin/env python3
+"""scripts/bench's report: reads what the run measured (BENCH_* variables, the work
+directory's NAME.times files and dirsync's JSON reports) and prints the figures as a
+Markdown section.
+
+    summary.py                          prints the section for this run
+    summary.py --write FILE SECTION     puts SECTION (a file) into FILE (BENCHMARKS.md),
+                                        replacing the section for the same N, if any
+"""
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+
+
+def env(name, default=""):
+    return os.environ.get("BENCH_" + name, default)
+
+
+WORK = env("WORK")
+
+
+def runs(name):
+    """[(seconds, peak RSS KiB, user CPU s, system CPU s)] of NAME's runs."""
+    path = os.path.join(WORK, name + ".times")
+    if not os.path.exists(path):
+        return []
+    out = []
+    for line in open(path):
+        parts = line.split()
+        if len(parts) == 4:
+            out.append(tuple(float(p) for p in parts))
+    return out
+
+
+def median(name):
+    r = runs(name)
+    return statistics.median(x[0] for x in r) if r else None
+
+
+def peak_mib(name):
+    r = runs(name)
+    return max(x[1] for x in r) / 1024 if r else None
+
+
+def cpu(name):
+    """User + system CPU seconds of the median run (by wall time)."""
+    r = sorted(runs(name))
+    if not r:
+        return None
+    m = r[(len(r) - 1) // 2]
+    return m[2] + m[3]
+
+
+def reports(prefix):
+    """dirsync's JSON reports WORK/PREFIX*.json, in run order."""
+    found = sorted(f for f in os.listdir(WORK) if f.startswith(prefix) and f.endswith(".json"))
+    out = []
+    for f in found:
+        try:
+            out.append(json.load(open(os.path.join(WORK, f))))
+        except (OSError, ValueError):
+            pass
+    return out
+
+
+def phases_of(prefix):
+    """The phase timings of the report of the median run: {phase: {...}} or None."""
+    reps = [r.get("phases") for r in reports(prefix)]
+    reps = [p for p in reps if p]
+    if not reps:
+        return None
+
+    def total(p):
+        return sum((v or {}).get("ms", 0) for v in p.values())
+
+    reps.sort(key=total)
+    return reps[(len(reps) - 1) // 2]
+
+
+def all_runs(name):
+    return " ".join("%.2f" % x[0] for x in runs(name))
+
+
+def secs(x):
+    if x is None:
+        return "n/a"
+    return "%.2f s" % x if x < 10 else "%.1f s" % x
+
+
+def ratio(x, base):
+    if x is None or not base:
+        return "n/a"
+    return "%.2fx" % (x / base)
+
+
+def verdict(ok):
+    return "yes" if ok else "**no**"
+
+
+def machine():
+    model = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemTotal"):
+                mem = "%.0f GiB" % (int(line.split()[1]) / 1024 / 1024)
+    except OSError:
+        pass
+    return "%s, %d cores, %s, %s" % (model, os.cpu_count() or 0, mem, platform.system())
+
+
+def criterion():
+    path = env("CRITERION_OUT")
+    if not path or not os.path.exists(path):
+        return None
+    text = open(path).read()
+    # "name   time:   [low unit mid unit high unit]" (the name may be on the line before)
+    found = []
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        m = re.search(r"time:\s+\[\S+ \S+ (\S+) (\S+) \S+ \S+\]", line)
+        if not m:
+            continue
+        name = line.split("time:")[0].strip() or (lines[i - 1].strip() if i else "?")
+        value, unit = float(m.group(1)), m.group(2)
+        scale = {"ns": 1e-9, "µs": 1e-6, "us": 1e-6, "ms": 1e-3, "s": 1.0}.get(unit, 1.0)
+        found.append((name, value * scale))
+    return found
+
+
+def render():
+    n = int(env("N"))
+    repeat = int(env("REPEAT", "1"))
+    changed, deleted = int(env("CHANGED")), int(env("DELETED"))
+    concurrency = int(env("CONCURRENCY"))
+    incremental = env("INCREMENTAL") == "true"
+    ldap, portal = median("ldap"), median("portal_read")
+    full = median("full")
+    raw = (ldap or 0) + (portal or 0)
+    out = []
+    w = out.append
+    w("<!-- bench N=%d begin -->" % n)
+    w("## %s users" % format(n, ","))
+    w("")
+    w("%s users, %s groups (%s member values, some nested), %s of them mirrored to the portal. "
+      "Measured %s on %s; load average before %s, after %s. %s%s (release build), %s, "
+      "scim2-server %s. Median of %d runs (provisioning, the group sync and the cycle after the "
+      "changes: one run). The whole run took %s s (slapadd: %s s)."
+      % (format(n, ","), format(int(env("GROUPS")), ","), format(int(env("MEMBERSHIPS")), ","),
+         env("PORTAL_GROUPS"), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), machine(),
+         env("LOAD_BEFORE"), env("LOAD_AFTER"), env("DIRSYNC_VERSION"),
+         ", with uncommitted changes in src/" if env("DIRTY") == "yes" else "",
+         env("SLAPD_VERSION"), env("SCIM_VERSION"), repeat, env("SECS"), env("SLAPADD_SECS")))
+    w("")
+    w("| figure | dirsync | baseline in the same run | ratio | target | met |")
+    w("|---|---|---|---|---|---|")
+    full_ratio = full / raw if full and raw else None
+    w("| full cycle, nothing to change | %s | ldapsearch %s + curl GET %s pages %s = %s | %s | ≤ 1.0x | %s |"
+      % (secs(full), secs(ldap), env("PAGES"), secs(portal), secs(raw), ratio(full, raw),
+         verdict(full_ratio is not None and full_ratio <= 1.0)))
+    if incremental:
+        incr, none = median("incr"), median("incr_none")
+        w("| incremental cycle, %d users changed + %d deleted | %s | the full cycle %s | %s | ≤ 0.02x and ≤ 3 s | %s |"
+          % (changed, deleted, secs(incr), secs(full), ratio(incr, full), "ratio %s, %s" % (
+              ratio(incr, full), verdict(incr is not None and full and incr / full <= 0.02 and incr <= 3))))
+        w("| incremental cycle, nothing changed | %s | — | — | ≤ 0.5 s | %s |"
+          % (secs(none), verdict(none is not None and none <= 0.5)))
+    else:
+        na = "n/a (no incremental cycles in this build)"
+        w("| incremental cycle, %d users changed + %d deleted | %s | the full cycle %s | — | ≤ 0.02x and ≤ 3 s | — |"
+          % (changed, deleted, na, secs(full)))
+        w("| incremental cycle, nothing changed | %s | — | — | ≤ 0.5 s | — |" % na)
+    prov, post = median("provision"), median("post")
+    prov_tp = n / prov if prov else None
+    post_tp = n / post if post else None
+    prov_phases = phases_of("provision")
+    apply_note = ""
+    if prov_phases and prov_phases.get("apply") and prov_phases["apply"].get("ms"):
+        a = prov_phases["apply"]
+        apply_tp = a.get("applied", 0) / (a["ms"] / 1000)
+        apply_note = "; its apply phase alone %.0f users/s (%s requests in %s)" % (
+            apply_tp, format(a.get("requests", 0), ","), secs(a["ms"] / 1000))
+    tp_ratio = prov_tp / post_tp if prov_tp and post_tp else None
+    w("| initial provisioning of %s users | %.0f users/s (%s, whole sync%s) | curl --parallel-max %d, the same bodies to a fresh portal: %.0f users/s (%s) | %s | ≥ 0.9x its throughput | %s |"
+      % (format(n, ","), prov_tp or 0, secs(prov), apply_note, concurrency, post_tp or 0, secs(post),
+         "%.2fx" % tp_ratio if tp_ratio else "n/a", verdict(tp_ratio is not None and tp_ratio >= 0.9)))
+    crit = criterion()
+    if crit:
+        best = [c for c in crit if "100k" in c[0]] or crit
+        name, value = best[0]
+        w("| plan alone, 100k × 100k, 1%% changes (criterion) | %s (`%s`) | — | — | ≤ 0.25 s | %s |"
+          % (secs(value), name, verdict(value <= 0.25)))
+    else:
+        w("| plan alone, 100k × 100k, 1% changes (criterion) | n/a (no `benches/plan.rs` in this build) | — | — | ≤ 0.25 s | — |")
+    rss = peak_mib("full")
+    w("| peak RSS, full cycle | %s | — | — | ≤ 250 MB at 100k | %s |"
+      % ("%.0f MiB" % rss if rss else "n/a",
+         verdict(rss is not None and rss <= 250) + ("" if n >= 100000 else " (at %s)" % format(n, ","))))
+    naive, naive_rss = median("naive"), peak_mib("naive")
+    w("| the naive Python script (bench/naive.py) | %s, %s | naive: %s, %s | time %s, memory %s | dirsync faster, ≤ 0.5x its memory | %s |"
+      % (secs(full), "%.0f MiB" % rss if rss else "n/a", secs(naive), "%.0f MiB" % naive_rss if naive_rss else "n/a",
+         ratio(full, naive), ratio(rss, naive_rss),
+         verdict(full is not None and naive is not None and full < naive and rss is not None
+                 and naive_rss and rss <= naive_rss / 2)))
+    w("")
+    if not incremental:
+        cf = median("changes_full")
+        w("Without incremental cycles, the sync after the %d changes and %d deletions read everything: %s "
+          "(%s of the full cycle)." % (changed, deleted, secs(cf), ratio(cf, full)))
+        w("")
+    if crit and len(crit) > 1:
+        w("Criterion: " + "; ".join("`%s` %s" % (name, secs(v)) for name, v in crit) + ".")
+        w("")
+
+    w("Every measurement: wall time (median, and each run), CPU (user + system) and peak RSS of the "
+      "process measured (the servers' are not counted), and for dirsync its own phase timings "
+      "(its JSON report's `phases`, from the median run). The directory and the portal are read at "
+      "the same time; each side is timed on its own.")
+    w("")
+    w("| run | wall | runs | CPU | peak RSS | directory read | portal read | plan | apply | record |")
+    w("|---|---|---|---|---|---|---|---|---|---|")
+    baselines = [("L: raw ldapsearch, the same searches", "ldap"),
+                 ("P: curl GET, %s pages, sequential" % env("PAGES"), "portal_read"),
+                 ("curl --parallel-max %d, %s POSTs" % (concurrency, format(n, ",")), "post"),
+                 ("naive Python script", "naive")]
+    for label, name in baselines:
+        if runs(name):
+            w("| %s | %s | %s | %s | %.0f MiB | | | | | |" % (
+                label, secs(median(name)), all_runs(name), secs(cpu(name)), peak_mib(name)))
+    rows = [("plan, empty portal", "plan_empty", "plan-empty"),
+            ("provisioning (sync, users only)", "provision", "provision"),
+            ("group sync (creates the portal groups)", "groups_sync", "groups-sync"),
+            ("full cycle, nothing to change", "full", "full"),
+            ("plan, portal in sync", "plan_steady", "plan-steady")]
+    if incremental:
+        rows += [("incremental, %d changed + %d deleted" % (changed, deleted), "incr", "incr"),
+                 ("incremental, nothing changed", "incr_none", "incr-none")]
+    else:
+        rows += [("full cycle after %d changed + %d deleted" % (changed, deleted), "changes_full", "changes-full")]
+    for label, name, prefix in rows:
+        p = phases_of(prefix)
+        r = runs(name)
+        if not r:
+            continue
+
+        def cell(phase, what):
+            if p is None:
+                return "n/a"
+            v = p.get(phase)
+            if v is None:
+                return "—"
+            return "%s ms: %s" % (format(v.get("ms", 0), ","), what(v))
+
+        w("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            label, secs(median(name)), all_runs(name), secs(cpu(name)), "%.0f MiB" % peak_mib(name),
+            cell("directory_read", lambda v: "%s entries" % format(v.get("entries", 0), ",")),
+            cell("portal_read", lambda v: "%s users, %s groups, %s fetched, %s requests" % (
+                format(v.get("users", 0), ","), format(v.get("groups", 0), ","),
+                v.get("fetched", 0), format(v.get("requests", 0), ","))),
+            cell("plan", lambda v: "%s changes" % format(v.get("changes", 0), ",")),
+            cell("apply", lambda v: "%s requests, %s applied" % (
+                format(v.get("requests", 0), ","), format(v.get("applied", 0), ","))),
+            cell("record", lambda v: "%s users written" % format(v.get("users", 0), ","))))
+    w("")
+    w("The issue's \"before\" columns, measured now:")
+    w("")
+    w("| N | ldapsearch | portal listing | plan, empty portal | sync, nothing to change | peak RSS | Python script |")
+    w("|---|---|---|---|---|---|---|")
+    w("| %s | %s | %s | %s | %s | %s | %s, %s |" % (
+        format(n, ","), secs(ldap), secs(portal), secs(median("plan_empty")), secs(full),
+        "%.0f MiB" % rss if rss else "n/a", secs(naive), "%.0f MiB" % naive_rss if naive_rss else "n/a"))
+    w("<!-- bench N=%d end -->" % n)
+    return "\n".join(out) + "\n"
+
+
+HEADER = """# Benchmarks
+
+Written by `scripts/bench N` (see BENCHMARKS.md's text above the results for what each
+figure means); each run replaces its own N's section below.
+
+<!-- bench results -->
+"""
+
+
+def write(path, section_path):
+    section = open(section_path).read()
+    m = re.search(r"<!-- bench N=(\d+) begin -->", section)
+    if not m:
+        sys.exit("summary: the section has no N")
+    n = m.group(1)
+    text = open(path).read() if os.path.exists(path) else HEADER
+    pattern = re.compile(r"<!-- bench N=%s begin -->.*?<!-- bench N=%s end -->\n?" % (n, n), re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section, text)
+    else:
+        # Sections in order of N.
+        later = [mm for mm in re.finditer(r"<!-- bench N=(\d+) begin -->", text) if int(mm.group(1)) > int(n)]
+        if later:
+            at = later[0].start()
+            text = text[:at] + section + "\n" + text[at:]
+        else:
+            text = text.rstrip("\n") + "\n\n" + section
+    with open(path, "w") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--write":
+        write(sys.argv[2], sys.argv[3])
+    else:
+        sys.stdout.write(render())

@@ -233,10 +233,31 @@ pub fn lock_path(path: &Path) -> PathBuf {
 /// and start time) into the lock file for the next one to read.
 fn lock_writer(path: &Path) -> Result<File, StateError> {
     let lock_path = lock_path(path);
-    let open_err = |e: std::io::Error| StateError::Open {
-        path: path.to_path_buf(),
-        message: format!("cannot open the lock file {}: {e}", lock_path.display()),
-    };
+    take_lock(&lock_path).map_err(|e| match e {
+        LockError::Held(holder) => StateError::Busy {
+            path: path.to_path_buf(),
+            holder,
+        },
+        LockError::Io(e) => StateError::Open {
+            path: path.to_path_buf(),
+            message: format!("cannot open the lock file {}: {e}", lock_path.display()),
+        },
+    })
+}
+
+/// Why an exclusive lock file could not be taken.
+#[derive(Debug)]
+pub enum LockError {
+    /// Another process holds it: who (as it wrote into the file), or "holder unknown".
+    Held(String),
+    Io(std::io::Error),
+}
+
+/// Takes an exclusive lock on `lock_path` (created 0600) for as long as the returned file
+/// lives, and writes who holds it (pid and start time) into it for the next one to read.
+/// The kernel drops the lock when the process ends, however it ends. One lock of this
+/// kind guards the state's writer, another the daemon.
+pub fn take_lock(lock_path: &Path) -> Result<File, LockError> {
     let mut file = {
         use std::os::unix::fs::OpenOptionsExt;
         File::options()
@@ -245,33 +266,30 @@ fn lock_writer(path: &Path) -> Result<File, StateError> {
             .create(true)
             .truncate(false)
             .mode(PRIVATE_MODE)
-            .open(&lock_path)
-            .map_err(open_err)?
+            .open(lock_path)
+            .map_err(LockError::Io)?
     };
-    make_private(&lock_path).map_err(open_err)?;
+    make_private(lock_path).map_err(LockError::Io)?;
     match file.try_lock() {
         Ok(()) => {}
         Err(TryLockError::WouldBlock) => {
             let mut holder = String::new();
             let _ = file.read_to_string(&mut holder);
             let holder = holder.trim();
-            return Err(StateError::Busy {
-                path: path.to_path_buf(),
-                holder: if holder.is_empty() {
-                    "holder unknown".to_owned()
-                } else {
-                    holder.to_owned()
-                },
-            });
+            return Err(LockError::Held(if holder.is_empty() {
+                "holder unknown".to_owned()
+            } else {
+                holder.to_owned()
+            }));
         }
-        Err(TryLockError::Error(e)) => return Err(open_err(e)),
+        Err(TryLockError::Error(e)) => return Err(LockError::Io(e)),
     }
     let holder = format!("pid {}, since {}", std::process::id(), crate::report::now());
     file.set_len(0)
         .and_then(|()| file.rewind())
         .and_then(|()| file.write_all(holder.as_bytes()))
         .and_then(|()| file.flush())
-        .map_err(open_err)?;
+        .map_err(LockError::Io)?;
     Ok(file)
 }
 

@@ -57,9 +57,6 @@ pub fn daemon_lock_path(state: &Path) -> PathBuf {
 
 /// Takes the daemon lock, writing the holder (pid, start time) into it.
 fn lock_daemon(state: &Path) -> Result<std::fs::File, DaemonError> {
-    use std::fs::TryLockError;
-    use std::io::{Read, Seek, Write};
-    use std::os::unix::fs::OpenOptionsExt;
     let path = daemon_lock_path(state);
     let err = |e: std::io::Error| DaemonError::Lock {
         path: path.clone(),
@@ -68,36 +65,13 @@ fn lock_daemon(state: &Path) -> Result<std::fs::File, DaemonError> {
     if let Some(dir) = state.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
-    let mut file = std::fs::File::options()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(crate::state::PRIVATE_MODE)
-        .open(&path)
-        .map_err(err)?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(TryLockError::WouldBlock) => {
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
-            return Err(DaemonError::AlreadyRunning {
-                state: state.to_path_buf(),
-                holder: if holder.trim().is_empty() {
-                    "holder unknown".into()
-                } else {
-                    holder.trim().to_string()
-                },
-            });
-        }
-        Err(TryLockError::Error(e)) => return Err(err(e)),
-    }
-    let holder = format!("pid {}, since {}", std::process::id(), crate::report::now());
-    file.set_len(0)
-        .and_then(|()| file.rewind())
-        .and_then(|()| file.write_all(holder.as_bytes()))
-        .map_err(err)?;
-    Ok(file)
+    crate::state::take_lock(&path).map_err(|e| match e {
+        crate::state::LockError::Held(holder) => DaemonError::AlreadyRunning {
+            state: state.to_path_buf(),
+            holder,
+        },
+        crate::state::LockError::Io(e) => err(e),
+    })
 }
 
 /// What the loop is doing, published for `dirsync status` and systemd's STATUS line.

@@ -54,12 +54,12 @@ impl Dn {
 
     /// The canonical comparison key: equal for DNs that name the same entry.
     pub fn key(&self) -> String {
-        let mut out = String::new();
+        let mut out = String::with_capacity(64);
         for (i, rdn) in self.rdns.iter().enumerate() {
             if i > 0 {
                 out.push(',');
             }
-            out.push_str(&rdn.key());
+            rdn.write_key(&mut out);
         }
         out
     }
@@ -96,13 +96,57 @@ impl Rdn {
     }
 
     fn key(&self) -> String {
+        let mut out = String::new();
+        self.write_key(&mut out);
+        out
+    }
+
+    /// Appends [`Rdn::key`] to `out`; one AVA (nearly every RDN) without a detour.
+    fn write_key(&self, out: &mut String) {
+        if let [ava] = self.avas.as_slice() {
+            ava.write_key(out);
+            return;
+        }
         let mut parts: Vec<String> = self
             .avas
             .iter()
-            .map(|a| format!("{}={}", type_key(&a.attr), escape_key(&fold(&a.value))))
+            .map(|a| {
+                let mut part = String::new();
+                a.write_key(&mut part);
+                part
+            })
             .collect();
         parts.sort();
-        parts.join("+")
+        out.push_str(&parts.join("+"));
+    }
+}
+
+impl Ava {
+    /// Appends `type=value` as keys compare it: [`type_key`], then the [`fold`]ed value
+    /// with [`escape_key`]. ASCII (nearly every name) is folded in place.
+    fn write_key(&self, out: &mut String) {
+        let attr = self.attr.trim();
+        if attr.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-') && !attr.is_empty() {
+            out.extend(attr.chars().map(|c| c.to_ascii_lowercase()));
+        } else {
+            out.push_str(&type_key(attr));
+        }
+        out.push('=');
+        if self.value.is_ascii() {
+            for (i, word) in self.value.split_whitespace().enumerate() {
+                if i > 0 {
+                    out.push(' ');
+                }
+                for c in word.chars() {
+                    if matches!(c, '\\' | ',' | '+' | '=') {
+                        out.push('\\');
+                    }
+                    out.push(c.to_ascii_lowercase());
+                }
+            }
+        } else {
+            out.push_str(&escape_key(&fold(&self.value)));
+        }
     }
 }
 
@@ -612,6 +656,16 @@ mod properties {
     }
 
     proptest! {
+        #[test]
+        fn an_avas_key_is_its_type_key_and_folded_escaped_value(
+            attr in attr(),
+            value in prop_oneof!["[ -~\t\u{b}\u{c}]{0,12}", value()],
+        ) {
+            let mut fast = String::new();
+            Ava { attr: attr.clone(), value: value.clone() }.write_key(&mut fast);
+            prop_assert_eq!(fast, format!("{}={}", type_key(&attr), escape_key(&fold(&value))));
+        }
+
         #[test]
         fn parsing_any_text_never_panics(text in any::<String>()) {
             let _ = Dn::parse(&text);

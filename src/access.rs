@@ -1,10 +1,11 @@
 //! Access from the directory: role, services, sub-unit and portal-group membership, from
 //! (nested) group membership and the user's place in the tree. Pure: no I/O.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::OnceLock;
 
 use crate::dn::{self, Dn};
-use crate::mapping::{AttrPath, Attributes, Value};
+use crate::mapping::{AttrPath, Attributes, PathParts, Value};
 use crate::source::{DirectoryGroup, DirectoryUser};
 
 /// A directory group named in the config: by DN (contains `=`) or by `cn`.
@@ -74,24 +75,28 @@ impl AccessRules {
     }
 }
 
-/// The role path: a one-element list, marked primary.
+/// The role path: a one-element list, marked primary. One shared path for every caller.
 pub fn role_path() -> AttrPath {
-    AttrPath {
-        schema: None,
-        attr: "roles".into(),
-        filter: None,
-        sub: Some("value".into()),
-    }
+    static ROLE: OnceLock<AttrPath> = OnceLock::new();
+    ROLE.get_or_init(|| {
+        AttrPath::from(PathParts {
+            schema: None,
+            attr: "roles".into(),
+            filter: None,
+            sub: Some("value".into()),
+        })
+    })
+    .clone()
 }
 
 /// One service's path: `entitlements[value eq "fax"].value`, present when granted.
 pub fn service_path(service: &str) -> AttrPath {
-    AttrPath {
+    AttrPath::from(PathParts {
         schema: None,
         attr: "entitlements".into(),
         filter: Some(("value".into(), service.to_string())),
         sub: Some("value".into()),
-    }
+    })
 }
 
 /// The group graph, with transitive membership. DNs are compared by their RFC 4514 key
@@ -106,6 +111,8 @@ pub struct Membership<'a> {
     parents: HashMap<String, Vec<usize>>,
     /// Each group's direct members, as DN keys.
     members: Vec<Vec<String>>,
+    /// Lowercased name (`cn`) → groups (indices, in directory order) of that name.
+    by_name: HashMap<String, Vec<usize>>,
 }
 
 impl<'a> Membership<'a> {
@@ -126,12 +133,20 @@ impl<'a> Membership<'a> {
                 parents.entry(m.clone()).or_default().push(i);
             }
         }
+        let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, g) in groups.iter().enumerate() {
+            by_name
+                .entry(g.name.to_ascii_lowercase())
+                .or_default()
+                .push(i);
+        }
         Membership {
             groups,
             keys,
             by_dn,
             parents,
             members,
+            by_name,
         }
     }
 
@@ -167,9 +182,12 @@ impl<'a> Membership<'a> {
                 });
         }
         let found: Vec<&DirectoryGroup> = self
-            .groups
+            .by_name
+            .get(&r.0.to_ascii_lowercase())
+            .map(Vec::as_slice)
+            .unwrap_or_default()
             .iter()
-            .filter(|g| g.name.eq_ignore_ascii_case(&r.0))
+            .map(|&i| &self.groups[i])
             .collect();
         match found.as_slice() {
             [g] => Ok(g),
@@ -192,21 +210,35 @@ impl<'a> Membership<'a> {
     /// Every group `dn` belongs to, directly or through nested groups (DN keys).
     /// Cycles are harmless here: each group is visited once.
     pub fn groups_of(&self, dn: &str) -> BTreeSet<String> {
-        let mut seen = BTreeSet::new();
-        let mut todo = vec![dn::key(dn)];
-        while let Some(cur) = todo.pop() {
-            for &i in self
-                .parents
-                .get(&cur)
-                .map(Vec::as_slice)
-                .unwrap_or_default()
-            {
-                if seen.insert(self.keys[i].clone()) {
-                    todo.push(self.keys[i].clone());
+        self.ancestors(&dn::key(dn))
+            .into_iter()
+            .map(|i| self.keys[i].clone())
+            .collect()
+    }
+
+    /// The groups (indices) the entry with DN key `key` belongs to, directly or through
+    /// nested groups; each visited once.
+    fn ancestors(&self, key: &str) -> HashSet<usize> {
+        let mut seen = HashSet::new();
+        let mut todo: Vec<usize> = Vec::new();
+        let mut visit = |k: &str, todo: &mut Vec<usize>| {
+            for &i in self.parents.get(k).map(Vec::as_slice).unwrap_or_default() {
+                if seen.insert(i) {
+                    todo.push(i);
                 }
             }
+        };
+        visit(key, &mut todo);
+        while let Some(i) = todo.pop() {
+            visit(&self.keys[i], &mut todo);
         }
         seen
+    }
+
+    /// The index of a group read from the directory (by address, else by DN).
+    fn position(&self, group: &DirectoryGroup) -> Option<usize> {
+        self.index_of(group)
+            .or_else(|| self.by_dn.get(&dn::key(&group.dn)).copied())
     }
 
     /// The member DN keys of a group: direct, or through nested groups too. Nested group
@@ -297,40 +329,85 @@ pub fn derive(
     resolved: &Resolved<'_>,
     user: &DirectoryUser,
 ) -> (Attributes, BTreeMap<AttrPath, String>) {
-    let mut attrs = Attributes::new();
     let mut why = BTreeMap::new();
-    let groups = membership.groups_of(&user.dn);
+    let parsed = Dn::parse(&user.dn).ok();
+    let key = parsed.as_ref().map_or_else(|| dn::key(&user.dn), Dn::key);
+    let attrs = derive_keyed(
+        rules,
+        membership,
+        resolved,
+        user,
+        parsed.as_ref(),
+        &key,
+        Some(&mut why),
+    );
+    (attrs, why)
+}
+
+/// [`derive`] for a user whose DN is parsed (`None` if it does not parse) and keyed
+/// ([`dn::key`]) already; the notes on where each value came from only when `why` asks
+/// for them.
+pub fn derive_keyed(
+    rules: &AccessRules,
+    membership: &Membership<'_>,
+    resolved: &Resolved<'_>,
+    user: &DirectoryUser,
+    parsed: Option<&Dn>,
+    key: &str,
+    mut why: Option<&mut BTreeMap<AttrPath, String>>,
+) -> Attributes {
+    let mut attrs = Attributes::new();
+    let needs_groups = rules.roles.is_some() || !rules.services.is_empty();
+    let groups = if needs_groups {
+        membership.ancestors(key)
+    } else {
+        HashSet::new()
+    };
+    let member = |g: &DirectoryGroup| membership.position(g).is_some_and(|i| groups.contains(&i));
     if let Some((role_rules, default)) = &rules.roles {
         let hit = role_rules
             .iter()
             .zip(&resolved.roles)
-            .find(|(_, g)| g.is_some_and(|g| groups.contains(&membership.key_of(g))));
-        let (role, note) = match hit {
-            Some((r, Some(g))) => (r.role.clone(), format!("via group {}", g.name)),
-            _ => (
-                default.clone(),
-                "default role: no role group applies".to_string(),
-            ),
+            .find(|(_, g)| g.is_some_and(member));
+        let role = match hit {
+            Some((r, Some(_))) => r.role.clone(),
+            _ => default.clone(),
         };
         attrs.insert(role_path(), Value::Many(vec![role]));
-        why.insert(role_path(), note);
+        if let Some(why) = why.as_deref_mut() {
+            let note = match hit {
+                Some((_, Some(g))) => format!("via group {}", g.name),
+                _ => "default role: no role group applies".to_string(),
+            };
+            why.insert(role_path(), note);
+        }
     }
-    for (rule, group) in rules.services.iter().zip(&resolved.services) {
-        let path = service_path(&rule.service);
-        match group {
-            Some(g) if groups.contains(&membership.key_of(g)) => {
-                attrs.insert(path.clone(), Value::One(rule.service.clone()));
-                why.insert(path, format!("granted via group {}", g.name));
-            }
-            Some(g) => {
-                why.insert(path, format!("not a member of {}", g.name));
-            }
-            None => {}
+    for ((rule, group), path) in rules
+        .services
+        .iter()
+        .zip(&resolved.services)
+        .zip(&resolved.service_paths)
+    {
+        let Some(g) = group else {
+            continue;
+        };
+        let granted = member(g);
+        if granted {
+            attrs.insert(path.clone(), Value::One(rule.service.clone()));
+        }
+        if let Some(why) = why.as_deref_mut() {
+            let note = match granted {
+                true => format!("granted via group {}", g.name),
+                false => format!("not a member of {}", g.name),
+            };
+            why.insert(path.clone(), note);
         }
     }
     if let Some(su) = &rules.sub_unit {
         let value = match &su.from {
-            SubUnitSource::OuPath { base } => ou_path(&user.dn, base),
+            SubUnitSource::OuPath { .. } => parsed
+                .zip(resolved.sub_unit_base.as_ref())
+                .and_then(|(entry, base)| ou_path_of(entry, base)),
             SubUnitSource::Attribute(a) => user
                 .attrs
                 .get(a)
@@ -342,7 +419,7 @@ pub fn derive(
             attrs.insert(su.to.clone(), Value::One(v));
         }
     }
-    (attrs, why)
+    attrs
 }
 
 /// The configured groups resolved against what the directory returned; `None` where a
@@ -350,6 +427,10 @@ pub fn derive(
 pub struct Resolved<'a> {
     pub roles: Vec<Option<&'a DirectoryGroup>>,
     pub services: Vec<Option<&'a DirectoryGroup>>,
+    /// Each service's path ([`service_path`]), made once.
+    pub service_paths: Vec<AttrPath>,
+    /// The base of an OU-path sub-unit, parsed once (`None` if it does not parse).
+    pub sub_unit_base: Option<Dn>,
     pub problems: Vec<String>,
 }
 
@@ -379,6 +460,18 @@ pub fn resolve<'a>(rules: &AccessRules, membership: &Membership<'a>) -> Resolved
     Resolved {
         roles,
         services,
+        service_paths: rules
+            .services
+            .iter()
+            .map(|s| service_path(&s.service))
+            .collect(),
+        sub_unit_base: match &rules.sub_unit {
+            Some(SubUnitRule {
+                from: SubUnitSource::OuPath { base },
+                ..
+            }) => Dn::parse(base).ok(),
+            _ => None,
+        },
         problems,
     }
 }
@@ -388,9 +481,12 @@ pub fn resolve<'a>(rules: &AccessRules, membership: &Membership<'a>) -> Resolved
 /// they are shown unescaped (`ou=R&D\2C Lab` is `R&D, Lab`). `None` when either is not a
 /// DN or the entry is not below the base.
 pub fn ou_path(entry: &str, base: &str) -> Option<String> {
-    let entry = Dn::parse(entry).ok()?;
-    let base = Dn::parse(base).ok()?;
-    let own = entry.below(&base)?;
+    ou_path_of(&Dn::parse(entry).ok()?, &Dn::parse(base).ok()?)
+}
+
+/// [`ou_path`] of parsed DNs.
+fn ou_path_of(entry: &Dn, base: &Dn) -> Option<String> {
+    let own = entry.below(base)?;
     let ous: Vec<&str> = own
         .iter()
         .skip(1)

@@ -469,7 +469,7 @@ async fn prepare(
         read
     };
     let read_portal = async {
-        let mut portal = PortalClient::new(&config.portal)?;
+        let mut portal = PortalClient::new(&config.portal)?.reading(plan::portal_fields(&rules));
         if let Some(t) = telemetry {
             portal = portal.with_telemetry(t);
         }

@@ -6,7 +6,7 @@
 //! and what to remove, never the whole list. Hand-made portal groups are never touched;
 //! a group that leaves scope is deleted only if dirsync created it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::Serialize;
 
@@ -65,7 +65,7 @@ pub struct GroupInput<'a> {
     pub directory: &'a [DirectoryGroup],
     pub membership: &'a Membership<'a>,
     /// Directory users that may be members: DN key ([`crate::dn::key`]) → (anchor, login).
-    pub users: &'a HashMap<String, (String, String)>,
+    pub users: &'a HashMap<String, (&'a str, &'a str)>,
     pub portal_users: &'a [PortalUser],
     pub portal_groups: &'a [PortalGroup],
     /// Lowercased anchor → the portal group the state links it to.
@@ -75,16 +75,41 @@ pub struct GroupInput<'a> {
 /// Plans the group changes; notes go to `notes`.
 pub fn plan(input: &GroupInput<'_>, notes: &mut Vec<String>) -> Vec<GroupChange> {
     let mut out = Vec::new();
+    // The configured groups, resolved once: their DN keys.
+    let mut named: HashSet<String> = HashSet::new();
+    for r in &input.rule.groups {
+        match input.membership.resolve(r) {
+            Ok(found) => {
+                named.insert(crate::dn::key(&found.dn));
+            }
+            Err(e) => notes.push(format!("portal_groups: {e}")),
+        }
+    }
     let selected: Vec<&DirectoryGroup> = input
         .directory
         .iter()
-        .filter(|g| (input.rule.by_filter && g.selected) || named(input, g))
+        .filter(|g| {
+            (input.rule.by_filter && g.selected)
+                || (!named.is_empty() && named.contains(&input.membership.key_of(g)))
+        })
         .collect();
-    for r in &input.rule.groups {
-        if let Err(e) = input.membership.resolve(r) {
-            notes.push(format!("portal_groups: {e}"));
-        }
+    // Hand-made portal groups (no externalId) by lowercased name, the first listed.
+    let mut hand_made: HashMap<String, &PortalGroup> = HashMap::new();
+    for p in input
+        .portal_groups
+        .iter()
+        .filter(|p| p.external_id.is_none())
+    {
+        hand_made
+            .entry(p.display_name.to_ascii_lowercase())
+            .or_insert(p);
     }
+    let group_by_id: HashMap<&str, &PortalGroup> = input
+        .portal_groups
+        .iter()
+        .rev()
+        .map(|g| (g.id.as_str(), g))
+        .collect();
     let by_external: HashMap<String, &PortalGroup> = input
         .portal_groups
         .iter()
@@ -97,7 +122,7 @@ pub fn plan(input: &GroupInput<'_>, notes: &mut Vec<String>) -> Vec<GroupChange>
         .collect();
 
     for g in &selected {
-        let desired: BTreeMap<String, &(String, String)> = input
+        let desired: BTreeMap<String, &(&str, &str)> = input
             .membership
             .members_of(g, input.rule.flatten)
             .into_iter()
@@ -106,9 +131,7 @@ pub fn plan(input: &GroupInput<'_>, notes: &mut Vec<String>) -> Vec<GroupChange>
         let key = g.anchor.to_ascii_lowercase();
         match by_external.get(&key) {
             None => {
-                if let Some(hand_made) = input.portal_groups.iter().find(|p| {
-                    p.external_id.is_none() && p.display_name.eq_ignore_ascii_case(&g.name)
-                }) {
+                if let Some(hand_made) = hand_made.get(&g.name.to_ascii_lowercase()) {
                     notes.push(format!(
                         "portal group {:?} exists but was not made by dirsync; directory group {} is not mirrored",
                         hand_made.display_name, g.dn
@@ -124,8 +147,8 @@ pub fn plan(input: &GroupInput<'_>, notes: &mut Vec<String>) -> Vec<GroupChange>
                     add: desired
                         .values()
                         .map(|(anchor, login)| Member {
-                            user_name: login.clone(),
-                            anchor: Some(anchor.clone()),
+                            user_name: login.to_string(),
+                            anchor: Some(anchor.to_string()),
                             portal_id: None,
                         })
                         .collect(),
@@ -151,8 +174,8 @@ pub fn plan(input: &GroupInput<'_>, notes: &mut Vec<String>) -> Vec<GroupChange>
                     .iter()
                     .filter(|(a, _)| !current.contains_key(*a))
                     .map(|(_, (anchor, login))| Member {
-                        user_name: login.clone(),
-                        anchor: Some(anchor.clone()),
+                        user_name: login.to_string(),
+                        anchor: Some(anchor.to_string()),
                         portal_id: None,
                     })
                     .collect();
@@ -212,7 +235,7 @@ pub fn plan(input: &GroupInput<'_>, notes: &mut Vec<String>) -> Vec<GroupChange>
         return out;
     }
     for (anchor, known) in leaving {
-        let Some(p) = input.portal_groups.iter().find(|p| p.id == known.portal_id) else {
+        let Some(p) = group_by_id.get(known.portal_id.as_str()) else {
             continue; // already gone from the portal
         };
         if known.created {
@@ -238,13 +261,4 @@ pub fn plan(input: &GroupInput<'_>, notes: &mut Vec<String>) -> Vec<GroupChange>
         (a.action, a.name.to_ascii_lowercase()).cmp(&(b.action, b.name.to_ascii_lowercase()))
     });
     out
-}
-
-fn named(input: &GroupInput<'_>, g: &DirectoryGroup) -> bool {
-    input.rule.groups.iter().any(|r| {
-        input
-            .membership
-            .resolve(r)
-            .is_ok_and(|found| crate::dn::same(&found.dn, &g.dn))
-    })
 }

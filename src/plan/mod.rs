@@ -5,18 +5,22 @@
 pub mod groups;
 pub mod guard;
 pub mod links;
+#[doc(hidden)]
+pub mod synthetic;
 pub mod user;
 mod validate;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use serde::Serialize;
 
 pub use self::groups::{GroupAction, GroupChange, KnownGroup};
 pub use self::links::{Links, Orphan};
 use crate::access::{self, AccessRules, Membership};
-use crate::mapping::{AttrPath, Attributes, Owner, Rule, Value};
-use crate::portal::{PortalGroup, PortalSchema, PortalUser};
+use crate::dn::Dn;
+use crate::mapping::{self, AttrPath, Attributes, Owner, Rule, Value};
+use crate::portal::{PortalGroup, PortalSchema, PortalUser, UserFields};
 use crate::source::{BadEntry, Closure, DirectoryGroup, DirectoryUser, Timestamp};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -217,13 +221,11 @@ pub struct Input<'a> {
     pub links: &'a Links,
 }
 
-/// A directory user that passed validation, with its mapped attributes.
+/// A directory user that passed validation. Its attributes are mapped when it is planned,
+/// and dropped once it is: a plan holds no copy of every user's attributes.
 struct Wanted<'a> {
     user: &'a DirectoryUser,
-    attrs: Attributes,
     user_name: String,
-    /// Where derived attributes came from, for the report.
-    why: BTreeMap<AttrPath, String>,
 }
 
 /// The rules the planner diffs by: the config's mappings, then the attributes derived
@@ -249,6 +251,73 @@ pub fn effective_rules(mapping: &[Rule], access: &AccessRules) -> Vec<Rule> {
     rules
 }
 
+/// The portal users, indexed once per plan so that no user is looked for by a scan.
+struct PortalIndex<'a> {
+    /// Portal id → user.
+    by_id: HashMap<&'a str, &'a PortalUser>,
+    /// Lowercased `userName` → users with it, in listing order (with their position).
+    by_login: HashMap<String, Vec<(usize, &'a PortalUser)>>,
+    /// Lowercased primary email → users without externalId that have it, in listing
+    /// order (with their position).
+    hand_made_by_email: HashMap<String, Vec<(usize, &'a PortalUser)>>,
+}
+
+impl<'a> PortalIndex<'a> {
+    fn new(portal: &'a [PortalUser]) -> PortalIndex<'a> {
+        let mut index = PortalIndex {
+            by_id: HashMap::with_capacity(portal.len()),
+            by_login: HashMap::with_capacity(portal.len()),
+            hand_made_by_email: HashMap::new(),
+        };
+        for (i, p) in portal.iter().enumerate() {
+            index.by_id.entry(p.id.as_str()).or_insert(p);
+            index
+                .by_login
+                .entry(p.user_name.to_ascii_lowercase())
+                .or_default()
+                .push((i, p));
+            if let (None, Some(e)) = (&p.external_id, &p.primary_email) {
+                index
+                    .hand_made_by_email
+                    .entry(e.to_ascii_lowercase())
+                    .or_default()
+                    .push((i, p));
+            }
+        }
+        index
+    }
+
+    /// The users with this login (lowercased), in listing order.
+    fn with_login(&self, login: &str) -> impl Iterator<Item = &'a PortalUser> + '_ {
+        self.by_login
+            .get(login)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .map(|&(_, p)| p)
+    }
+}
+
+/// Everything the planning of one user looks at.
+struct Context<'a, 'i> {
+    input: &'i Input<'a>,
+    in_directory: &'i HashSet<String>,
+    index: &'i PortalIndex<'a>,
+    membership: &'i Membership<'a>,
+    resolved: &'i access::Resolved<'a>,
+}
+
+/// What the plan reads of each portal user: the targets of the rules it compares (not
+/// those the portal owns, which it never compares), e.g. from [`effective_rules`].
+pub fn portal_fields(rules: &[Rule]) -> Arc<UserFields> {
+    UserFields::new(
+        rules
+            .iter()
+            .filter(|r| r.owner != Owner::Portal)
+            .map(|r| r.to.clone()),
+    )
+}
+
 /// Computes the plan.
 pub fn compute(input: &Input<'_>) -> Plan {
     let mut plan = Plan::default();
@@ -267,22 +336,35 @@ pub fn compute(input: &Input<'_>) -> Plan {
             "group cycle in the directory: {cycle} (membership counted once)"
         ));
     }
-    let mut wanted = validate::validate(
+    let login_rules: Vec<Rule> = input
+        .rules
+        .iter()
+        .filter(|r| r.to.is_user_name())
+        .cloned()
+        .collect();
+    let wanted = validate::validate(
         input.directory,
         input.rules,
+        &login_rules,
         &mut plan.skipped,
         &mut plan.notes,
     );
-    for w in &mut wanted {
-        let (derived, why) = access::derive(input.access, &membership, &resolved, w.user);
-        w.attrs.extend(derived);
-        w.why = why;
+    if let Some(p) = input.portal.first() {
+        for r in input.rules.iter().filter(|r| r.owner != Owner::Portal) {
+            if !p.reads(&r.to) {
+                plan.notes.push(format!(
+                    "`{}` was not read from the portal, so it is not compared or written this cycle",
+                    r.to
+                ));
+            }
+        }
     }
 
     // Portal users by externalId (anchors are compared case-insensitively: GUID strings
     // differ in case between tools). Two portal users claiming one anchor is a conflict
     // an admin must resolve; neither is touched.
-    let mut by_anchor: HashMap<String, Vec<&PortalUser>> = HashMap::new();
+    let mut by_anchor: HashMap<String, Vec<&PortalUser>> =
+        HashMap::with_capacity(input.portal.len());
     for p in input.portal {
         if let Some(x) = &p.external_id {
             by_anchor.entry(x.to_ascii_lowercase()).or_default().push(p);
@@ -295,6 +377,9 @@ pub fn compute(input: &Input<'_>) -> Plan {
         .collect();
     let adopt = input.links.adopt_orphans;
     plan.orphans = links::orphans(input.portal, input.state, &in_directory, adopt);
+    // What the state holds now: an in-step user whose link and baseline it holds already
+    // needs no record.
+    let recorded = input.state;
     let with_orphans;
     let input = if adopt && !plan.orphans.is_empty() {
         with_orphans = links::with_orphans(input.state, &plan.orphans);
@@ -305,12 +390,45 @@ pub fn compute(input: &Input<'_>) -> Plan {
     } else {
         input
     };
+    let index = PortalIndex::new(input.portal);
+    let cx = Context {
+        input,
+        in_directory: &in_directory,
+        index: &index,
+        membership: &membership,
+        resolved: &resolved,
+    };
     let mut claimed: HashSet<String> = HashSet::new();
+    // Directory users that may be portal group members: DN key → (anchor, login).
+    let mut members: HashMap<String, (&str, &str)> = HashMap::new();
+    let mirror = input.access.portal_groups.is_some();
     for w in &wanted {
-        let key = w.user.anchor.to_ascii_lowercase();
-        match by_anchor.get(&key).map(Vec::as_slice) {
-            None | Some([]) => plan_unlinked(w, input, &in_directory, &mut claimed, &mut plan),
-            Some([p]) => plan_linked(w, p, input.state.get(&key), input, &mut plan),
+        let dn = Dn::parse(&w.user.dn).ok();
+        let key = dn
+            .as_ref()
+            .map_or_else(|| crate::dn::key(&w.user.dn), Dn::key);
+        if mirror && w.user.closure(input.now).is_none() {
+            members.insert(key.clone(), (w.user.anchor.as_str(), w.user_name.as_str()));
+        }
+        let anchor = w.user.anchor.to_ascii_lowercase();
+        match by_anchor.get(&anchor).map(Vec::as_slice) {
+            None | Some([]) => plan_unlinked(w, &cx, dn.as_ref(), &key, &mut claimed, &mut plan),
+            Some([p]) => {
+                let closed = w.user.closure(input.now);
+                let attrs = match closed {
+                    Some(_) => Attributes::new(),
+                    None => desired(&cx, w.user, dn.as_ref(), &key),
+                };
+                plan_linked(
+                    w,
+                    attrs,
+                    p,
+                    input.state.get(&anchor),
+                    recorded,
+                    input,
+                    &mut plan,
+                )
+            }
             Some(many) => {
                 plan.skipped.push(Skipped {
                     dn: w.user.dn.clone(),
@@ -326,32 +444,44 @@ pub fn compute(input: &Input<'_>) -> Plan {
     }
 
     plan_closures(input, &in_directory, &claimed, &mut plan);
+    // Where each derived value came from, for the users with changes.
+    let mut wanted_by_anchor: HashMap<&str, &Wanted<'_>> = HashMap::with_capacity(wanted.len());
+    for w in &wanted {
+        wanted_by_anchor.entry(w.user.anchor.as_str()).or_insert(w);
+    }
     for change in &mut plan.changes {
-        if let Some(w) = wanted.iter().find(|w| w.user.anchor == change.anchor) {
+        if change.fields.is_empty() {
+            continue;
+        }
+        if let Some(w) = wanted_by_anchor.get(change.anchor.as_str()) {
+            let mut why = BTreeMap::new();
+            let dn = Dn::parse(&w.user.dn).ok();
+            let key = dn
+                .as_ref()
+                .map_or_else(|| crate::dn::key(&w.user.dn), Dn::key);
+            access::derive_keyed(
+                input.access,
+                &membership,
+                &resolved,
+                w.user,
+                dn.as_ref(),
+                &key,
+                Some(&mut why),
+            );
             for f in &mut change.fields {
-                f.detail = w.why.get(&f.path).cloned();
+                f.detail = why.get(&f.path).cloned();
             }
         }
     }
     keep_one_privileged(input, &in_directory, &mut plan);
 
     if let Some(rule) = &input.access.portal_groups {
-        let users: HashMap<String, (String, String)> = wanted
-            .iter()
-            .filter(|w| w.user.closure(input.now).is_none())
-            .map(|w| {
-                (
-                    crate::dn::key(&w.user.dn),
-                    (w.user.anchor.clone(), w.user_name.clone()),
-                )
-            })
-            .collect();
         plan.group_changes = groups::plan(
             &groups::GroupInput {
                 rule,
                 directory: input.groups,
                 membership: &membership,
-                users: &users,
+                users: &members,
                 portal_users: input.portal,
                 portal_groups: input.portal_groups,
                 known: input.known_groups,
@@ -359,22 +489,39 @@ pub fn compute(input: &Input<'_>) -> Plan {
             &mut plan.notes,
         );
     }
-    plan.changes.sort_by(|a, b| {
-        (a.action, a.user_name.to_ascii_lowercase())
-            .cmp(&(b.action, b.user_name.to_ascii_lowercase()))
-    });
+    plan.changes
+        .sort_by_cached_key(|c| (c.action, c.user_name.to_ascii_lowercase()));
     plan
+}
+
+/// What the directory says a user's portal attributes should be: the mapped ones (with
+/// control characters replaced, see [`validate`]) and the derived ones.
+fn desired(cx: &Context<'_, '_>, user: &DirectoryUser, dn: Option<&Dn>, key: &str) -> Attributes {
+    let mut attrs = mapping::map_entry(cx.input.rules, &user.attrs);
+    validate::clean(&mut attrs);
+    attrs.extend(access::derive_keyed(
+        cx.input.access,
+        cx.membership,
+        cx.resolved,
+        user,
+        dn,
+        key,
+        None,
+    ));
+    attrs
 }
 
 /// A directory user with no portal user carrying its anchor: relink a returning managed
 /// user, adopt a hand-made one, or create.
 fn plan_unlinked(
     w: &Wanted<'_>,
-    input: &Input<'_>,
-    in_directory: &HashSet<String>,
+    cx: &Context<'_, '_>,
+    dn: Option<&Dn>,
+    key: &str,
     claimed: &mut HashSet<String>,
     plan: &mut Plan,
 ) {
+    let input = cx.input;
     if w.user.closure(input.now).is_some() {
         return; // Never create or adopt a user the directory says may not log in.
     }
@@ -388,32 +535,44 @@ fn plan_unlinked(
 
     // A managed portal user with this login whose own anchor left the directory: the
     // person came back as a new entry (deleted and recreated). Relink, don't duplicate.
-    if let Some(p) = input.portal.iter().find(|p| {
-        p.user_name.eq_ignore_ascii_case(&login)
-            && managed_elsewhere(p)
+    if let Some(p) = cx.index.with_login(&login).find(|p| {
+        managed_elsewhere(p)
             && p.external_id
                 .as_ref()
-                .is_some_and(|x| !in_directory.contains(&x.to_ascii_lowercase()))
+                .is_some_and(|x| !cx.in_directory.contains(&x.to_ascii_lowercase()))
     }) {
         claimed.insert(p.id.clone());
         let old_anchor = p.external_id.clone().unwrap_or_default();
         let base = input.state.get(&old_anchor.to_ascii_lowercase());
         let reason =
             "back in the directory as a new entry (new anchor); relinked to the portal user it had";
-        push_linking_change(w, p, base, input, reason, plan);
+        let attrs = desired(cx, w.user, dn, key);
+        push_linking_change(w, attrs, p, base, input, reason, plan);
         return;
     }
 
-    // Hand-made portal users (no externalId) with this login or primary email.
-    let candidates: Vec<&PortalUser> = input
-        .portal
+    // Hand-made portal users (no externalId) with this login or primary email, in
+    // listing order.
+    let mut candidates: Vec<(usize, &PortalUser)> = cx
+        .index
+        .by_login
+        .get(&login)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
         .iter()
-        .filter(|p| p.external_id.is_none() && !claimed.contains(&p.id))
-        .filter(|p| {
-            p.user_name.eq_ignore_ascii_case(&login)
-                || primary_email(p).is_some_and(|e| e.eq_ignore_ascii_case(&login))
-        })
+        .chain(
+            cx.index
+                .hand_made_by_email
+                .get(&login)
+                .map(Vec::as_slice)
+                .unwrap_or_default(),
+        )
+        .filter(|(_, p)| p.external_id.is_none() && !claimed.contains(&p.id))
+        .copied()
         .collect();
+    candidates.sort_by_key(|&(i, _)| i);
+    candidates.dedup_by_key(|&mut (i, _)| i);
+    let candidates: Vec<&PortalUser> = candidates.into_iter().map(|(_, p)| p).collect();
     match candidates.as_slice() {
         [] => {}
         [p] => {
@@ -424,7 +583,8 @@ fn plan_unlinked(
                 "primary email"
             };
             let reason = format!("existing portal user matched by {how}; now managed by dirsync");
-            push_linking_change(w, p, None, input, &reason, plan);
+            let attrs = desired(cx, w.user, dn, key);
+            push_linking_change(w, attrs, p, None, input, &reason, plan);
             return;
         }
         many => {
@@ -444,11 +604,7 @@ fn plan_unlinked(
         }
     }
 
-    if let Some(p) = input
-        .portal
-        .iter()
-        .find(|p| p.user_name.eq_ignore_ascii_case(&login))
-    {
+    if let Some(p) = cx.index.with_login(&login).next() {
         plan.skipped.push(Skipped {
             dn: w.user.dn.clone(),
             problem: format!(
@@ -461,7 +617,10 @@ fn plan_unlinked(
         return;
     }
     // Never a second portal user for one the state links this anchor to.
-    let reason = match input.links.may_create(&w.user.anchor, input.portal) {
+    let reason = match input
+        .links
+        .may_create(&w.user.anchor, |id| cx.index.by_id.get(id).copied())
+    {
         Ok(reason) => reason,
         Err(problem) => {
             plan.skipped.push(Skipped {
@@ -471,6 +630,7 @@ fn plan_unlinked(
             return;
         }
     };
+    let attrs = desired(cx, w.user, dn, key);
     plan.changes.push(Change {
         action: Action::Create,
         anchor: w.user.anchor.clone(),
@@ -484,7 +644,7 @@ fn plan_unlinked(
             .rules
             .iter()
             .filter_map(|r| {
-                w.attrs.get(&r.to).map(|v| FieldChange {
+                attrs.get(&r.to).map(|v| FieldChange {
                     path: r.to.clone(),
                     old: None,
                     new: Some(v.clone()),
@@ -494,7 +654,7 @@ fn plan_unlinked(
             })
             .collect(),
         set_active: None,
-        baseline: user::created_baseline(&w.attrs, input.rules),
+        baseline: user::created_baseline(&attrs, input.rules),
         from: None,
     });
 }
@@ -502,13 +662,14 @@ fn plan_unlinked(
 /// Adoption or relink: set `externalId`, bring the attributes in line, open if closed.
 fn push_linking_change(
     w: &Wanted<'_>,
+    attrs: Attributes,
     p: &PortalUser,
     base: Option<&Baseline>,
     input: &Input<'_>,
     reason: &str,
     plan: &mut Plan,
 ) {
-    let d = user::diff(&w.user.anchor, &w.attrs, base, p, input.rules, input.schema);
+    let d = user::diff(&w.user.anchor, &attrs, base, p, input.rules, input.schema);
     plan.conflicts.extend(d.conflicts);
     plan.needs_admin.extend(d.needs_admin);
     let mut fields = vec![FieldChange {
@@ -536,17 +697,20 @@ fn push_linking_change(
         set_active: (!p.active).then_some(true),
         baseline: d.baseline,
         from: Some(Planned {
-            desired: w.attrs.clone(),
+            desired: attrs,
             base: base.cloned(),
         }),
     });
 }
 
-/// A directory user linked to portal user `p` by its anchor.
+/// A directory user linked to portal user `p` by its anchor; `recorded` is what the
+/// state holds (an in-step user it holds as it is needs no record).
 fn plan_linked(
     w: &Wanted<'_>,
+    attrs: Attributes,
     p: &PortalUser,
     base: Option<&Baseline>,
+    recorded: &HashMap<String, Baseline>,
     input: &Input<'_>,
     plan: &mut Plan,
 ) {
@@ -557,7 +721,7 @@ fn plan_linked(
         }
         return;
     }
-    let d = user::diff(&w.user.anchor, &w.attrs, base, p, input.rules, input.schema);
+    let d = user::diff(&w.user.anchor, &attrs, base, p, input.rules, input.schema);
     plan.conflicts.extend(d.conflicts);
     plan.needs_admin.extend(d.needs_admin);
     let action = if !p.active {
@@ -565,12 +729,17 @@ fn plan_linked(
     } else if !d.fields.is_empty() {
         Action::Update
     } else {
-        plan.in_sync.push(InSync {
-            anchor: w.user.anchor.clone(),
-            portal_id: p.id.clone(),
-            user_name: p.user_name.clone(),
-            baseline: d.baseline,
-        });
+        let key = w.user.anchor.to_ascii_lowercase();
+        let known = input.links.portal_ids.get(&key) == Some(&p.id)
+            && recorded.get(&key) == Some(&d.baseline);
+        if !known {
+            plan.in_sync.push(InSync {
+                anchor: w.user.anchor.clone(),
+                portal_id: p.id.clone(),
+                user_name: p.user_name.clone(),
+                baseline: d.baseline,
+            });
+        }
         return;
     };
     plan.changes.push(Change {
@@ -585,7 +754,7 @@ fn plan_linked(
         set_active: (action == Action::Reactivate).then_some(true),
         baseline: d.baseline,
         from: Some(Planned {
-            desired: w.attrs.clone(),
+            desired: attrs,
             base: base.cloned(),
         }),
     });
@@ -630,26 +799,17 @@ pub fn replan(
 }
 
 fn external_id_path() -> AttrPath {
-    AttrPath {
-        schema: None,
-        attr: "externalId".into(),
-        filter: None,
-        sub: None,
-    }
-}
-
-/// The portal user's primary email: the one marked primary, else the only one.
-fn primary_email(p: &PortalUser) -> Option<&str> {
-    let emails = p.resource.get("emails")?.as_array()?;
-    let primary = emails
-        .iter()
-        .find(|e| e.get("primary").and_then(serde_json::Value::as_bool) == Some(true))
-        .or(if emails.len() == 1 {
-            emails.first()
-        } else {
-            None
-        })?;
-    primary.get("value")?.as_str()
+    static EXTERNAL_ID: std::sync::OnceLock<AttrPath> = std::sync::OnceLock::new();
+    EXTERNAL_ID
+        .get_or_init(|| {
+            AttrPath::from(crate::mapping::PathParts {
+                schema: None,
+                attr: "externalId".into(),
+                filter: None,
+                sub: None,
+            })
+        })
+        .clone()
 }
 
 fn plan_closures(
@@ -720,16 +880,19 @@ fn keep_one_privileged(input: &Input<'_>, in_directory: &HashSet<String>, plan: 
     let holders: Vec<&PortalUser> = input
         .portal
         .iter()
-        .filter(|p| p.active && managed(p) && privileged(role.get(&p.resource).as_ref()))
+        .filter(|p| p.active && managed(p) && privileged(p.get(&role)))
         .collect();
     if holders.is_empty() {
         return;
     }
-    let change_of = |plan: &Plan, id: &str| {
-        plan.changes
-            .iter()
-            .position(|c| c.portal_id.as_deref() == Some(id))
-    };
+    // Portal id → the first change of that user.
+    let mut change_at: HashMap<&str, usize> = HashMap::new();
+    for (i, c) in plan.changes.iter().enumerate() {
+        if let Some(id) = c.portal_id.as_deref() {
+            change_at.entry(id).or_insert(i);
+        }
+    }
+    let change_of = |_: &Plan, id: &str| change_at.get(id).copied();
     let stays = |plan: &Plan, p: &PortalUser| match change_of(plan, &p.id).map(|i| &plan.changes[i])
     {
         None => true,
@@ -752,10 +915,11 @@ fn keep_one_privileged(input: &Input<'_>, in_directory: &HashSet<String>, plan: 
     let mut keepers = holders.clone();
     keepers.sort_by_key(|p| p.user_name.to_ascii_lowercase());
     let p = keepers[0];
-    let current = role.get(&p.resource);
+    let current = p.get(&role).cloned();
     let Some(i) = change_of(plan, &p.id) else {
         return;
     };
+    drop(change_at);
     let change = &mut plan.changes[i];
     let what = if change.set_active == Some(false) {
         let why = change.reason.clone().unwrap_or_default();

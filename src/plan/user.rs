@@ -42,14 +42,23 @@ pub fn diff(
             continue;
         }
         let path = &rule.to;
-        let dir = desired.get(path).cloned();
-        let por = path.get(&portal.resource);
-        // `Some(x)`: the last-synced value is known (and is x, possibly absent).
-        let last: Option<Option<Value>> = base.and_then(|b| b.get(path).cloned());
-        if same(path, por.as_ref(), dir.as_ref()) {
-            out.baseline.insert(path.clone(), dir);
+        if !portal.reads(path) {
+            // Not read from the portal (see `portal::UserFields`): its value there is
+            // unknown, so nothing is written; the last-synced value stays.
+            if let Some(l) = base.and_then(|b| b.get(path)) {
+                out.baseline.insert(path.clone(), l.clone());
+            }
             continue;
         }
+        let dir = desired.get(path);
+        let por = portal.get(path);
+        if same(path, por, dir) {
+            out.baseline.insert(path.clone(), dir.cloned());
+            continue;
+        }
+        let (dir, por) = (dir.cloned(), por.cloned());
+        // `Some(x)`: the last-synced value is known (and is x, possibly absent).
+        let last: Option<Option<Value>> = base.and_then(|b| b.get(path).cloned());
         if schema.is_fixed(path) {
             out.needs_admin.push(NeedsAdmin {
                 anchor: anchor.to_string(),

@@ -486,15 +486,17 @@ async fn prepare(
     };
     let (snapshot, portal_side) = tokio::join!(read_directory, read_portal);
     let read = snapshot?;
-    let mut snapshot = read.snapshot.clone();
-    snapshot.add_primary_group_members();
+    // The groups with AD's primary-group members; the snapshot stays as read (the next
+    // delta's basis) and is not copied.
+    let groups = read.snapshot.with_primary_group_members();
+    let snapshot = &read.snapshot;
     let (portal, schema, portal_users, portal_groups, deleted) = portal_side?;
 
     // One "now" for the whole cycle: expiries pass with time, not with directory changes.
     let now = Timestamp::now();
     let links = plan::Links {
         deleted_in_portal: deleted.values().cloned().collect(),
-        portal_ids: linked.clone(),
+        portal_ids: linked,
         adopt_orphans: options.adopt_orphans,
     };
     let mut plan = plan::compute(&plan::Input {
@@ -504,7 +506,7 @@ async fn prepare(
         state: &known,
         rules: &rules,
         schema: &schema,
-        groups: &snapshot.groups,
+        groups: &groups,
         access: &config.access,
         portal_groups: &portal_groups,
         known_groups: &known_groups,
@@ -512,6 +514,7 @@ async fn prepare(
         deleted: &read.deleted,
         links: &links,
     });
+    let linked = links.portal_ids;
     // Orphans taken over count as managed users from now on.
     let adopted = plan.orphans.iter().filter(|o| o.adopted).count();
     let managed_now = adopted

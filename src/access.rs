@@ -1,6 +1,7 @@
 //! Access from the directory: role, services, sub-unit and portal-group membership, from
 //! (nested) group membership and the user's place in the tree. Pure: no I/O.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::OnceLock;
 
@@ -330,29 +331,24 @@ pub fn derive(
     user: &DirectoryUser,
 ) -> (Attributes, BTreeMap<AttrPath, String>) {
     let mut why = BTreeMap::new();
-    let parsed = Dn::parse(&user.dn).ok();
-    let key = parsed.as_ref().map_or_else(|| dn::key(&user.dn), Dn::key);
     let attrs = derive_keyed(
         rules,
         membership,
         resolved,
         user,
-        parsed.as_ref(),
-        &key,
+        &dn::key(&user.dn),
         Some(&mut why),
     );
     (attrs, why)
 }
 
-/// [`derive`] for a user whose DN is parsed (`None` if it does not parse) and keyed
-/// ([`dn::key`]) already; the notes on where each value came from only when `why` asks
-/// for them.
+/// [`derive`] for a user whose DN is keyed ([`dn::key`]) already; the notes on where
+/// each value came from only when `why` asks for them.
 pub fn derive_keyed(
     rules: &AccessRules,
     membership: &Membership<'_>,
     resolved: &Resolved<'_>,
     user: &DirectoryUser,
-    parsed: Option<&Dn>,
     key: &str,
     mut why: Option<&mut BTreeMap<AttrPath, String>>,
 ) -> Attributes {
@@ -405,9 +401,7 @@ pub fn derive_keyed(
     }
     if let Some(su) = &rules.sub_unit {
         let value = match &su.from {
-            SubUnitSource::OuPath { .. } => parsed
-                .zip(resolved.sub_unit_base.as_ref())
-                .and_then(|(entry, base)| ou_path_of(entry, base)),
+            SubUnitSource::OuPath { .. } => resolved.ou_path(&user.dn),
             SubUnitSource::Attribute(a) => user
                 .attrs
                 .get(a)
@@ -432,6 +426,39 @@ pub struct Resolved<'a> {
     /// The base of an OU-path sub-unit, parsed once (`None` if it does not parse).
     pub sub_unit_base: Option<Dn>,
     pub problems: Vec<String>,
+    /// The OU path below a plain parent DN ([`dn::is_plain`]), as written: the users of
+    /// one OU share it.
+    ou_paths: RefCell<HashMap<String, Option<String>>>,
+}
+
+impl Resolved<'_> {
+    /// [`ou_path`] of `entry` under the sub-unit's base: the path of its parent, worked
+    /// out once per parent.
+    fn ou_path(&self, entry: &str) -> Option<String> {
+        let base = self.sub_unit_base.as_ref()?;
+        let parent = match entry.split_once(',') {
+            Some((_, parent)) if dn::is_plain(entry) => parent,
+            _ => return ou_path_of(&Dn::parse(entry).ok()?, base),
+        };
+        if let Some(hit) = self.ou_paths.borrow().get(parent) {
+            return hit.clone();
+        }
+        // The entry's own RDN is not part of its OU path: its parent's RDNs below the
+        // base are.
+        let path = Dn::parse(parent).ok().and_then(|p| {
+            let ous: Vec<&str> = p
+                .below(base)?
+                .iter()
+                .rev()
+                .filter_map(|rdn| rdn.value_of("ou"))
+                .collect();
+            (!ous.is_empty()).then(|| ous.join("/"))
+        });
+        self.ou_paths
+            .borrow_mut()
+            .insert(parent.to_string(), path.clone());
+        path
+    }
 }
 
 pub fn resolve<'a>(rules: &AccessRules, membership: &Membership<'a>) -> Resolved<'a> {
@@ -473,6 +500,7 @@ pub fn resolve<'a>(rules: &AccessRules, membership: &Membership<'a>) -> Resolved
             _ => None,
         },
         problems,
+        ou_paths: RefCell::default(),
     }
 }
 

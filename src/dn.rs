@@ -172,10 +172,32 @@ impl fmt::Display for Dn {
 /// trimmed, lowercased self, behind a prefix no parsed DN can have, so it equals only
 /// another spelling of the same broken string and never a real entry.
 pub fn key(text: &str) -> String {
+    if is_plain(text) {
+        // No escapes, spaces or multi-valued RDNs: the key is the text lowercased.
+        return text.to_ascii_lowercase();
+    }
     match Dn::parse(text) {
         Ok(dn) => dn.key(),
         Err(_) => format!("\u{0}{}", text.trim().to_lowercase()),
     }
+}
+
+/// Whether `text` is a DN of the plainest form, whose key is its lowercased self:
+/// RDNs of one `name=value` each, names of letters, digits and hyphens starting with a
+/// letter (no OIDs), values of letters, digits and `.`, `_`, `@`, `-` only.
+pub fn is_plain(text: &str) -> bool {
+    !text.is_empty()
+        && text.split(',').all(|rdn| {
+            let Some((name, value)) = rdn.split_once('=') else {
+                return false;
+            };
+            name.starts_with(|c: char| c.is_ascii_alphabetic())
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !value.is_empty()
+                && value
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'-'))
+        })
 }
 
 /// Whether two DN strings name the same entry.
@@ -664,6 +686,15 @@ mod properties {
             let mut fast = String::new();
             Ava { attr: attr.clone(), value: value.clone() }.write_key(&mut fast);
             prop_assert_eq!(fast, format!("{}={}", type_key(&attr), escape_key(&fold(&value))));
+        }
+
+        #[test]
+        fn a_plain_dn_keys_as_when_parsed(
+            text in "([a-zA-Z][a-zA-Z0-9-]{0,3}=[a-zA-Z0-9._@-]{1,6},){0,3}[a-zA-Z][a-zA-Z0-9-]{0,3}=[a-zA-Z0-9._@-]{1,6}",
+        ) {
+            prop_assert!(is_plain(&text));
+            let parsed = Dn::parse(&text).map(|d| d.key());
+            prop_assert_eq!(Ok(key(&text)), parsed);
         }
 
         #[test]

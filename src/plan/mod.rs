@@ -18,7 +18,6 @@ use serde::Serialize;
 pub use self::groups::{GroupAction, GroupChange, KnownGroup};
 pub use self::links::{Links, Orphan};
 use crate::access::{self, AccessRules, Membership};
-use crate::dn::Dn;
 use crate::mapping::{self, AttrPath, Attributes, Owner, Rule, Value};
 use crate::portal::{PortalGroup, PortalSchema, PortalUser, UserFields};
 use crate::source::{BadEntry, Closure, DirectoryGroup, DirectoryUser, Timestamp};
@@ -363,11 +362,15 @@ pub fn compute(input: &Input<'_>) -> Plan {
     // Portal users by externalId (anchors are compared case-insensitively: GUID strings
     // differ in case between tools). Two portal users claiming one anchor is a conflict
     // an admin must resolve; neither is touched.
-    let mut by_anchor: HashMap<String, Vec<&PortalUser>> =
-        HashMap::with_capacity(input.portal.len());
-    for p in input.portal {
-        if let Some(x) = &p.external_id {
-            by_anchor.entry(x.to_ascii_lowercase()).or_default().push(p);
+    let lowered: Vec<Option<String>> = input
+        .portal
+        .iter()
+        .map(|p| p.external_id.as_ref().map(|x| x.to_ascii_lowercase()))
+        .collect();
+    let mut by_anchor: HashMap<&str, Vec<&PortalUser>> = HashMap::with_capacity(input.portal.len());
+    for (p, x) in input.portal.iter().zip(&lowered) {
+        if let Some(x) = x {
+            by_anchor.entry(x.as_str()).or_default().push(p);
         }
     }
     let in_directory: HashSet<String> = input
@@ -403,31 +406,21 @@ pub fn compute(input: &Input<'_>) -> Plan {
     let mut members: HashMap<String, (&str, &str)> = HashMap::new();
     let mirror = input.access.portal_groups.is_some();
     for w in &wanted {
-        let dn = Dn::parse(&w.user.dn).ok();
-        let key = dn
-            .as_ref()
-            .map_or_else(|| crate::dn::key(&w.user.dn), Dn::key);
+        let key = crate::dn::key(&w.user.dn);
         if mirror && w.user.closure(input.now).is_none() {
             members.insert(key.clone(), (w.user.anchor.as_str(), w.user_name.as_str()));
         }
         let anchor = w.user.anchor.to_ascii_lowercase();
-        match by_anchor.get(&anchor).map(Vec::as_slice) {
-            None | Some([]) => plan_unlinked(w, &cx, dn.as_ref(), &key, &mut claimed, &mut plan),
+        match by_anchor.get(anchor.as_str()).map(Vec::as_slice) {
+            None | Some([]) => plan_unlinked(w, &cx, &key, &mut claimed, &mut plan),
             Some([p]) => {
                 let closed = w.user.closure(input.now);
                 let attrs = match closed {
                     Some(_) => Attributes::new(),
-                    None => desired(&cx, w.user, dn.as_ref(), &key),
+                    None => desired(&cx, w.user, &key),
                 };
-                plan_linked(
-                    w,
-                    attrs,
-                    p,
-                    input.state.get(&anchor),
-                    recorded,
-                    input,
-                    &mut plan,
-                )
+                let base = input.state.get(&anchor);
+                plan_linked(w, &anchor, attrs, p, base, recorded, input, &mut plan)
             }
             Some(many) => {
                 plan.skipped.push(Skipped {
@@ -443,10 +436,19 @@ pub fn compute(input: &Input<'_>) -> Plan {
         }
     }
 
-    plan_closures(input, &in_directory, &claimed, &mut plan);
+    plan_closures(input, &lowered, &in_directory, &claimed, &mut plan);
     // Where each derived value came from, for the users with changes.
-    let mut wanted_by_anchor: HashMap<&str, &Wanted<'_>> = HashMap::with_capacity(wanted.len());
-    for w in &wanted {
+    let changed: HashSet<&str> = plan
+        .changes
+        .iter()
+        .filter(|c| !c.fields.is_empty())
+        .map(|c| c.anchor.as_str())
+        .collect();
+    let mut wanted_by_anchor: HashMap<&str, &Wanted<'_>> = HashMap::new();
+    for w in wanted
+        .iter()
+        .filter(|w| changed.contains(w.user.anchor.as_str()))
+    {
         wanted_by_anchor.entry(w.user.anchor.as_str()).or_insert(w);
     }
     for change in &mut plan.changes {
@@ -455,16 +457,12 @@ pub fn compute(input: &Input<'_>) -> Plan {
         }
         if let Some(w) = wanted_by_anchor.get(change.anchor.as_str()) {
             let mut why = BTreeMap::new();
-            let dn = Dn::parse(&w.user.dn).ok();
-            let key = dn
-                .as_ref()
-                .map_or_else(|| crate::dn::key(&w.user.dn), Dn::key);
+            let key = crate::dn::key(&w.user.dn);
             access::derive_keyed(
                 input.access,
                 &membership,
                 &resolved,
                 w.user,
-                dn.as_ref(),
                 &key,
                 Some(&mut why),
             );
@@ -496,7 +494,7 @@ pub fn compute(input: &Input<'_>) -> Plan {
 
 /// What the directory says a user's portal attributes should be: the mapped ones (with
 /// control characters replaced, see [`validate`]) and the derived ones.
-fn desired(cx: &Context<'_, '_>, user: &DirectoryUser, dn: Option<&Dn>, key: &str) -> Attributes {
+fn desired(cx: &Context<'_, '_>, user: &DirectoryUser, key: &str) -> Attributes {
     let mut attrs = mapping::map_entry(cx.input.rules, &user.attrs);
     validate::clean(&mut attrs);
     attrs.extend(access::derive_keyed(
@@ -504,7 +502,6 @@ fn desired(cx: &Context<'_, '_>, user: &DirectoryUser, dn: Option<&Dn>, key: &st
         cx.membership,
         cx.resolved,
         user,
-        dn,
         key,
         None,
     ));
@@ -516,7 +513,6 @@ fn desired(cx: &Context<'_, '_>, user: &DirectoryUser, dn: Option<&Dn>, key: &st
 fn plan_unlinked(
     w: &Wanted<'_>,
     cx: &Context<'_, '_>,
-    dn: Option<&Dn>,
     key: &str,
     claimed: &mut HashSet<String>,
     plan: &mut Plan,
@@ -546,7 +542,7 @@ fn plan_unlinked(
         let base = input.state.get(&old_anchor.to_ascii_lowercase());
         let reason =
             "back in the directory as a new entry (new anchor); relinked to the portal user it had";
-        let attrs = desired(cx, w.user, dn, key);
+        let attrs = desired(cx, w.user, key);
         push_linking_change(w, attrs, p, base, input, reason, plan);
         return;
     }
@@ -583,7 +579,7 @@ fn plan_unlinked(
                 "primary email"
             };
             let reason = format!("existing portal user matched by {how}; now managed by dirsync");
-            let attrs = desired(cx, w.user, dn, key);
+            let attrs = desired(cx, w.user, key);
             push_linking_change(w, attrs, p, None, input, &reason, plan);
             return;
         }
@@ -630,7 +626,7 @@ fn plan_unlinked(
             return;
         }
     };
-    let attrs = desired(cx, w.user, dn, key);
+    let attrs = desired(cx, w.user, key);
     plan.changes.push(Change {
         action: Action::Create,
         anchor: w.user.anchor.clone(),
@@ -703,10 +699,12 @@ fn push_linking_change(
     });
 }
 
-/// A directory user linked to portal user `p` by its anchor; `recorded` is what the
-/// state holds (an in-step user it holds as it is needs no record).
+/// A directory user linked to portal user `p` by its anchor (`key`, lowercased);
+/// `recorded` is what the state holds (an in-step user it holds as it is needs no record).
+#[allow(clippy::too_many_arguments)]
 fn plan_linked(
     w: &Wanted<'_>,
+    key: &str,
     attrs: Attributes,
     p: &PortalUser,
     base: Option<&Baseline>,
@@ -729,9 +727,8 @@ fn plan_linked(
     } else if !d.fields.is_empty() {
         Action::Update
     } else {
-        let key = w.user.anchor.to_ascii_lowercase();
-        let known = input.links.portal_ids.get(&key) == Some(&p.id)
-            && recorded.get(&key) == Some(&d.baseline);
+        let known = input.links.portal_ids.get(key) == Some(&p.id)
+            && recorded.get(key) == Some(&d.baseline);
         if !known {
             plan.in_sync.push(InSync {
                 anchor: w.user.anchor.clone(),
@@ -812,8 +809,10 @@ fn external_id_path() -> AttrPath {
         .clone()
 }
 
+/// `lowered`: each portal user's externalId, lowercased.
 fn plan_closures(
     input: &Input<'_>,
+    lowered: &[Option<String>],
     in_directory: &HashSet<String>,
     claimed: &HashSet<String>,
     plan: &mut Plan,
@@ -821,13 +820,14 @@ fn plan_closures(
     let leaving: Vec<&PortalUser> = input
         .portal
         .iter()
-        .filter(|p| p.active && !claimed.contains(&p.id))
-        .filter(|p| {
-            p.external_id
-                .as_ref()
-                .map(|x| x.to_ascii_lowercase())
-                .is_some_and(|x| input.state.contains_key(&x) && !in_directory.contains(&x))
+        .zip(lowered)
+        .filter(|(p, x)| {
+            p.active
+                && x.as_ref()
+                    .is_some_and(|x| !in_directory.contains(x) && input.state.contains_key(x))
+                && !claimed.contains(&p.id)
         })
+        .map(|(p, _)| p)
         .collect();
     if leaving.is_empty() {
         return;
@@ -880,7 +880,7 @@ fn keep_one_privileged(input: &Input<'_>, in_directory: &HashSet<String>, plan: 
     let holders: Vec<&PortalUser> = input
         .portal
         .iter()
-        .filter(|p| p.active && managed(p) && privileged(p.get(&role)))
+        .filter(|p| p.active && privileged(p.get(&role)) && managed(p))
         .collect();
     if holders.is_empty() {
         return;

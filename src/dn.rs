@@ -186,18 +186,30 @@ pub fn key(text: &str) -> String {
 /// RDNs of one `name=value` each, names of letters, digits and hyphens starting with a
 /// letter (no OIDs), values of letters, digits and `.`, `_`, `@`, `-` only.
 pub fn is_plain(text: &str) -> bool {
-    !text.is_empty()
-        && text.split(',').all(|rdn| {
-            let Some((name, value)) = rdn.split_once('=') else {
-                return false;
-            };
-            name.starts_with(|c: char| c.is_ascii_alphabetic())
-                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !value.is_empty()
-                && value
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'-'))
-        })
+    // Per RDN: a name (letter first), `=`, then a value (at least one byte).
+    #[derive(PartialEq)]
+    enum At {
+        NameStart,
+        Name,
+        ValueStart,
+        Value,
+    }
+    let mut at = At::NameStart;
+    for b in text.bytes() {
+        at = match (at, b) {
+            (At::NameStart, b) if b.is_ascii_alphabetic() => At::Name,
+            (At::Name, b) if b.is_ascii_alphanumeric() || b == b'-' => At::Name,
+            (At::Name, b'=') => At::ValueStart,
+            (At::ValueStart | At::Value, b)
+                if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'-') =>
+            {
+                At::Value
+            }
+            (At::Value, b',') => At::NameStart,
+            _ => return false,
+        };
+    }
+    at == At::Value
 }
 
 /// Whether two DN strings name the same entry.
@@ -695,6 +707,14 @@ mod properties {
             prop_assert!(is_plain(&text));
             let parsed = Dn::parse(&text).map(|d| d.key());
             prop_assert_eq!(Ok(key(&text)), parsed);
+        }
+
+        #[test]
+        fn what_counts_as_plain_keys_as_when_parsed(text in "[a-zA-Z0-9=,;._@+ #-]{1,16}") {
+            if is_plain(&text) {
+                let parsed = Dn::parse(&text).map(|d| d.key());
+                prop_assert_eq!(Ok(key(&text)), parsed);
+            }
         }
 
         #[test]

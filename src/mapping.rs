@@ -25,8 +25,24 @@ use serde_json::{Map, Value as Json};
 /// A parsed SCIM attribute path. Its parts ([`PathParts`]) are shared: a clone is a
 /// reference count, so the baselines and attribute maps of many users hold one copy of
 /// each path, and two clones compare equal by address first.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct AttrPath(Arc<PathParts>);
+
+impl Ord for AttrPath {
+    /// By the parts; clones of one path are equal without looking.
+    fn cmp(&self, other: &AttrPath) -> std::cmp::Ordering {
+        if self.same(other) {
+            return std::cmp::Ordering::Equal;
+        }
+        self.0.cmp(&other.0)
+    }
+}
+
+impl PartialOrd for AttrPath {
+    fn partial_cmp(&self, other: &AttrPath) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 /// The parts of an [`AttrPath`].
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -529,25 +545,41 @@ pub type Attributes = BTreeMap<AttrPath, Value>;
 pub fn map_entry(rules: &[Rule], attrs: &BTreeMap<String, Vec<String>>) -> Attributes {
     let mut out = Attributes::new();
     for rule in rules {
-        let values: Vec<String> = attrs
-            .get(&rule.from.to_ascii_lowercase())
-            .map(|vs| {
-                vs.iter()
-                    .map(|v| v.trim().to_string())
-                    .filter(|v| !v.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let Some(vs) = with_lowercase(&rule.from, |name| attrs.get(name)) else {
+            continue;
+        };
+        let mut values = vs.iter().map(|v| v.trim()).filter(|v| !v.is_empty());
         let value = if rule.multi {
+            let values: Vec<String> = values.map(str::to_string).collect();
             (!values.is_empty()).then(|| Value::many(values))
         } else {
-            values.into_iter().next().map(Value::One)
+            values.next().map(|v| Value::One(v.to_string()))
         };
         if let Some(v) = value {
             out.insert(rule.to.clone(), v);
         }
     }
     out
+}
+
+/// `f` of `name` lowercased (ASCII), without allocating for a short name.
+fn with_lowercase<T>(name: &str, f: impl FnOnce(&str) -> T) -> T {
+    if !name.bytes().any(|b| b.is_ascii_uppercase()) {
+        return f(name);
+    }
+    let mut buf = [0u8; 64];
+    match buf.get_mut(..name.len()) {
+        Some(short) => {
+            short.copy_from_slice(name.as_bytes());
+            short.make_ascii_lowercase();
+            // Lowercasing ASCII letters keeps UTF-8 valid.
+            match std::str::from_utf8(short) {
+                Ok(lower) => f(lower),
+                Err(_) => f(&name.to_ascii_lowercase()),
+            }
+        }
+        None => f(&name.to_ascii_lowercase()),
+    }
 }
 
 #[cfg(test)]

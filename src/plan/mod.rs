@@ -401,6 +401,7 @@ pub fn compute(input: &Input<'_>) -> Plan {
         membership: &membership,
         resolved: &resolved,
     };
+    let compared = user::compared_paths(input.rules);
     let mut claimed: HashSet<String> = HashSet::new();
     // Directory users that may be portal group members: DN key → (anchor, login).
     let mut members: HashMap<String, (&str, &str)> = HashMap::new();
@@ -420,7 +421,9 @@ pub fn compute(input: &Input<'_>) -> Plan {
                     None => desired(&cx, w.user, &key),
                 };
                 let base = input.state.get(&anchor);
-                plan_linked(w, &anchor, attrs, p, base, recorded, input, &mut plan)
+                plan_linked(
+                    w, &anchor, compared, attrs, p, base, recorded, input, &mut plan,
+                )
             }
             Some(many) => {
                 plan.skipped.push(Skipped {
@@ -705,6 +708,7 @@ fn push_linking_change(
 fn plan_linked(
     w: &Wanted<'_>,
     key: &str,
+    compared: usize,
     attrs: Attributes,
     p: &PortalUser,
     base: Option<&Baseline>,
@@ -717,6 +721,16 @@ fn plan_linked(
             plan.changes
                 .push(close(p, &w.user.anchor, Some(&w.user.dn), why));
         }
+        return;
+    }
+    // Most users are in step and recorded as they are: nothing to plan or record, and
+    // no baseline to build to find that out.
+    if p.active
+        && input.links.portal_ids.get(key) == Some(&p.id)
+        && recorded
+            .get(key)
+            .is_some_and(|r| user::in_step_as_recorded(&attrs, p, input.rules, compared, r))
+    {
         return;
     }
     let d = user::diff(&w.user.anchor, &attrs, base, p, input.rules, input.schema);

@@ -1394,3 +1394,47 @@ mod removal_guard {
         );
     }
 }
+
+#[test]
+fn an_in_step_user_the_state_holds_as_it_is_needs_no_record() {
+    let anna = dir_user("anna", Some("anna@example.se"), "Berg");
+    let bo = dir_user("bo", Some("bo@example.se"), "Ek");
+    let portal = vec![portal_user_for(&anna, "p1"), portal_user_for(&bo, "p2")];
+    let mut state = managed(&[&anna, &bo]);
+    // bo's last-synced family name is not what both sides hold now.
+    state.get_mut("uuid-bo").unwrap().insert(
+        AttrPath::parse("name.familyName").unwrap(),
+        Some(Value::One("Old".into())),
+    );
+    let links = Links {
+        portal_ids: [
+            ("uuid-anna".to_string(), "p1".to_string()),
+            ("uuid-bo".to_string(), "p2".to_string()),
+        ]
+        .into(),
+        ..Links::default()
+    };
+    let schema = portal_schema();
+    let plan = compute(&Input {
+        directory: &[anna, bo],
+        bad_entries: &[],
+        portal: &portal,
+        state: &state,
+        rules: &rules(),
+        schema: &schema,
+        groups: &[],
+        access: &AccessRules::default(),
+        portal_groups: &[],
+        known_groups: &HashMap::new(),
+        now: Timestamp::from_unix(1_800_000_000),
+        deleted: &HashSet::new(),
+        links: &links,
+    });
+    assert!(plan.changes.is_empty(), "{:?}", plan.changes);
+    let recorded: Vec<&str> = plan.in_sync.iter().map(|s| s.anchor.as_str()).collect();
+    assert_eq!(recorded, ["uuid-bo"], "only bo's baseline needs writing");
+    assert_eq!(
+        plan.in_sync[0].baseline[&AttrPath::parse("name.familyName").unwrap()],
+        Some(Value::One("Ek".into()))
+    );
+}

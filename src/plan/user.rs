@@ -119,6 +119,48 @@ pub fn diff(
     out
 }
 
+/// How many paths [`diff`] compares (and a baseline holds): those of the rules the
+/// portal does not own, each once.
+pub fn compared_paths(rules: &[Rule]) -> usize {
+    let paths: std::collections::HashSet<&AttrPath> = rules
+        .iter()
+        .filter(|r| r.owner != Owner::Portal)
+        .map(|r| &r.to)
+        .collect();
+    paths.len()
+}
+
+/// Whether [`diff`] would find nothing to change and return `recorded` as the baseline:
+/// every compared attribute is read from the portal, the same on both sides, and
+/// recorded as the directory has it, and `recorded` holds nothing else (`compared`:
+/// [`compared_paths`] of `rules`).
+pub fn in_step_as_recorded(
+    desired: &Attributes,
+    portal: &PortalUser,
+    rules: &[Rule],
+    compared: usize,
+    recorded: &Baseline,
+) -> bool {
+    if recorded.len() != compared {
+        return false;
+    }
+    for rule in rules {
+        if rule.owner == Owner::Portal {
+            continue;
+        }
+        let path = &rule.to;
+        if !portal.reads(path) {
+            return false;
+        }
+        let dir = desired.get(path);
+        if !same(path, portal.get(path), dir) || recorded.get(path).map(Option::as_ref) != Some(dir)
+        {
+            return false;
+        }
+    }
+    true
+}
+
 /// The baseline a freshly created user starts with: what was written.
 pub fn created_baseline(desired: &Attributes, rules: &[Rule]) -> Baseline {
     rules

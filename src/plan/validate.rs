@@ -99,9 +99,9 @@ pub(super) fn validate<'a>(
 pub(super) fn clean(attrs: &mut Attributes) -> Vec<String> {
     let mut cleaned: Vec<String> = Vec::new();
     for (path, value) in attrs.iter_mut() {
-        let strings: Vec<&mut String> = match value {
-            Value::One(s) => vec![s],
-            Value::Many(vs) => vs.iter_mut().collect(),
+        let strings = match value {
+            Value::One(s) => std::slice::from_mut(s),
+            Value::Many(vs) => vs.as_mut_slice(),
         };
         let mut touched = false;
         for s in strings {

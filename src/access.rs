@@ -1,10 +1,12 @@
 //! Access from the directory: role, services, sub-unit and portal-group membership, from
 //! (nested) group membership and the user's place in the tree. Pure: no I/O.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::OnceLock;
 
 use crate::dn::{self, Dn};
-use crate::mapping::{AttrPath, Attributes, Value};
+use crate::mapping::{AttrPath, Attributes, PathParts, Value};
 use crate::source::{DirectoryGroup, DirectoryUser};
 
 /// A directory group named in the config: by DN (contains `=`) or by `cn`.
@@ -74,24 +76,28 @@ impl AccessRules {
     }
 }
 
-/// The role path: a one-element list, marked primary.
+/// The role path: a one-element list, marked primary. One shared path for every caller.
 pub fn role_path() -> AttrPath {
-    AttrPath {
-        schema: None,
-        attr: "roles".into(),
-        filter: None,
-        sub: Some("value".into()),
-    }
+    static ROLE: OnceLock<AttrPath> = OnceLock::new();
+    ROLE.get_or_init(|| {
+        AttrPath::from(PathParts {
+            schema: None,
+            attr: "roles".into(),
+            filter: None,
+            sub: Some("value".into()),
+        })
+    })
+    .clone()
 }
 
 /// One service's path: `entitlements[value eq "fax"].value`, present when granted.
 pub fn service_path(service: &str) -> AttrPath {
-    AttrPath {
+    AttrPath::from(PathParts {
         schema: None,
         attr: "entitlements".into(),
         filter: Some(("value".into(), service.to_string())),
         sub: Some("value".into()),
-    }
+    })
 }
 
 /// The group graph, with transitive membership. DNs are compared by their RFC 4514 key
@@ -106,6 +112,8 @@ pub struct Membership<'a> {
     parents: HashMap<String, Vec<usize>>,
     /// Each group's direct members, as DN keys.
     members: Vec<Vec<String>>,
+    /// Lowercased name (`cn`) → groups (indices, in directory order) of that name.
+    by_name: HashMap<String, Vec<usize>>,
 }
 
 impl<'a> Membership<'a> {
@@ -126,12 +134,20 @@ impl<'a> Membership<'a> {
                 parents.entry(m.clone()).or_default().push(i);
             }
         }
+        let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, g) in groups.iter().enumerate() {
+            by_name
+                .entry(g.name.to_ascii_lowercase())
+                .or_default()
+                .push(i);
+        }
         Membership {
             groups,
             keys,
             by_dn,
             parents,
             members,
+            by_name,
         }
     }
 
@@ -167,9 +183,12 @@ impl<'a> Membership<'a> {
                 });
         }
         let found: Vec<&DirectoryGroup> = self
-            .groups
+            .by_name
+            .get(&r.0.to_ascii_lowercase())
+            .map(Vec::as_slice)
+            .unwrap_or_default()
             .iter()
-            .filter(|g| g.name.eq_ignore_ascii_case(&r.0))
+            .map(|&i| &self.groups[i])
             .collect();
         match found.as_slice() {
             [g] => Ok(g),
@@ -192,7 +211,7 @@ impl<'a> Membership<'a> {
     /// Every group `dn` belongs to, directly or through nested groups (DN keys).
     /// Cycles are harmless here: each group is visited once.
     pub fn groups_of(&self, dn: &str) -> BTreeSet<String> {
-        self.ancestry(dn)
+        self.ancestry_keyed(&dn::key(dn))
             .via
             .keys()
             .map(|&i| self.keys[i].clone())
@@ -203,10 +222,15 @@ impl<'a> Membership<'a> {
     /// through which it was reached: a breadth-first walk up the graph, so the path it
     /// records is a shortest one. Each group is visited once (cycles are harmless).
     pub fn ancestry(&self, dn: &str) -> Ancestry {
+        self.ancestry_keyed(&dn::key(dn))
+    }
+
+    /// [`Self::ancestry`] of the entry whose DN key ([`dn::key`]) is `key`.
+    pub fn ancestry_keyed(&self, key: &str) -> Ancestry {
         let mut via: HashMap<usize, Option<usize>> = HashMap::new();
         let mut todo: VecDeque<usize> = VecDeque::new();
         let parents_of = |key: &str| self.parents.get(key).map(Vec::as_slice).unwrap_or_default();
-        for &i in parents_of(&dn::key(dn)) {
+        for &i in parents_of(key) {
             if let std::collections::hash_map::Entry::Vacant(e) = via.entry(i) {
                 e.insert(None);
                 todo.push_back(i);
@@ -374,40 +398,78 @@ pub fn derive(
     resolved: &Resolved<'_>,
     user: &DirectoryUser,
 ) -> (Attributes, BTreeMap<AttrPath, String>) {
-    let mut attrs = Attributes::new();
     let mut why = BTreeMap::new();
-    let ancestry = membership.ancestry(&user.dn);
+    let attrs = derive_keyed(
+        rules,
+        membership,
+        resolved,
+        user,
+        &dn::key(&user.dn),
+        Some(&mut why),
+    );
+    (attrs, why)
+}
+
+/// [`derive`] for a user whose DN is keyed ([`dn::key`]) already; the notes on where
+/// each value came from only when `why` asks for them.
+pub fn derive_keyed(
+    rules: &AccessRules,
+    membership: &Membership<'_>,
+    resolved: &Resolved<'_>,
+    user: &DirectoryUser,
+    key: &str,
+    mut why: Option<&mut BTreeMap<AttrPath, String>>,
+) -> Attributes {
+    let mut attrs = Attributes::new();
+    let needs_groups = rules.roles.is_some() || !rules.services.is_empty();
+    let ancestry = if needs_groups {
+        membership.ancestry_keyed(key)
+    } else {
+        Ancestry::default()
+    };
+    let member = |g: &DirectoryGroup| membership.contains(&ancestry, g);
     if let Some((role_rules, default)) = &rules.roles {
         let hit = role_rules
             .iter()
             .zip(&resolved.roles)
-            .find(|(_, g)| g.is_some_and(|g| membership.contains(&ancestry, g)));
-        let (role, note) = match hit {
-            Some((r, Some(g))) => (r.role.clone(), via(membership, &ancestry, g)),
-            _ => (
-                default.clone(),
-                "default role: no role group applies".to_string(),
-            ),
+            .find(|(_, g)| g.is_some_and(member));
+        let role = match hit {
+            Some((r, Some(_))) => r.role.clone(),
+            _ => default.clone(),
         };
         attrs.insert(role_path(), Value::Many(vec![role]));
-        why.insert(role_path(), note);
+        if let Some(why) = why.as_deref_mut() {
+            let note = match hit {
+                Some((_, Some(g))) => via(membership, &ancestry, g),
+                _ => "default role: no role group applies".to_string(),
+            };
+            why.insert(role_path(), note);
+        }
     }
-    for (rule, group) in rules.services.iter().zip(&resolved.services) {
-        let path = service_path(&rule.service);
-        match group {
-            Some(g) if membership.contains(&ancestry, g) => {
-                attrs.insert(path.clone(), Value::One(rule.service.clone()));
-                why.insert(path, format!("granted {}", via(membership, &ancestry, g)));
-            }
-            Some(g) => {
-                why.insert(path, format!("not a member of {}", g.name));
-            }
-            None => {}
+    for ((rule, group), path) in rules
+        .services
+        .iter()
+        .zip(&resolved.services)
+        .zip(&resolved.service_paths)
+    {
+        let Some(g) = group else {
+            continue;
+        };
+        let granted = member(g);
+        if granted {
+            attrs.insert(path.clone(), Value::One(rule.service.clone()));
+        }
+        if let Some(why) = why.as_deref_mut() {
+            let note = match granted {
+                true => format!("granted {}", via(membership, &ancestry, g)),
+                false => format!("not a member of {}", g.name),
+            };
+            why.insert(path.clone(), note);
         }
     }
     if let Some(su) = &rules.sub_unit {
         let value = match &su.from {
-            SubUnitSource::OuPath { base } => ou_path(&user.dn, base),
+            SubUnitSource::OuPath { .. } => resolved.ou_path(&user.dn),
             SubUnitSource::Attribute(a) => user
                 .attrs
                 .get(a)
@@ -419,7 +481,7 @@ pub fn derive(
             attrs.insert(su.to.clone(), Value::One(v));
         }
     }
-    (attrs, why)
+    attrs
 }
 
 /// `via group IT-Leads → Portal-Admins`: the groups from the user's own up to `group`.
@@ -437,7 +499,44 @@ fn via(membership: &Membership<'_>, ancestry: &Ancestry, group: &DirectoryGroup)
 pub struct Resolved<'a> {
     pub roles: Vec<Option<&'a DirectoryGroup>>,
     pub services: Vec<Option<&'a DirectoryGroup>>,
+    /// Each service's path ([`service_path`]), made once.
+    pub service_paths: Vec<AttrPath>,
+    /// The base of an OU-path sub-unit, parsed once (`None` if it does not parse).
+    pub sub_unit_base: Option<Dn>,
     pub problems: Vec<String>,
+    /// The OU path below a plain parent DN ([`dn::is_plain`]), as written: the users of
+    /// one OU share it.
+    ou_paths: RefCell<HashMap<String, Option<String>>>,
+}
+
+impl Resolved<'_> {
+    /// [`ou_path`] of `entry` under the sub-unit's base: the path of its parent, worked
+    /// out once per parent.
+    fn ou_path(&self, entry: &str) -> Option<String> {
+        let base = self.sub_unit_base.as_ref()?;
+        let parent = match entry.split_once(',') {
+            Some((_, parent)) if dn::is_plain(entry) => parent,
+            _ => return ou_path_of(&Dn::parse(entry).ok()?, base),
+        };
+        if let Some(hit) = self.ou_paths.borrow().get(parent) {
+            return hit.clone();
+        }
+        // The entry's own RDN is not part of its OU path: its parent's RDNs below the
+        // base are.
+        let path = Dn::parse(parent).ok().and_then(|p| {
+            let ous: Vec<&str> = p
+                .below(base)?
+                .iter()
+                .rev()
+                .filter_map(|rdn| rdn.value_of("ou"))
+                .collect();
+            (!ous.is_empty()).then(|| ous.join("/"))
+        });
+        self.ou_paths
+            .borrow_mut()
+            .insert(parent.to_string(), path.clone());
+        path
+    }
 }
 
 pub fn resolve<'a>(rules: &AccessRules, membership: &Membership<'a>) -> Resolved<'a> {
@@ -466,7 +565,20 @@ pub fn resolve<'a>(rules: &AccessRules, membership: &Membership<'a>) -> Resolved
     Resolved {
         roles,
         services,
+        service_paths: rules
+            .services
+            .iter()
+            .map(|s| service_path(&s.service))
+            .collect(),
+        sub_unit_base: match &rules.sub_unit {
+            Some(SubUnitRule {
+                from: SubUnitSource::OuPath { base },
+                ..
+            }) => Dn::parse(base).ok(),
+            _ => None,
+        },
         problems,
+        ou_paths: RefCell::default(),
     }
 }
 
@@ -475,9 +587,12 @@ pub fn resolve<'a>(rules: &AccessRules, membership: &Membership<'a>) -> Resolved
 /// they are shown unescaped (`ou=R&D\2C Lab` is `R&D, Lab`). `None` when either is not a
 /// DN or the entry is not below the base.
 pub fn ou_path(entry: &str, base: &str) -> Option<String> {
-    let entry = Dn::parse(entry).ok()?;
-    let base = Dn::parse(base).ok()?;
-    let own = entry.below(&base)?;
+    ou_path_of(&Dn::parse(entry).ok()?, &Dn::parse(base).ok()?)
+}
+
+/// [`ou_path`] of parsed DNs.
+fn ou_path_of(entry: &Dn, base: &Dn) -> Option<String> {
+    let own = entry.below(base)?;
     let ous: Vec<&str> = own
         .iter()
         .skip(1)

@@ -25,12 +25,14 @@ use crate::access::AccessRules;
 use crate::mapping::Rule;
 use crate::plan::{self, Baseline, KnownGroup};
 use crate::source::delta::Pending;
-use crate::source::{Snapshot, Timestamp};
+use crate::source::{DirectoryGroup, DirectoryUser, Snapshot, Timestamp};
 
 /// What an incremental read changed, and what the state remembers.
 pub struct Input<'a> {
-    /// The directory now, with primary-group members.
-    pub snapshot: &'a Snapshot,
+    /// The directory's users now.
+    pub users: &'a [DirectoryUser],
+    /// The directory's groups now, with primary-group members.
+    pub groups: &'a [DirectoryGroup],
     /// The directory as the last read found it, with primary-group members.
     pub previous: &'a Snapshot,
     pub now: Timestamp,
@@ -61,19 +63,14 @@ pub struct Concerned {
 }
 
 pub fn concerned(input: &Input<'_>) -> Concerned {
-    let desired = plan::desired(
-        &input.snapshot.users,
-        &input.snapshot.groups,
-        input.rules,
-        input.access,
-    );
-    let lower = |s: &Snapshot| -> HashSet<String> {
-        s.users
+    let desired = plan::desired(input.users, input.groups, input.rules, input.access);
+    let lower = |users: &[DirectoryUser]| -> HashSet<String> {
+        users
             .iter()
             .map(|u| u.anchor.to_ascii_lowercase())
             .collect()
     };
-    let (users_now, users_before) = (lower(input.snapshot), lower(input.previous));
+    let (users_now, users_before) = (lower(input.users), lower(&input.previous.users));
     let mut users: BTreeSet<String> = input
         .changed
         .iter()
@@ -84,7 +81,7 @@ pub fn concerned(input: &Input<'_>) -> Concerned {
         .cloned()
         .collect();
     users.extend(input.pending.users.iter().cloned());
-    for u in &input.snapshot.users {
+    for u in input.users {
         let key = u.anchor.to_ascii_lowercase();
         let may_log_in = u.closure(input.now).is_none();
         // Expired since the last read, though the entry did not change.
@@ -110,8 +107,8 @@ pub fn concerned(input: &Input<'_>) -> Concerned {
     let mut groups: BTreeMap<String, String> = BTreeMap::new();
     if input.access.portal_groups.is_some() {
         let now = plan::mirrored_groups(
-            &input.snapshot.users,
-            &input.snapshot.groups,
+            input.users,
+            input.groups,
             input.rules,
             input.access,
             input.now,
@@ -267,7 +264,8 @@ mod tests {
         let rules = rules();
         let access = access();
         concerned(&Input {
-            snapshot: now,
+            users: &now.users,
+            groups: &now.groups,
             previous,
             now: Timestamp::from_unix(NOW),
             before: Timestamp::from_unix(NOW - 900),
@@ -360,7 +358,8 @@ mod tests {
         let rules = rules();
         let access = access();
         let c = concerned(&Input {
-            snapshot: &now,
+            users: &now.users,
+            groups: &now.groups,
             previous: &previous,
             now: Timestamp::from_unix(NOW),
             before: Timestamp::from_unix(NOW - 900),

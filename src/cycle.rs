@@ -1,6 +1,7 @@
 //! One sync cycle, the one way through the code:
 //! read the directory and the portal → plan (pure) → apply (unless a dry run) → record → report.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -20,7 +21,7 @@ use crate::report::{self, DirectorySummary, PortalSummary, Report, RunOutcome, S
 use crate::report::{millis, ApplyPhase, DirectoryRead, Phases, PlanPhase, PortalRead};
 use crate::saved::SavedPlan;
 use crate::source::delta::{self, Cached, FullReason, Pending};
-use crate::source::{LdapSource, SourceError, Timestamp};
+use crate::source::{DirectoryGroup, DirectoryUser, LdapSource, SourceError, Timestamp};
 use crate::state::{State, StateError};
 
 /// What a cycle is asked to do. Every command but `check` is one of these, through
@@ -592,6 +593,7 @@ async fn prepare(
     let full_ahead = delta::full_ahead(&basis, config, forced.as_ref());
 
     let attributes = source_attributes(config);
+    let rules = plan::effective_rules(&config.mapping, &config.access);
     let read_directory = async {
         let started = Instant::now(); // Timing: the directory read.
         let mut source = LdapSource::connect(&config.source, &attributes).await?;
@@ -601,7 +603,7 @@ async fn prepare(
     };
     let read_portal = async {
         let started = Instant::now(); // Timing: the portal read.
-        let mut portal = PortalClient::new(&config.portal)?;
+        let mut portal = PortalClient::new(&config.portal)?.reading(plan::portal_fields(&rules));
         if let Some(t) = telemetry {
             portal = portal.with_telemetry(t);
         }
@@ -617,8 +619,12 @@ async fn prepare(
     let (read, portal_side) = tokio::join!(read_directory, read_portal);
     let (mut read, directory_took) = read?;
     let (portal, schema, listed, portal_took) = portal_side?;
-    let mut snapshot = read.snapshot.clone();
-    snapshot.add_primary_group_members();
+    // The groups with AD's primary-group members: a copy of the groups where AD's
+    // primary groups add some, else none. The snapshot stays as read (the next basis).
+    let primary_groups = match read.snapshot.with_primary_group_members() {
+        Cow::Owned(groups) => Some(groups),
+        Cow::Borrowed(_) => None,
+    };
 
     // One "now" for the whole cycle: expiries pass with time, not with directory changes.
     let now = Timestamp::now();
@@ -633,10 +639,11 @@ async fn prepare(
             None,
         ),
         (Some(mut changes), None) => {
+            let groups = primary_groups.as_deref().unwrap_or(&read.snapshot.groups);
             let read_portal = read_incremental(
                 config,
                 &portal,
-                &snapshot,
+                (&read.snapshot.users, groups),
                 &mut changes,
                 &Remembrance {
                     known: &known,
@@ -668,7 +675,7 @@ async fn prepare(
             last_scope,
             legacy_basis,
             read,
-            snapshot,
+            primary_groups,
             portal,
             schema,
             view,
@@ -697,7 +704,7 @@ struct Remembrance<'a> {
 async fn read_incremental(
     config: &Config,
     portal: &PortalClient,
-    snapshot: &crate::source::Snapshot,
+    (users, groups): (&[DirectoryUser], &[DirectoryGroup]),
     changes: &mut delta::Changes,
     state: &Remembrance<'_>,
     now: Timestamp,
@@ -707,7 +714,8 @@ async fn read_incremental(
     previous.add_primary_group_members();
     let before = Timestamp::from_unix(i64::try_from(changes.previous_at).unwrap_or(0));
     let concerned = concern::concerned(&concern::Input {
-        snapshot,
+        users,
+        groups,
         previous: &previous,
         now,
         before,
@@ -780,8 +788,9 @@ struct Planning {
     last_scope: Option<String>,
     legacy_basis: bool,
     read: delta::Read,
-    /// The directory now, with primary-group members.
-    snapshot: crate::source::Snapshot,
+    /// The groups with primary-group members, when AD's primary groups add some (else
+    /// the snapshot's groups are planned with).
+    primary_groups: Option<Vec<DirectoryGroup>>,
     portal: PortalClient,
     schema: PortalSchema,
     view: PortalView,
@@ -808,7 +817,7 @@ fn plan_and_guard(
         last_scope,
         legacy_basis,
         read,
-        snapshot,
+        primary_groups,
         portal,
         schema,
         view,
@@ -820,6 +829,8 @@ fn plan_and_guard(
         plan_started,
     } = planning;
     let rules = plan::effective_rules(&config.mapping, &config.access);
+    let snapshot = &read.snapshot;
+    let groups = primary_groups.as_deref().unwrap_or(&snapshot.groups);
     let PortalView {
         users: portal_users,
         groups: portal_groups,
@@ -829,7 +840,7 @@ fn plan_and_guard(
 
     let links = plan::Links {
         deleted_in_portal: deleted.values().cloned().collect(),
-        portal_ids: linked.clone(),
+        portal_ids: linked,
         adopt_orphans: options.adopt_orphans,
     };
     let mut plan = plan::compute(&plan::Input {
@@ -839,7 +850,7 @@ fn plan_and_guard(
         state: &known,
         rules: &rules,
         schema: &schema,
-        groups: &snapshot.groups,
+        groups,
         access: &config.access,
         portal_groups: &portal_groups,
         known_groups: &known_groups,
@@ -858,6 +869,7 @@ fn plan_and_guard(
             unread.groups.len()
         ));
     }
+    let linked = links.portal_ids;
     // Orphans taken over count as managed users from now on.
     let adopted = plan.orphans.iter().filter(|o| o.adopted).count();
     let managed_now = adopted

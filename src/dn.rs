@@ -54,12 +54,12 @@ impl Dn {
 
     /// The canonical comparison key: equal for DNs that name the same entry.
     pub fn key(&self) -> String {
-        let mut out = String::new();
+        let mut out = String::with_capacity(64);
         for (i, rdn) in self.rdns.iter().enumerate() {
             if i > 0 {
                 out.push(',');
             }
-            out.push_str(&rdn.key());
+            rdn.write_key(&mut out);
         }
         out
     }
@@ -96,13 +96,57 @@ impl Rdn {
     }
 
     fn key(&self) -> String {
+        let mut out = String::new();
+        self.write_key(&mut out);
+        out
+    }
+
+    /// Appends [`Rdn::key`] to `out`; one AVA (nearly every RDN) without a detour.
+    fn write_key(&self, out: &mut String) {
+        if let [ava] = self.avas.as_slice() {
+            ava.write_key(out);
+            return;
+        }
         let mut parts: Vec<String> = self
             .avas
             .iter()
-            .map(|a| format!("{}={}", type_key(&a.attr), escape_key(&fold(&a.value))))
+            .map(|a| {
+                let mut part = String::new();
+                a.write_key(&mut part);
+                part
+            })
             .collect();
         parts.sort();
-        parts.join("+")
+        out.push_str(&parts.join("+"));
+    }
+}
+
+impl Ava {
+    /// Appends `type=value` as keys compare it: [`type_key`], then the [`fold`]ed value
+    /// with [`escape_key`]. ASCII (nearly every name) is folded in place.
+    fn write_key(&self, out: &mut String) {
+        let attr = self.attr.trim();
+        if attr.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-') && !attr.is_empty() {
+            out.extend(attr.chars().map(|c| c.to_ascii_lowercase()));
+        } else {
+            out.push_str(&type_key(attr));
+        }
+        out.push('=');
+        if self.value.is_ascii() {
+            for (i, word) in self.value.split_whitespace().enumerate() {
+                if i > 0 {
+                    out.push(' ');
+                }
+                for c in word.chars() {
+                    if matches!(c, '\\' | ',' | '+' | '=') {
+                        out.push('\\');
+                    }
+                    out.push(c.to_ascii_lowercase());
+                }
+            }
+        } else {
+            out.push_str(&escape_key(&fold(&self.value)));
+        }
     }
 }
 
@@ -128,10 +172,44 @@ impl fmt::Display for Dn {
 /// trimmed, lowercased self, behind a prefix no parsed DN can have, so it equals only
 /// another spelling of the same broken string and never a real entry.
 pub fn key(text: &str) -> String {
+    if is_plain(text) {
+        // No escapes, spaces or multi-valued RDNs: the key is the text lowercased.
+        return text.to_ascii_lowercase();
+    }
     match Dn::parse(text) {
         Ok(dn) => dn.key(),
         Err(_) => format!("\u{0}{}", text.trim().to_lowercase()),
     }
+}
+
+/// Whether `text` is a DN of the plainest form, whose key is its lowercased self:
+/// RDNs of one `name=value` each, names of letters, digits and hyphens starting with a
+/// letter (no OIDs), values of letters, digits and `.`, `_`, `@`, `-` only.
+pub fn is_plain(text: &str) -> bool {
+    // Per RDN: a name (letter first), `=`, then a value (at least one byte).
+    #[derive(PartialEq)]
+    enum At {
+        NameStart,
+        Name,
+        ValueStart,
+        Value,
+    }
+    let mut at = At::NameStart;
+    for b in text.bytes() {
+        at = match (at, b) {
+            (At::NameStart, b) if b.is_ascii_alphabetic() => At::Name,
+            (At::Name, b) if b.is_ascii_alphanumeric() || b == b'-' => At::Name,
+            (At::Name, b'=') => At::ValueStart,
+            (At::ValueStart | At::Value, b)
+                if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'-') =>
+            {
+                At::Value
+            }
+            (At::Value, b',') => At::NameStart,
+            _ => return false,
+        };
+    }
+    at == At::Value
 }
 
 /// Whether two DN strings name the same entry.
@@ -612,6 +690,33 @@ mod properties {
     }
 
     proptest! {
+        #[test]
+        fn an_avas_key_is_its_type_key_and_folded_escaped_value(
+            attr in attr(),
+            value in prop_oneof!["[ -~\t\u{b}\u{c}]{0,12}", value()],
+        ) {
+            let mut fast = String::new();
+            Ava { attr: attr.clone(), value: value.clone() }.write_key(&mut fast);
+            prop_assert_eq!(fast, format!("{}={}", type_key(&attr), escape_key(&fold(&value))));
+        }
+
+        #[test]
+        fn a_plain_dn_keys_as_when_parsed(
+            text in "([a-zA-Z][a-zA-Z0-9-]{0,3}=[a-zA-Z0-9._@-]{1,6},){0,3}[a-zA-Z][a-zA-Z0-9-]{0,3}=[a-zA-Z0-9._@-]{1,6}",
+        ) {
+            prop_assert!(is_plain(&text));
+            let parsed = Dn::parse(&text).map(|d| d.key());
+            prop_assert_eq!(Ok(key(&text)), parsed);
+        }
+
+        #[test]
+        fn what_counts_as_plain_keys_as_when_parsed(text in "[a-zA-Z0-9=,;._@+ #-]{1,16}") {
+            if is_plain(&text) {
+                let parsed = Dn::parse(&text).map(|d| d.key());
+                prop_assert_eq!(Ok(key(&text)), parsed);
+            }
+        }
+
         #[test]
         fn parsing_any_text_never_panics(text in any::<String>()) {
             let _ = Dn::parse(&text);

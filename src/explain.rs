@@ -19,7 +19,7 @@ use crate::cycle::{self, CycleError};
 use crate::dn;
 use crate::mapping::{self, AttrPath, Owner, Value};
 use crate::plan::{self, Action, Baseline, Change};
-use crate::portal::{PortalClient, PortalError, PortalUser};
+use crate::portal::{PortalClient, PortalError, PortalUser, UserFields};
 use crate::report::Report;
 use crate::source::{DirectoryGroup, DirectoryUser, LdapSource, Snapshot, SourceError, Timestamp};
 use crate::state::{State, StateError};
@@ -202,8 +202,14 @@ async fn read(config: &Config) -> Result<Facts, ExplainError> {
         snapshot.add_primary_group_members();
         Ok::<_, SourceError>(snapshot)
     };
+    // Every rule's portal value is shown, the portal-owned ones too.
+    let fields = UserFields::new(
+        plan::effective_rules(&config.mapping, &config.access)
+            .into_iter()
+            .map(|r| r.to),
+    );
     let portal = async {
-        let mut portal = PortalClient::new(&config.portal)?;
+        let mut portal = PortalClient::new(&config.portal)?.reading(fields);
         portal.discover().await?;
         portal.list_users().await
     };
@@ -424,7 +430,7 @@ pub fn explain_user(
         .map(|rule| {
             let path = &rule.to;
             let dir = desired.get(path).cloned();
-            let por = portal.and_then(|p| path.get(&p.resource));
+            let por = portal.and_then(|p| p.get(path).cloned());
             let last = match base.and_then(|b| b.get(path)) {
                 Some(v) => LastSynced::Value(v.clone()),
                 None => LastSynced::Never,

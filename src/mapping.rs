@@ -16,13 +16,37 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
 
 use serde::{Serialize, Serializer};
 use serde_json::{Map, Value as Json};
 
-/// A parsed SCIM attribute path.
+/// A parsed SCIM attribute path. Its parts ([`PathParts`]) are shared: a clone is a
+/// reference count, so the baselines and attribute maps of many users hold one copy of
+/// each path, and two clones compare equal by address first.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct AttrPath(Arc<PathParts>);
+
+impl Ord for AttrPath {
+    /// By the parts; clones of one path are equal without looking.
+    fn cmp(&self, other: &AttrPath) -> std::cmp::Ordering {
+        if self.same(other) {
+            return std::cmp::Ordering::Equal;
+        }
+        self.0.cmp(&other.0)
+    }
+}
+
+impl PartialOrd for AttrPath {
+    fn partial_cmp(&self, other: &AttrPath) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// The parts of an [`AttrPath`].
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct AttrPath {
+pub struct PathParts {
     /// Schema URN of an extension attribute; `None` for the core schema.
     pub schema: Option<String>,
     pub attr: String,
@@ -31,7 +55,50 @@ pub struct AttrPath {
     pub sub: Option<String>,
 }
 
+impl Deref for AttrPath {
+    type Target = PathParts;
+
+    fn deref(&self) -> &PathParts {
+        &self.0
+    }
+}
+
+impl fmt::Debug for AttrPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AttrPath({self})")
+    }
+}
+
+impl From<PathParts> for AttrPath {
+    fn from(parts: PathParts) -> AttrPath {
+        AttrPath(Arc::new(parts))
+    }
+}
+
 impl AttrPath {
+    /// Whether `self` and `other` are clones of one parsed path (then they are equal;
+    /// equal paths parsed apart are not the same).
+    pub fn same(&self, other: &AttrPath) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// The name to ask the portal for this attribute by, in a listing's `attributes`
+    /// parameter (RFC 7644 §3.4.2.5): `name.familyName`, `emails` (a filtered element is
+    /// picked here, so the whole attribute comes), `urn:…:User:subUnit`.
+    pub fn attribute_name(&self) -> String {
+        let mut name = String::new();
+        if let Some(s) = &self.schema {
+            name.push_str(s);
+            name.push(':');
+        }
+        name.push_str(&self.attr);
+        if let (None, Some(sub)) = (&self.filter, &self.sub) {
+            name.push('.');
+            name.push_str(sub);
+        }
+        name
+    }
+
     /// Parses a path. The error says what is wrong, for the config error message.
     pub fn parse(text: &str) -> Result<AttrPath, String> {
         let text = text.trim();
@@ -65,12 +132,16 @@ impl AttrPath {
                 "`{text}`: a filtered path must name the sub-attribute to set, e.g. `{head}[type eq \"work\"].value`"
             ));
         }
-        Ok(AttrPath {
+        Ok(AttrPath::from(PathParts {
             schema,
             attr: head.to_string(),
             filter,
             sub,
-        })
+        }))
+    }
+
+    pub fn parts(&self) -> &PathParts {
+        &self.0
     }
 
     /// True for the login attribute, `userName` of the core schema.
@@ -98,10 +169,10 @@ impl AttrPath {
     /// (removing only `.value` would leave an element with just a `type`).
     pub fn removal_path(&self) -> String {
         match &self.filter {
-            Some(_) => AttrPath {
+            Some(_) => AttrPath::from(PathParts {
                 sub: None,
-                ..self.clone()
-            }
+                ..self.parts().clone()
+            })
             .to_string(),
             None => self.to_string(),
         }
@@ -199,20 +270,20 @@ impl AttrPath {
                 if let Some(sub) = &self.sub {
                     element.insert(sub.clone(), v.to_json());
                 }
-                let path = AttrPath {
+                let path = AttrPath::from(PathParts {
                     filter: None,
                     sub: None,
-                    ..self.clone()
-                };
+                    ..self.parts().clone()
+                });
                 serde_json::json!({"op": "add", "path": path.to_string(), "value": [element]})
             }
             // The values of a multi-valued attribute's sub-attribute (`roles.value`): the
             // whole list is replaced.
             (_, Some(Value::Many(values)), None) if self.sub.is_some() => {
-                let path = AttrPath {
+                let path = AttrPath::from(PathParts {
                     sub: None,
-                    ..self.clone()
-                };
+                    ..self.parts().clone()
+                });
                 let sub = self.sub.as_deref().unwrap_or("value");
                 serde_json::json!({"op": "replace", "path": path.to_string(), "value": list_elements(sub, values)})
             }
@@ -482,25 +553,41 @@ pub type Attributes = BTreeMap<AttrPath, Value>;
 pub fn map_entry(rules: &[Rule], attrs: &BTreeMap<String, Vec<String>>) -> Attributes {
     let mut out = Attributes::new();
     for rule in rules {
-        let values: Vec<String> = attrs
-            .get(&rule.from.to_ascii_lowercase())
-            .map(|vs| {
-                vs.iter()
-                    .map(|v| v.trim().to_string())
-                    .filter(|v| !v.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let Some(vs) = with_lowercase(&rule.from, |name| attrs.get(name)) else {
+            continue;
+        };
+        let mut values = vs.iter().map(|v| v.trim()).filter(|v| !v.is_empty());
         let value = if rule.multi {
+            let values: Vec<String> = values.map(str::to_string).collect();
             (!values.is_empty()).then(|| Value::many(values))
         } else {
-            values.into_iter().next().map(Value::One)
+            values.next().map(|v| Value::One(v.to_string()))
         };
         if let Some(v) = value {
             out.insert(rule.to.clone(), v);
         }
     }
     out
+}
+
+/// `f` of `name` lowercased (ASCII), without allocating for a short name.
+fn with_lowercase<T>(name: &str, f: impl FnOnce(&str) -> T) -> T {
+    if !name.bytes().any(|b| b.is_ascii_uppercase()) {
+        return f(name);
+    }
+    let mut buf = [0u8; 64];
+    match buf.get_mut(..name.len()) {
+        Some(short) => {
+            short.copy_from_slice(name.as_bytes());
+            short.make_ascii_lowercase();
+            // Lowercasing ASCII letters keeps UTF-8 valid.
+            match std::str::from_utf8(short) {
+                Ok(lower) => f(lower),
+                Err(_) => f(&name.to_ascii_lowercase()),
+            }
+        }
+        None => f(&name.to_ascii_lowercase()),
+    }
 }
 
 #[cfg(test)]
@@ -700,11 +787,13 @@ mod properties {
             name(),
             any::<bool>(),
         )
-            .prop_map(|(schema, attr, filter, sub, with_sub)| AttrPath {
-                schema: schema.map(str::to_string),
-                attr,
-                sub: (with_sub || filter.is_some()).then_some(sub),
-                filter,
+            .prop_map(|(schema, attr, filter, sub, with_sub)| {
+                AttrPath::from(PathParts {
+                    schema: schema.map(str::to_string),
+                    attr,
+                    sub: (with_sub || filter.is_some()).then_some(sub),
+                    filter,
+                })
             })
     }
 

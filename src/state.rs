@@ -443,12 +443,18 @@ impl State {
                 r.get::<_, Option<String>>(2)?,
             ))
         })?;
+        // Each path parsed once and shared by every user's baseline.
+        let mut paths: HashMap<String, AttrPath> = HashMap::new();
         for row in rows {
-            let (anchor, path, value) = row?;
+            let (anchor, text, value) = row?;
             // A row this dirsync cannot read counts as never synced: the directory value
             // then flows, which is the safe reading.
-            let Ok(path) = AttrPath::parse(&path) else {
-                continue;
+            let path = match paths.get(&text) {
+                Some(p) => p.clone(),
+                None => match AttrPath::parse(&text) {
+                    Ok(p) => paths.entry(text).or_insert(p).clone(),
+                    Err(_) => continue,
+                },
             };
             let value = match value {
                 None => None,

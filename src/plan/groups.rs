@@ -69,7 +69,7 @@ pub struct GroupInput<'a> {
     pub directory: &'a [DirectoryGroup],
     pub membership: &'a Membership<'a>,
     /// Directory users that may be members: DN key ([`crate::dn::key`]) → (anchor, login).
-    pub users: &'a HashMap<String, (String, String)>,
+    pub users: &'a HashMap<String, (&'a str, &'a str)>,
     pub portal_users: &'a [PortalUser],
     pub portal_groups: &'a [PortalGroup],
     /// Lowercased anchor → the portal group the state links it to.
@@ -83,21 +83,43 @@ pub struct GroupInput<'a> {
 pub fn plan(input: &GroupInput<'_>, notes: &mut Vec<String>) -> Vec<GroupChange> {
     let mut out = Vec::new();
     let covered = |anchor: &str| input.only.is_none_or(|only| only.contains(anchor));
+    // The configured groups, resolved once: their DN keys.
+    let mut named: HashSet<String> = HashSet::new();
+    for r in &input.rule.groups {
+        match input.membership.resolve(r) {
+            Ok(found) => {
+                named.insert(crate::dn::key(&found.dn));
+            }
+            Err(e) => notes.push(format!("portal_groups: {e}")),
+        }
+    }
     let all_selected: Vec<&DirectoryGroup> = input
         .directory
         .iter()
-        .filter(|g| (input.rule.by_filter && g.selected) || named(input.rule, input.membership, g))
+        .filter(|g| mirrored(input.rule, input.membership, &named, g))
         .collect();
     let selected: Vec<&DirectoryGroup> = all_selected
         .iter()
         .copied()
         .filter(|g| covered(&g.anchor.to_ascii_lowercase()))
         .collect();
-    for r in &input.rule.groups {
-        if let Err(e) = input.membership.resolve(r) {
-            notes.push(format!("portal_groups: {e}"));
-        }
+    // Hand-made portal groups (no externalId) by lowercased name, the first listed.
+    let mut hand_made: HashMap<String, &PortalGroup> = HashMap::new();
+    for p in input
+        .portal_groups
+        .iter()
+        .filter(|p| p.external_id.is_none())
+    {
+        hand_made
+            .entry(p.display_name.to_ascii_lowercase())
+            .or_insert(p);
     }
+    let group_by_id: HashMap<&str, &PortalGroup> = input
+        .portal_groups
+        .iter()
+        .rev()
+        .map(|g| (g.id.as_str(), g))
+        .collect();
     let by_external: HashMap<String, &PortalGroup> = input
         .portal_groups
         .iter()
@@ -110,7 +132,7 @@ pub fn plan(input: &GroupInput<'_>, notes: &mut Vec<String>) -> Vec<GroupChange>
         .collect();
 
     for g in &selected {
-        let desired: BTreeMap<String, (&(String, String), String)> = input
+        let desired: BTreeMap<String, (&(&str, &str), String)> = input
             .membership
             .members_via(g, input.rule.flatten)
             .into_iter()
@@ -124,9 +146,7 @@ pub fn plan(input: &GroupInput<'_>, notes: &mut Vec<String>) -> Vec<GroupChange>
         let key = g.anchor.to_ascii_lowercase();
         match by_external.get(&key) {
             None => {
-                if let Some(hand_made) = input.portal_groups.iter().find(|p| {
-                    p.external_id.is_none() && p.display_name.eq_ignore_ascii_case(&g.name)
-                }) {
+                if let Some(hand_made) = hand_made.get(&g.name.to_ascii_lowercase()) {
                     notes.push(format!(
                         "portal group {:?} exists but was not made by dirsync; directory group {} is not mirrored",
                         hand_made.display_name, g.dn
@@ -142,8 +162,8 @@ pub fn plan(input: &GroupInput<'_>, notes: &mut Vec<String>) -> Vec<GroupChange>
                     add: desired
                         .values()
                         .map(|((anchor, login), via)| Member {
-                            user_name: login.clone(),
-                            anchor: Some(anchor.clone()),
+                            user_name: login.to_string(),
+                            anchor: Some(anchor.to_string()),
                             portal_id: None,
                             via: Some(via.clone()),
                         })
@@ -170,8 +190,8 @@ pub fn plan(input: &GroupInput<'_>, notes: &mut Vec<String>) -> Vec<GroupChange>
                     .iter()
                     .filter(|(a, _)| !current.contains_key(*a))
                     .map(|(_, ((anchor, login), via))| Member {
-                        user_name: login.clone(),
-                        anchor: Some(anchor.clone()),
+                        user_name: login.to_string(),
+                        anchor: Some(anchor.to_string()),
                         portal_id: None,
                         via: Some(via.clone()),
                     })
@@ -233,7 +253,7 @@ pub fn plan(input: &GroupInput<'_>, notes: &mut Vec<String>) -> Vec<GroupChange>
         return out;
     }
     for (anchor, known) in leaving {
-        let Some(p) = input.portal_groups.iter().find(|p| p.id == known.portal_id) else {
+        let Some(p) = group_by_id.get(known.portal_id.as_str()) else {
             continue; // already gone from the portal
         };
         if known.created {
@@ -261,12 +281,14 @@ pub fn plan(input: &GroupInput<'_>, notes: &mut Vec<String>) -> Vec<GroupChange>
     out
 }
 
-fn named(rule: &PortalGroupRule, membership: &Membership<'_>, g: &DirectoryGroup) -> bool {
-    rule.groups.iter().any(|r| {
-        membership
-            .resolve(r)
-            .is_ok_and(|found| crate::dn::same(&found.dn, &g.dn))
-    })
+/// Whether `g` is mirrored: selected by the filter, or among the `named` groups (DN keys).
+fn mirrored(
+    rule: &PortalGroupRule,
+    membership: &Membership<'_>,
+    named: &HashSet<String>,
+    g: &DirectoryGroup,
+) -> bool {
+    (rule.by_filter && g.selected) || (!named.is_empty() && named.contains(&membership.key_of(g)))
 }
 
 /// The mirrored directory groups (lowercased anchor) with their names and the lowercased
@@ -278,9 +300,15 @@ pub fn desired_members(
     membership: &Membership<'_>,
     users: &HashMap<String, (String, String)>,
 ) -> BTreeMap<String, (String, BTreeSet<String>)> {
+    let named: HashSet<String> = rule
+        .groups
+        .iter()
+        .filter_map(|r| membership.resolve(r).ok())
+        .map(|found| crate::dn::key(&found.dn))
+        .collect();
     directory
         .iter()
-        .filter(|g| (rule.by_filter && g.selected) || named(rule, membership, g))
+        .filter(|g| mirrored(rule, membership, &named, g))
         .map(|g| {
             let members = membership
                 .members_of(g, rule.flatten)

@@ -56,10 +56,11 @@ impl Links {
     /// Whether a directory user that no portal user carries the anchor of may be created:
     /// `Ok(reason)` if so, `Err(problem)` when the state links it to a portal user that is
     /// still there (created again, it would be a duplicate).
-    pub fn may_create(
+    /// `portal` finds a portal user by id.
+    pub fn may_create<'p>(
         &self,
         anchor: &str,
-        portal: &[PortalUser],
+        portal: impl Fn(&str) -> Option<&'p PortalUser>,
     ) -> Result<Option<String>, String> {
         let Some(id) = self.portal_ids.get(&anchor.to_ascii_lowercase()) else {
             return Ok(None);
@@ -67,7 +68,7 @@ impl Links {
         if self.deleted_in_portal.contains(id) {
             return Ok(Some(DELETED_IN_PORTAL.to_string()));
         }
-        Err(match portal.iter().find(|p| &p.id == id) {
+        Err(match portal(id) {
             Some(p) => format!(
                 "dirsync manages this user as portal user {} (id {id}), which no longer carries its anchor as \
                  externalId ({}); it is not created again. Put the externalId back in the portal",

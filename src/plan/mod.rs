@@ -5,18 +5,21 @@
 pub mod groups;
 pub mod guard;
 pub mod links;
+#[doc(hidden)]
+pub mod synthetic;
 pub mod user;
 mod validate;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use serde::Serialize;
 
 pub use self::groups::{GroupAction, GroupChange, KnownGroup};
 pub use self::links::{Links, Orphan};
 use crate::access::{self, AccessRules, Membership};
-use crate::mapping::{AttrPath, Attributes, Owner, Rule, Value};
-use crate::portal::{PortalGroup, PortalSchema, PortalUser};
+use crate::mapping::{self, AttrPath, Attributes, Owner, Rule, Value};
+use crate::portal::{PortalGroup, PortalSchema, PortalUser, UserFields};
 use crate::source::{BadEntry, Closure, DirectoryGroup, DirectoryUser, Timestamp};
 
 #[derive(
@@ -255,13 +258,11 @@ impl PlanScope {
     }
 }
 
-/// A directory user that passed validation, with its mapped attributes.
+/// A directory user that passed validation. Its attributes are mapped when it is planned,
+/// and dropped once it is: a plan holds no copy of every user's attributes.
 struct Wanted<'a> {
     user: &'a DirectoryUser,
-    attrs: Attributes,
     user_name: String,
-    /// Where derived attributes came from, for the report.
-    why: BTreeMap<AttrPath, String>,
 }
 
 /// The rules the planner diffs by: the config's mappings, then the attributes derived
@@ -298,9 +299,91 @@ pub fn unusable(users: &[DirectoryUser], bad_entries: &[BadEntry], rules: &[Rule
             problem: bad.problem.clone(),
         })
         .collect();
-    validate::validate(users, rules, &mut skipped, &mut Vec::new());
+    validate::validate(
+        users,
+        rules,
+        &login_rules(rules),
+        &mut skipped,
+        &mut Vec::new(),
+    );
     skipped.sort_by_cached_key(|s| s.dn.to_lowercase());
     skipped
+}
+
+/// The rules that set the login (`userName`).
+fn login_rules(rules: &[Rule]) -> Vec<Rule> {
+    rules
+        .iter()
+        .filter(|r| r.to.is_user_name())
+        .cloned()
+        .collect()
+}
+
+/// The portal users, indexed once per plan so that no user is looked for by a scan.
+struct PortalIndex<'a> {
+    /// Portal id → user.
+    by_id: HashMap<&'a str, &'a PortalUser>,
+    /// Lowercased `userName` → users with it, in listing order (with their position).
+    by_login: HashMap<String, Vec<(usize, &'a PortalUser)>>,
+    /// Lowercased primary email → users without externalId that have it, in listing
+    /// order (with their position).
+    hand_made_by_email: HashMap<String, Vec<(usize, &'a PortalUser)>>,
+}
+
+impl<'a> PortalIndex<'a> {
+    fn new(portal: &'a [PortalUser]) -> PortalIndex<'a> {
+        let mut index = PortalIndex {
+            by_id: HashMap::with_capacity(portal.len()),
+            by_login: HashMap::with_capacity(portal.len()),
+            hand_made_by_email: HashMap::new(),
+        };
+        for (i, p) in portal.iter().enumerate() {
+            index.by_id.entry(p.id.as_str()).or_insert(p);
+            index
+                .by_login
+                .entry(p.user_name.to_ascii_lowercase())
+                .or_default()
+                .push((i, p));
+            if let (None, Some(e)) = (&p.external_id, &p.primary_email) {
+                index
+                    .hand_made_by_email
+                    .entry(e.to_ascii_lowercase())
+                    .or_default()
+                    .push((i, p));
+            }
+        }
+        index
+    }
+
+    /// The users with this login (lowercased), in listing order.
+    fn with_login(&self, login: &str) -> impl Iterator<Item = &'a PortalUser> + '_ {
+        self.by_login
+            .get(login)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .map(|&(_, p)| p)
+    }
+}
+
+/// Everything the planning of one user looks at.
+struct Context<'a, 'i> {
+    input: &'i Input<'a>,
+    in_directory: &'i HashSet<String>,
+    index: &'i PortalIndex<'a>,
+    membership: &'i Membership<'a>,
+    resolved: &'i access::Resolved<'a>,
+}
+
+/// What the plan reads of each portal user: the targets of the rules it compares (not
+/// those the portal owns, which it never compares), e.g. from [`effective_rules`].
+pub fn portal_fields(rules: &[Rule]) -> Arc<UserFields> {
+    UserFields::new(
+        rules
+            .iter()
+            .filter(|r| r.owner != Owner::Portal)
+            .map(|r| r.to.clone()),
+    )
 }
 
 /// Computes the plan.
@@ -321,25 +404,42 @@ pub fn compute(input: &Input<'_>) -> Plan {
             "group cycle in the directory: {cycle} (membership counted once)"
         ));
     }
-    let mut wanted = validate::validate(
+    let login_rules: Vec<Rule> = input
+        .rules
+        .iter()
+        .filter(|r| r.to.is_user_name())
+        .cloned()
+        .collect();
+    let wanted = validate::validate(
         input.directory,
         input.rules,
+        &login_rules,
         &mut plan.skipped,
         &mut plan.notes,
     );
-    for w in &mut wanted {
-        let (derived, why) = access::derive(input.access, &membership, &resolved, w.user);
-        w.attrs.extend(derived);
-        w.why = why;
+    if let Some(p) = input.portal.first() {
+        for r in input.rules.iter().filter(|r| r.owner != Owner::Portal) {
+            if !p.reads(&r.to) {
+                plan.notes.push(format!(
+                    "`{}` was not read from the portal, so it is not compared or written this cycle",
+                    r.to
+                ));
+            }
+        }
     }
 
     // Portal users by externalId (anchors are compared case-insensitively: GUID strings
     // differ in case between tools). Two portal users claiming one anchor is a conflict
     // an admin must resolve; neither is touched.
-    let mut by_anchor: HashMap<String, Vec<&PortalUser>> = HashMap::new();
-    for p in input.portal {
-        if let Some(x) = &p.external_id {
-            by_anchor.entry(x.to_ascii_lowercase()).or_default().push(p);
+    let lowered: Vec<Option<String>> = input
+        .portal
+        .iter()
+        .map(|p| p.external_id.as_ref().map(|x| x.to_ascii_lowercase()))
+        .collect();
+    let mut by_anchor: HashMap<&str, Vec<&PortalUser>> = HashMap::with_capacity(input.portal.len());
+    for (p, x) in input.portal.iter().zip(&lowered) {
+        if let Some(x) = x {
+            by_anchor.entry(x.as_str()).or_default().push(p);
         }
     }
     let in_directory: HashSet<String> = input
@@ -352,6 +452,7 @@ pub fn compute(input: &Input<'_>) -> Plan {
     if input.scope == &PlanScope::Full {
         plan.orphans = links::orphans(input.portal, input.state, &in_directory, adopt);
     }
+    let recorded = input.state;
     let with_orphans;
     let input = if adopt && !plan.orphans.is_empty() {
         with_orphans = links::with_orphans(input.state, &plan.orphans);
@@ -362,15 +463,41 @@ pub fn compute(input: &Input<'_>) -> Plan {
     } else {
         input
     };
+    let index = PortalIndex::new(input.portal);
+    let cx = Context {
+        input,
+        in_directory: &in_directory,
+        index: &index,
+        membership: &membership,
+        resolved: &resolved,
+    };
+    let compared = user::compared_paths(input.rules);
     let mut claimed: HashSet<String> = HashSet::new();
+    // Directory users that may be portal group members: DN key → (anchor, login).
+    let mut members: HashMap<String, (&str, &str)> = HashMap::new();
+    let mirror = input.access.portal_groups.is_some();
     for w in &wanted {
-        let key = w.user.anchor.to_ascii_lowercase();
-        if !input.scope.covers_user(&key) {
+        let key = crate::dn::key(&w.user.dn);
+        if mirror && w.user.closure(input.now).is_none() {
+            members.insert(key.clone(), (w.user.anchor.as_str(), w.user_name.as_str()));
+        }
+        let anchor = w.user.anchor.to_ascii_lowercase();
+        if !input.scope.covers_user(&anchor) {
             continue;
         }
-        match by_anchor.get(&key).map(Vec::as_slice) {
-            None | Some([]) => plan_unlinked(w, input, &in_directory, &mut claimed, &mut plan),
-            Some([p]) => plan_linked(w, p, input.state.get(&key), input, &mut plan),
+        match by_anchor.get(anchor.as_str()).map(Vec::as_slice) {
+            None | Some([]) => plan_unlinked(w, &cx, &key, &mut claimed, &mut plan),
+            Some([p]) => {
+                let closed = w.user.closure(input.now);
+                let attrs = match closed {
+                    Some(_) => Attributes::new(),
+                    None => cx.desired(w.user, &key),
+                };
+                let base = input.state.get(&anchor);
+                plan_linked(
+                    w, &anchor, compared, attrs, p, base, recorded, input, &mut plan,
+                )
+            }
             Some(many) => {
                 plan.skipped.push(Skipped {
                     dn: w.user.dn.clone(),
@@ -385,27 +512,44 @@ pub fn compute(input: &Input<'_>) -> Plan {
         }
     }
 
-    plan_closures(input, &in_directory, &claimed, &mut plan);
+    plan_closures(input, &lowered, &in_directory, &claimed, &mut plan);
+    // Where each derived value came from, for the users with changes.
+    let changed: HashSet<&str> = plan
+        .changes
+        .iter()
+        .filter(|c| !c.fields.is_empty())
+        .map(|c| c.anchor.as_str())
+        .collect();
+    let mut wanted_by_anchor: HashMap<&str, &Wanted<'_>> = HashMap::new();
+    for w in wanted
+        .iter()
+        .filter(|w| changed.contains(w.user.anchor.as_str()))
+    {
+        wanted_by_anchor.entry(w.user.anchor.as_str()).or_insert(w);
+    }
     for change in &mut plan.changes {
-        if let Some(w) = wanted.iter().find(|w| w.user.anchor == change.anchor) {
+        if change.fields.is_empty() {
+            continue;
+        }
+        if let Some(w) = wanted_by_anchor.get(change.anchor.as_str()) {
+            let mut why = BTreeMap::new();
+            let key = crate::dn::key(&w.user.dn);
+            access::derive_keyed(
+                input.access,
+                &membership,
+                &resolved,
+                w.user,
+                &key,
+                Some(&mut why),
+            );
             for f in &mut change.fields {
-                f.detail = w.why.get(&f.path).cloned();
+                f.detail = why.get(&f.path).cloned();
             }
         }
     }
-    keep_one_privileged(input, &in_directory, &wanted, &mut plan);
+    keep_one_privileged(&cx, &wanted, &mut plan);
 
     if let Some(rule) = &input.access.portal_groups {
-        let users: HashMap<String, (String, String)> = wanted
-            .iter()
-            .filter(|w| w.user.closure(input.now).is_none())
-            .map(|w| {
-                (
-                    crate::dn::key(&w.user.dn),
-                    (w.user.anchor.clone(), w.user_name.clone()),
-                )
-            })
-            .collect();
         let with_members;
         let portal_users = match input.scope {
             PlanScope::Full => input.portal,
@@ -419,7 +563,7 @@ pub fn compute(input: &Input<'_>) -> Plan {
                 rule,
                 directory: input.groups,
                 membership: &membership,
-                users: &users,
+                users: &members,
                 portal_users,
                 portal_groups: input.portal_groups,
                 known: input.known_groups,
@@ -428,10 +572,8 @@ pub fn compute(input: &Input<'_>) -> Plan {
             &mut plan.notes,
         );
     }
-    plan.changes.sort_by(|a, b| {
-        (a.action, a.user_name.to_ascii_lowercase())
-            .cmp(&(b.action, b.user_name.to_ascii_lowercase()))
-    });
+    plan.changes
+        .sort_by_cached_key(|c| (c.action, c.user_name.to_ascii_lowercase()));
     plan
 }
 
@@ -459,14 +601,11 @@ fn with_linked_members(input: &Input<'_>, wanted: &[Wanted<'_>]) -> Vec<PortalUs
             continue; // gone: a member id that no longer names anyone
         }
         if seen.insert(id.clone()) {
-            users.push(PortalUser {
-                id: id.clone(),
-                external_id: Some(anchor.to_string()),
-                user_name: login_of.get(*anchor).map_or(id.as_str(), |l| l).to_string(),
-                active: true,
-                version: None,
-                resource: serde_json::Value::Null,
-            });
+            users.push(PortalUser::stand_in(
+                id.clone(),
+                anchor.to_string(),
+                login_of.get(*anchor).map_or(id.as_str(), |l| l).to_string(),
+            ));
         }
     }
     users
@@ -484,15 +623,20 @@ pub fn desired(
     let membership = Membership::new(groups);
     let resolved = access::resolve(access, &membership);
     let (mut skipped, mut notes) = (Vec::new(), Vec::new());
-    validate::validate(directory, rules, &mut skipped, &mut notes)
-        .into_iter()
-        .map(|w| {
-            let (derived, _) = access::derive(access, &membership, &resolved, w.user);
-            let mut attrs = w.attrs;
-            attrs.extend(derived);
-            (w.user.anchor.to_ascii_lowercase(), (w.user_name, attrs))
-        })
-        .collect()
+    validate::validate(
+        directory,
+        rules,
+        &login_rules(rules),
+        &mut skipped,
+        &mut notes,
+    )
+    .into_iter()
+    .map(|w| {
+        let key = crate::dn::key(&w.user.dn);
+        let attrs = desired_attrs(rules, access, &membership, &resolved, w.user, &key);
+        (w.user.anchor.to_ascii_lowercase(), (w.user_name, attrs))
+    })
+    .collect()
 }
 
 /// Whether `desired` differs from the last-synced values (`base`) in an attribute the
@@ -522,29 +666,69 @@ pub fn mirrored_groups(
     };
     let membership = Membership::new(groups);
     let (mut skipped, mut notes) = (Vec::new(), Vec::new());
-    let users: HashMap<String, (String, String)> =
-        validate::validate(directory, rules, &mut skipped, &mut notes)
-            .into_iter()
-            .filter(|w| w.user.closure(now).is_none())
-            .map(|w| {
-                (
-                    crate::dn::key(&w.user.dn),
-                    (w.user.anchor.clone(), w.user_name),
-                )
-            })
-            .collect();
+    let users: HashMap<String, (String, String)> = validate::validate(
+        directory,
+        rules,
+        &login_rules(rules),
+        &mut skipped,
+        &mut notes,
+    )
+    .into_iter()
+    .filter(|w| w.user.closure(now).is_none())
+    .map(|w| {
+        (
+            crate::dn::key(&w.user.dn),
+            (w.user.anchor.clone(), w.user_name),
+        )
+    })
+    .collect();
     groups::desired_members(rule, groups, &membership, &users)
+}
+
+impl Context<'_, '_> {
+    /// What the directory says `user`'s portal attributes should be ([`desired_attrs`]);
+    /// `key` is its DN key.
+    fn desired(&self, user: &DirectoryUser, key: &str) -> Attributes {
+        desired_attrs(
+            self.input.rules,
+            self.input.access,
+            self.membership,
+            self.resolved,
+            user,
+            key,
+        )
+    }
+}
+
+/// What the directory says a user's portal attributes should be: the mapped ones (with
+/// control characters replaced, see [`validate`]) and the derived ones. `key`: the
+/// user's DN key ([`crate::dn::key`]).
+fn desired_attrs(
+    rules: &[Rule],
+    access: &AccessRules,
+    membership: &Membership<'_>,
+    resolved: &access::Resolved<'_>,
+    user: &DirectoryUser,
+    key: &str,
+) -> Attributes {
+    let mut attrs = mapping::map_entry(rules, &user.attrs);
+    validate::clean(&mut attrs);
+    attrs.extend(access::derive_keyed(
+        access, membership, resolved, user, key, None,
+    ));
+    attrs
 }
 
 /// A directory user with no portal user carrying its anchor: relink a returning managed
 /// user, adopt a hand-made one, or create.
 fn plan_unlinked(
     w: &Wanted<'_>,
-    input: &Input<'_>,
-    in_directory: &HashSet<String>,
+    cx: &Context<'_, '_>,
+    key: &str,
     claimed: &mut HashSet<String>,
     plan: &mut Plan,
 ) {
+    let input = cx.input;
     if w.user.closure(input.now).is_some() {
         return; // Never create or adopt a user the directory says may not log in.
     }
@@ -558,32 +742,44 @@ fn plan_unlinked(
 
     // A managed portal user with this login whose own anchor left the directory: the
     // person came back as a new entry (deleted and recreated). Relink, don't duplicate.
-    if let Some(p) = input.portal.iter().find(|p| {
-        p.user_name.eq_ignore_ascii_case(&login)
-            && managed_elsewhere(p)
+    if let Some(p) = cx.index.with_login(&login).find(|p| {
+        managed_elsewhere(p)
             && p.external_id
                 .as_ref()
-                .is_some_and(|x| !in_directory.contains(&x.to_ascii_lowercase()))
+                .is_some_and(|x| !cx.in_directory.contains(&x.to_ascii_lowercase()))
     }) {
         claimed.insert(p.id.clone());
         let old_anchor = p.external_id.clone().unwrap_or_default();
         let base = input.state.get(&old_anchor.to_ascii_lowercase());
         let reason =
             "back in the directory as a new entry (new anchor); relinked to the portal user it had";
-        push_linking_change(w, p, base, input, reason, plan);
+        let attrs = cx.desired(w.user, key);
+        push_linking_change(w, attrs, p, base, input, reason, plan);
         return;
     }
 
-    // Hand-made portal users (no externalId) with this login or primary email.
-    let candidates: Vec<&PortalUser> = input
-        .portal
+    // Hand-made portal users (no externalId) with this login or primary email, in
+    // listing order.
+    let mut candidates: Vec<(usize, &PortalUser)> = cx
+        .index
+        .by_login
+        .get(&login)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
         .iter()
-        .filter(|p| p.external_id.is_none() && !claimed.contains(&p.id))
-        .filter(|p| {
-            p.user_name.eq_ignore_ascii_case(&login)
-                || primary_email(p).is_some_and(|e| e.eq_ignore_ascii_case(&login))
-        })
+        .chain(
+            cx.index
+                .hand_made_by_email
+                .get(&login)
+                .map(Vec::as_slice)
+                .unwrap_or_default(),
+        )
+        .filter(|(_, p)| p.external_id.is_none() && !claimed.contains(&p.id))
+        .copied()
         .collect();
+    candidates.sort_by_key(|&(i, _)| i);
+    candidates.dedup_by_key(|&mut (i, _)| i);
+    let candidates: Vec<&PortalUser> = candidates.into_iter().map(|(_, p)| p).collect();
     match candidates.as_slice() {
         [] => {}
         [p] => {
@@ -594,7 +790,8 @@ fn plan_unlinked(
                 "primary email"
             };
             let reason = format!("existing portal user matched by {how}; now managed by dirsync");
-            push_linking_change(w, p, None, input, &reason, plan);
+            let attrs = cx.desired(w.user, key);
+            push_linking_change(w, attrs, p, None, input, &reason, plan);
             return;
         }
         many => {
@@ -614,11 +811,7 @@ fn plan_unlinked(
         }
     }
 
-    if let Some(p) = input
-        .portal
-        .iter()
-        .find(|p| p.user_name.eq_ignore_ascii_case(&login))
-    {
+    if let Some(p) = cx.index.with_login(&login).next() {
         plan.skipped.push(Skipped {
             dn: w.user.dn.clone(),
             problem: format!(
@@ -631,7 +824,10 @@ fn plan_unlinked(
         return;
     }
     // Never a second portal user for one the state links this anchor to.
-    let reason = match input.links.may_create(&w.user.anchor, input.portal) {
+    let reason = match input
+        .links
+        .may_create(&w.user.anchor, |id| cx.index.by_id.get(id).copied())
+    {
         Ok(reason) => reason,
         Err(problem) => {
             plan.skipped.push(Skipped {
@@ -641,6 +837,7 @@ fn plan_unlinked(
             return;
         }
     };
+    let attrs = cx.desired(w.user, key);
     plan.changes.push(Change {
         action: Action::Create,
         anchor: w.user.anchor.clone(),
@@ -654,7 +851,7 @@ fn plan_unlinked(
             .rules
             .iter()
             .filter_map(|r| {
-                w.attrs.get(&r.to).map(|v| FieldChange {
+                attrs.get(&r.to).map(|v| FieldChange {
                     path: r.to.clone(),
                     old: None,
                     new: Some(v.clone()),
@@ -664,7 +861,7 @@ fn plan_unlinked(
             })
             .collect(),
         set_active: None,
-        baseline: user::created_baseline(&w.attrs, input.rules),
+        baseline: user::created_baseline(&attrs, input.rules),
         from: None,
     });
 }
@@ -672,13 +869,14 @@ fn plan_unlinked(
 /// Adoption or relink: set `externalId`, bring the attributes in line, open if closed.
 fn push_linking_change(
     w: &Wanted<'_>,
+    attrs: Attributes,
     p: &PortalUser,
     base: Option<&Baseline>,
     input: &Input<'_>,
     reason: &str,
     plan: &mut Plan,
 ) {
-    let d = user::diff(&w.user.anchor, &w.attrs, base, p, input.rules, input.schema);
+    let d = user::diff(&w.user.anchor, &attrs, base, p, input.rules, input.schema);
     plan.conflicts.extend(d.conflicts);
     plan.needs_admin.extend(d.needs_admin);
     let mut fields = vec![FieldChange {
@@ -706,17 +904,23 @@ fn push_linking_change(
         set_active: (!p.active).then_some(true),
         baseline: d.baseline,
         from: Some(Planned {
-            desired: w.attrs.clone(),
+            desired: attrs,
             base: base.cloned(),
         }),
     });
 }
 
-/// A directory user linked to portal user `p` by its anchor.
+/// A directory user linked to portal user `p` by its anchor (`key`, lowercased);
+/// `recorded` is what the state holds (an in-step user it holds as it is needs no record).
+#[allow(clippy::too_many_arguments)]
 fn plan_linked(
     w: &Wanted<'_>,
+    key: &str,
+    compared: usize,
+    attrs: Attributes,
     p: &PortalUser,
     base: Option<&Baseline>,
+    recorded: &HashMap<String, Baseline>,
     input: &Input<'_>,
     plan: &mut Plan,
 ) {
@@ -727,7 +931,17 @@ fn plan_linked(
         }
         return;
     }
-    let d = user::diff(&w.user.anchor, &w.attrs, base, p, input.rules, input.schema);
+    // Most users are in step and recorded as they are: nothing to plan or record, and
+    // no baseline to build to find that out.
+    if p.active
+        && input.links.portal_ids.get(key) == Some(&p.id)
+        && recorded
+            .get(key)
+            .is_some_and(|r| user::in_step_as_recorded(&attrs, p, input.rules, compared, r))
+    {
+        return;
+    }
+    let d = user::diff(&w.user.anchor, &attrs, base, p, input.rules, input.schema);
     plan.conflicts.extend(d.conflicts);
     plan.needs_admin.extend(d.needs_admin);
     let action = if !p.active {
@@ -735,12 +949,16 @@ fn plan_linked(
     } else if !d.fields.is_empty() {
         Action::Update
     } else {
-        plan.in_sync.push(InSync {
-            anchor: w.user.anchor.clone(),
-            portal_id: p.id.clone(),
-            user_name: p.user_name.clone(),
-            baseline: d.baseline,
-        });
+        let known = input.links.portal_ids.get(key) == Some(&p.id)
+            && recorded.get(key) == Some(&d.baseline);
+        if !known {
+            plan.in_sync.push(InSync {
+                anchor: w.user.anchor.clone(),
+                portal_id: p.id.clone(),
+                user_name: p.user_name.clone(),
+                baseline: d.baseline,
+            });
+        }
         return;
     };
     plan.changes.push(Change {
@@ -755,7 +973,7 @@ fn plan_linked(
         set_active: (action == Action::Reactivate).then_some(true),
         baseline: d.baseline,
         from: Some(Planned {
-            desired: w.attrs.clone(),
+            desired: attrs,
             base: base.cloned(),
         }),
     });
@@ -800,30 +1018,23 @@ pub fn replan(
 }
 
 fn external_id_path() -> AttrPath {
-    AttrPath {
-        schema: None,
-        attr: "externalId".into(),
-        filter: None,
-        sub: None,
-    }
+    static EXTERNAL_ID: std::sync::OnceLock<AttrPath> = std::sync::OnceLock::new();
+    EXTERNAL_ID
+        .get_or_init(|| {
+            AttrPath::from(crate::mapping::PathParts {
+                schema: None,
+                attr: "externalId".into(),
+                filter: None,
+                sub: None,
+            })
+        })
+        .clone()
 }
 
-/// The portal user's primary email: the one marked primary, else the only one.
-fn primary_email(p: &PortalUser) -> Option<&str> {
-    let emails = p.resource.get("emails")?.as_array()?;
-    let primary = emails
-        .iter()
-        .find(|e| e.get("primary").and_then(serde_json::Value::as_bool) == Some(true))
-        .or(if emails.len() == 1 {
-            emails.first()
-        } else {
-            None
-        })?;
-    primary.get("value")?.as_str()
-}
-
+/// `lowered`: each portal user's externalId, lowercased.
 fn plan_closures(
     input: &Input<'_>,
+    lowered: &[Option<String>],
     in_directory: &HashSet<String>,
     claimed: &HashSet<String>,
     plan: &mut Plan,
@@ -831,17 +1042,17 @@ fn plan_closures(
     let leaving: Vec<&PortalUser> = input
         .portal
         .iter()
-        .filter(|p| p.active && !claimed.contains(&p.id))
-        .filter(|p| {
-            p.external_id
-                .as_ref()
-                .map(|x| x.to_ascii_lowercase())
-                .is_some_and(|x| {
-                    input.state.contains_key(&x)
-                        && !in_directory.contains(&x)
-                        && input.scope.covers_user(&x)
+        .zip(lowered)
+        .filter(|(p, x)| {
+            p.active
+                && x.as_ref().is_some_and(|x| {
+                    !in_directory.contains(x)
+                        && input.state.contains_key(x)
+                        && input.scope.covers_user(x)
                 })
+                && !claimed.contains(&p.id)
         })
+        .map(|(p, _)| p)
         .collect();
     if leaving.is_empty() {
         return;
@@ -885,12 +1096,8 @@ fn plan_closures(
 /// roles: if the plan would demote or close the last one, that one change is held back.
 /// A partial plan counts the managed users it did not read as the directory has them:
 /// nothing changed for them since the last sync.
-fn keep_one_privileged(
-    input: &Input<'_>,
-    in_directory: &HashSet<String>,
-    wanted: &[Wanted<'_>],
-    plan: &mut Plan,
-) {
+fn keep_one_privileged(cx: &Context<'_, '_>, wanted: &[Wanted<'_>], plan: &mut Plan) {
+    let (input, in_directory) = (cx.input, cx.in_directory);
     let keep = &input.access.keep_one_of;
     if input.access.roles.is_none() || keep.is_empty() {
         return;
@@ -912,7 +1119,7 @@ fn keep_one_privileged(
     let holders: Vec<&PortalUser> = input
         .portal
         .iter()
-        .filter(|p| p.active && managed(p) && privileged(role.get(&p.resource).as_ref()))
+        .filter(|p| p.active && privileged(p.get(&role)) && managed(p))
         .collect();
     if let PlanScope::Only { users, .. } = input.scope {
         let unread_holder = wanted.iter().any(|w| {
@@ -920,7 +1127,17 @@ fn keep_one_privileged(
             !users.contains(&key)
                 && input.state.contains_key(&key)
                 && w.user.closure(input.now).is_none()
-                && privileged(w.attrs.get(&role))
+                && privileged(
+                    access::derive_keyed(
+                        input.access,
+                        cx.membership,
+                        cx.resolved,
+                        w.user,
+                        &crate::dn::key(&w.user.dn),
+                        None,
+                    )
+                    .get(&role),
+                )
         });
         if unread_holder {
             return;
@@ -929,11 +1146,14 @@ fn keep_one_privileged(
     if holders.is_empty() {
         return;
     }
-    let change_of = |plan: &Plan, id: &str| {
-        plan.changes
-            .iter()
-            .position(|c| c.portal_id.as_deref() == Some(id))
-    };
+    // Portal id → the first change of that user.
+    let mut change_at: HashMap<&str, usize> = HashMap::new();
+    for (i, c) in plan.changes.iter().enumerate() {
+        if let Some(id) = c.portal_id.as_deref() {
+            change_at.entry(id).or_insert(i);
+        }
+    }
+    let change_of = |_: &Plan, id: &str| change_at.get(id).copied();
     let stays = |plan: &Plan, p: &PortalUser| match change_of(plan, &p.id).map(|i| &plan.changes[i])
     {
         None => true,
@@ -956,10 +1176,11 @@ fn keep_one_privileged(
     let mut keepers = holders.clone();
     keepers.sort_by_key(|p| p.user_name.to_ascii_lowercase());
     let p = keepers[0];
-    let current = role.get(&p.resource);
+    let current = p.get(&role).cloned();
     let Some(i) = change_of(plan, &p.id) else {
         return;
     };
+    drop(change_at);
     let change = &mut plan.changes[i];
     let what = if change.set_active == Some(false) {
         let why = change.reason.clone().unwrap_or_default();

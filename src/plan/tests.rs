@@ -51,13 +51,47 @@ fn dir_user(uid: &str, mail: Option<&str>, sn: &str) -> DirectoryUser {
     }
 }
 
-/// The portal user a create of `u` would have produced.
-fn portal_user_for(u: &DirectoryUser, id: &str) -> PortalUser {
+/// What the plan tests read of portal users: every path their rules compare.
+fn fields() -> std::sync::Arc<UserFields> {
+    static FIELDS: std::sync::OnceLock<std::sync::Arc<UserFields>> = std::sync::OnceLock::new();
+    FIELDS
+        .get_or_init(|| {
+            let mut paths: Vec<AttrPath> = rules().into_iter().map(|r| r.to).collect();
+            paths.extend([
+                crate::access::role_path(),
+                crate::access::service_path("fax"),
+                crate::access::service_path("sms"),
+            ]);
+            UserFields::new(paths)
+        })
+        .clone()
+}
+
+/// A portal user read from a SCIM resource.
+fn portal(resource: serde_json::Value) -> PortalUser {
+    PortalUser::from_json(&resource, &fields()).unwrap()
+}
+
+/// The resource a create of `u` would have produced.
+fn portal_json_for(u: &DirectoryUser, id: &str) -> serde_json::Value {
     let plan = plan_with(std::slice::from_ref(u), &[], &State::new());
     let mut body = crate::apply::create_body(&plan.changes[0]);
     body["id"] = json!(id);
     body["meta"] = json!({"version": "W/\"1\""});
-    PortalUser::from_json(body).unwrap()
+    body
+}
+
+/// The portal user a create of `u` would have produced.
+fn portal_user_for(u: &DirectoryUser, id: &str) -> PortalUser {
+    portal(portal_json_for(u, id))
+}
+
+/// Sets a value as if edited in the portal.
+fn edit(p: &mut PortalUser, path: &str, value: &str) {
+    assert!(p.set(
+        &AttrPath::parse(path).unwrap(),
+        Some(Value::One(value.into()))
+    ));
 }
 
 type State = HashMap<String, Baseline>;
@@ -334,13 +368,9 @@ fn returning_user_is_reactivated_with_pending_changes_not_duplicated() {
 #[test]
 fn hand_made_portal_users_that_match_no_one_are_left_alone() {
     let anna = dir_user("anna", Some("anna@example.se"), "Berg");
-    let hand_made =
-        PortalUser::from_json(json!({"id": "h1", "userName": "boss@example.se", "active": true}))
-            .unwrap();
-    let foreign = PortalUser::from_json(
-        json!({"id": "h2", "userName": "x@example.se", "externalId": "other-system-1"}),
-    )
-    .unwrap();
+    let hand_made = portal(json!({"id": "h1", "userName": "boss@example.se", "active": true}));
+    let foreign =
+        portal(json!({"id": "h2", "userName": "x@example.se", "externalId": "other-system-1"}));
     let plan = plan_with(
         std::slice::from_ref(&anna),
         &[hand_made, foreign],
@@ -353,10 +383,8 @@ fn hand_made_portal_users_that_match_no_one_are_left_alone() {
 #[test]
 fn login_held_by_a_portal_user_of_another_system_is_reported_not_duplicated() {
     let anna = dir_user("anna", Some("Anna@Example.se"), "Berg");
-    let foreign = PortalUser::from_json(
-        json!({"id": "h1", "userName": "anna@example.se", "externalId": "other-idm-7"}),
-    )
-    .unwrap();
+    let foreign =
+        portal(json!({"id": "h1", "userName": "anna@example.se", "externalId": "other-idm-7"}));
     let plan = plan_with(&[anna], &[foreign], &State::new());
     assert!(plan.changes.is_empty());
     assert_eq!(plan.skipped.len(), 1);
@@ -450,7 +478,7 @@ fn immutable_login_change_needs_an_admin_and_other_changes_still_apply() {
 fn login_differing_only_in_case_is_no_change() {
     let anna = dir_user("anna", Some("anna@example.se"), "Berg");
     let mut p = portal_user_for(&anna, "p1");
-    p.resource["userName"] = json!("ANNA@example.se");
+    edit(&mut p, "userName", "ANNA@example.se");
     let plan = plan_with(std::slice::from_ref(&anna), &[p], &managed(&[&anna]));
     assert!(
         plan.changes.is_empty() && plan.needs_admin.is_empty(),
@@ -474,7 +502,7 @@ fn two_portal_users_with_one_anchor_are_reported_and_untouched() {
     let anna = dir_user("anna", Some("anna@example.se"), "Berg");
     let p1 = portal_user_for(&anna, "p1");
     let mut p2 = portal_user_for(&anna, "p2");
-    p2.resource["userName"] = json!("anna2@example.se");
+    edit(&mut p2, "userName", "anna2@example.se");
     p2.user_name = "anna2@example.se".into();
     let mut changed = anna.clone();
     changed.attrs.insert("sn".into(), vec!["Lind".into()]);
@@ -547,10 +575,8 @@ fn a_login_held_by_a_managed_user_still_in_the_directory_is_not_relinked() {
 #[test]
 fn hand_made_portal_user_with_the_same_login_is_adopted_not_duplicated() {
     let anna = dir_user("anna", Some("Anna@Example.se"), "Berg");
-    let hand_made = PortalUser::from_json(
-        json!({"id": "h1", "userName": "anna@example.se", "displayName": "Anna (by hand)"}),
-    )
-    .unwrap();
+    let hand_made =
+        portal(json!({"id": "h1", "userName": "anna@example.se", "displayName": "Anna (by hand)"}));
     let plan = plan_with(&[anna], &[hand_made], &State::new());
     assert_eq!(plan.changes.len(), 1, "{:?}", plan.changes);
     let c = &plan.changes[0];
@@ -577,10 +603,9 @@ fn hand_made_portal_user_with_the_same_login_is_adopted_not_duplicated() {
 #[test]
 fn hand_made_portal_user_is_adopted_by_primary_email_too() {
     let anna = dir_user("anna", Some("anna@example.se"), "Berg");
-    let hand_made = PortalUser::from_json(json!({"id": "h1", "userName": "aberg", "emails": [
+    let hand_made = portal(json!({"id": "h1", "userName": "aberg", "emails": [
         {"value": "old@example.se", "type": "home"},
-        {"value": "ANNA@example.se", "type": "work", "primary": true}]}))
-    .unwrap();
+        {"value": "ANNA@example.se", "type": "work", "primary": true}]}));
     let plan = plan_with(&[anna], &[hand_made], &State::new());
     assert_eq!(plan.changes[0].action, Action::Adopt);
     assert!(plan.changes[0]
@@ -596,9 +621,10 @@ fn hand_made_portal_user_is_adopted_by_primary_email_too() {
 #[test]
 fn ambiguous_adoption_adopts_nothing_and_is_reported() {
     let anna = dir_user("anna", Some("anna@example.se"), "Berg");
-    let by_login =
-        PortalUser::from_json(json!({"id": "h1", "userName": "anna@example.se"})).unwrap();
-    let by_mail = PortalUser::from_json(json!({"id": "h2", "userName": "aberg", "emails": [{"value": "anna@example.se", "primary": true}]})).unwrap();
+    let by_login = portal(json!({"id": "h1", "userName": "anna@example.se"}));
+    let by_mail = portal(
+        json!({"id": "h2", "userName": "aberg", "emails": [{"value": "anna@example.se", "primary": true}]}),
+    );
     let plan = plan_with(&[anna], &[by_login, by_mail], &State::new());
     assert!(plan.changes.is_empty(), "{:?}", plan.changes);
     assert!(
@@ -613,9 +639,7 @@ fn ambiguous_adoption_adopts_nothing_and_is_reported() {
 #[test]
 fn closed_hand_made_user_is_adopted_and_opened() {
     let anna = dir_user("anna", Some("anna@example.se"), "Berg");
-    let hand_made =
-        PortalUser::from_json(json!({"id": "h1", "userName": "anna@example.se", "active": false}))
-            .unwrap();
+    let hand_made = portal(json!({"id": "h1", "userName": "anna@example.se", "active": false}));
     let plan = plan_with(&[anna], &[hand_made], &State::new());
     assert_eq!(plan.changes[0].set_active, Some(true));
 }
@@ -650,10 +674,11 @@ fn three_way(
         user::created_baseline(&mapping::map_entry(rules, &anna.attrs), rules),
     )]
     .into();
-    let mut p = portal_user_for(&anna, "p1");
+    let mut resource = portal_json_for(&anna, "p1");
     for (pointer, v) in portal_edits {
-        *p.resource.pointer_mut(pointer).unwrap() = v.clone();
+        *resource.pointer_mut(pointer).unwrap() = v.clone();
     }
+    let p = portal(resource);
     let mut now = anna.clone();
     for (attr, v) in directory_edits {
         now.attrs.insert(attr.to_string(), vec![v.to_string()]);
@@ -775,7 +800,7 @@ fn merge_without_a_baseline_lets_the_directory_value_flow() {
     let rules = rules_with(&[("displayName", Owner::Merge)]);
     let anna = dir_user("anna", Some("anna@example.se"), "Berg");
     let mut p = portal_user_for(&anna, "p1");
-    p.resource["displayName"] = json!("Annie!");
+    edit(&mut p, "displayName", "Annie!");
     let state: State = [("uuid-anna".to_string(), Baseline::new())].into();
     let plan = plan_with_rules(&[anna], &[p], &state, &rules);
     assert_eq!(plan.changes[0].fields[0].why, Some(Why::Initial));
@@ -795,7 +820,7 @@ fn replan_after_412_honours_an_edit_made_in_between() {
     assert_eq!(plan.changes[0].fields.len(), 2);
     // Meanwhile the user renames herself in the portal (merge attribute).
     let mut fresh = p.clone();
-    fresh.resource["displayName"] = json!("Annie");
+    edit(&mut fresh, "displayName", "Annie");
     fresh.version = Some("W/\"9\"".into());
     let again = replan(&plan.changes[0], &fresh, &rules, &portal_schema()).unwrap();
     assert_eq!(again.version.as_deref(), Some("W/\"9\""));
@@ -814,7 +839,7 @@ fn replan_with_nothing_left_is_none() {
     now.attrs.insert("sn".into(), vec!["Lind".into()]);
     let plan = plan_with(&[now], std::slice::from_ref(&p), &managed(&[&anna]));
     let mut fresh = p;
-    fresh.resource["name"]["familyName"] = json!("Lind");
+    edit(&mut fresh, "name.familyName", "Lind");
     assert!(replan(&plan.changes[0], &fresh, &rules(), &portal_schema()).is_none());
 }
 
@@ -861,6 +886,8 @@ mod access_rules {
         users: Vec<DirectoryUser>,
         groups: Vec<DirectoryGroup>,
         portal: Vec<PortalUser>,
+        /// The portal users' resources, as created.
+        resources: Vec<serde_json::Value>,
         portal_groups: Vec<PortalGroup>,
         known_groups: HashMap<String, KnownGroup>,
         access: AccessRules,
@@ -904,21 +931,23 @@ mod access_rules {
                 users,
                 groups,
                 portal: Vec::new(),
+                resources: Vec::new(),
                 portal_groups: Vec::new(),
                 known_groups: HashMap::new(),
                 access,
             };
             let plan = w.plan();
-            w.portal = plan
+            w.resources = plan
                 .changes
                 .iter()
                 .enumerate()
                 .map(|(i, c)| {
                     let mut body = crate::apply::create_body(c);
                     body["id"] = json!(format!("p{i}"));
-                    PortalUser::from_json(body).unwrap()
+                    body
                 })
                 .collect();
+            w.portal = w.resources.iter().cloned().map(portal).collect();
             w
         }
     }
@@ -938,11 +967,11 @@ mod access_rules {
             .find(|p| p.user_name == "anna@example.se")
             .unwrap();
         assert_eq!(
-            role_path().get(&anna_p.resource),
+            anna_p.get(&role_path()).cloned(),
             Some(Value::Many(vec!["account_manager".into()]))
         );
         assert_eq!(
-            service_path("fax").get(&anna_p.resource),
+            anna_p.get(&service_path("fax")).cloned(),
             Some(Value::One("fax".into()))
         );
         assert!(w.plan().changes.is_empty());
@@ -990,7 +1019,9 @@ mod access_rules {
             vec![group("Fax-Admins", &[]), group("Fax-Users", &[])],
             access(),
         );
-        w.portal[0].resource["entitlements"] = json!([{"value": "sms"}]);
+        let mut resource = w.resources[0].clone();
+        resource["entitlements"] = json!([{"value": "sms"}]);
+        w.portal[0] = portal(resource);
         assert!(
             w.plan().changes.is_empty(),
             "sms is not dirsync's to revoke"
@@ -1369,4 +1400,49 @@ mod removal_guard {
             "the held revocation stays owed"
         );
     }
+}
+
+#[test]
+fn an_in_step_user_the_state_holds_as_it_is_needs_no_record() {
+    let anna = dir_user("anna", Some("anna@example.se"), "Berg");
+    let bo = dir_user("bo", Some("bo@example.se"), "Ek");
+    let portal = vec![portal_user_for(&anna, "p1"), portal_user_for(&bo, "p2")];
+    let mut state = managed(&[&anna, &bo]);
+    // bo's last-synced family name is not what both sides hold now.
+    state.get_mut("uuid-bo").unwrap().insert(
+        AttrPath::parse("name.familyName").unwrap(),
+        Some(Value::One("Old".into())),
+    );
+    let links = Links {
+        portal_ids: [
+            ("uuid-anna".to_string(), "p1".to_string()),
+            ("uuid-bo".to_string(), "p2".to_string()),
+        ]
+        .into(),
+        ..Links::default()
+    };
+    let schema = portal_schema();
+    let plan = compute(&Input {
+        directory: &[anna, bo],
+        bad_entries: &[],
+        portal: &portal,
+        state: &state,
+        rules: &rules(),
+        schema: &schema,
+        groups: &[],
+        access: &AccessRules::default(),
+        portal_groups: &[],
+        known_groups: &HashMap::new(),
+        now: Timestamp::from_unix(1_800_000_000),
+        deleted: &HashSet::new(),
+        links: &links,
+        scope: &PlanScope::Full,
+    });
+    assert!(plan.changes.is_empty(), "{:?}", plan.changes);
+    let recorded: Vec<&str> = plan.in_sync.iter().map(|s| s.anchor.as_str()).collect();
+    assert_eq!(recorded, ["uuid-bo"], "only bo's baseline needs writing");
+    assert_eq!(
+        plan.in_sync[0].baseline[&AttrPath::parse("name.familyName").unwrap()],
+        Some(Value::One("Ek".into()))
+    );
 }

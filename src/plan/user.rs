@@ -42,14 +42,23 @@ pub fn diff(
             continue;
         }
         let path = &rule.to;
-        let dir = desired.get(path).cloned();
-        let por = path.get(&portal.resource);
-        // `Some(x)`: the last-synced value is known (and is x, possibly absent).
-        let last: Option<Option<Value>> = base.and_then(|b| b.get(path).cloned());
-        if same(path, por.as_ref(), dir.as_ref()) {
-            out.baseline.insert(path.clone(), dir);
+        if !portal.reads(path) {
+            // Not read from the portal (see `portal::UserFields`): its value there is
+            // unknown, so nothing is written; the last-synced value stays.
+            if let Some(l) = base.and_then(|b| b.get(path)) {
+                out.baseline.insert(path.clone(), l.clone());
+            }
             continue;
         }
+        let dir = desired.get(path);
+        let por = portal.get(path);
+        if same(path, por, dir) {
+            out.baseline.insert(path.clone(), dir.cloned());
+            continue;
+        }
+        let (dir, por) = (dir.cloned(), por.cloned());
+        // `Some(x)`: the last-synced value is known (and is x, possibly absent).
+        let last: Option<Option<Value>> = base.and_then(|b| b.get(path).cloned());
         if schema.is_fixed(path) {
             out.needs_admin.push(NeedsAdmin {
                 anchor: anchor.to_string(),
@@ -108,6 +117,48 @@ pub fn diff(
         out.baseline.insert(path.clone(), dir);
     }
     out
+}
+
+/// How many paths [`diff`] compares (and a baseline holds): those of the rules the
+/// portal does not own, each once.
+pub fn compared_paths(rules: &[Rule]) -> usize {
+    let paths: std::collections::HashSet<&AttrPath> = rules
+        .iter()
+        .filter(|r| r.owner != Owner::Portal)
+        .map(|r| &r.to)
+        .collect();
+    paths.len()
+}
+
+/// Whether [`diff`] would find nothing to change and return `recorded` as the baseline:
+/// every compared attribute is read from the portal, the same on both sides, and
+/// recorded as the directory has it, and `recorded` holds nothing else (`compared`:
+/// [`compared_paths`] of `rules`).
+pub fn in_step_as_recorded(
+    desired: &Attributes,
+    portal: &PortalUser,
+    rules: &[Rule],
+    compared: usize,
+    recorded: &Baseline,
+) -> bool {
+    if recorded.len() != compared {
+        return false;
+    }
+    for rule in rules {
+        if rule.owner == Owner::Portal {
+            continue;
+        }
+        let path = &rule.to;
+        if !portal.reads(path) {
+            return false;
+        }
+        let dir = desired.get(path);
+        if !same(path, portal.get(path), dir) || recorded.get(path).map(Option::as_ref) != Some(dir)
+        {
+            return false;
+        }
+    }
+    true
 }
 
 /// The baseline a freshly created user starts with: what was written.

@@ -6,19 +6,27 @@
 use std::collections::HashMap;
 
 use super::{Skipped, Wanted};
-use crate::mapping::{self, Rule, Value};
+use crate::mapping::{self, Attributes, Rule, Value};
 use crate::source::DirectoryUser;
 
 pub(super) fn validate<'a>(
     users: &'a [DirectoryUser],
     rules: &[Rule],
+    login_rules: &[Rule],
     skipped: &mut Vec<Skipped>,
     notes: &mut Vec<String>,
 ) -> Vec<Wanted<'a>> {
     let login_rule = rules.iter().find(|r| r.to.is_user_name());
     let mut ok: Vec<Wanted<'a>> = Vec::new();
     for user in users {
-        let attrs = mapping::map_entry(rules, &user.attrs);
+        // Only an entry with a control character anywhere has every attribute mapped
+        // here, to say what is cleaned; the others are mapped when they are planned.
+        let suspect = user
+            .attrs
+            .values()
+            .flatten()
+            .any(|v| v.chars().any(char::is_control));
+        let attrs = mapping::map_entry(if suspect { rules } else { login_rules }, &user.attrs);
         let user_name = match attrs.iter().find(|(p, _)| p.is_user_name()) {
             Some((_, Value::One(v))) => v.clone(),
             _ => {
@@ -40,26 +48,7 @@ pub(super) fn validate<'a>(
             continue;
         }
         let mut attrs = attrs;
-        let mut cleaned: Vec<String> = Vec::new();
-        for (path, value) in attrs.iter_mut() {
-            let strings: Vec<&mut String> = match value {
-                Value::One(s) => vec![s],
-                Value::Many(vs) => vs.iter_mut().collect(),
-            };
-            let mut touched = false;
-            for s in strings {
-                if s.chars().any(char::is_control) {
-                    *s = s
-                        .chars()
-                        .map(|c| if c.is_control() { ' ' } else { c })
-                        .collect();
-                    touched = true;
-                }
-            }
-            if touched {
-                cleaned.push(format!("`{path}`"));
-            }
-        }
+        let cleaned = clean(&mut attrs);
         if !cleaned.is_empty() {
             notes.push(format!(
                 "{}: control characters in {} were replaced by spaces",
@@ -67,12 +56,7 @@ pub(super) fn validate<'a>(
                 cleaned.join(", ")
             ));
         }
-        ok.push(Wanted {
-            user,
-            attrs,
-            user_name,
-            why: Default::default(),
-        });
+        ok.push(Wanted { user, user_name });
     }
 
     // Logins must be unique (the portal compares them without case).
@@ -108,6 +92,32 @@ pub(super) fn validate<'a>(
         .zip(dropped)
         .filter_map(|(w, d)| (!d).then_some(w))
         .collect()
+}
+
+/// Replaces control characters in the values by spaces; returns the paths touched
+/// (`` `path` ``), in path order.
+pub(super) fn clean(attrs: &mut Attributes) -> Vec<String> {
+    let mut cleaned: Vec<String> = Vec::new();
+    for (path, value) in attrs.iter_mut() {
+        let strings = match value {
+            Value::One(s) => std::slice::from_mut(s),
+            Value::Many(vs) => vs.as_mut_slice(),
+        };
+        let mut touched = false;
+        for s in strings {
+            if s.chars().any(char::is_control) {
+                *s = s
+                    .chars()
+                    .map(|c| if c.is_control() { ' ' } else { c })
+                    .collect();
+                touched = true;
+            }
+        }
+        if touched {
+            cleaned.push(format!("`{path}`"));
+        }
+    }
+    cleaned
 }
 
 /// The portal's login is a plain email address: valid by RFC 5322 (the `email_address`

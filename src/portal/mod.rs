@@ -8,11 +8,12 @@
 
 mod schema;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::stream::{self, StreamExt};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use reqwest::header::{
     HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, ETAG, IF_MATCH, RETRY_AFTER,
@@ -24,6 +25,7 @@ use url::Url;
 
 pub use self::schema::{Mutability, PortalSchema};
 use crate::config::PortalConfig;
+use crate::mapping::{AttrPath, Value};
 use crate::telemetry::Telemetry;
 
 pub const USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
@@ -40,7 +42,66 @@ const ID_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
-/// A portal user, with the whole resource as the portal sent it.
+/// The attributes read from portal users: the paths the plan compares (the mappings,
+/// role, services, sub-unit), besides the identity every user record has (id,
+/// externalId, userName, active, version and, for users without externalId, the primary
+/// email adoption matches by). One table is shared by every user read with it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct UserFields {
+    paths: Vec<AttrPath>,
+    index: HashMap<AttrPath, usize>,
+}
+
+impl UserFields {
+    /// The table of these paths (each once, in order).
+    pub fn new(paths: impl IntoIterator<Item = AttrPath>) -> Arc<UserFields> {
+        let mut fields = UserFields::default();
+        for p in paths {
+            if !fields.index.contains_key(&p) {
+                fields.index.insert(p.clone(), fields.paths.len());
+                fields.paths.push(p);
+            }
+        }
+        Arc::new(fields)
+    }
+
+    pub fn paths(&self) -> &[AttrPath] {
+        &self.paths
+    }
+
+    /// Where `path`'s value sits in a user record; `None` if it is not read. A clone of a
+    /// path of the table is found by address, without hashing.
+    pub fn position(&self, path: &AttrPath) -> Option<usize> {
+        self.paths
+            .iter()
+            .position(|p| p.same(path))
+            .or_else(|| self.index.get(path).copied())
+    }
+
+    /// The `attributes` parameter of a listing (RFC 7644 §3.4.2.5): exactly what the
+    /// records keep, comma-separated, each name once.
+    pub fn attributes(&self) -> String {
+        let mut names: Vec<String> = ["id", "externalId", "userName", "active", "meta.version"]
+            .into_iter()
+            .map(str::to_string)
+            .chain(["emails.value".to_string(), "emails.primary".to_string()])
+            .chain(self.paths.iter().map(AttrPath::attribute_name))
+            .collect();
+        let mut seen = HashSet::new();
+        names.retain(|n| seen.insert(n.to_ascii_lowercase()));
+        // A whole attribute asked for makes asking for its sub-attributes redundant.
+        let whole: HashSet<String> = names.iter().map(|n| n.to_ascii_lowercase()).collect();
+        names.retain(|n| {
+            n.rsplit_once('.').is_none_or(|(parent, _)| {
+                parent.contains(':') || !whole.contains(&parent.to_ascii_lowercase())
+            })
+        });
+        names.join(",")
+    }
+}
+
+/// A portal user as the plan needs it: the identity, and the value of each path of its
+/// [`UserFields`]. Nothing else of the resource is kept.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PortalUser {
     pub id: String,
@@ -49,11 +110,17 @@ pub struct PortalUser {
     pub active: bool,
     /// `meta.version`, the ETag for `If-Match`.
     pub version: Option<String>,
-    pub resource: Json,
+    /// For a user without externalId (one adoption may match): the email marked
+    /// primary, else the only one.
+    pub primary_email: Option<String>,
+    fields: Arc<UserFields>,
+    /// The value of each path of `fields`, in its order.
+    values: Box<[Option<Value>]>,
 }
 
 impl PortalUser {
-    pub fn from_json(resource: Json) -> Result<PortalUser, PortalError> {
+    /// Reads the identity and the values of `fields` from a SCIM user resource.
+    pub fn from_json(resource: &Json, fields: &Arc<UserFields>) -> Result<PortalUser, PortalError> {
         let id = resource
             .get("id")
             .and_then(Json::as_str)
@@ -64,12 +131,17 @@ impl PortalUser {
             .and_then(Json::as_str)
             .unwrap_or_default()
             .to_string();
+        let external_id = resource
+            .get("externalId")
+            .and_then(Json::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string);
         Ok(PortalUser {
-            external_id: resource
-                .get("externalId")
-                .and_then(Json::as_str)
-                .filter(|s| !s.is_empty())
-                .map(str::to_string),
+            primary_email: match external_id {
+                None => primary_email(resource).map(str::to_string),
+                Some(_) => None,
+            },
+            external_id,
             // RFC 7643: `active` absent means the service provider's default; portals treat
             // a user without it as active.
             active: resource
@@ -82,9 +154,71 @@ impl PortalUser {
                 .map(str::to_string),
             id,
             user_name,
-            resource,
+            values: fields.paths.iter().map(|p| p.get(resource)).collect(),
+            fields: Arc::clone(fields),
         })
     }
+
+    /// An active user known only by its identity, none of its values read: stands in for
+    /// a group member an incremental cycle did not read (the state links it).
+    pub fn stand_in(id: String, external_id: String, user_name: String) -> PortalUser {
+        PortalUser {
+            id,
+            external_id: Some(external_id),
+            user_name,
+            active: true,
+            version: None,
+            primary_email: None,
+            fields: UserFields::new([]),
+            values: Box::default(),
+        }
+    }
+
+    /// The portal's value of `path`; `None` when it is absent, or not among the fields
+    /// read (see [`PortalUser::reads`]).
+    pub fn get(&self, path: &AttrPath) -> Option<&Value> {
+        let i = self.fields.position(path)?;
+        self.values.get(i)?.as_ref()
+    }
+
+    /// Whether `path` was read, so that [`PortalUser::get`] tells its value.
+    pub fn reads(&self, path: &AttrPath) -> bool {
+        self.fields.position(path).is_some()
+    }
+
+    pub fn fields(&self) -> &Arc<UserFields> {
+        &self.fields
+    }
+
+    /// Sets a value read (for tests: the portal as edited); `false` if `path` is not read.
+    #[doc(hidden)]
+    pub fn set(&mut self, path: &AttrPath, value: Option<Value>) -> bool {
+        match self
+            .fields
+            .position(path)
+            .and_then(|i| self.values.get_mut(i))
+        {
+            Some(slot) => {
+                *slot = value;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// The email marked primary, else the only one.
+fn primary_email(resource: &Json) -> Option<&str> {
+    let emails = resource.get("emails")?.as_array()?;
+    let primary = emails
+        .iter()
+        .find(|e| e.get("primary").and_then(Json::as_bool) == Some(true))
+        .or(if emails.len() == 1 {
+            emails.first()
+        } else {
+            None
+        })?;
+    primary.get("value")?.as_str()
 }
 
 /// A portal group, as listed.
@@ -98,7 +232,7 @@ pub struct PortalGroup {
 }
 
 impl PortalGroup {
-    pub fn from_json(g: Json) -> Result<PortalGroup, PortalError> {
+    pub fn from_json(g: &Json) -> Result<PortalGroup, PortalError> {
         let id = g
             .get("id")
             .and_then(Json::as_str)
@@ -238,8 +372,8 @@ pub struct CreatedGroup {
 
 /// One pass over a listing.
 #[derive(Debug)]
-enum Listing {
-    Complete(Vec<Json>),
+enum Listing<T> {
+    Complete(Vec<T>),
     /// `totalResults` changed between pages: the portal changed meanwhile.
     Changed(String),
 }
@@ -251,7 +385,11 @@ pub struct PortalClient {
     token_key: String,
     base: Url,
     page_size: usize,
+    /// How many listing pages are read at once.
+    concurrency: usize,
     max_retries: u32,
+    /// What is read of each user.
+    fields: Arc<UserFields>,
     pub capabilities: Capabilities,
     /// Where requests and retries are counted, if anywhere.
     telemetry: Option<Arc<Telemetry>>,
@@ -297,11 +435,20 @@ impl PortalClient {
             token_key: config.token_key.clone(),
             base: config.url.clone(),
             page_size: config.page_size,
+            concurrency: config.concurrency.max(1),
             max_retries: config.max_retries,
+            fields: UserFields::new([]),
             capabilities: Capabilities::default(),
             telemetry: None,
             requests: AtomicU64::new(0),
         })
+    }
+
+    /// Reads these attributes of each user (see [`UserFields`]); by default only the
+    /// identity.
+    pub fn reading(mut self, fields: Arc<UserFields>) -> Self {
+        self.fields = fields;
+        self
     }
 
     /// Counts every request sent (by method and HTTP status) and every retry in `telemetry`.
@@ -360,28 +507,29 @@ impl PortalClient {
 
     /// Every portal user. The listing is complete or an error
     /// ([`PortalError::IncompleteListing`]): see [`PortalClient::list`].
+    /// Each page becomes user records as it comes, asking only for the attributes they
+    /// keep (`attributes`; a portal that ignores it sends more, which is dropped).
     pub async fn list_users(&self) -> Result<Vec<PortalUser>, PortalError> {
-        self.list("Users")
-            .await?
-            .into_iter()
-            .map(PortalUser::from_json)
-            .collect()
+        let attributes: String =
+            url::form_urlencoded::byte_serialize(self.fields.attributes().as_bytes()).collect();
+        let fields = &self.fields;
+        self.list("Users", &format!("&attributes={attributes}"), |r| {
+            PortalUser::from_json(&r, fields)
+        })
+        .await
     }
 
     /// Every portal group, complete or an error, as [`PortalClient::list_users`].
     pub async fn list_groups(&self) -> Result<Vec<PortalGroup>, PortalError> {
-        self.list("Groups")
-            .await?
-            .into_iter()
-            .map(PortalGroup::from_json)
-            .collect()
+        self.list("Groups", "", |g| PortalGroup::from_json(&g))
+            .await
     }
 
     pub async fn create_user(&self, resource: Json) -> Result<PortalUser, PortalError> {
         let (body, etag) = self
             .send(Method::POST, "Users", Some(resource), None)
             .await?;
-        let mut user = PortalUser::from_json(body)?;
+        let mut user = PortalUser::from_json(&body, &self.fields)?;
         if user.version.is_none() {
             user.version = etag;
         }
@@ -423,7 +571,9 @@ impl PortalClient {
     /// filter (it sent other users) is searched by a full listing instead.
     pub async fn find_users(&self, user_name: &str) -> Result<Vec<PortalUser>, PortalError> {
         self.find_users_where("userName", user_name, |u| {
-            u.user_name.eq_ignore_ascii_case(user_name)
+            u.get("userName")
+                .and_then(Json::as_str)
+                .is_some_and(|n| n.eq_ignore_ascii_case(user_name))
         })
         .await
     }
@@ -432,39 +582,35 @@ impl PortalClient {
     /// [`PortalClient::find_users`] checks logins.
     pub async fn find_users_by_email(&self, email: &str) -> Result<Vec<PortalUser>, PortalError> {
         self.find_users_where("emails.value", email, |u| {
-            u.resource
-                .get("emails")
-                .and_then(Json::as_array)
-                .is_some_and(|all| {
-                    all.iter().any(|e| {
-                        e.get("value")
-                            .and_then(Json::as_str)
-                            .is_some_and(|v| v.eq_ignore_ascii_case(email))
-                    })
+            u.get("emails").and_then(Json::as_array).is_some_and(|all| {
+                all.iter().any(|e| {
+                    e.get("value")
+                        .and_then(Json::as_str)
+                        .is_some_and(|v| v.eq_ignore_ascii_case(email))
                 })
+            })
         })
         .await
     }
 
+    /// The users `matching` says are the ones asked for, judged on the resources as the
+    /// portal sent them (a user record keeps less than a lookup may need, e.g. every email).
     async fn find_users_where(
         &self,
         attribute: &str,
         value: &str,
-        matching: impl Fn(&PortalUser) -> bool,
+        matching: impl Fn(&Json) -> bool,
     ) -> Result<Vec<PortalUser>, PortalError> {
+        let convert = |found: Vec<Json>| {
+            found
+                .iter()
+                .map(|u| PortalUser::from_json(u, &self.fields))
+                .collect::<Result<Vec<_>, _>>()
+        };
         if self.capabilities.filter {
-            let found = self
-                .filtered("Users", attribute, value)
-                .await?
-                .map(|r| {
-                    r.into_iter()
-                        .map(PortalUser::from_json)
-                        .collect::<Result<Vec<_>, _>>()
-                })
-                .transpose()?;
-            if let Some(found) = found {
+            if let Some(found) = self.filtered("Users", attribute, value).await? {
                 if found.iter().all(&matching) {
-                    return Ok(found);
+                    return convert(found);
                 }
                 info!(
                     attribute,
@@ -473,12 +619,10 @@ impl PortalClient {
                 );
             }
         }
-        Ok(self
-            .list_users()
-            .await?
-            .into_iter()
-            .filter(|u| matching(u))
-            .collect())
+        // Rare (a portal without working filters): the whole listing, kept as JSON only
+        // until it is matched.
+        let all = self.list("Users", "", Ok).await?;
+        convert(all.into_iter().filter(|u| matching(u)).collect())
     }
 
     /// The groups whose `attribute` (`externalId` or `displayName`) is `value`
@@ -500,7 +644,7 @@ impl PortalClient {
                 .filtered("Groups", attribute.name(), value)
                 .await?
                 .map(|r| {
-                    r.into_iter()
+                    r.iter()
                         .map(PortalGroup::from_json)
                         .collect::<Result<Vec<_>, _>>()
                 })
@@ -684,7 +828,7 @@ impl PortalClient {
         let (body, _) = self
             .send(Method::GET, &resource_path("Groups", id)?, None, None)
             .await?;
-        PortalGroup::from_json(body)
+        PortalGroup::from_json(&body)
     }
 
     /// `GET /Users/{id}`; [`PortalError::NotFound`] when the user is gone.
@@ -692,7 +836,7 @@ impl PortalClient {
         let (body, etag) = self
             .send(Method::GET, &resource_path("Users", id)?, None, None)
             .await?;
-        let mut user = PortalUser::from_json(body)?;
+        let mut user = PortalUser::from_json(&body, &self.fields)?;
         if user.version.is_none() {
             user.version = etag;
         }
@@ -700,11 +844,17 @@ impl PortalClient {
     }
 
     /// Lists every resource of an endpoint with `startIndex`/`count` pagination; see
-    /// [`Pages`] for what makes a listing complete. When `totalResults`
-    /// changes between pages (the portal changed meanwhile) the listing is read once
-    /// more, and fails if it still does not add up.
-    async fn list(&self, endpoint: &str) -> Result<Vec<Json>, PortalError> {
-        let first = match self.list_once(endpoint).await? {
+    /// [`Pages`] for what makes a listing complete. Each resource becomes a record
+    /// (`convert`) as its page comes. When `totalResults` changes between pages (the
+    /// portal changed meanwhile) the listing is read once more, and fails if it still does
+    /// not add up. `query` is appended to each page's query (`&attributes=…`).
+    async fn list<T>(
+        &self,
+        endpoint: &str,
+        query: &str,
+        convert: impl Fn(Json) -> Result<T, PortalError>,
+    ) -> Result<Vec<T>, PortalError> {
+        let first = match self.list_once(endpoint, query, &convert).await? {
             Listing::Complete(all) => return Ok(all),
             Listing::Changed(why) => why,
         };
@@ -712,7 +862,7 @@ impl PortalClient {
             endpoint,
             first, "the portal changed while it was listed; listing again"
         );
-        match self.list_once(endpoint).await? {
+        match self.list_once(endpoint, query, &convert).await? {
             Listing::Complete(all) => Ok(all),
             Listing::Changed(again) => Err(PortalError::incomplete(
                 endpoint,
@@ -722,26 +872,74 @@ impl PortalClient {
     }
 
     /// One pass over a listing: pages from `startIndex` 1 until [`Pages`] says the listing
-    /// is complete, changed, or wrong.
-    async fn list_once(&self, endpoint: &str) -> Result<Listing, PortalError> {
+    /// is complete, changed, or wrong. Pages are taken in order; once the first page told
+    /// `totalResults` and came as long as asked, the pages after it (and the empty one
+    /// that confirms the end) are read `portal.concurrency` at a time. A page shorter than
+    /// asked before the end means the portal pages otherwise: from there on, one page at a
+    /// time, each from where the last one ended.
+    async fn list_once<T>(
+        &self,
+        endpoint: &str,
+        query: &str,
+        convert: &impl Fn(Json) -> Result<T, PortalError>,
+    ) -> Result<Listing<T>, PortalError> {
         let count = self
             .capabilities
             .max_results
-            .map_or(self.page_size, |m| m.min(self.page_size));
+            .map_or(self.page_size, |m| m.min(self.page_size))
+            .max(1);
         let mut pages = Pages::new(endpoint);
         let mut start = 1usize;
-        for _ in 0..MAX_PAGES {
-            let path = format!("{endpoint}?startIndex={start}&count={count}");
-            let (page, _) = self.send(Method::GET, &path, None, None).await?;
-            match pages.take(start, page)? {
-                Next::Page(next) => start = next,
-                Next::Done(listing) => return Ok(listing),
+        let mut read = 0usize;
+        let mut ahead = self.concurrency > 1;
+        loop {
+            let starts: Vec<usize> = match pages.announced {
+                Some(total) if ahead => (start..=total)
+                    .step_by(count)
+                    .chain((start <= total + 1).then_some(total + 1))
+                    .fold(Vec::new(), |mut v, s| {
+                        if v.last() != Some(&s) {
+                            v.push(s);
+                        }
+                        v
+                    }),
+                _ => vec![start],
+            };
+            let mut answers = stream::iter(starts.iter().copied())
+                .map(|s| {
+                    let path = format!("{endpoint}?startIndex={s}&count={count}{query}");
+                    async move { self.send(Method::GET, &path, None, None).await }
+                })
+                .buffered(self.concurrency);
+            let mut next = start;
+            for &at in &starts {
+                if at != next {
+                    break; // a short page: the pages asked for ahead start elsewhere
+                }
+                read += 1;
+                if read > MAX_PAGES {
+                    return Err(PortalError::incomplete(
+                        endpoint,
+                        format!("more than {MAX_PAGES} pages"),
+                    ));
+                }
+                let Some(answer) = answers.next().await else {
+                    break;
+                };
+                let (page, _) = answer?;
+                match pages.take(at, page, convert)? {
+                    Next::Page(after) => {
+                        let total = pages.announced.unwrap_or(0);
+                        if after - at < count && after <= total {
+                            ahead = false;
+                        }
+                        next = after;
+                    }
+                    Next::Done(listing) => return Ok(listing),
+                }
             }
+            start = next;
         }
-        Err(PortalError::incomplete(
-            endpoint,
-            format!("more than {MAX_PAGES} pages"),
-        ))
     }
 
     /// Sends a request, retrying transient failures (connection errors, timeouts, 5xx,
@@ -930,10 +1128,10 @@ impl PortalClient {
 
 /// What to do after a page of a listing.
 #[derive(Debug)]
-enum Next {
+enum Next<T> {
     /// Read the page at this `startIndex`.
     Page(usize),
-    Done(Listing),
+    Done(Listing<T>),
 }
 
 /// The pages of one listing as they come, and whether they add up. The listing is
@@ -942,17 +1140,18 @@ enum Next {
 /// `startIndex` advanced by what was received (a portal may send fewer than asked); an
 /// empty page before `totalResults` is reached is an error, and once it is reached one
 /// more page is asked for, which must be empty. Pure.
-struct Pages {
+struct Pages<T> {
     endpoint: String,
     /// `users`, `groups`: for messages.
     what: String,
-    all: Vec<Json>,
+    /// The records of the resources read so far.
+    all: Vec<T>,
     ids: HashSet<String>,
     announced: Option<usize>,
 }
 
-impl Pages {
-    fn new(endpoint: &str) -> Pages {
+impl<T> Pages<T> {
+    fn new(endpoint: &str) -> Pages<T> {
         Pages {
             endpoint: endpoint.to_string(),
             what: endpoint.to_ascii_lowercase(),
@@ -966,8 +1165,14 @@ impl Pages {
         PortalError::incomplete(&self.endpoint, problem)
     }
 
-    /// Takes the page read at `start`.
-    fn take(&mut self, start: usize, mut page: Json) -> Result<Next, PortalError> {
+    /// Takes the page read at `start`; each resource becomes a record (`convert`) once
+    /// its page is checked.
+    fn take(
+        &mut self,
+        start: usize,
+        mut page: Json,
+        convert: impl Fn(Json) -> Result<T, PortalError>,
+    ) -> Result<Next<T>, PortalError> {
         let what = &self.what;
         let total = page
             .get("totalResults")
@@ -1032,12 +1237,14 @@ impl Pages {
             }
         }
         let got = resources.len();
-        self.all.extend(resources);
-        if self.all.len() > total {
+        if self.all.len() + got > total {
             return Err(self.incomplete(format!(
                 "totalResults is {total}, but {} {what} came back by the page at startIndex {start}",
-                self.all.len()
+                self.all.len() + got
             )));
+        }
+        for r in resources {
+            self.all.push(convert(r)?);
         }
         Ok(Next::Page(start + got))
     }
@@ -1166,11 +1373,11 @@ mod tests {
 
     /// Feeds `pages` (each the answer to the startIndex asked for) to a listing.
     fn list(pages: &[Json]) -> Result<Vec<String>, String> {
-        let mut pages_read = Pages::new("Users");
+        let mut pages_read: Pages<Json> = Pages::new("Users");
         let mut start = 1;
         for (i, p) in pages.iter().enumerate() {
             match pages_read
-                .take(start, p.clone())
+                .take(start, p.clone(), Ok)
                 .map_err(|e| e.to_string())?
             {
                 Next::Page(next) => start = next,

@@ -10,6 +10,7 @@ pub mod delta;
 pub mod ldap;
 pub mod sync;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
@@ -74,14 +75,27 @@ impl Snapshot {
     /// `member`: the user names it by `primaryGroupID`, the RID of the group's `objectSid`
     /// in the user's own domain. Adds those members, so rules on such groups work.
     pub fn add_primary_group_members(&mut self) {
+        if let Cow::Owned(groups) = self.with_primary_group_members() {
+            self.groups = groups;
+        }
+    }
+
+    /// The groups with their primary-group members added (see
+    /// [`Snapshot::add_primary_group_members`]), leaving the snapshot as read: borrowed
+    /// when there is nothing to add (OpenLDAP), a copy of the groups only otherwise.
+    pub fn with_primary_group_members(&self) -> Cow<'_, [DirectoryGroup]> {
         let by_sid: HashMap<String, usize> = self
             .groups
             .iter()
             .enumerate()
             .filter_map(|(i, g)| Some((g.sid.as_ref()?.to_ascii_uppercase(), i)))
             .collect();
+        if by_sid.is_empty() {
+            return Cow::Borrowed(&self.groups);
+        }
         // Each primary group's members as DN keys, built when first needed.
         let mut listed: HashMap<usize, HashSet<String>> = HashMap::new();
+        let mut added: Vec<(usize, &str)> = Vec::new();
         for user in &self.users {
             let Some(sid) = user.attrs.get("objectsid").and_then(|v| v.first()) else {
                 continue;
@@ -101,14 +115,22 @@ impl Snapshot {
             let Some(&i) = by_sid.get(&wanted) else {
                 continue;
             };
-            let group = &mut self.groups[i];
+            let group = &self.groups[i];
             let members = listed
                 .entry(i)
                 .or_insert_with(|| group.members.iter().map(|m| crate::dn::key(m)).collect());
             if members.insert(crate::dn::key(&user.dn)) {
-                group.members.push(user.dn.clone());
+                added.push((i, &user.dn));
             }
         }
+        if added.is_empty() {
+            return Cow::Borrowed(&self.groups);
+        }
+        let mut groups = self.groups.clone();
+        for (i, dn) in added {
+            groups[i].members.push(dn.to_string());
+        }
+        Cow::Owned(groups)
     }
 
     /// Applies a delta to a cached full snapshot: the entries that `changed` replace

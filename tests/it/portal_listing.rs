@@ -187,13 +187,16 @@ fn a_portal_that_sends_fewer_per_page_than_asked_is_still_listed_completely() {
 fn a_portal_that_changed_while_it_was_listed_is_listed_again_once() {
     let (w, proxy) = synced_world();
     // The first pass sees totalResults change on its second page; the second pass is
-    // clean: the cycle goes on and plans nothing.
-    let pages = Arc::new(Mutex::new(0usize));
-    let seen = Arc::clone(&pages);
-    proxy.rewrite_matching("GET", "/Users?startIndex=", move |_, mut page| {
+    // clean: the cycle goes on and plans nothing. (Pages after the first are read
+    // several at a time, so a pass is counted by its first page.)
+    let passes = Arc::new(Mutex::new(0usize));
+    let seen = Arc::clone(&passes);
+    proxy.rewrite_matching("GET", "/Users?startIndex=", move |path, mut page| {
         let mut n = seen.lock().unwrap();
-        *n += 1;
-        if *n == 2 {
+        if paging(path).0 == 1 {
+            *n += 1;
+        }
+        if *n == 1 && paging(path).0 == 6 {
             page["totalResults"] = json!(USERS + 1);
         }
         page
@@ -201,8 +204,8 @@ fn a_portal_that_changed_while_it_was_listed_is_listed_again_once() {
     let plan = full_plan(&w);
     assert!(plan["changes"].as_array().unwrap().is_empty(), "{plan:#}");
     assert_eq!(
-        *pages.lock().unwrap(),
-        2 + 6,
+        *passes.lock().unwrap(),
+        2,
         "one broken pass, one whole pass"
     );
 
@@ -225,6 +228,43 @@ fn a_portal_that_changed_while_it_was_listed_is_listed_again_once() {
         run.stderr
     );
     assert_eq!(proxy.count("POST", "/Users"), 0);
+}
+
+#[test]
+fn a_listing_asks_only_for_the_attributes_the_plan_reads_and_reads_each_page_once() {
+    let (w, proxy) = synced_world();
+    // A full reconcile lists the portal (an incremental plan would read nobody).
+    let run = w.dirsync(&["plan", "--full", "--format", "json"]);
+    assert_eq!(run.code, 0, "{}", run.all_output());
+    let plan = run.json();
+    assert!(plan["changes"].as_array().unwrap().is_empty(), "{plan:#}");
+    let listed: Vec<String> = proxy
+        .requests()
+        .iter()
+        .filter(|s| s.path.starts_with("/Users?startIndex="))
+        .map(|s| s.path.clone())
+        .collect();
+    // Five pages of 5 and the empty page that confirms the end, each read once.
+    let mut starts: Vec<usize> = listed.iter().map(|p| paging(p).0).collect();
+    starts.sort();
+    assert_eq!(starts, [1, 6, 11, 16, 21, 24], "{listed:?}");
+    let attributes = url::form_urlencoded::parse(listed[0].split_once('?').unwrap().1.as_bytes())
+        .find(|(k, _)| k == "attributes")
+        .map(|(_, v)| v.into_owned())
+        .expect("an attributes parameter");
+    for name in [
+        "id",
+        "externalId",
+        "userName",
+        "active",
+        "meta.version",
+        "emails",
+    ] {
+        assert!(
+            attributes.split(',').any(|a| a == name),
+            "{name} in {attributes}"
+        );
+    }
 }
 
 /// Makes the listing a consistent view of the portal without the user `hidden`: pages

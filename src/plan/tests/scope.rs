@@ -122,7 +122,7 @@ fn a_partial_plan_counts_the_managed_administrators_it_did_not_read() {
             .unwrap();
         let mut body = crate::apply::create_body(c);
         body["id"] = json!(id);
-        PortalUser::from_json(body).unwrap()
+        portal(body)
     };
     let state: State = before
         .changes

@@ -196,7 +196,7 @@ pub async fn run(
     } else {
         None
     };
-    let remembered = match Remembered::read(state.as_ref()) {
+    let remembered = match Remembered::read(state.as_ref(), config, forced.as_ref()) {
         Ok(r) => r,
         Err(e) => {
             return Err(record_failure(
@@ -473,7 +473,11 @@ struct Remembered {
 }
 
 impl Remembered {
-    fn read(state: Option<&State>) -> Result<Remembered, StateError> {
+    fn read(
+        state: Option<&State>,
+        config: &Config,
+        forced: Option<&FullReason>,
+    ) -> Result<Remembered, StateError> {
         let Some(s) = state else {
             return Ok(Remembered {
                 known: HashMap::new(),
@@ -489,7 +493,7 @@ impl Remembered {
                 known: s.baselines()?,
                 known_groups: s.groups()?,
                 linked: s.portal_ids()?,
-                basis: delta::Basis::load(s)?,
+                basis: delta::Basis::load(s, config, forced)?,
                 legacy_basis: delta::legacy(s)?,
                 last_scope: s.meta(SCOPE_KEY)?,
             })
@@ -601,12 +605,17 @@ async fn prepare(
         source.close().await;
         read.map(|r| (r, started.elapsed()))
     };
-    let read_portal = async {
+    let fields = plan::portal_fields(&rules);
+    let client = || -> Result<PortalClient, PortalError> {
+        let portal = PortalClient::new(&config.portal)?.reading(fields.clone());
+        Ok(match &telemetry {
+            Some(t) => portal.with_telemetry(t.clone()),
+            None => portal,
+        })
+    };
+    let mut read_portal = Box::pin(async {
         let started = Instant::now(); // Timing: the portal read.
-        let mut portal = PortalClient::new(&config.portal)?.reading(plan::portal_fields(&rules));
-        if let Some(t) = telemetry {
-            portal = portal.with_telemetry(t);
-        }
+        let mut portal = client()?;
         portal.discover().await?;
         let schema = portal.schema().await?;
         let listed = if full_ahead {
@@ -615,10 +624,18 @@ async fn prepare(
             None
         };
         Ok::<_, PortalError>((portal, schema, listed, started.elapsed()))
+    });
+    // Both sides at once; the portal's side is left unfinished when the directory says
+    // nothing concerns the portal (an incremental cycle that found nothing to do).
+    tokio::pin!(read_directory);
+    let mut portal_side = None;
+    let read = loop {
+        tokio::select! {
+            r = &mut read_directory => break r,
+            p = &mut read_portal, if portal_side.is_none() => portal_side = Some(p),
+        }
     };
-    let (read, portal_side) = tokio::join!(read_directory, read_portal);
     let (mut read, directory_took) = read?;
-    let (portal, schema, listed, portal_took) = portal_side?;
     // The groups with AD's primary-group members: a copy of the groups where AD's
     // primary groups add some, else none. The snapshot stays as read (the next basis).
     let primary_groups = match read.snapshot.with_primary_group_members() {
@@ -628,33 +645,45 @@ async fn prepare(
 
     // One "now" for the whole cycle: expiries pass with time, not with directory changes.
     let now = Timestamp::now();
+    let remembrance = Remembrance {
+        known: &known,
+        known_groups: &known_groups,
+        linked: &linked,
+    };
+    let incremental = read.changes.as_mut().map(|changes| {
+        let groups = primary_groups.as_deref().unwrap_or(&read.snapshot.groups);
+        concern_of(
+            config,
+            (&read.snapshot.users, groups),
+            changes,
+            &remembrance,
+            now,
+        )
+    });
+    let untouched = incremental
+        .as_ref()
+        .is_some_and(|i| i.concerned.users.is_empty() && i.concerned.groups.is_empty());
+    let (portal, schema, listed, portal_took) = match portal_side {
+        Some(side) => side?,
+        None if untouched => {
+            info!("incremental cycle: nothing concerns the portal; it is not asked anything");
+            (client()?, PortalSchema::default(), None, Duration::ZERO)
+        }
+        None => (&mut read_portal).await?,
+    };
+    drop(read_portal);
     // Timing: the portal read goes on here when it had to wait for the directory (a
     // listing after a forced full read, or an incremental cycle's reads by id).
     let view_started = Instant::now();
-    let (view, scope, managed_before) = match (read.changes.take(), listed) {
+    let (view, scope, managed_before) = match (incremental, listed) {
         (_, Some(listed)) => (listed, PlanScope::Full, None),
         (None, None) => (
             list_portal(&portal, &linked, mirror_groups).await?,
             PlanScope::Full,
             None,
         ),
-        (Some(mut changes), None) => {
-            let groups = primary_groups.as_deref().unwrap_or(&read.snapshot.groups);
-            let read_portal = read_incremental(
-                config,
-                &portal,
-                (&read.snapshot.users, groups),
-                &mut changes,
-                &Remembrance {
-                    known: &known,
-                    known_groups: &known_groups,
-                    linked: &linked,
-                },
-                now,
-            )
-            .await?;
-            read.changes = Some(changes);
-            read_portal
+        (Some(incremental), None) => {
+            read_incremental(config, &portal, incremental, &remembrance).await?
         }
     };
     let portal_timing = PortalRead {
@@ -696,19 +725,25 @@ struct Remembrance<'a> {
     linked: &'a HashMap<String, String>,
 }
 
-/// The portal side of an incremental cycle: the users and groups the directory's
-/// `changes` concern, read one by one, and the plan scope that covers just them (and
-/// the managed users active as of the last read, for the closure guard). When so much
-/// changed that listing the portal costs less, it is listed and the plan covers everyone.
+/// What an incremental cycle found the directory's changes concern, with the directory
+/// as the last read found it (for the closure guard's count).
+struct Incremental {
+    concerned: Concerned,
+    /// The last read's directory, with primary-group members.
+    previous: crate::source::Snapshot,
+    /// When the last read ran.
+    before: Timestamp,
+}
+
+/// The users and groups the directory's `changes` concern ([`concern::concerned`]).
 /// The basis in `changes` is used up; what was deleted is kept.
-async fn read_incremental(
+fn concern_of(
     config: &Config,
-    portal: &PortalClient,
     (users, groups): (&[DirectoryUser], &[DirectoryGroup]),
     changes: &mut delta::Changes,
     state: &Remembrance<'_>,
     now: Timestamp,
-) -> Result<(PortalView, PlanScope, Option<usize>), PortalError> {
+) -> Incremental {
     let rules = plan::effective_rules(&config.mapping, &config.access);
     let mut previous = std::mem::take(&mut changes.previous);
     previous.add_primary_group_members();
@@ -727,6 +762,28 @@ async fn read_incremental(
         rules: &rules,
         access: &config.access,
     });
+    Incremental {
+        concerned,
+        previous,
+        before,
+    }
+}
+
+/// The portal side of an incremental cycle: the users and groups its changes concern,
+/// read one by one, and the plan scope that covers just them (and the managed users
+/// active as of the last read, for the closure guard). When so much changed that listing
+/// the portal costs less, it is listed and the plan covers everyone.
+async fn read_incremental(
+    config: &Config,
+    portal: &PortalClient,
+    incremental: Incremental,
+    state: &Remembrance<'_>,
+) -> Result<(PortalView, PlanScope, Option<usize>), PortalError> {
+    let Incremental {
+        concerned,
+        previous,
+        before,
+    } = incremental;
     if listing_is_cheaper(
         &concerned,
         state.linked,

@@ -39,8 +39,12 @@ use crate::config::{Config, Search, SourceKind};
 use crate::dn::{self, Dn};
 use crate::state::{State, StateError};
 
-/// The `meta` key the basis for the next incremental read is kept under.
+/// The `meta` key the basis for the next incremental read is kept under (its snapshot
+/// apart, under [`SNAPSHOT_KEY`]).
 pub const KEY: &str = "directory.basis";
+/// The `meta` key of the directory as the last read found it: read only when a cycle
+/// builds on it, written only when it changed.
+pub const SNAPSHOT_KEY: &str = "directory.snapshot";
 /// Where dirsync kept the Active Directory basis before OpenLDAP reads were incremental;
 /// such a basis is not built on, and its row is emptied.
 pub const LEGACY_KEY: &str = "ad.delta";
@@ -49,7 +53,8 @@ pub const LEGACY_KEY: &str = "ad.delta";
 /// 2: the invocationId as a GUID, the account expiry kept apart from the disabled bit.
 /// 3: one basis for both dialects (the cursor names its method), the time of the read,
 ///    and the changes not applied yet.
-const FORMAT: u32 = 3;
+/// 4: the snapshot kept apart ([`SNAPSHOT_KEY`]).
+const FORMAT: u32 = 4;
 
 /// How far before the last read's start a `modifyTimestamp` read goes back: the directory
 /// server's clock and this host's may disagree by this much.
@@ -102,6 +107,9 @@ pub struct Basis {
     /// ([`rules_text`]): when they change, every user may want other values.
     #[serde(default)]
     pub rules: String,
+    /// The directory as the last read found it (kept under [`SNAPSHOT_KEY`]); loaded
+    /// only when the next read may build on it, else empty.
+    #[serde(skip)]
     pub snapshot: Snapshot,
     /// The OUs and containers under the users' and groups' bases at the last read
     /// (lowercased anchor → DN): when one is renamed or moved, the DNs below it change
@@ -122,7 +130,6 @@ struct BasisOut<'a> {
     read_at: u64,
     scope: &'a str,
     rules: &'a str,
-    snapshot: &'a Snapshot,
     containers: &'a BTreeMap<String, String>,
     pending: &'a Pending,
 }
@@ -139,16 +146,34 @@ pub enum Cached {
 
 impl Basis {
     /// The remembered basis. One that cannot be used makes the next read a full read,
-    /// which is always safe.
-    pub fn load(state: &State) -> Result<Cached, StateError> {
-        Ok(match state.meta(KEY)? {
-            None if legacy(state)? => Cached::Unusable,
-            None => Cached::Nothing,
+    /// which is always safe. Its snapshot is read only when the next read may build on
+    /// it (`config`, and no `forced` full read, allow it): a full read never holds the
+    /// last read's directory besides its own.
+    pub fn load(
+        state: &State,
+        config: &Config,
+        forced: Option<&FullReason>,
+    ) -> Result<Cached, StateError> {
+        let mut basis = match state.meta(KEY)? {
+            None if legacy(state)? => return Ok(Cached::Unusable),
+            None => return Ok(Cached::Nothing),
             Some(text) => match serde_json::from_str::<Basis>(&text) {
                 Ok(b) if b.format == FORMAT => Cached::Basis(Box::new(b)),
-                _ => Cached::Unusable,
+                _ => return Ok(Cached::Unusable),
             },
-        })
+        };
+        if forced.is_none() && unusable(&basis, config, now_secs()).is_none() {
+            if let Cached::Basis(b) = &mut basis {
+                match state
+                    .meta(SNAPSHOT_KEY)?
+                    .and_then(|text| serde_json::from_str::<Snapshot>(&text).ok())
+                {
+                    Some(snapshot) => b.snapshot = snapshot,
+                    None => return Ok(Cached::Unusable),
+                }
+            }
+        }
+        Ok(basis)
     }
 }
 
@@ -355,6 +380,14 @@ pub struct Read {
 }
 
 impl Read {
+    /// Whether the snapshot is the last read's, as the state keeps it: an incremental
+    /// read that found nothing changed or gone.
+    pub fn snapshot_unchanged(&self) -> bool {
+        self.changes
+            .as_ref()
+            .is_some_and(|c| c.changed.is_empty() && c.gone.is_empty())
+    }
+
     /// Anchors (lowercased) of users this read showed deleted, not merely out of scope.
     pub fn deleted(&self) -> HashSet<String> {
         self.changes
@@ -917,14 +950,19 @@ pub fn basis_meta(
         read_at: read.read_at,
         scope: &scope,
         rules: &rules,
-        snapshot: &read.snapshot,
         containers: &read.containers,
         pending,
     };
     let mut rows = Vec::new();
     // Serialising these types cannot fail; if it did, a full read next time is safe.
-    if let Ok(text) = serde_json::to_string(&basis) {
+    // The basis is written only with its snapshot, or when the one kept is still true.
+    let snapshot = match read.snapshot_unchanged() {
+        true => Some(None),
+        false => serde_json::to_string(&read.snapshot).ok().map(Some),
+    };
+    if let (Ok(text), Some(snapshot)) = (serde_json::to_string(&basis), snapshot) {
         rows.push((KEY, text));
+        rows.extend(snapshot.map(|s| (SNAPSHOT_KEY, s)));
     }
     if legacy {
         rows.push((LEGACY_KEY, String::new()));
@@ -1121,19 +1159,42 @@ mod tests {
         );
     }
 
+    /// A configuration for an OpenLDAP directory, its secrets in `dir`.
+    fn config(dir: &std::path::Path) -> crate::config::Config {
+        std::fs::write(dir.join("pw"), "x\n").unwrap();
+        std::fs::write(dir.join("token"), "y").unwrap();
+        crate::config::Config::parse(
+            &dir.join("dirsync.toml"),
+            "[source]\nurl = \"ldap://127.0.0.1:3890\"\nstarttls = false\nbind_dn = \"cn=x\"\n\
+             bind_password_file = \"pw\"\n[source.users]\nbase = \"ou=people,dc=x\"\n\
+             [portal]\nurl = \"http://127.0.0.1:8080\"\ntoken_file = \"token\"\n\
+             [[mapping]]\nfrom = \"mail\"\nto = \"userName\"\n",
+        )
+        .unwrap()
+    }
+
     #[test]
     fn a_basis_from_an_older_dirsync_is_not_built_on() {
         let dir = tempfile::tempdir().unwrap();
         let mut state = State::open(&dir.path().join("state.db")).unwrap();
-        assert!(matches!(Basis::load(&state).unwrap(), Cached::Nothing));
+        assert!(matches!(
+            Basis::load(&state, &config(dir.path()), None).unwrap(),
+            Cached::Nothing
+        ));
         // As dirsync wrote it before invocationIds were read: an empty one, no format.
         let old = r#"{"host":"dc1.dirsync.test","invocation_id":"","usn":100,"full_at":1000,
             "scope":"users: OU=Staff","snapshot":{"users":[],"groups":[],"bad_entries":[]}}"#;
         state.set_meta(KEY, old).unwrap();
-        assert!(matches!(Basis::load(&state).unwrap(), Cached::Unusable));
+        assert!(matches!(
+            Basis::load(&state, &config(dir.path()), None).unwrap(),
+            Cached::Unusable
+        ));
         let current = serde_json::to_string(&basis(Some(guid(1)))).unwrap();
         state.set_meta(KEY, &current).unwrap();
-        assert!(matches!(Basis::load(&state).unwrap(), Cached::Basis(_)));
+        assert!(matches!(
+            Basis::load(&state, &config(dir.path()), None).unwrap(),
+            Cached::Basis(_)
+        ));
     }
 
     #[test]
@@ -1144,7 +1205,10 @@ mod tests {
             "full_at":1000,"scope":"s","snapshot":{"users":[],"groups":[],"bad_entries":[]}}"#;
         state.set_meta(LEGACY_KEY, v2).unwrap();
         assert!(legacy(&state).unwrap());
-        assert!(matches!(Basis::load(&state).unwrap(), Cached::Unusable));
+        assert!(matches!(
+            Basis::load(&state, &config(dir.path()), None).unwrap(),
+            Cached::Unusable
+        ));
         let read = Read {
             snapshot: Snapshot::default(),
             kind: ReadKind::Full(FullReason::UnusableBasis),
@@ -1155,21 +1219,86 @@ mod tests {
             containers: BTreeMap::new(),
             changes: None,
         };
-        std::fs::write(dir.path().join("pw"), "x\n").unwrap();
-        std::fs::write(dir.path().join("token"), "y").unwrap();
-        let config = crate::config::Config::parse(
-            &dir.path().join("dirsync.toml"),
-            "[source]\nurl = \"ldap://127.0.0.1:3890\"\nstarttls = false\nbind_dn = \"cn=x\"\n\
-             bind_password_file = \"pw\"\n[source.users]\nbase = \"ou=people,dc=x\"\n\
-             [portal]\nurl = \"http://127.0.0.1:8080\"\ntoken_file = \"token\"\n\
-             [[mapping]]\nfrom = \"mail\"\nto = \"userName\"\n",
-        )
-        .unwrap();
+        let config = config(dir.path());
         for (k, v) in basis_meta(&read, &config, &Pending::default(), true) {
             state.set_meta(k, &v).unwrap();
         }
         assert!(!legacy(&state).unwrap());
-        assert!(matches!(Basis::load(&state).unwrap(), Cached::Basis(_)));
+        assert!(matches!(
+            Basis::load(&state, &config, None).unwrap(),
+            Cached::Basis(_)
+        ));
+    }
+
+    #[test]
+    fn the_snapshot_is_read_only_when_built_on_and_written_only_when_it_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = State::open(&dir.path().join("state.db")).unwrap();
+        let config = config(dir.path());
+        let snapshot = Snapshot {
+            users: vec![super::super::DirectoryUser {
+                dn: "uid=anna,ou=people,dc=x".into(),
+                anchor: "A-1".into(),
+                attrs: BTreeMap::from([("mail".to_string(), vec!["anna@x.se".to_string()])]),
+                disabled: false,
+                expires: None,
+            }],
+            ..Snapshot::default()
+        };
+        let full = Read {
+            snapshot: snapshot.clone(),
+            kind: ReadKind::Full(FullReason::FirstRead),
+            identity: None,
+            cursor: Cursor::ModifyTimestamp,
+            full_at: now_secs(),
+            read_at: now_secs(),
+            containers: BTreeMap::new(),
+            changes: None,
+        };
+        let rows = basis_meta(&full, &config, &Pending::default(), false);
+        let keys: Vec<&str> = rows.iter().map(|(k, _)| *k).collect();
+        assert_eq!(keys, [KEY, SNAPSHOT_KEY]);
+        for (k, v) in &rows {
+            state.set_meta(k, v).unwrap();
+        }
+        let Cached::Basis(b) = Basis::load(&state, &config, None).unwrap() else {
+            panic!("a usable basis");
+        };
+        assert_eq!(b.snapshot.users, snapshot.users, "built on: read");
+        let Cached::Basis(b) = Basis::load(&state, &config, Some(&FullReason::Requested)).unwrap()
+        else {
+            panic!("a basis");
+        };
+        assert!(b.snapshot.users.is_empty(), "a full read follows: not read");
+
+        // An incremental read that found nothing writes the basis alone.
+        let quiet = Read {
+            kind: ReadKind::Incremental(Method::ModifyTimestamp),
+            changes: Some(Changes {
+                previous: snapshot.clone(),
+                previous_at: 0,
+                changed: HashSet::new(),
+                gone: HashSet::new(),
+                deleted: HashSet::new(),
+                pending: Pending::default(),
+            }),
+            ..full.clone()
+        };
+        let rows = basis_meta(&quiet, &config, &Pending::default(), false);
+        assert_eq!(rows.iter().map(|(k, _)| *k).collect::<Vec<_>>(), [KEY]);
+        let mut moved = quiet.clone();
+        if let Some(c) = moved.changes.as_mut() {
+            c.gone.insert("a-1".into());
+        }
+        let rows = basis_meta(&moved, &config, &Pending::default(), false);
+        assert_eq!(rows.len(), 2, "a change writes the snapshot");
+
+        // A basis whose snapshot is lost is not built on.
+        state.set_meta(SNAPSHOT_KEY, "not json").unwrap();
+        assert!(matches!(
+            Basis::load(&state, &config, None).unwrap(),
+            Cached::Unusable
+        ));
     }
 
     #[test]

@@ -63,46 +63,11 @@ pub struct Concerned {
 }
 
 pub fn concerned(input: &Input<'_>) -> Concerned {
-    // A user's desired values follow from its own entry and the groups. When no group
-    // changed or left, only the users whose entry changed (or left), pending ones, those
-    // with an expiry and those not managed yet can differ from what was last synced: the
-    // others are not mapped. Otherwise every user is, against its baseline.
-    let group_anchors: HashSet<String> = input
-        .groups
-        .iter()
-        .chain(&input.previous.groups)
-        .map(|g| g.anchor.to_ascii_lowercase())
-        .collect();
-    let groups_changed = input
-        .changed
-        .iter()
-        .chain(input.gone)
-        .any(|a| group_anchors.contains(a));
-    let only: Option<HashSet<String>> = (!groups_changed).then(|| {
-        input
-            .users
-            .iter()
-            .map(|u| u.anchor.to_ascii_lowercase())
-            .filter(|a| !input.known.contains_key(a))
-            .chain(
-                input
-                    .users
-                    .iter()
-                    .filter(|u| u.expires.is_some())
-                    .map(|u| u.anchor.to_ascii_lowercase()),
-            )
-            .chain(input.changed.iter().cloned())
-            .chain(input.gone.iter().cloned())
-            .chain(input.pending.users.iter().cloned())
-            .collect()
-    });
-    let desired = plan::desired(
-        input.users,
-        input.groups,
-        input.rules,
-        input.access,
-        only.as_ref(),
-    );
+    // Every user is mapped and compared with its baseline: a group change alters role,
+    // services and sub-unit without touching the user's entry, and a difference left on
+    // purpose (a privileged role kept, a field only an administrator may change, a
+    // conflict) is reported again at every cycle, as a full reconcile would.
+    let desired = plan::desired(input.users, input.groups, input.rules, input.access);
     let lower = |users: &[DirectoryUser]| -> HashSet<String> {
         users
             .iter()
@@ -282,7 +247,7 @@ mod tests {
 
     fn synced(s: &Snapshot) -> HashMap<String, Baseline> {
         let rules = rules();
-        plan::desired(&s.users, &s.groups, &rules, &access(), None)
+        plan::desired(&s.users, &s.groups, &rules, &access())
             .into_iter()
             .map(|(a, (_, attrs))| (a, plan::user::created_baseline(&attrs, &rules)))
             .collect()

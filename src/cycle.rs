@@ -605,17 +605,12 @@ async fn prepare(
         source.close().await;
         read.map(|r| (r, started.elapsed()))
     };
-    let fields = plan::portal_fields(&rules);
-    let client = || -> Result<PortalClient, PortalError> {
-        let portal = PortalClient::new(&config.portal)?.reading(fields.clone());
-        Ok(match &telemetry {
-            Some(t) => portal.with_telemetry(t.clone()),
-            None => portal,
-        })
-    };
-    let mut read_portal = Box::pin(async {
+    let read_portal = async {
         let started = Instant::now(); // Timing: the portal read.
-        let mut portal = client()?;
+        let mut portal = PortalClient::new(&config.portal)?.reading(plan::portal_fields(&rules));
+        if let Some(t) = telemetry {
+            portal = portal.with_telemetry(t);
+        }
         portal.discover().await?;
         let schema = portal.schema().await?;
         let listed = if full_ahead {
@@ -624,17 +619,8 @@ async fn prepare(
             None
         };
         Ok::<_, PortalError>((portal, schema, listed, started.elapsed()))
-    });
-    // Both sides at once; the portal's side is left unfinished when the directory says
-    // nothing concerns the portal (an incremental cycle that found nothing to do).
-    tokio::pin!(read_directory);
-    let mut portal_side = None;
-    let read = loop {
-        tokio::select! {
-            r = &mut read_directory => break r,
-            p = &mut read_portal, if portal_side.is_none() => portal_side = Some(p),
-        }
     };
+    let (read, portal_side) = tokio::join!(read_directory, read_portal);
     let (mut read, directory_took) = read?;
     // The groups with AD's primary-group members: a copy of the groups where AD's
     // primary groups add some, else none. The snapshot stays as read (the next basis).
@@ -660,18 +646,10 @@ async fn prepare(
             now,
         )
     });
-    let untouched = incremental
-        .as_ref()
-        .is_some_and(|i| i.concerned.users.is_empty() && i.concerned.groups.is_empty());
-    let (portal, schema, listed, portal_took) = match portal_side {
-        Some(side) => side?,
-        None if untouched => {
-            info!("incremental cycle: nothing concerns the portal; it is not asked anything");
-            (client()?, PortalSchema::default(), None, Duration::ZERO)
-        }
-        None => (&mut read_portal).await?,
-    };
-    drop(read_portal);
+    // The portal is asked at every cycle, also when nothing concerns it: its discovery
+    // says whether it is reachable and takes the credentials (health and alerts rely on
+    // that), and costs two small requests made while the directory is read.
+    let (portal, schema, listed, portal_took) = portal_side?;
     // Timing: the portal read goes on here when it had to wait for the directory (a
     // listing after a forced full read, or an incremental cycle's reads by id).
     let view_started = Instant::now();

@@ -613,15 +613,12 @@ fn with_linked_members(input: &Input<'_>, wanted: &[Wanted<'_>]) -> Vec<PortalUs
 
 /// What each directory user the planner would sync should look like in the portal:
 /// lowercased anchor → (login, mapped and derived attributes), by the same rules as
-/// [`compute`]. Entries it would skip are left out, and those `only` (lowercased anchors)
-/// leaves out: every entry is validated (a login is unique among all of them), but only
-/// those are mapped.
+/// [`compute`]. Entries it would skip are left out.
 pub fn desired(
     directory: &[DirectoryUser],
     groups: &[DirectoryGroup],
     rules: &[Rule],
     access: &AccessRules,
-    only: Option<&HashSet<String>>,
 ) -> HashMap<String, (String, Attributes)> {
     let membership = Membership::new(groups);
     let resolved = access::resolve(access, &membership);
@@ -634,14 +631,10 @@ pub fn desired(
         &mut notes,
     )
     .into_iter()
-    .filter_map(|w| {
-        let anchor = w.user.anchor.to_ascii_lowercase();
-        if only.is_some_and(|only| !only.contains(&anchor)) {
-            return None;
-        }
+    .map(|w| {
         let key = crate::dn::key(&w.user.dn);
         let attrs = desired_attrs(rules, access, &membership, &resolved, w.user, &key);
-        Some((anchor, (w.user_name, attrs)))
+        (w.user.anchor.to_ascii_lowercase(), (w.user_name, attrs))
     })
     .collect()
 }

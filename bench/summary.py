@@ -56,10 +56,12 @@ def cpu(name):
 
 
 def reports(prefix):
-    """dirsync's JSON reports WORK/PREFIX*.json, in run order."""
-    found = sorted(f for f in os.listdir(WORK) if f.startswith(prefix) and f.endswith(".json"))
+    """dirsync's JSON reports WORK/PREFIX.json and WORK/PREFIX-<run>.json, in run order
+    (only these: "incr" must not take "incr-none-1.json")."""
+    own = re.compile(r"%s(?:-(\d+))?\.json" % re.escape(prefix))
+    found = sorted((int(m.group(1) or 0), f) for f in os.listdir(WORK) for m in [own.fullmatch(f)] if m)
     out = []
-    for f in found:
+    for _, f in found:
         try:
             out.append(json.load(open(os.path.join(WORK, f))))
         except (OSError, ValueError):

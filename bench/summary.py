@@ -162,7 +162,8 @@ def render():
       % (format(n, ","), format(int(env("GROUPS")), ","), format(int(env("MEMBERSHIPS")), ","),
          env("PORTAL_GROUPS"), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), machine(),
          env("LOAD_BEFORE"), env("LOAD_AFTER"), env("DIRSYNC_VERSION"),
-         ", with uncommitted changes in src/" if env("DIRTY") == "yes" else "",
+         ", given as BENCH_DIRSYNC=%s" % env("GIVEN") if env("GIVEN")
+         else ", with uncommitted changes in src/" if env("DIRTY") == "yes" else "",
          env("SLAPD_VERSION"), env("SCIM_VERSION"), repeat, env("SECS"), env("SLAPADD_SECS")))
     w("")
     w("| figure | dirsync | baseline in the same run | ratio | target | met |")

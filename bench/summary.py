@@ -24,16 +24,26 @@ WORK = env("WORK")
 
 
 def runs(name):
-    """[(seconds, peak RSS KiB, user CPU s, system CPU s)] of NAME's runs."""
+    """[(seconds, peak RSS KiB, user CPU s, system CPU s, portal CPU s)] of NAME's runs
+    (portal CPU: what the portal's server spent meanwhile; None when not measured)."""
     path = os.path.join(WORK, name + ".times")
     if not os.path.exists(path):
         return []
     out = []
     for line in open(path):
         parts = line.split()
-        if len(parts) == 4:
-            out.append(tuple(float(p) for p in parts))
+        if len(parts) in (4, 5):
+            values = [float(p) for p in parts]
+            out.append(tuple(values[:4]) + ((values[4] if len(values) == 5 else None),))
     return out
+
+
+def portal_cpu(name):
+    """The portal server's CPU seconds during the median run (by wall time), as text."""
+    r = sorted(runs(name), key=lambda x: x[0])
+    if not r or r[(len(r) - 1) // 2][4] is None:
+        return "—"
+    return "%.1f s" % r[(len(r) - 1) // 2][4]
 
 
 def median(name):
@@ -48,7 +58,7 @@ def peak_mib(name):
 
 def cpu(name):
     """User + system CPU seconds of the median run (by wall time)."""
-    r = sorted(runs(name))
+    r = sorted(runs(name), key=lambda x: x[0])
     if not r:
         return None
     m = r[(len(r) - 1) // 2]
@@ -260,8 +270,8 @@ def render():
       "(its JSON report's `phases`, from the median run). The directory and the portal are read at "
       "the same time; each side is timed on its own.")
     w("")
-    w("| run | wall | runs | CPU | peak RSS | directory read | portal read | plan | apply | record |")
-    w("|---|---|---|---|---|---|---|---|---|---|")
+    w("| run | wall | runs | CPU | peak RSS | portal's CPU | directory read | portal read | plan | apply | record |")
+    w("|---|---|---|---|---|---|---|---|---|---|---|")
     baselines = [("L: raw ldapsearch, the same searches", "ldap"),
                  ("P: curl GET, %s pages, sequential" % env("PAGES"), "portal_read"),
                  ("curl --parallel-max %d, %s POSTs" % (concurrency, format(n, ",")), "post"),
@@ -271,8 +281,8 @@ def render():
                   % (concurrency, len(group_patches()), sum(g[2] + g[3] for g in group_patches())), "patch_groups")]
     for label, name in baselines:
         if runs(name):
-            w("| %s | %s | %s | %s | %.0f MiB | | | | | |" % (
-                label, secs(median(name)), all_runs(name), secs(cpu(name)), peak_mib(name)))
+            w("| %s | %s | %s | %s | %.0f MiB | %s | | | | | |" % (
+                label, secs(median(name)), all_runs(name), secs(cpu(name)), peak_mib(name), portal_cpu(name)))
     rows = [("plan, empty portal", "plan_empty", "plan-empty"),
             ("provisioning (sync, users only)", "provision", "provision"),
             ("group sync (creates the portal groups)", "groups_sync", "groups-sync"),
@@ -297,8 +307,9 @@ def render():
                 return "—"
             return "%s ms: %s" % (format(v.get("ms", 0), ","), what(v))
 
-        w("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+        w("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
             label, secs(median(name)), all_runs(name), secs(cpu(name)), "%.0f MiB" % peak_mib(name),
+            portal_cpu(name),
             cell("directory_read", lambda v: "%s entries" % format(v.get("entries", 0), ",")),
             cell("portal_read", lambda v: "%s users, %s groups, %s fetched, %s requests" % (
                 format(v.get("users", 0), ","), format(v.get("groups", 0), ","),

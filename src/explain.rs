@@ -401,7 +401,9 @@ pub fn explain_user(
         },
         value: user.and_then(|u| match &su.from {
             access::SubUnitSource::OuPath { base } => access::ou_path(&u.dn, base),
-            access::SubUnitSource::Attribute(a) => u.attrs.get(a).and_then(|v| v.first()).cloned(),
+            access::SubUnitSource::Attribute(a) => {
+                u.attrs.get(a).and_then(|v| v.first()).map(str::to_string)
+            }
         }),
     });
 
@@ -481,7 +483,7 @@ pub fn explain_user(
                 continue;
             }
             if let Some(v) = u.attrs.get(&key) {
-                attributes.insert(a, v.clone());
+                attributes.insert(a, v.to_vec());
             }
         }
         Entry {

@@ -550,7 +550,7 @@ pub type Attributes = BTreeMap<AttrPath, Value>;
 
 /// Maps one directory entry's attributes (lowercased names) to portal attributes.
 /// Values are trimmed; empty values count as absent.
-pub fn map_entry(rules: &[Rule], attrs: &BTreeMap<String, Vec<String>>) -> Attributes {
+pub fn map_entry(rules: &[Rule], attrs: &crate::source::EntryAttrs) -> Attributes {
     let mut out = Attributes::new();
     for rule in rules {
         let Some(vs) = with_lowercase(&rule.from, |name| attrs.get(name)) else {
@@ -759,7 +759,7 @@ mod tests {
             vec!["2".into(), "1".into(), "2".into()],
         );
         attrs.insert("title".to_string(), vec!["  ".to_string()]);
-        let out = map_entry(&rules, &attrs);
+        let out = map_entry(&rules, &attrs.into());
         assert_eq!(out.len(), 2);
         assert_eq!(out[&rules[0].to], Value::One("Berg".into()));
         assert_eq!(out[&rules[1].to], Value::Many(vec!["1".into(), "2".into()]));

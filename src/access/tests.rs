@@ -19,7 +19,7 @@ fn user(uid: &str, dn: &str) -> DirectoryUser {
     DirectoryUser {
         dn: dn.to_string(),
         anchor: uid.to_string(),
-        attrs: BTreeMap::from([("department".to_string(), vec!["Finance".to_string()])]),
+        attrs: [("department", vec!["Finance"])].into(),
         disabled: false,
         expires: None,
     }

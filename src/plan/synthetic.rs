@@ -314,7 +314,7 @@ fn person(i: usize, now: bool) -> DirectoryUser {
     DirectoryUser {
         dn: format!("uid={uid},ou={department},ou={city},{PEOPLE}"),
         anchor: format!("{i:08x}-1c2d-4e5f-8a9b-0c1d2e3f4a5b"),
-        attrs,
+        attrs: attrs.into(),
         disabled: false,
         expires: None,
     }

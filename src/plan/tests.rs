@@ -45,7 +45,7 @@ fn dir_user(uid: &str, mail: Option<&str>, sn: &str) -> DirectoryUser {
     DirectoryUser {
         dn: format!("uid={uid},ou=people,dc=example,dc=com"),
         anchor: format!("uuid-{uid}"),
-        attrs,
+        attrs: attrs.into(),
         disabled: false,
         expires: None,
     }

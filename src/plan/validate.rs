@@ -23,9 +23,8 @@ pub(super) fn validate<'a>(
         // here, to say what is cleaned; the others are mapped when they are planned.
         let suspect = user
             .attrs
-            .values()
-            .flatten()
-            .any(|v| v.chars().any(char::is_control));
+            .iter()
+            .any(|(_, vs)| vs.iter().any(|v| v.chars().any(char::is_control)));
         let attrs = mapping::map_entry(if suspect { rules } else { login_rules }, &user.attrs);
         let user_name = match attrs.iter().find(|(p, _)| p.is_user_name()) {
             Some((_, Value::One(v))) => v.clone(),

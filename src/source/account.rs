@@ -94,7 +94,6 @@ impl DirectoryUser {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
 
     use super::*;
 
@@ -102,7 +101,7 @@ mod tests {
         DirectoryUser {
             dn: "CN=Anna Berg,OU=Staff,DC=dirsync,DC=test".into(),
             anchor: "a".into(),
-            attrs: BTreeMap::new(),
+            attrs: Default::default(),
             disabled,
             expires: expires.map(Timestamp::from_unix),
         }

@@ -1239,7 +1239,7 @@ mod tests {
             users: vec![super::super::DirectoryUser {
                 dn: "uid=anna,ou=people,dc=x".into(),
                 anchor: "A-1".into(),
-                attrs: BTreeMap::from([("mail".to_string(), vec!["anna@x.se".to_string()])]),
+                attrs: [("mail", vec!["anna@x.se"])].into(),
                 disabled: false,
                 expires: None,
             }],

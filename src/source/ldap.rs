@@ -552,10 +552,27 @@ impl LdapSource {
         if member_of && !mapped_member_of {
             user_attrs.push(MEMBER_OF.to_string());
         }
-        let entries = self
-            .search(&search, &and(&search.filter), &user_attrs)
-            .await?;
-        snapshot.entries_read += entries.len();
+        let anchor = self.config.anchor_attribute.to_ascii_lowercase();
+        // Each entry becomes a compact record as its page comes; only a read that wants
+        // `memberOf` (a delta: few entries) keeps the entries, whose ranged values may
+        // need more requests.
+        let read: Vec<(UserRead, Option<Vec<String>>)> = if member_of {
+            let entries = self
+                .search(&search, &and(&search.filter), &user_attrs)
+                .await?;
+            let mut read = Vec::with_capacity(entries.len());
+            for mut entry in entries {
+                let direct = self.take_all_values(&mut entry, MEMBER_OF).await?;
+                read.push((user_from(entry, &anchor), Some(direct)));
+            }
+            read
+        } else {
+            self.search_map(&search, &and(&search.filter), &user_attrs, |entry| {
+                (user_from(entry, &anchor), None)
+            })
+            .await?
+        };
+        snapshot.entries_read += read.len();
         let disabled: HashSet<String> = match self.config.users.disabled_filter.clone() {
             Some(f) => {
                 self.anchors_matching(&search, &and(&format!("(&{}{})", search.filter, f)))
@@ -563,15 +580,9 @@ impl LdapSource {
             }
             None => HashSet::new(),
         };
-        let anchor = self.config.anchor_attribute.to_ascii_lowercase();
         let ad = self.config.kind == SourceKind::ActiveDirectory;
-        for mut entry in entries {
-            let direct = if member_of {
-                Some(self.take_all_values(&mut entry, MEMBER_OF).await?)
-            } else {
-                None
-            };
-            match user_from(entry, &anchor) {
+        for (user, direct) in read {
+            match user {
                 Ok(mut user) => {
                     if let Some(direct) = direct {
                         if mapped_member_of {
@@ -587,9 +598,10 @@ impl LdapSource {
                         }
                         // proxyAddresses, usable by the mapping as two virtual attributes.
                         let (primary, aliases) = ad::smtp_addresses(
-                            user.attrs
+                            &user
+                                .attrs
                                 .get("proxyaddresses")
-                                .map(Vec::as_slice)
+                                .map(|v| v.to_vec())
                                 .unwrap_or_default(),
                         );
                         if let Some(p) = primary {
@@ -756,6 +768,18 @@ impl LdapSource {
         filter: &str,
         attrs: &[String],
     ) -> Result<Vec<SearchEntry>, SourceError> {
+        self.search_map(search, filter, attrs, |entry| entry).await
+    }
+
+    /// [`Self::search`], each entry made a record by `each` as its page comes: the
+    /// entries of one page at most are held as ldap3 read them.
+    async fn search_map<T>(
+        &mut self,
+        search: &Search,
+        filter: &str,
+        attrs: &[String],
+        mut each: impl FnMut(SearchEntry) -> T,
+    ) -> Result<Vec<T>, SourceError> {
         let timeout = self.config.timeout;
         let fail = |message: String| SourceError::Search {
             base: search.base.clone(),
@@ -797,7 +821,7 @@ impl LdapSource {
                 items
                     .into_iter()
                     .filter(|re| !re.is_ref() && !re.is_intermediate())
-                    .map(SearchEntry::construct),
+                    .map(|re| each(SearchEntry::construct(re))),
             );
             match page_cookie(&result.ctrls) {
                 Some(next) if next.is_empty() => break,
@@ -914,6 +938,9 @@ fn entry_attrs(mut entry: SearchEntry) -> Attrs {
     }
 }
 
+/// A user entry as a record, or why it cannot be used.
+type UserRead = Result<DirectoryUser, BadEntry>;
+
 /// An entry's attributes, or why it cannot be used.
 fn usable_attrs(entry: SearchEntry) -> Result<(String, BTreeMap<String, Vec<String>>), BadEntry> {
     let Attrs {
@@ -946,7 +973,7 @@ fn user_from(entry: SearchEntry, anchor: &str) -> Result<DirectoryUser, BadEntry
     Ok(DirectoryUser {
         dn,
         anchor: anchor_value,
-        attrs,
+        attrs: attrs.into(),
         disabled: false,
         expires: None,
     })

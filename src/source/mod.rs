@@ -6,16 +6,18 @@
 
 pub mod account;
 pub mod ad;
+pub mod attrs;
 pub mod delta;
 pub mod ldap;
 pub mod sync;
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
 pub use self::account::{Closure, Timestamp};
+pub use self::attrs::EntryAttrs;
 pub use self::ldap::{DcIdentity, LdapSource};
 use crate::dn;
 
@@ -26,7 +28,7 @@ pub struct DirectoryUser {
     /// The stable identity (e.g. `entryUUID`), sent to the portal as `externalId`.
     pub anchor: String,
     /// Attribute values by lowercased attribute name.
-    pub attrs: BTreeMap<String, Vec<String>>,
+    pub attrs: EntryAttrs,
     /// Disabled in the directory: AD's `userAccountControl` bit, or the configured
     /// `disabled_filter` matched.
     pub disabled: bool,
@@ -279,7 +281,7 @@ mod tests {
         DirectoryUser {
             dn: dn.into(),
             anchor: anchor.into(),
-            attrs: BTreeMap::new(),
+            attrs: EntryAttrs::default(),
             disabled: false,
             expires: None,
         }

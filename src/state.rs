@@ -137,6 +137,10 @@ pub enum StateError {
     },
     #[error("state database: {}", sql_message(.0))]
     Sql(#[from] rusqlite::Error),
+    /// The thread that records confirmed changes during apply could not start or
+    /// stopped; fatal for the cycle like any other state failure.
+    #[error("state database: the thread that writes it {0}")]
+    Writer(String),
 }
 
 /// An SQLite error in words; a damaged file says what to do about it.

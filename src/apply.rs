@@ -1,6 +1,9 @@
 //! Apply: carries out a [`Plan`] against the portal and records each confirmed change in
-//! the state store. One user's failure never stops the others; only an error that would
-//! fail every request (bad token, not a SCIM endpoint) stops the run.
+//! the state store, through a [`Writer`] that commits them in batches off the async
+//! tasks. One user's failure never stops the others; only an error that would fail every
+//! request (bad token, not a SCIM endpoint) or a failing state stops the run.
+
+mod writer;
 
 use serde::Serialize;
 use serde_json::{json, Map, Value as Json};
@@ -14,9 +17,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::mapping::Rule;
 use crate::plan::groups::Member;
-use crate::plan::{self, Action, Change, GroupAction, Plan};
+use crate::plan::{self, Action, Baseline, Change, GroupAction, Plan};
 use crate::portal::{PortalClient, PortalError, PortalSchema, USER_SCHEMA};
-use crate::state::{State, StateError};
+use crate::state::StateError;
+
+pub use writer::{Link, Writer};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -87,9 +92,13 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(plan: &Plan) -> Progress {
+        Progress::sized(plan.changes.len(), plan.group_changes.len())
+    }
+
+    fn sized(changes: usize, group_changes: usize) -> Progress {
         Progress {
-            outcomes: Mutex::new(vec![None; plan.changes.len()]),
-            group_outcomes: Mutex::new(vec![None; plan.group_changes.len()]),
+            outcomes: Mutex::new(vec![None; changes]),
+            group_outcomes: Mutex::new(vec![None; group_changes]),
             aborted: Mutex::new(None),
         }
     }
@@ -144,12 +153,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Applies the plan, writing each outcome into `progress` as it comes. `stop`: start no
-/// new change once it is cancelled (a shutdown); changes in flight finish.
+/// Applies the plan, writing each outcome into `progress` as it comes: at once for a
+/// change that records nothing, else once `writer` committed its link. `stop`: start no
+/// new change once it is cancelled (a shutdown); changes in flight finish. A failing
+/// state write stops the run too; [`Writer::finish`] gives its error.
 pub async fn apply(
     plan: &Plan,
     portal: &PortalClient,
-    state: &mut State,
+    writer: &Writer,
     replan: &Replan<'_>,
     stop: &CancellationToken,
     progress: &Progress,
@@ -157,56 +168,52 @@ pub async fn apply(
     // Orphans taken over (`--adopt-orphans`) are managed from now on, never synced yet;
     // closures planned for them follow below or, if a guard held them, once confirmed.
     for o in plan.orphans.iter().filter(|o| o.adopted) {
-        blocking(|| {
-            state.record(
-                &o.external_id,
-                &o.portal_id,
-                &o.user_name,
-                &plan::Baseline::new(),
-            )
-        })?;
+        let link = Link {
+            anchor: o.external_id.clone(),
+            portal_id: o.portal_id.clone(),
+            user_name: o.user_name.clone(),
+            baseline: Baseline::new(),
+        };
+        writer.link(link, None);
     }
-    let state = Mutex::new(state);
     let run = Run {
         consecutive_failures: AtomicUsize::new(0),
         stop: Mutex::new(None),
         max_failures: replan.max_consecutive_failures,
         shutdown: stop,
+        writer,
     };
-    // Bounded concurrency; each change records its own outcome in the state as soon as
-    // the portal confirms it, so an interruption loses nothing that happened.
+    // Bounded concurrency; each change hands its link to the writer as soon as the
+    // portal confirms it, and the next change starts meanwhile.
     // The futures are made first and then driven (not made by a closure inside the
     // stream), so the cycle stays `Send` for the daemon's task (rust-lang/rust#102211).
-    let (state_ref, run_ref) = (&state, &run);
+    let run_ref = &run;
     let changes: Vec<_> = plan
         .changes
         .iter()
         .enumerate()
         .map(|(i, change)| async move {
-            let outcome = apply_guarded(change, portal, state_ref, replan, run_ref).await?;
-            progress.set(i, outcome);
-            Ok::<(), StateError>(())
+            match apply_guarded(change, portal, replan, run_ref).await {
+                (outcome, Some(link)) => writer.link(link, Some((i, outcome))),
+                (outcome, None) => progress.set(i, outcome),
+            }
         })
         .collect();
-    let results: Vec<Result<(), StateError>> = stream::iter(changes)
+    stream::iter(changes)
         .buffer_unordered(replan.concurrency.max(1))
-        .collect()
+        .collect::<Vec<()>>()
         .await;
     if let Some(why) = run.stop.lock().map(|s| s.clone()).unwrap_or(None) {
         progress.abort(why);
     }
-    for r in results {
-        r?;
-    }
-    let state = state.into_inner().unwrap_or_else(|p| p.into_inner());
-    apply_groups(plan, portal, state, &run, progress).await?;
+    apply_groups(plan, portal, writer, &run, progress).await?;
     if let Some(why) = run.stop.lock().map(|s| s.clone()).unwrap_or(None) {
         progress.abort(why);
     }
     Ok(())
 }
 
-/// Runs a short synchronous state write off the async worker threads (the runtime hands
+/// Runs a short synchronous state access off the async worker threads (the runtime hands
 /// its other tasks to another thread meanwhile); directly on a single-threaded runtime.
 pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
@@ -222,6 +229,8 @@ struct Run<'a> {
     max_failures: usize,
     /// Cancelled when dirsync is asked to stop: no new change starts.
     shutdown: &'a CancellationToken,
+    /// Fails once a state write failed: no new change starts either.
+    writer: &'a Writer,
 }
 
 /// Why changes were not attempted after a shutdown was asked for.
@@ -230,6 +239,9 @@ const SHUTDOWN: &str =
 
 impl Run<'_> {
     fn stopped(&self) -> bool {
+        if let Some(why) = self.writer.failure() {
+            self.stop_with(why);
+        }
         if self.shutdown.is_cancelled() {
             self.stop_with(SHUTDOWN.to_string());
         }
@@ -245,33 +257,32 @@ impl Run<'_> {
     }
 }
 
+/// Applies one change unless the run stopped: its outcome, and the link to record
+/// before the outcome counts, if it has one.
 async fn apply_guarded(
     change: &Change,
     portal: &PortalClient,
-    state: &Mutex<&mut State>,
     replan: &Replan<'_>,
     run: &Run<'_>,
-) -> Result<Outcome, StateError> {
+) -> (Outcome, Option<Link>) {
     if run.stopped() {
-        return Ok(Outcome {
+        let outcome = Outcome {
             status: Status::NotAttempted,
             message: None,
-        });
+        };
+        return (outcome, None);
     }
-    Ok(match apply_one(change, portal, state, replan).await {
-        Ok(message) => {
+    match apply_one(change, portal, replan).await {
+        Ok((message, link)) => {
             run.consecutive_failures.store(0, Ordering::Relaxed);
             info!(action = change.action.label(), user = %change.user_name, "applied");
-            Outcome {
+            let outcome = Outcome {
                 status: Status::Applied,
                 message,
-            }
+            };
+            (outcome, link)
         }
-        Err(Failure::State(e)) => {
-            run.stop_with(e.to_string());
-            return Err(e);
-        }
-        Err(Failure::Portal(e)) => {
+        Err(e) => {
             warn!(action = change.action.label(), user = %change.user_name, error = %e, "change not applied");
             if e.is_fatal() {
                 run.stop_with(e.to_string());
@@ -293,12 +304,13 @@ async fn apply_guarded(
                     .to_string(),
                 e => e.to_string(),
             };
-            Outcome {
+            let outcome = Outcome {
                 status,
                 message: Some(message),
-            }
+            };
+            (outcome, None)
         }
-    })
+    }
 }
 
 /// Group changes, after the users: members are resolved to portal ids now, so users
@@ -306,15 +318,16 @@ async fn apply_guarded(
 async fn apply_groups(
     plan: &Plan,
     portal: &PortalClient,
-    state: &mut State,
+    writer: &Writer,
     run: &Run<'_>,
     progress: &Progress,
 ) -> Result<(), ApplyError> {
     if plan.group_changes.is_empty() {
         return Ok(());
     }
-    let ids = blocking(|| state.portal_ids())?;
-    let known = blocking(|| state.groups())?;
+    // After the users' links are committed.
+    let ids = writer.call(|s| s.portal_ids()).await?;
+    let known = writer.call(|s| s.groups()).await?;
     for (i, gc) in plan.group_changes.iter().enumerate() {
         if run.stopped() {
             progress.set_group(
@@ -343,8 +356,9 @@ async fn apply_groups(
             GroupAction::Create => {
                 let members: Vec<String> = gc.add.iter().filter_map(&mut resolve).collect();
                 match portal.create_group(&gc.name, &gc.anchor, &members).await {
-                    Ok(created) => blocking(|| state.record_group(&gc.anchor, &created.id, &gc.name, true))
-                        .map(|_| {
+                    Ok(created) => writer.call(record_group(gc, &created.id, true))
+                        .await
+                        .map(|()| {
                             Ok(created.found_after_lost_answer.then(|| {
                                 "the answer to the create was lost; the group it made was found by its externalId and taken over"
                                     .to_string()
@@ -386,10 +400,10 @@ async fn apply_groups(
                     Ok(())
                 };
                 match patched {
-                    Ok(()) if had_ops || gc.take_over => {
-                        blocking(|| state.record_group(&gc.anchor, &id, &gc.name, created))
-                            .map(|_| Ok(None))
-                    }
+                    Ok(()) if had_ops || gc.take_over => writer
+                        .call(record_group(gc, &id, created))
+                        .await
+                        .map(|()| Ok(None)),
                     Ok(()) => Ok(Ok(None)),
                     Err(e) => Ok(Err(e)),
                 }
@@ -398,7 +412,11 @@ async fn apply_groups(
                 let id = gc.portal_id.clone().unwrap_or_default();
                 match portal.delete_group(&id).await {
                     Ok(()) | Err(PortalError::NotFound) => {
-                        blocking(|| state.forget_group(&gc.anchor)).map(|_| Ok(None))
+                        let anchor = gc.anchor.clone();
+                        writer
+                            .call(move |s| s.forget_group(&anchor))
+                            .await
+                            .map(|()| Ok(None))
                     }
                     Err(e) => Ok(Err(e)),
                 }
@@ -436,32 +454,28 @@ async fn apply_groups(
     Ok(())
 }
 
-enum Failure {
-    Portal(PortalError),
-    State(StateError),
+/// The state write that records a mirrored group the portal confirmed.
+fn record_group(
+    gc: &plan::GroupChange,
+    portal_id: &str,
+    created: bool,
+) -> impl FnOnce(&mut crate::state::State) -> Result<(), StateError> + Send + 'static {
+    let (anchor, portal_id, name) = (gc.anchor.clone(), portal_id.to_string(), gc.name.clone());
+    move |s| s.record_group(&anchor, &portal_id, &name, created)
 }
 
-impl From<PortalError> for Failure {
-    fn from(e: PortalError) -> Self {
-        Failure::Portal(e)
-    }
-}
+/// What a confirmed change leaves to record: a note when it had to be planned again on
+/// the way (or took a user over), and the link to record, if it has one.
+type Confirmed = (Option<String>, Option<Link>);
 
-impl From<StateError> for Failure {
-    fn from(e: StateError) -> Self {
-        Failure::State(e)
-    }
-}
-
-/// Applies one change; `Ok(Some(note))` when it had to be planned again on the way.
+/// Applies one change.
 async fn apply_one(
     change: &Change,
     portal: &PortalClient,
-    state: &Mutex<&mut State>,
     replan: &Replan<'_>,
-) -> Result<Option<String>, Failure> {
+) -> Result<Confirmed, PortalError> {
     let id = match change.action {
-        Action::Create => return create(change, portal, state).await,
+        Action::Create => return create(change, portal).await,
         _ => change.portal_id.as_deref().unwrap_or_default(),
     };
     let mut note = None;
@@ -497,36 +511,32 @@ async fn apply_one(
                 }
             }
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(e),
     };
-    if done.dn.is_some() && done.action != Action::Close {
-        write_state(state, |s| {
-            s.record(&done.anchor, id, &done.user_name, &done.baseline)
-        })?;
-    }
-    Ok(note)
+    let link = (done.dn.is_some() && done.action != Action::Close).then(|| Link {
+        portal_id: id.to_string(),
+        anchor: done.anchor,
+        user_name: done.user_name,
+        baseline: done.baseline,
+    });
+    Ok((note, link))
 }
 
 /// Creates a user. A `409` (the login exists) is most often our own earlier create whose
 /// answer was lost to a timeout or a reset: the user is looked up and taken over instead
 /// of failing, so a retried create never duplicates anyone.
-async fn create(
-    change: &Change,
-    portal: &PortalClient,
-    state: &Mutex<&mut State>,
-) -> Result<Option<String>, Failure> {
+async fn create(change: &Change, portal: &PortalClient) -> Result<Confirmed, PortalError> {
+    let link = |portal_id: &str, user_name: &str, baseline: &Baseline| Link {
+        anchor: change.anchor.clone(),
+        portal_id: portal_id.to_string(),
+        user_name: user_name.to_string(),
+        baseline: baseline.clone(),
+    };
     match portal.create_user(create_body(change)).await {
-        Ok(created) => {
-            write_state(state, |s| {
-                s.record(
-                    &change.anchor,
-                    &created.id,
-                    &created.user_name,
-                    &change.baseline,
-                )
-            })?;
-            Ok(None)
-        }
+        Ok(created) => Ok((
+            None,
+            Some(link(&created.id, &created.user_name, &change.baseline)),
+        )),
         Err(PortalError::Rejected {
             status: 409,
             detail,
@@ -536,7 +546,7 @@ async fn create(
             // login (`find_users` checks what the portal answers, as it may ignore the
             // filter), and no externalId or this user's own.
             let found = portal.find_users(&change.user_name).await?;
-            let refuse = |why: String| Err(Failure::Portal(PortalError::NotTakenOver(why)));
+            let refuse = |why: String| Err(PortalError::NotTakenOver(why));
             let u = match found.as_slice() {
                 [u] => u,
                 [] => {
@@ -558,23 +568,20 @@ async fn create(
                 }
             };
             match u.external_id.as_deref() {
-                Some(x) if x.eq_ignore_ascii_case(&change.anchor) => {
-                    write_state(state, |s| s.record(&change.anchor, &u.id, &u.user_name, &change.baseline))?;
-                    Ok(Some("HTTP 409: the user already existed with this anchor (an earlier create whose answer was lost); taken over".into()))
-                }
+                Some(x) if x.eq_ignore_ascii_case(&change.anchor) => Ok((
+                    Some("HTTP 409: the user already existed with this anchor (an earlier create whose answer was lost); taken over".into()),
+                    Some(link(&u.id, &u.user_name, &change.baseline)),
+                )),
                 None => {
                     let op = json!({"op": "replace", "path": "externalId", "value": change.anchor});
                     portal
                         .patch_user(&u.id, vec![op], u.version.as_deref())
                         .await?;
                     // Nothing is known to be synced: the next cycle brings every attribute in line.
-                    write_state(state, |s| s.record(
-                        &change.anchor,
-                        &u.id,
-                        &u.user_name,
-                        &Default::default(),
-                    ))?;
-                    Ok(Some("HTTP 409: a user with this login already existed; adopted, its attributes follow next cycle".into()))
+                    Ok((
+                        Some("HTTP 409: a user with this login already existed; adopted, its attributes follow next cycle".into()),
+                        Some(link(&u.id, &u.user_name, &Baseline::new())),
+                    ))
                 }
                 Some(other) => refuse(format!(
                     "HTTP 409: the portal user {} (id {}) carries externalId {other}, not this user's {}; \
@@ -583,19 +590,8 @@ async fn create(
                 )),
             }
         }
-        Err(e) => Err(e.into()),
+        Err(e) => Err(e),
     }
-}
-
-/// The state, for one short synchronous write. A poisoned lock (a panic elsewhere) still
-/// holds a consistent database: every write is its own transaction.
-fn locked<'a, 'b>(state: &'a Mutex<&'b mut State>) -> std::sync::MutexGuard<'a, &'b mut State> {
-    state.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// One synchronous state write under the lock, off the async worker threads.
-fn write_state<T>(state: &Mutex<&mut State>, f: impl FnOnce(&mut State) -> T) -> T {
-    blocking(|| f(&mut locked(state)))
 }
 
 /// The resource a create POSTs: the mapped attributes, the anchor as `externalId`, active.

@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{self, StreamExt};
@@ -255,11 +256,11 @@ pub async fn run(
         ..
     } = prepared;
     let applying = kind.applies() && may_apply;
-    let (applied, stopped) = match state.as_mut() {
-        Some(state) if applying => {
+    let (applied, stopped) = match state.take() {
+        Some(mut owned) if applying => {
             // Their portal users are gone; a create planned again links anew.
             for anchor in &deleted_in_portal {
-                blocking(|| state.forget_user(anchor))?;
+                blocking(|| owned.forget_user(anchor))?;
             }
             let rules = plan::effective_rules(&config.mapping, &config.access);
             let replan = apply::Replan {
@@ -268,17 +269,40 @@ pub async fn run(
                 concurrency: config.portal.concurrency,
                 max_consecutive_failures: config.safety.max_consecutive_failures,
             };
-            let progress = apply::Progress::new(&plan);
-            // Timing: the apply phase.
+            let progress = Arc::new(apply::Progress::new(&plan));
+            // Timing: the apply phase, up to the last link committed.
             let (apply_started, requests_before) = (Instant::now(), portal.requests_sent());
+            // The writer owns the state while the plan is applied, and hands it back.
+            let writer = match apply::Writer::start(owned, Arc::clone(&progress)) {
+                Ok(w) => w,
+                Err(failed) => {
+                    let (mut owned, e) = *failed;
+                    let e = record_failure(
+                        config,
+                        kind,
+                        &started_at,
+                        clock,
+                        Some(&mut owned),
+                        e.into(),
+                    );
+                    return Err(e);
+                }
+            };
             let ended = tokio::select! {
-                r = apply::apply(&plan, &portal, state, &replan, &stop.soft, &progress) => {
+                r = apply::apply(&plan, &portal, &writer, &replan, &stop.soft, &progress) => {
                     r.map(|()| stop.soft.is_cancelled().then_some(Stopped::Interrupted))
                 }
                 _ = stop.hard.cancelled() => Ok(Some(Stopped::Interrupted)),
                 _ = &mut deadline => Ok(Some(Stopped::TimedOut)),
             };
-            let stopped = match ended {
+            // Stopped hard or not, what the portal confirmed is committed before the
+            // outcomes are read.
+            let (back, written) = blocking(|| writer.finish());
+            state = back;
+            let stopped = match ended
+                .map_err(CycleError::from)
+                .and_then(|s| written.map(|()| s).map_err(CycleError::from))
+            {
                 Ok(s) => s,
                 Err(e) => {
                     return Err(record_failure(
@@ -286,8 +310,8 @@ pub async fn run(
                         kind,
                         &started_at,
                         clock,
-                        Some(state),
-                        e.into(),
+                        state.as_mut(),
+                        e,
                     ))
                 }
             };
@@ -311,7 +335,10 @@ pub async fn run(
             });
             (Some(applied), stopped)
         }
-        _ => (None, None),
+        other => {
+            state = other;
+            (None, None)
+        }
     };
     let in_sync = std::mem::take(&mut plan.in_sync);
     let pending = planned.pending_after(&plan, applied.as_ref());

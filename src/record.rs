@@ -2,7 +2,8 @@
 //! transaction: the run itself (pruned to `[state] keep_runs`), the baselines of users
 //! already in step *that changed* (an unchanged one is not rewritten), the scope the sync
 //! applied under and the directory basis for the next delta. Changes the portal confirmed
-//! during apply were recorded one by one as they happened; this step never waits for them.
+//! during apply were recorded as they happened, in batches (`apply::Writer`); this step
+//! never waits for them.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

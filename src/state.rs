@@ -93,6 +93,10 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE run ADD COLUMN applied_changes INTEGER;
      ALTER TABLE run ADD COLUMN record_ms INTEGER;
      ALTER TABLE run ADD COLUMN record_users INTEGER;",
+    // 7: every new link looks up the anchors already linked to its portal user (one
+    //    portal user has one anchor); without an index that is a scan of the table per
+    //    create, quadratic over an initial provisioning.
+    "CREATE INDEX managed_user_portal_id ON managed_user (portal_id);",
 ];
 
 /// A state store problem. Fatal for the cycle: without its memory the daemon could not
@@ -133,6 +137,10 @@ pub enum StateError {
     },
     #[error("state database: {}", sql_message(.0))]
     Sql(#[from] rusqlite::Error),
+    /// The thread that records confirmed changes during apply could not start or
+    /// stopped; fatal for the cycle like any other state failure.
+    #[error("state database: the thread that writes it {0}")]
+    Writer(String),
 }
 
 /// An SQLite error in words; a damaged file says what to do about it.
@@ -488,6 +496,20 @@ impl State {
         Ok(())
     }
 
+    /// Records several confirmed links (anchor, portal id, user name, baseline) in one
+    /// transaction: one commit, and one fsync, for all of them.
+    pub fn record_links<'a>(
+        &mut self,
+        links: impl IntoIterator<Item = (&'a str, &'a str, &'a str, &'a Baseline)>,
+    ) -> Result<(), StateError> {
+        let tx = self.conn.transaction()?;
+        for (anchor, portal_id, user_name, baseline) in links {
+            record_in(&tx, anchor, portal_id, user_name, baseline)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Drops the link of `anchor` and its last-synced values (its portal user is gone).
     pub fn forget_user(&mut self, anchor: &str) -> Result<(), StateError> {
         let tx = self.conn.transaction()?;
@@ -746,10 +768,8 @@ fn record_in(
     baseline: &Baseline,
 ) -> Result<(), StateError> {
     link_in(conn, anchor, portal_id, user_name)?;
-    conn.execute(
-        "DELETE FROM synced_value WHERE anchor = ?1",
-        params![anchor],
-    )?;
+    conn.prepare_cached("DELETE FROM synced_value WHERE anchor = ?1")?
+        .execute(params![anchor])?;
     let mut insert =
         conn.prepare_cached("INSERT INTO synced_value (anchor, path, value) VALUES (?1, ?2, ?3)")?;
     for (path, value) in baseline {
@@ -842,19 +862,15 @@ fn link_in(
     user_name: &str,
 ) -> Result<(), StateError> {
     let existing: Option<String> = conn
-        .query_row(
-            "SELECT portal_id FROM managed_user WHERE anchor = ?1",
-            params![anchor],
-            |r| r.get(0),
-        )
+        .prepare_cached("SELECT portal_id FROM managed_user WHERE anchor = ?1")?
+        .query_row(params![anchor], |r| r.get(0))
         .optional()?;
     if existing.as_deref() == Some(portal_id) {
         return Ok(());
     }
     // One portal user has one anchor: a relinked user drops its old one.
     let old: Vec<String> = {
-        let mut stmt =
-            conn.prepare("SELECT anchor FROM managed_user WHERE portal_id = ?1 AND anchor <> ?2")?;
+        let mut stmt = conn.prepare_cached(RELINKED)?;
         let rows = stmt.query_map(params![portal_id, anchor], |r| r.get(0))?;
         rows.collect::<Result<_, _>>()?
     };
@@ -862,14 +878,18 @@ fn link_in(
         conn.execute("DELETE FROM synced_value WHERE anchor = ?1", params![a])?;
         conn.execute("DELETE FROM managed_user WHERE anchor = ?1", params![a])?;
     }
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO managed_user (anchor, portal_id, user_name, linked_at) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT(anchor) DO UPDATE SET portal_id = excluded.portal_id, user_name = excluded.user_name,
                                           linked_at = excluded.linked_at",
-        params![anchor, portal_id, user_name, crate::report::now()],
-    )?;
+    )?
+    .execute(params![anchor, portal_id, user_name, crate::report::now()])?;
     Ok(())
 }
+
+/// The anchors linked to a portal user other than the one being linked (migration 7
+/// indexes `portal_id` for it).
+const RELINKED: &str = "SELECT anchor FROM managed_user WHERE portal_id = ?1 AND anchor <> ?2";
 
 #[cfg(test)]
 mod tests {
@@ -1086,6 +1106,83 @@ mod tests {
         };
         s.record_run(&failed, 10).unwrap();
         assert_eq!(s.recent_runs(1).unwrap()[0].phases, None);
+    }
+
+    /// How SQLite would run `sql`: the detail column of `EXPLAIN QUERY PLAN`.
+    fn query_plan(conn: &Connection, sql: &str, args: impl rusqlite::Params) -> String {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let rows = stmt.query_map(args, |r| r.get::<_, String>(3)).unwrap();
+        rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
+    }
+
+    #[test]
+    fn an_older_database_is_migrated_and_no_per_change_write_scans_a_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        // A database as dirsync left it before migration 7, with a link in it.
+        {
+            let c = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..6] {
+                c.execute_batch(sql).unwrap();
+            }
+            c.pragma_update(None, "user_version", 6).unwrap();
+            c.execute(
+                "INSERT INTO managed_user VALUES ('a-1', 'p1', 'a@x.se', '2026-01-01')",
+                [],
+            )
+            .unwrap();
+        }
+        let mut s = State::open(&path).unwrap();
+        let version: i64 = s
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        assert_eq!(s.portal_ids().unwrap()["a-1"], "p1");
+        // Relinking p1 to another anchor still drops the old one.
+        s.record("a-2", "p1", "a@x.se", &Baseline::new()).unwrap();
+        assert_eq!(s.managed().unwrap(), HashSet::from(["a-2".to_string()]));
+
+        // Each statement a confirmed change or a group change runs finds its rows
+        // through an index, never by scanning the table.
+        let by_anchor = [
+            "SELECT portal_id FROM managed_user WHERE anchor = ?1",
+            "DELETE FROM managed_user WHERE anchor = ?1",
+            "DELETE FROM synced_value WHERE anchor = ?1",
+            "DELETE FROM managed_group WHERE anchor = ?1",
+        ];
+        for sql in by_anchor {
+            let plan = query_plan(&s.conn, sql, params!["a-2"]);
+            assert!(!plan.contains("SCAN"), "{sql}: {plan}");
+        }
+        let plan = query_plan(&s.conn, RELINKED, params!["p1", "a-2"]);
+        assert!(
+            plan.contains("USING INDEX managed_user_portal_id"),
+            "{plan}"
+        );
+    }
+
+    #[test]
+    fn links_recorded_together_are_one_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = State::open(&dir.path().join("state.db")).unwrap();
+        let b = Baseline::new();
+        s.record_links([("a-1", "p1", "a@x.se", &b), ("a-2", "p2", "b@x.se", &b)])
+            .unwrap();
+        assert_eq!(s.managed().unwrap().len(), 2);
+        // One link of a batch fails: nothing of the batch stays, not even the link
+        // before it.
+        s.conn
+            .execute_batch(
+                "CREATE TRIGGER no_a4 BEFORE INSERT ON managed_user WHEN new.anchor = 'a-4'
+                 BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+            )
+            .unwrap();
+        let err = s
+            .record_links([("a-3", "p3", "c@x.se", &b), ("a-4", "p4", "d@x.se", &b)])
+            .unwrap_err();
+        assert!(err.to_string().contains("refused"), "{err}");
+        assert_eq!(s.managed().unwrap().len(), 2);
     }
 
     #[test]

@@ -363,6 +363,19 @@ pub async fn run(
         if let Some(read) = &directory_read {
             meta.extend(delta::basis_meta(read, config, &pending, legacy_basis));
         }
+        // The snapshot, streamed into the state, unless the one it keeps is still true.
+        let snapshot = directory_read.as_ref().filter(|r| !r.snapshot_unchanged());
+        let write_snapshot = |out: &mut dyn std::io::Write| match snapshot {
+            Some(read) => delta::write_snapshot(read, out),
+            None => Ok(()),
+        };
+        let documents = match snapshot {
+            Some(_) => vec![crate::state::Document {
+                key: delta::SNAPSHOT_KEY,
+                write: &write_snapshot,
+            }],
+            None => Vec::new(),
+        };
         let facts = record::Facts {
             command: kind.label(),
             started_at: &started_at,
@@ -371,6 +384,7 @@ pub async fn run(
             known: &known,
             linked: &linked,
             meta,
+            documents,
             keep_runs: config.keep_runs,
         };
         let recorded = blocking(|| record::cycle(state, &facts, &report))?;

@@ -27,6 +27,8 @@ pub struct Facts<'a> {
     pub linked: &'a HashMap<String, String>,
     /// `meta` rows to write (the scope applied under, the delta basis).
     pub meta: Vec<(&'static str, String)>,
+    /// Big `meta` rows, streamed (the directory snapshot).
+    pub documents: Vec<crate::state::Document<'a>>,
     pub keep_runs: usize,
 }
 
@@ -52,7 +54,13 @@ pub fn cycle(
         })
         .collect();
     let meta: Vec<(&str, &str)> = facts.meta.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let id = state.record_cycle(&changed, &meta, &run_of(facts, report), facts.keep_runs)?;
+    let id = state.record_cycle(
+        &changed,
+        &meta,
+        &facts.documents,
+        &run_of(facts, report),
+        facts.keep_runs,
+    )?;
     let phase = RecordPhase {
         ms: millis(started.elapsed()),
         users: changed.len(),

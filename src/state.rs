@@ -141,6 +141,9 @@ pub enum StateError {
     /// stopped; fatal for the cycle like any other state failure.
     #[error("state database: the thread that writes it {0}")]
     Writer(String),
+    /// A document streamed into the database could not be written whole.
+    #[error("state database: {0}")]
+    Io(String),
 }
 
 /// An SQLite error in words; a damaged file says what to do about it.
@@ -534,6 +537,22 @@ impl State {
             .optional()?)
     }
 
+    /// A `meta` row as bytes, whether it was written as text or streamed as a blob
+    /// ([`Document`]).
+    pub fn meta_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
+                Ok(match r.get_ref(0)? {
+                    rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
+                        t.to_vec()
+                    }
+                    _ => Vec::new(),
+                })
+            })
+            .optional()?)
+    }
+
     pub fn set_meta(&mut self, key: &str, value: &str) -> Result<(), StateError> {
         self.conn.execute(
             "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
@@ -708,12 +727,13 @@ impl State {
     }
 
     /// Writes, in one transaction, the end of a cycle: the baselines of in-step users that
-    /// changed, meta facts (scope, delta basis), and the run (pruned to `keep`). Returns
-    /// the run's id.
+    /// changed, meta facts (scope, delta basis), the documents (the directory snapshot)
+    /// and the run (pruned to `keep`). Returns the run's id.
     pub fn record_cycle(
         &mut self,
         baselines: &[(&str, &str, &str, &Baseline)],
         meta: &[(&str, &str)],
+        documents: &[Document<'_>],
         run: &RunRecord,
         keep: usize,
     ) -> Result<i64, StateError> {
@@ -726,6 +746,9 @@ impl State {
                 "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 params![key, value],
             )?;
+        }
+        for doc in documents {
+            write_document(&tx, doc)?;
         }
         let id = insert_run(&tx, run, keep)?;
         tx.commit()?;
@@ -757,6 +780,51 @@ impl Drop for State {
             let _ = lock.set_len(0);
         }
     }
+}
+
+/// A `meta` row written as a stream: a document too big to hold twice in memory (the
+/// directory snapshot of a large directory). `write` is called twice: once to count its
+/// bytes, once into the row, as a blob.
+pub struct Document<'a> {
+    pub key: &'a str,
+    pub write: &'a dyn Fn(&mut dyn std::io::Write) -> std::io::Result<()>,
+}
+
+/// Counts the bytes written to it.
+struct Counter(u64);
+
+impl std::io::Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Streams `doc` into its `meta` row, inside a transaction.
+fn write_document(conn: &Connection, doc: &Document<'_>) -> Result<(), StateError> {
+    let io = |e: std::io::Error| StateError::Io(format!("writing {}: {e}", doc.key));
+    let mut size = Counter(0);
+    (doc.write)(&mut size).map_err(io)?;
+    let size =
+        i64::try_from(size.0).map_err(|_| StateError::Io(format!("{} is too big", doc.key)))?;
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, zeroblob(?2)) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        params![doc.key, size],
+    )?;
+    let row: i64 = conn.query_row(
+        "SELECT rowid FROM meta WHERE key = ?1",
+        params![doc.key],
+        |r| r.get(0),
+    )?;
+    let blob = conn.blob_open(rusqlite::MAIN_DB, "meta", "value", row, false)?;
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, blob);
+    (doc.write)(&mut out).map_err(io)?;
+    std::io::Write::flush(&mut out).map_err(io)?;
+    Ok(())
 }
 
 /// The link of `anchor` to `portal_id` and its last-synced values, inside a transaction.
@@ -908,6 +976,54 @@ mod tests {
         assert_eq!(s.managed().unwrap(), HashSet::from(["abc-1".to_string()]));
         let ro = State::open_read_only(&path).unwrap().unwrap();
         assert_eq!(ro.managed().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_document_is_streamed_into_its_row_and_replaced_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = State::open(&dir.path().join("state.db")).unwrap();
+        let text =
+            |t: &'static str| move |out: &mut dyn std::io::Write| out.write_all(t.as_bytes());
+        for body in [
+            "{\"users\":[1,2,3]}",
+            "{}",
+            "{\"long\":\"Åsgård, ünïcödé\"}",
+        ] {
+            let write = text(body);
+            let doc = Document {
+                key: "directory.snapshot",
+                write: &write,
+            };
+            s.record_cycle(&[], &[], &[doc], &RunRecord::default(), 10)
+                .unwrap();
+            assert_eq!(
+                s.meta_bytes("directory.snapshot").unwrap().as_deref(),
+                Some(body.as_bytes())
+            );
+        }
+        // A writer that fails mid-way fails the record, which writes nothing.
+        let failing = |out: &mut dyn std::io::Write| {
+            out.write_all(b"{\"half")?;
+            Err(std::io::Error::other("disk full"))
+        };
+        let doc = Document {
+            key: "directory.snapshot",
+            write: &failing,
+        };
+        let e = s
+            .record_cycle(&[], &[], &[doc], &RunRecord::default(), 10)
+            .unwrap_err();
+        assert!(e.to_string().contains("disk full"), "{e}");
+        assert_eq!(
+            s.meta_bytes("directory.snapshot").unwrap().as_deref(),
+            Some("{\"long\":\"Åsgård, ünïcödé\"}".as_bytes())
+        );
+        // Text rows read as bytes too.
+        s.set_meta("scope", "users: ou=people").unwrap();
+        assert_eq!(
+            s.meta_bytes("scope").unwrap().as_deref(),
+            Some(&b"users: ou=people"[..])
+        );
     }
 
     #[test]
@@ -1088,7 +1204,7 @@ mod tests {
             phases: Some(phases.clone()),
             ..RunRecord::default()
         };
-        let id = s.record_cycle(&[], &[], &run, 10).unwrap();
+        let id = s.record_cycle(&[], &[], &[], &run, 10).unwrap();
         assert_eq!(s.recent_runs(1).unwrap(), std::slice::from_ref(&run));
         let record = RecordPhase { ms: 7, users: 3 };
         s.set_record_phase(id, &record).unwrap();

@@ -165,8 +165,8 @@ impl Basis {
         if forced.is_none() && unusable(&basis, config, now_secs()).is_none() {
             if let Cached::Basis(b) = &mut basis {
                 match state
-                    .meta(SNAPSHOT_KEY)?
-                    .and_then(|text| serde_json::from_str::<Snapshot>(&text).ok())
+                    .meta_bytes(SNAPSHOT_KEY)?
+                    .and_then(|bytes| serde_json::from_slice::<Snapshot>(&bytes).ok())
                 {
                     Some(snapshot) => b.snapshot = snapshot,
                     None => return Ok(Cached::Unusable),
@@ -954,20 +954,24 @@ pub fn basis_meta(
         pending,
     };
     let mut rows = Vec::new();
-    // Serialising these types cannot fail; if it did, a full read next time is safe.
-    // The basis is written only with its snapshot, or when the one kept is still true.
-    let snapshot = match read.snapshot_unchanged() {
-        true => Some(None),
-        false => serde_json::to_string(&read.snapshot).ok().map(Some),
-    };
-    if let (Ok(text), Some(snapshot)) = (serde_json::to_string(&basis), snapshot) {
+    // Serialising these types cannot fail; if it did, a full read next time is safe. The
+    // snapshot goes with it, streamed ([`write_snapshot`]), unless the one kept is still
+    // true ([`Read::snapshot_unchanged`]).
+    if let Ok(text) = serde_json::to_string(&basis) {
         rows.push((KEY, text));
-        rows.extend(snapshot.map(|s| (SNAPSHOT_KEY, s)));
     }
     if legacy {
         rows.push((LEGACY_KEY, String::new()));
     }
     rows
+}
+
+/// Writes `read`'s snapshot as the JSON [`Basis::load`] reads back (a [`Document`] under
+/// [`SNAPSHOT_KEY`], streamed: a large directory's snapshot is not held as text).
+///
+/// [`Document`]: crate::state::Document
+pub fn write_snapshot(read: &Read, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    serde_json::to_writer(out, &read.snapshot).map_err(std::io::Error::from)
 }
 
 /// What, besides the scope, decides what a read holds and what each user should have:
@@ -1232,6 +1236,8 @@ mod tests {
 
     #[test]
     fn the_snapshot_is_read_only_when_built_on_and_written_only_when_it_changed() {
+        // (The cycle streams the snapshot with `write_snapshot` as a state `Document`;
+        // here it is written as text, which `Basis::load` reads too.)
         let dir = tempfile::tempdir().unwrap();
         let mut state = State::open(&dir.path().join("state.db")).unwrap();
         let config = config(dir.path());
@@ -1257,10 +1263,16 @@ mod tests {
         };
         let rows = basis_meta(&full, &config, &Pending::default(), false);
         let keys: Vec<&str> = rows.iter().map(|(k, _)| *k).collect();
-        assert_eq!(keys, [KEY, SNAPSHOT_KEY]);
+        assert_eq!(keys, [KEY], "the snapshot is streamed apart");
         for (k, v) in &rows {
             state.set_meta(k, v).unwrap();
         }
+        assert!(!full.snapshot_unchanged());
+        let mut text = Vec::new();
+        write_snapshot(&full, &mut text).unwrap();
+        state
+            .set_meta(SNAPSHOT_KEY, std::str::from_utf8(&text).unwrap())
+            .unwrap();
         let Cached::Basis(b) = Basis::load(&state, &config, None).unwrap() else {
             panic!("a usable basis");
         };
@@ -1284,14 +1296,12 @@ mod tests {
             }),
             ..full.clone()
         };
-        let rows = basis_meta(&quiet, &config, &Pending::default(), false);
-        assert_eq!(rows.iter().map(|(k, _)| *k).collect::<Vec<_>>(), [KEY]);
+        assert!(quiet.snapshot_unchanged(), "nothing to write");
         let mut moved = quiet.clone();
         if let Some(c) = moved.changes.as_mut() {
             c.gone.insert("a-1".into());
         }
-        let rows = basis_meta(&moved, &config, &Pending::default(), false);
-        assert_eq!(rows.len(), 2, "a change writes the snapshot");
+        assert!(!moved.snapshot_unchanged(), "a change writes the snapshot");
 
         // A basis whose snapshot is lost is not built on.
         state.set_meta(SNAPSHOT_KEY, "not json").unwrap();

@@ -677,6 +677,8 @@ async fn prepare(
         known_groups: &known_groups,
         linked: &linked,
     };
+    // Timing: what an incremental cycle's changes concern is part of the plan phase.
+    let concern_started = Instant::now();
     let incremental = read.changes.as_mut().map(|changes| {
         let groups = primary_groups.as_deref().unwrap_or(&read.snapshot.groups);
         concern_of(
@@ -687,6 +689,7 @@ async fn prepare(
             now,
         )
     });
+    let concern_took = concern_started.elapsed();
     // The portal is asked at every cycle, also when nothing concerns it: its discovery
     // says whether it is reachable and takes the credentials (health and alerts rely on
     // that), and costs two small requests made while the directory is read.
@@ -712,7 +715,10 @@ async fn prepare(
         fetched: view.deleted.len(),
         requests: portal.requests_sent(),
     };
-    let plan_started = Instant::now(); // Timing: the plan, from here to the guards' end.
+    // Timing: the plan, from here to the guards' end, and what the changes concern.
+    let plan_started = Instant::now()
+        .checked_sub(concern_took)
+        .unwrap_or_else(Instant::now);
     plan_and_guard(
         config,
         options,

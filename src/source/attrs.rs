@@ -9,8 +9,7 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Attribute values by lowercased attribute name, in name order. Built once from what
-/// the source read; read-only after that (see [`EntryAttrs::insert`] for the rare
-/// additions).
+/// the source read, read-only after that.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct EntryAttrs {
     /// Every name and value, one after another.
@@ -71,26 +70,13 @@ impl EntryAttrs {
         self.position(name).map(|i| self.values_at(i))
     }
 
-    /// Whether the entry has attribute `name` (lowercased).
-    pub fn contains(&self, name: &str) -> bool {
-        self.position(name).is_some()
-    }
-
     /// Every attribute (lowercased name) with its values, in name order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, Values<'_>)> + '_ {
         (0..self.names.len()).map(|i| (self.name_at(i), self.values_at(i)))
     }
 
-    pub fn len(&self) -> usize {
-        self.names.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
-    }
-
-    /// Adds (or replaces) attribute `name` (lowercased). Rebuilds the entry: for the few
-    /// attributes the source derives after reading (AD's SMTP addresses, `memberOf`).
+    /// Adds (or replaces) attribute `name` (lowercased), rebuilding the entry (for tests:
+    /// the source adds what it derives before the entry is made compact).
     pub fn insert(&mut self, name: String, values: Vec<String>) {
         let mut map = self.to_map();
         map.insert(name, values);

@@ -553,6 +553,7 @@ impl LdapSource {
             user_attrs.push(MEMBER_OF.to_string());
         }
         let anchor = self.config.anchor_attribute.to_ascii_lowercase();
+        let ad = self.config.kind == SourceKind::ActiveDirectory;
         // Each entry becomes a compact record as its page comes; only a read that wants
         // `memberOf` (a delta: few entries) keeps the entries, whose ranged values may
         // need more requests.
@@ -563,12 +564,13 @@ impl LdapSource {
             let mut read = Vec::with_capacity(entries.len());
             for mut entry in entries {
                 let direct = self.take_all_values(&mut entry, MEMBER_OF).await?;
-                read.push((user_from(entry, &anchor), Some(direct)));
+                let mapped = mapped_member_of.then_some(direct.as_slice());
+                read.push((user_from(entry, &anchor, ad, mapped), Some(direct)));
             }
             read
         } else {
             self.search_map(&search, &and(&search.filter), &user_attrs, |entry| {
-                (user_from(entry, &anchor), None)
+                (user_from(entry, &anchor, ad, None), None)
             })
             .await?
         };
@@ -580,14 +582,10 @@ impl LdapSource {
             }
             None => HashSet::new(),
         };
-        let ad = self.config.kind == SourceKind::ActiveDirectory;
         for (user, direct) in read {
             match user {
                 Ok(mut user) => {
                     if let Some(direct) = direct {
-                        if mapped_member_of {
-                            user.attrs.insert(MEMBER_OF.into(), direct.clone());
-                        }
                         groups_of.insert(user.anchor.to_ascii_lowercase(), direct);
                     }
                     user.disabled = disabled.contains(&user.anchor.to_ascii_lowercase());
@@ -595,20 +593,6 @@ impl LdapSource {
                         if let Err(bad) = read_account_control(&mut user) {
                             snapshot.bad_entries.push(bad);
                             continue;
-                        }
-                        // proxyAddresses, usable by the mapping as two virtual attributes.
-                        let (primary, aliases) = ad::smtp_addresses(
-                            &user
-                                .attrs
-                                .get("proxyaddresses")
-                                .map(|v| v.to_vec())
-                                .unwrap_or_default(),
-                        );
-                        if let Some(p) = primary {
-                            user.attrs.insert("primarysmtpaddress".into(), vec![p]);
-                        }
-                        if !aliases.is_empty() {
-                            user.attrs.insert("smtpaliases".into(), aliases);
                         }
                     }
                     snapshot.users.push(user);
@@ -958,8 +942,33 @@ fn usable_attrs(entry: SearchEntry) -> Result<(String, BTreeMap<String, Vec<Stri
     }
 }
 
-fn user_from(entry: SearchEntry, anchor: &str) -> Result<DirectoryUser, BadEntry> {
+/// The user record of an entry, with the attributes derived from what was read added
+/// before it is made compact: `memberOf` as read in full (`member_of`, when mapped) and,
+/// for AD (`ad`), `proxyAddresses` as two virtual attributes the mapping can use.
+fn user_from(
+    entry: SearchEntry,
+    anchor: &str,
+    ad: bool,
+    member_of: Option<&[String]>,
+) -> Result<DirectoryUser, BadEntry> {
     let (dn, mut attrs) = usable_attrs(entry)?;
+    if let Some(direct) = member_of {
+        attrs.insert(MEMBER_OF.into(), direct.to_vec());
+    }
+    if ad {
+        let (primary, aliases) = ad::smtp_addresses(
+            attrs
+                .get("proxyaddresses")
+                .map(Vec::as_slice)
+                .unwrap_or_default(),
+        );
+        if let Some(p) = primary {
+            attrs.insert("primarysmtpaddress".into(), vec![p]);
+        }
+        if !aliases.is_empty() {
+            attrs.insert("smtpaliases".into(), aliases);
+        }
+    }
     let anchor_value = attrs
         .remove(anchor)
         .and_then(|v| v.into_iter().next())
@@ -1362,14 +1371,25 @@ mod tests {
         );
         assert_eq!(a.values["sn"], ["Berg"]);
 
-        let user = user_from(entry(&[("objectGUID", guid.clone())], &[]), "objectguid").unwrap();
+        let user = user_from(
+            entry(&[("objectGUID", guid.clone())], &[]),
+            "objectguid",
+            true,
+            None,
+        )
+        .unwrap();
         assert_eq!(user.anchor, "33323130-3534-3736-3839-616263646566");
     }
 
     #[test]
     fn a_guid_that_is_not_16_bytes_makes_the_entry_unusable_and_says_why() {
-        let bad =
-            user_from(entry(&[], &[("objectGUID", vec![0xff; 15])]), "objectguid").unwrap_err();
+        let bad = user_from(
+            entry(&[], &[("objectGUID", vec![0xff; 15])]),
+            "objectguid",
+            true,
+            None,
+        )
+        .unwrap_err();
         assert_eq!(bad.problem, "its objectGUID value (15 bytes) is not a GUID");
     }
 

@@ -67,7 +67,16 @@ pub fn concerned(input: &Input<'_>) -> Concerned {
     // services and sub-unit without touching the user's entry, and a difference left on
     // purpose (a privileged role kept, a field only an administrator may change, a
     // conflict) is reported again at every cycle, as a full reconcile would.
-    let desired = plan::desired(input.users, input.groups, input.rules, input.access);
+    let plan::Desired {
+        users: desired,
+        groups: mirrored_now,
+    } = plan::desired(
+        input.users,
+        input.groups,
+        input.rules,
+        input.access,
+        input.now,
+    );
     let lower = |users: &[DirectoryUser]| -> HashSet<String> {
         users
             .iter()
@@ -110,13 +119,7 @@ pub fn concerned(input: &Input<'_>) -> Concerned {
 
     let mut groups: BTreeMap<String, String> = BTreeMap::new();
     if input.access.portal_groups.is_some() {
-        let now = plan::mirrored_groups(
-            input.users,
-            input.groups,
-            input.rules,
-            input.access,
-            input.now,
-        );
+        let now = mirrored_now;
         let before = plan::mirrored_groups(
             &input.previous.users,
             &input.previous.groups,
@@ -247,10 +250,17 @@ mod tests {
 
     fn synced(s: &Snapshot) -> HashMap<String, Baseline> {
         let rules = rules();
-        plan::desired(&s.users, &s.groups, &rules, &access())
-            .into_iter()
-            .map(|(a, (_, attrs))| (a, plan::user::created_baseline(&attrs, &rules)))
-            .collect()
+        plan::desired(
+            &s.users,
+            &s.groups,
+            &rules,
+            &access(),
+            Timestamp::from_unix(NOW),
+        )
+        .users
+        .into_iter()
+        .map(|(a, (_, attrs))| (a, plan::user::created_baseline(&attrs, &rules)))
+        .collect()
     }
 
     fn known_groups() -> HashMap<String, KnownGroup> {

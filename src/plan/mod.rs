@@ -611,17 +611,43 @@ fn with_linked_members(input: &Input<'_>, wanted: &[Wanted<'_>]) -> Vec<PortalUs
     users
 }
 
-/// What each directory user the planner would sync should look like in the portal:
-/// lowercased anchor → (login, mapped and derived attributes), by the same rules as
-/// [`compute`]. Entries it would skip are left out.
+/// What the directory asks of the portal at `now`, by the same rules as [`compute`]:
+/// each user it would sync, lowercased anchor → (login, mapped and derived attributes;
+/// entries it would skip are left out), and the mirrored groups ([`mirrored_groups`]).
+/// The directory is validated and its group membership built once for both.
 pub fn desired(
     directory: &[DirectoryUser],
     groups: &[DirectoryGroup],
     rules: &[Rule],
     access: &AccessRules,
-) -> HashMap<String, (String, Attributes)> {
+    now: Timestamp,
+) -> Desired {
     let membership = Membership::new(groups);
     let resolved = access::resolve(access, &membership);
+    let wanted = validate_all(directory, rules);
+    let mirrored = mirrored_of(&wanted, groups, &membership, access, now);
+    let users = wanted
+        .into_iter()
+        .map(|w| {
+            let key = crate::dn::key(&w.user.dn);
+            let attrs = desired_attrs(rules, access, &membership, &resolved, w.user, &key);
+            (w.user.anchor.to_ascii_lowercase(), (w.user_name, attrs))
+        })
+        .collect();
+    Desired {
+        users,
+        groups: mirrored,
+    }
+}
+
+/// What [`desired`] finds: the users' values and the mirrored groups.
+pub struct Desired {
+    pub users: HashMap<String, (String, Attributes)>,
+    pub groups: BTreeMap<String, (String, BTreeSet<String>)>,
+}
+
+/// The directory users that pass validation (notes and skips are [`compute`]'s to report).
+fn validate_all<'a>(directory: &'a [DirectoryUser], rules: &[Rule]) -> Vec<Wanted<'a>> {
     let (mut skipped, mut notes) = (Vec::new(), Vec::new());
     validate::validate(
         directory,
@@ -630,13 +656,6 @@ pub fn desired(
         &mut skipped,
         &mut notes,
     )
-    .into_iter()
-    .map(|w| {
-        let key = crate::dn::key(&w.user.dn);
-        let attrs = desired_attrs(rules, access, &membership, &resolved, w.user, &key);
-        (w.user.anchor.to_ascii_lowercase(), (w.user_name, attrs))
-    })
-    .collect()
 }
 
 /// Whether `desired` differs from the last-synced values (`base`) in an attribute the
@@ -661,28 +680,41 @@ pub fn mirrored_groups(
     access: &AccessRules,
     now: Timestamp,
 ) -> BTreeMap<String, (String, BTreeSet<String>)> {
+    if access.portal_groups.is_none() {
+        return BTreeMap::new();
+    }
+    let membership = Membership::new(groups);
+    mirrored_of(
+        &validate_all(directory, rules),
+        groups,
+        &membership,
+        access,
+        now,
+    )
+}
+
+/// [`mirrored_groups`] of users validated and a membership built already.
+fn mirrored_of(
+    wanted: &[Wanted<'_>],
+    groups: &[DirectoryGroup],
+    membership: &Membership<'_>,
+    access: &AccessRules,
+    now: Timestamp,
+) -> BTreeMap<String, (String, BTreeSet<String>)> {
     let Some(rule) = &access.portal_groups else {
         return BTreeMap::new();
     };
-    let membership = Membership::new(groups);
-    let (mut skipped, mut notes) = (Vec::new(), Vec::new());
-    let users: HashMap<String, (String, String)> = validate::validate(
-        directory,
-        rules,
-        &login_rules(rules),
-        &mut skipped,
-        &mut notes,
-    )
-    .into_iter()
-    .filter(|w| w.user.closure(now).is_none())
-    .map(|w| {
-        (
-            crate::dn::key(&w.user.dn),
-            (w.user.anchor.clone(), w.user_name),
-        )
-    })
-    .collect();
-    groups::desired_members(rule, groups, &membership, &users)
+    let users: HashMap<String, (String, String)> = wanted
+        .iter()
+        .filter(|w| w.user.closure(now).is_none())
+        .map(|w| {
+            (
+                crate::dn::key(&w.user.dn),
+                (w.user.anchor.clone(), w.user_name.clone()),
+            )
+        })
+        .collect();
+    groups::desired_members(rule, groups, membership, &users)
 }
 
 impl Context<'_, '_> {

@@ -437,7 +437,7 @@ pub fn derive_keyed(
             Some((r, Some(_))) => r.role.clone(),
             _ => default.clone(),
         };
-        attrs.insert(role_path(), Value::Many(vec![role]));
+        attrs.insert(role_path(), Value::Many(vec![role].into()));
         if let Some(why) = why.as_deref_mut() {
             let note = match hit {
                 Some((_, Some(g))) => via(membership, &ancestry, g),

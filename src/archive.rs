@@ -398,7 +398,7 @@ mod tests {
                         FieldChange {
                             path: path("urn:ietf:params:scim:schemas:extension:faxportal:2.0:User:faxNumbers"),
                             old: None,
-                            new: Some(Value::Many(vec!["+461".into(), "+462".into()])),
+                            new: Some(Value::Many(vec!["+461".into(), "+462".into()].into())),
                             why: Some(Why::Initial),
                             detail: Some("via group Fax".into()),
                         },

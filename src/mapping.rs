@@ -469,14 +469,14 @@ fn object_entry<'a>(
 pub enum Value {
     One(String),
     /// Sorted and de-duplicated, so that order never shows up as a change.
-    Many(Vec<String>),
+    Many(Box<[String]>),
 }
 
 impl Value {
     pub fn many(mut values: Vec<String>) -> Value {
         values.sort();
         values.dedup();
-        Value::Many(values)
+        Value::Many(values.into_boxed_slice())
     }
 
     /// Reads a value as SCIM (or the state store) holds it; `null` and objects are absent.
@@ -697,11 +697,14 @@ mod tests {
     fn role_list_is_read_written_and_patched_as_one_primary_value() {
         let roles = AttrPath::parse("roles.value").unwrap();
         let r = json!({"roles": [{"value": "regular", "primary": true}]});
-        assert_eq!(roles.get(&r), Some(Value::Many(vec!["regular".into()])));
-        assert_eq!(roles.get(&json!({"roles": []})), None);
-        let v = Value::Many(vec!["administrator".into()]);
         assert_eq!(
-            roles.patch_op(Some(&Value::Many(vec!["regular".into()])), Some(&v)),
+            roles.get(&r),
+            Some(Value::Many(vec!["regular".into()].into()))
+        );
+        assert_eq!(roles.get(&json!({"roles": []})), None);
+        let v = Value::Many(vec!["administrator".into()].into());
+        assert_eq!(
+            roles.patch_op(Some(&Value::Many(vec!["regular".into()].into())), Some(&v)),
             json!({"op": "replace", "path": "roles", "value": [{"value": "administrator", "primary": true}]})
         );
         let mut m = Map::new();
@@ -762,7 +765,10 @@ mod tests {
         let out = map_entry(&rules, &attrs.into());
         assert_eq!(out.len(), 2);
         assert_eq!(out[&rules[0].to], Value::One("Berg".into()));
-        assert_eq!(out[&rules[1].to], Value::Many(vec!["1".into(), "2".into()]));
+        assert_eq!(
+            out[&rules[1].to],
+            Value::Many(vec!["1".into(), "2".into()].into())
+        );
     }
 }
 

@@ -481,6 +481,9 @@ impl State {
                 .or_default()
                 .insert(path, value);
         }
+        for b in out.values_mut() {
+            b.shrink_to_fit();
+        }
         Ok(out)
     }
 

@@ -107,9 +107,15 @@ fn first_matching_role_rule_wins_with_a_default() {
     let r = resolve(&rules, &m);
     assert!(r.problems.is_empty(), "{:?}", r.problems);
     let role = |u: &DirectoryUser| derive(&rules, &m, &r, u).0.get(&role_path()).cloned();
-    assert_eq!(role(&anna), Some(Value::Many(vec!["administrator".into()])));
-    assert_eq!(role(&bo), Some(Value::Many(vec!["account_manager".into()])));
-    assert_eq!(role(&cy), Some(Value::Many(vec!["regular".into()])));
+    assert_eq!(
+        role(&anna),
+        Some(Value::Many(vec!["administrator".into()].into()))
+    );
+    assert_eq!(
+        role(&bo),
+        Some(Value::Many(vec!["account_manager".into()].into()))
+    );
+    assert_eq!(role(&cy), Some(Value::Many(vec!["regular".into()].into())));
     let (bo_attrs, why) = derive(&rules, &m, &r, &bo);
     assert_eq!(
         bo_attrs.get(&service_path("fax")),

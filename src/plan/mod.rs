@@ -2,6 +2,7 @@
 //! plain values (directory users, portal users, the daemon's state, the rules) and returns
 //! a [`Plan`]; it performs no I/O, so every rule here is tested without servers.
 
+mod baseline;
 pub mod groups;
 pub mod guard;
 pub mod links;
@@ -90,9 +91,7 @@ pub struct FieldChange {
     pub detail: Option<String>,
 }
 
-/// The last-synced value of each directory- or merge-owned attribute of one user; a path
-/// that is missing was never synced, one mapped to `None` was synced as absent.
-pub type Baseline = BTreeMap<AttrPath, Option<Value>>;
+pub use baseline::Baseline;
 
 /// One portal user to create or change.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]

@@ -735,7 +735,10 @@ fn merge_directory_only_change_flows() {
         )
     );
     assert_eq!(
-        plan.changes[0].baseline[&AttrPath::parse("displayName").unwrap()],
+        *plan.changes[0]
+            .baseline
+            .get(&AttrPath::parse("displayName").unwrap())
+            .unwrap(),
         Some(Value::One("Anna B.".into()))
     );
 }
@@ -772,7 +775,10 @@ fn merge_both_changed_keeps_the_portal_value_and_reports_three_values() {
     );
     // The baseline stays, so the conflict is reported until one side gives way.
     assert_eq!(
-        plan.in_sync[0].baseline[&AttrPath::parse("displayName").unwrap()],
+        *plan.in_sync[0]
+            .baseline
+            .get(&AttrPath::parse("displayName").unwrap())
+            .unwrap(),
         Some(Value::One("anna Berg".into()))
     );
 }
@@ -790,7 +796,10 @@ fn merge_conflict_resolved_by_the_user_stops_being_reported() {
         "{plan:?}"
     );
     assert_eq!(
-        plan.in_sync[0].baseline[&AttrPath::parse("displayName").unwrap()],
+        *plan.in_sync[0]
+            .baseline
+            .get(&AttrPath::parse("displayName").unwrap())
+            .unwrap(),
         Some(Value::One("Anna B.".into()))
     );
 }
@@ -968,7 +977,7 @@ mod access_rules {
             .unwrap();
         assert_eq!(
             anna_p.get(&role_path()).cloned(),
-            Some(Value::Many(vec!["account_manager".into()]))
+            Some(Value::Many(vec!["account_manager".into()].into()))
         );
         assert_eq!(
             anna_p.get(&service_path("fax")).cloned(),
@@ -990,7 +999,7 @@ mod access_rules {
         let role_f = bo_c.fields.iter().find(|f| f.path == role_path()).unwrap();
         assert_eq!(
             role_f.new,
-            Some(Value::Many(vec!["account_manager".into()]))
+            Some(Value::Many(vec!["account_manager".into()].into()))
         );
         assert_eq!(role_f.detail.as_deref(), Some("via group Fax-Admins"));
         let ops = crate::apply::patch_operations(bo_c);
@@ -1352,8 +1361,8 @@ mod removal_guard {
         };
         let demote = FieldChange {
             path: role.clone(),
-            old: Some(Value::Many(vec!["administrator".into()])),
-            new: Some(Value::Many(vec!["regular".into()])),
+            old: Some(Value::Many(vec!["administrator".into()].into())),
+            new: Some(Value::Many(vec!["regular".into()].into())),
             why: Some(Why::DirectoryChange),
             detail: None,
         };
@@ -1442,7 +1451,10 @@ fn an_in_step_user_the_state_holds_as_it_is_needs_no_record() {
     let recorded: Vec<&str> = plan.in_sync.iter().map(|s| s.anchor.as_str()).collect();
     assert_eq!(recorded, ["uuid-bo"], "only bo's baseline needs writing");
     assert_eq!(
-        plan.in_sync[0].baseline[&AttrPath::parse("name.familyName").unwrap()],
+        *plan.in_sync[0]
+            .baseline
+            .get(&AttrPath::parse("name.familyName").unwrap())
+            .unwrap(),
         Some(Value::One("Ek".into()))
     );
 }

@@ -100,7 +100,7 @@ pub(super) fn clean(attrs: &mut Attributes) -> Vec<String> {
     for (path, value) in attrs.iter_mut() {
         let strings = match value {
             Value::One(s) => std::slice::from_mut(s),
-            Value::Many(vs) => vs.as_mut_slice(),
+            Value::Many(vs) => &mut vs[..],
         };
         let mut touched = false;
         for s in strings {

@@ -1,5 +1,3 @@
-use std::collections::BTreeMap;
-
 use super::*;
 use crate::apply::{Applied, Outcome as ApplyOutcome};
 use crate::plan::guard::{Held, HeldKind};
@@ -178,7 +176,7 @@ fn change(action: Action) -> Change {
         reason: None,
         fields: Vec::new(),
         set_active: None,
-        baseline: BTreeMap::new(),
+        baseline: crate::plan::Baseline::new(),
         from: None,
     }
 }

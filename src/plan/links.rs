@@ -12,6 +12,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 
+use super::folded::Folded;
 use super::Baseline;
 use crate::portal::PortalUser;
 
@@ -89,7 +90,7 @@ impl Links {
 pub fn orphans(
     portal: &[PortalUser],
     managed: &HashMap<String, Baseline>,
-    in_directory: &HashSet<String>,
+    in_directory: &HashSet<Folded<'_>>,
     adopted: bool,
 ) -> Vec<Orphan> {
     let mut found: Vec<Orphan> = portal
@@ -98,7 +99,7 @@ pub fn orphans(
         .filter_map(|p| {
             let x = p.external_id.as_ref()?;
             let key = x.to_ascii_lowercase();
-            (!managed.contains_key(&key) && !in_directory.contains(&key)).then(|| Orphan {
+            (!managed.contains_key(&key) && !in_directory.contains(&Folded(x))).then(|| Orphan {
                 user_name: p.user_name.clone(),
                 portal_id: p.id.clone(),
                 external_id: x.clone(),

@@ -3,6 +3,7 @@
 //! a [`Plan`]; it performs no I/O, so every rule here is tested without servers.
 
 mod baseline;
+pub(crate) mod folded;
 pub mod groups;
 pub mod guard;
 pub mod links;
@@ -22,6 +23,7 @@ use crate::access::{self, AccessRules, Membership};
 use crate::mapping::{self, AttrPath, Attributes, Owner, Rule, Value};
 use crate::portal::{PortalGroup, PortalSchema, PortalUser, UserFields};
 use crate::source::{BadEntry, Closure, DirectoryGroup, DirectoryUser, Timestamp};
+use folded::{Folded, Multi};
 
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
@@ -322,53 +324,40 @@ fn login_rules(rules: &[Rule]) -> Vec<Rule> {
 struct PortalIndex<'a> {
     /// Portal id → user.
     by_id: HashMap<&'a str, &'a PortalUser>,
-    /// Lowercased `userName` → users with it, in listing order (with their position).
-    by_login: HashMap<String, Vec<(usize, &'a PortalUser)>>,
-    /// Lowercased primary email → users without externalId that have it, in listing
+    /// `userName` (without case) → users with it, in listing order (with their position).
+    by_login: Multi<'a, (usize, &'a PortalUser)>,
+    /// Primary email (without case) → users without externalId that have it, in listing
     /// order (with their position).
-    hand_made_by_email: HashMap<String, Vec<(usize, &'a PortalUser)>>,
+    hand_made_by_email: Multi<'a, (usize, &'a PortalUser)>,
 }
 
 impl<'a> PortalIndex<'a> {
     fn new(portal: &'a [PortalUser]) -> PortalIndex<'a> {
         let mut index = PortalIndex {
             by_id: HashMap::with_capacity(portal.len()),
-            by_login: HashMap::with_capacity(portal.len()),
-            hand_made_by_email: HashMap::new(),
+            by_login: Multi::with_capacity(portal.len()),
+            hand_made_by_email: Multi::with_capacity(0),
         };
         for (i, p) in portal.iter().enumerate() {
             index.by_id.entry(p.id.as_str()).or_insert(p);
-            index
-                .by_login
-                .entry(p.user_name.to_ascii_lowercase())
-                .or_default()
-                .push((i, p));
+            index.by_login.push(&p.user_name, (i, p));
             if let (None, Some(e)) = (&p.external_id, &p.primary_email) {
-                index
-                    .hand_made_by_email
-                    .entry(e.to_ascii_lowercase())
-                    .or_default()
-                    .push((i, p));
+                index.hand_made_by_email.push(e, (i, p));
             }
         }
         index
     }
 
-    /// The users with this login (lowercased), in listing order.
-    fn with_login(&self, login: &str) -> impl Iterator<Item = &'a PortalUser> + '_ {
-        self.by_login
-            .get(login)
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-            .iter()
-            .map(|&(_, p)| p)
+    /// The users with this login (any case), in listing order.
+    fn with_login<'s>(&'s self, login: &'s str) -> impl Iterator<Item = &'a PortalUser> + 's {
+        self.by_login.get(login).iter().map(|&(_, p)| p)
     }
 }
 
 /// Everything the planning of one user looks at.
 struct Context<'a, 'i> {
     input: &'i Input<'a>,
-    in_directory: &'i HashSet<String>,
+    in_directory: &'i HashSet<Folded<'a>>,
     index: &'i PortalIndex<'a>,
     membership: &'i Membership<'a>,
     resolved: &'i access::Resolved<'a>,
@@ -430,22 +419,14 @@ pub fn compute(input: &Input<'_>) -> Plan {
     // Portal users by externalId (anchors are compared case-insensitively: GUID strings
     // differ in case between tools). Two portal users claiming one anchor is a conflict
     // an admin must resolve; neither is touched.
-    let lowered: Vec<Option<String>> = input
-        .portal
-        .iter()
-        .map(|p| p.external_id.as_ref().map(|x| x.to_ascii_lowercase()))
-        .collect();
-    let mut by_anchor: HashMap<&str, Vec<&PortalUser>> = HashMap::with_capacity(input.portal.len());
-    for (p, x) in input.portal.iter().zip(&lowered) {
-        if let Some(x) = x {
-            by_anchor.entry(x.as_str()).or_default().push(p);
+    let mut by_anchor: Multi<'_, &PortalUser> = Multi::with_capacity(input.portal.len());
+    for p in input.portal {
+        if let Some(x) = &p.external_id {
+            by_anchor.push(x, p);
         }
     }
-    let in_directory: HashSet<String> = input
-        .directory
-        .iter()
-        .map(|u| u.anchor.to_ascii_lowercase())
-        .collect();
+    let in_directory: HashSet<Folded<'_>> =
+        input.directory.iter().map(|u| Folded(&u.anchor)).collect();
     let adopt = input.links.adopt_orphans;
     // Orphans are found by listing the whole portal; a partial plan sees only some.
     if input.scope == &PlanScope::Full {
@@ -484,9 +465,9 @@ pub fn compute(input: &Input<'_>) -> Plan {
         if !input.scope.covers_user(&anchor) {
             continue;
         }
-        match by_anchor.get(anchor.as_str()).map(Vec::as_slice) {
-            None | Some([]) => plan_unlinked(w, &cx, &key, &mut claimed, &mut plan),
-            Some([p]) => {
+        match by_anchor.get(&anchor) {
+            [] => plan_unlinked(w, &cx, &key, &mut claimed, &mut plan),
+            [p] => {
                 let closed = w.user.closure(input.now);
                 let attrs = match closed {
                     Some(_) => Attributes::new(),
@@ -497,7 +478,7 @@ pub fn compute(input: &Input<'_>) -> Plan {
                     w, &anchor, compared, attrs, p, base, recorded, input, &mut plan,
                 )
             }
-            Some(many) => {
+            many => {
                 plan.skipped.push(Skipped {
                     dn: w.user.dn.clone(),
                     problem: format!(
@@ -511,7 +492,7 @@ pub fn compute(input: &Input<'_>) -> Plan {
         }
     }
 
-    plan_closures(input, &lowered, &in_directory, &claimed, &mut plan);
+    plan_closures(input, &in_directory, &claimed, &mut plan);
     // Where each derived value came from, for the users with changes.
     let changed: HashSet<&str> = plan
         .changes
@@ -777,7 +758,7 @@ fn plan_unlinked(
         managed_elsewhere(p)
             && p.external_id
                 .as_ref()
-                .is_some_and(|x| !cx.in_directory.contains(&x.to_ascii_lowercase()))
+                .is_some_and(|x| !cx.in_directory.contains(&Folded(x)))
     }) {
         claimed.insert(p.id.clone());
         let old_anchor = p.external_id.clone().unwrap_or_default();
@@ -795,16 +776,8 @@ fn plan_unlinked(
         .index
         .by_login
         .get(&login)
-        .map(Vec::as_slice)
-        .unwrap_or_default()
         .iter()
-        .chain(
-            cx.index
-                .hand_made_by_email
-                .get(&login)
-                .map(Vec::as_slice)
-                .unwrap_or_default(),
-        )
+        .chain(cx.index.hand_made_by_email.get(&login))
         .filter(|(_, p)| p.external_id.is_none() && !claimed.contains(&p.id))
         .copied()
         .collect();
@@ -1062,28 +1035,26 @@ fn external_id_path() -> AttrPath {
         .clone()
 }
 
-/// `lowered`: each portal user's externalId, lowercased.
 fn plan_closures(
     input: &Input<'_>,
-    lowered: &[Option<String>],
-    in_directory: &HashSet<String>,
+    in_directory: &HashSet<Folded<'_>>,
     claimed: &HashSet<String>,
     plan: &mut Plan,
 ) {
     let leaving: Vec<&PortalUser> = input
         .portal
         .iter()
-        .zip(lowered)
-        .filter(|(p, x)| {
+        .filter(|p| {
             p.active
-                && x.as_ref().is_some_and(|x| {
-                    !in_directory.contains(x)
-                        && input.state.contains_key(x)
-                        && input.scope.covers_user(x)
+                && p.external_id.as_ref().is_some_and(|x| {
+                    if in_directory.contains(&Folded(x)) {
+                        return false;
+                    }
+                    let x = x.to_ascii_lowercase();
+                    input.state.contains_key(&x) && input.scope.covers_user(&x)
                 })
                 && !claimed.contains(&p.id)
         })
-        .map(|(p, _)| p)
         .collect();
     if leaving.is_empty() {
         return;
@@ -1145,7 +1116,7 @@ fn keep_one_privileged(cx: &Context<'_, '_>, wanted: &[Wanted<'_>], plan: &mut P
         p.external_id
             .as_ref()
             .map(|x| x.to_ascii_lowercase())
-            .is_some_and(|x| input.state.contains_key(&x) || in_directory.contains(&x))
+            .is_some_and(|x| input.state.contains_key(&x) || in_directory.contains(&Folded(&x)))
     };
     let holders: Vec<&PortalUser> = input
         .portal

@@ -3,8 +3,7 @@
 //! Control characters in other values (a tab in `givenName`) are replaced by spaces and
 //! noted, rather than holding the whole user back.
 
-use std::collections::HashMap;
-
+use super::folded::Multi;
 use super::{Skipped, Wanted};
 use crate::mapping::{self, Attributes, Rule, Value};
 use crate::source::DirectoryUser;
@@ -59,15 +58,12 @@ pub(super) fn validate<'a>(
     }
 
     // Logins must be unique (the portal compares them without case).
-    let mut by_login: HashMap<String, Vec<usize>> = HashMap::new();
+    let mut by_login: Multi<'_, usize> = Multi::with_capacity(ok.len());
     for (i, w) in ok.iter().enumerate() {
-        by_login
-            .entry(w.user_name.to_ascii_lowercase())
-            .or_default()
-            .push(i);
+        by_login.push(&w.user_name, i);
     }
     let mut dropped = vec![false; ok.len()];
-    let mut clashes: Vec<&Vec<usize>> = by_login.values().filter(|v| v.len() > 1).collect();
+    let mut clashes: Vec<&[usize]> = by_login.repeated().collect();
     clashes.sort();
     for idx in clashes {
         for &i in idx {

@@ -814,8 +814,12 @@ fn write_document(conn: &Connection, doc: &Document<'_>) -> Result<(), StateErro
     (doc.write)(&mut size).map_err(io)?;
     let size =
         i64::try_from(size.0).map_err(|_| StateError::Io(format!("{} is too big", doc.key)))?;
+    // Delete, then insert: an upsert (`ON CONFLICT … DO UPDATE`) makes SQLite build the
+    // zero blob in memory, twice, where a plain insert writes its pages directly (at
+    // 30,000 users that was a 42 MB spike, the cycle's peak).
+    conn.execute("DELETE FROM meta WHERE key = ?1", params![doc.key])?;
     conn.execute(
-        "INSERT INTO meta (key, value) VALUES (?1, zeroblob(?2)) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        "INSERT INTO meta (key, value) VALUES (?1, zeroblob(?2))",
         params![doc.key, size],
     )?;
     let row: i64 = conn.query_row(

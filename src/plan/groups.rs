@@ -8,6 +8,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
+use super::folded::Folded;
+
 use serde::Serialize;
 
 use crate::access::{Membership, PortalGroupRule};
@@ -69,7 +71,7 @@ pub struct GroupInput<'a> {
     pub directory: &'a [DirectoryGroup],
     pub membership: &'a Membership<'a>,
     /// Directory users that may be members: DN key ([`crate::dn::key`]) → (anchor, login).
-    pub users: &'a HashMap<String, (&'a str, &'a str)>,
+    pub users: &'a HashMap<Folded<'a>, (&'a str, &'a str)>,
     pub portal_users: &'a [PortalUser],
     pub portal_groups: &'a [PortalGroup],
     /// Lowercased anchor → the portal group the state links it to.
@@ -132,14 +134,15 @@ pub fn plan(input: &GroupInput<'_>, notes: &mut Vec<String>) -> Vec<GroupChange>
         .collect();
 
     for g in &selected {
-        let desired: BTreeMap<String, (&(&str, &str), String)> = input
+        let desired: BTreeMap<String, ((&str, &str), String)> = input
             .membership
             .members_via(g, input.rule.flatten)
             .into_iter()
             .filter_map(|(dn, via)| {
                 input
                     .users
-                    .get(&dn)
+                    .get(&Folded(&dn))
+                    .copied()
                     .map(|u| (u.0.to_ascii_lowercase(), (u, via)))
             })
             .collect();

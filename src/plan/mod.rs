@@ -453,14 +453,11 @@ pub fn compute(input: &Input<'_>) -> Plan {
     };
     let compared = user::compared_paths(input.rules);
     let mut claimed: HashSet<String> = HashSet::new();
-    // Directory users that may be portal group members: DN key → (anchor, login).
-    let mut members: HashMap<String, (&str, &str)> = HashMap::new();
     let mirror = input.access.portal_groups.is_some();
+    let made_keys = made_member_keys(&wanted, mirror, input.now);
+    let members = group_members(&wanted, &made_keys, mirror, input.now);
     for w in &wanted {
         let key = crate::dn::key(&w.user.dn);
-        if mirror && w.user.closure(input.now).is_none() {
-            members.insert(key.clone(), (w.user.anchor.as_str(), w.user_name.as_str()));
-        }
         let anchor = w.user.anchor.to_ascii_lowercase();
         if !input.scope.covers_user(&anchor) {
             continue;
@@ -555,6 +552,42 @@ pub fn compute(input: &Input<'_>) -> Plan {
     plan.changes
         .sort_by_cached_key(|c| (c.action, c.user_name.to_ascii_lowercase()));
     plan
+}
+
+/// The directory users that may be portal group members (none unless groups are
+/// mirrored), by DN key: their anchor and login. A plain DN ([`crate::dn::is_plain`]) is
+/// its own key without case, so it is borrowed; the others' keys are made first
+/// ([`made_member_keys`], in the same order) and borrowed from there.
+fn group_members<'w>(
+    wanted: &'w [Wanted<'_>],
+    made: &'w [String],
+    mirror: bool,
+    now: Timestamp,
+) -> HashMap<Folded<'w>, (&'w str, &'w str)> {
+    let mut made = made.iter();
+    let mut by_key = HashMap::new();
+    for w in wanted
+        .iter()
+        .filter(|w| mirror && w.user.closure(now).is_none())
+    {
+        let key = if crate::dn::is_plain(&w.user.dn) {
+            w.user.dn.as_str()
+        } else {
+            made.next().map_or("", String::as_str)
+        };
+        by_key.insert(Folded(key), (w.user.anchor.as_str(), w.user_name.as_str()));
+    }
+    by_key
+}
+
+/// The DN keys [`group_members`] cannot borrow: those of the possible members whose DN
+/// is not plain, in their order.
+fn made_member_keys(wanted: &[Wanted<'_>], mirror: bool, now: Timestamp) -> Vec<String> {
+    wanted
+        .iter()
+        .filter(|w| mirror && w.user.closure(now).is_none() && !crate::dn::is_plain(&w.user.dn))
+        .map(|w| crate::dn::key(&w.user.dn))
+        .collect()
 }
 
 /// The portal users of a partial plan, and a stand-in for each member of a portal group

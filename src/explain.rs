@@ -432,7 +432,7 @@ pub fn explain_user(
         .map(|rule| {
             let path = &rule.to;
             let dir = desired.get(path).cloned();
-            let por = portal.and_then(|p| p.get(path).cloned());
+            let por = portal.and_then(|p| p.get(path));
             let last = match base.and_then(|b| b.get(path)) {
                 Some(v) => LastSynced::Value(v.clone()),
                 None => LastSynced::Never,

@@ -22,6 +22,9 @@ use std::sync::Arc;
 use serde::{Serialize, Serializer};
 use serde_json::{Map, Value as Json};
 
+mod packed;
+pub use packed::{Packed, Strings, ValueRef};
+
 /// A parsed SCIM attribute path. Its parts ([`PathParts`]) are shared: a clone is a
 /// reference count, so the baselines and attribute maps of many users hold one copy of
 /// each path, and two clones compare equal by address first.

@@ -1154,7 +1154,7 @@ fn keep_one_privileged(cx: &Context<'_, '_>, wanted: &[Wanted<'_>], plan: &mut P
     let holders: Vec<&PortalUser> = input
         .portal
         .iter()
-        .filter(|p| p.active && privileged(p.get(&role)) && managed(p))
+        .filter(|p| p.active && privileged(p.get(&role).as_ref()) && managed(p))
         .collect();
     if let PlanScope::Only { users, .. } = input.scope {
         let unread_holder = wanted.iter().any(|w| {
@@ -1211,7 +1211,7 @@ fn keep_one_privileged(cx: &Context<'_, '_>, wanted: &[Wanted<'_>], plan: &mut P
     let mut keepers = holders.clone();
     keepers.sort_by_key(|p| p.user_name.to_ascii_lowercase());
     let p = keepers[0];
-    let current = p.get(&role).cloned();
+    let current = p.get(&role);
     let Some(i) = change_of(plan, &p.id) else {
         return;
     };

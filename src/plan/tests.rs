@@ -976,11 +976,11 @@ mod access_rules {
             .find(|p| p.user_name == "anna@example.se")
             .unwrap();
         assert_eq!(
-            anna_p.get(&role_path()).cloned(),
+            anna_p.get(&role_path()),
             Some(Value::Many(vec!["account_manager".into()].into()))
         );
         assert_eq!(
-            anna_p.get(&service_path("fax")).cloned(),
+            anna_p.get(&service_path("fax")),
             Some(Value::One("fax".into()))
         );
         assert!(w.plan().changes.is_empty());

@@ -15,7 +15,7 @@
 //! reported as needing an administrator.
 
 use super::{Baseline, Conflict, FieldChange, NeedsAdmin, Why};
-use crate::mapping::{AttrPath, Attributes, Owner, Rule, Value};
+use crate::mapping::{AttrPath, Attributes, Owner, Rule, Value, ValueRef};
 use crate::portal::{Mutability, PortalSchema, PortalUser};
 
 /// What the rule decided for one user.
@@ -52,11 +52,11 @@ pub fn diff(
         }
         let dir = desired.get(path);
         let por = portal.get(path);
-        if same(path, por, dir) {
+        if same(path, por.as_ref(), dir) {
             out.baseline.insert(path.clone(), dir.cloned());
             continue;
         }
-        let (dir, por) = (dir.cloned(), por.cloned());
+        let dir = dir.cloned();
         // `Some(x)`: the last-synced value is known (and is x, possibly absent).
         let last: Option<Option<Value>> = base.and_then(|b| b.get(path).cloned());
         if schema.is_fixed(path) {
@@ -153,7 +153,8 @@ pub fn in_step_as_recorded(
             return false;
         }
         let dir = desired.get(path);
-        if !same(path, portal.get(path), dir) || recorded.get(path).map(Option::as_ref) != Some(dir)
+        if !same_ref(path, portal.get_ref(path), dir)
+            || recorded.get(path).map(Option::as_ref) != Some(dir)
         {
             return false;
         }
@@ -180,5 +181,51 @@ pub fn same(path: &AttrPath, a: Option<&Value>, b: Option<&Value>) -> bool {
         (Some(Value::Many(m)), Some(Value::One(o)))
         | (Some(Value::One(o)), Some(Value::Many(m))) => m.len() == 1 && &m[0] == o,
         _ => a == b,
+    }
+}
+
+/// [`same`], for a value borrowed from a portal user's record ([`PortalUser::get_ref`]).
+pub fn same_ref(path: &AttrPath, a: Option<ValueRef<'_>>, b: Option<&Value>) -> bool {
+    match (a, b) {
+        (Some(ValueRef::One(x)), Some(Value::One(y))) if path.is_user_name() => {
+            x.eq_ignore_ascii_case(y)
+        }
+        (Some(ValueRef::Many(m)), Some(Value::One(o))) => {
+            m.len() == 1 && m.iter().next() == Some(o.as_str())
+        }
+        (Some(ValueRef::One(o)), Some(Value::Many(m))) => m.len() == 1 && m[0] == o,
+        (Some(a), Some(b)) => a.is(b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::mapping::Packed;
+
+    fn value() -> impl Strategy<Value = Option<Value>> {
+        prop_oneof![
+            Just(None),
+            "[aAb]{0,2}".prop_map(|s| Some(Value::One(s))),
+            prop::collection::vec("[aAb]{0,2}", 0..3).prop_map(|v| Some(Value::Many(v.into()))),
+        ]
+    }
+
+    proptest! {
+        /// A borrowed portal value compares as the value itself does, for the login and
+        /// for any other path.
+        #[test]
+        fn same_ref_is_same(a in value(), b in value(), login in any::<bool>()) {
+            let path = AttrPath::parse(if login { "userName" } else { "title" }).unwrap();
+            let packed = Packed::new([a.as_ref()]);
+            prop_assert_eq!(
+                same_ref(&path, packed.get(0), b.as_ref()),
+                same(&path, a.as_ref(), b.as_ref())
+            );
+        }
     }
 }

@@ -25,7 +25,7 @@ use url::Url;
 
 pub use self::schema::{Mutability, PortalSchema};
 use crate::config::PortalConfig;
-use crate::mapping::{AttrPath, Value};
+use crate::mapping::{AttrPath, Packed, Value, ValueRef};
 use crate::telemetry::Telemetry;
 
 pub const USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
@@ -115,7 +115,7 @@ pub struct PortalUser {
     pub primary_email: Option<String>,
     fields: Arc<UserFields>,
     /// The value of each path of `fields`, in its order.
-    values: Box<[Option<Value>]>,
+    values: Packed,
 }
 
 impl PortalUser {
@@ -154,7 +154,11 @@ impl PortalUser {
                 .map(str::to_string),
             id,
             user_name,
-            values: fields.paths.iter().map(|p| p.get(resource)).collect(),
+            values: {
+                let values: Vec<Option<Value>> =
+                    fields.paths.iter().map(|p| p.get(resource)).collect();
+                Packed::new(values.iter().map(Option::as_ref))
+            },
             fields: Arc::clone(fields),
         })
     }
@@ -170,15 +174,19 @@ impl PortalUser {
             version: None,
             primary_email: None,
             fields: UserFields::new([]),
-            values: Box::default(),
+            values: Packed::default(),
         }
     }
 
     /// The portal's value of `path`; `None` when it is absent, or not among the fields
     /// read (see [`PortalUser::reads`]).
-    pub fn get(&self, path: &AttrPath) -> Option<&Value> {
-        let i = self.fields.position(path)?;
-        self.values.get(i)?.as_ref()
+    pub fn get(&self, path: &AttrPath) -> Option<Value> {
+        self.get_ref(path).map(ValueRef::to_value)
+    }
+
+    /// [`PortalUser::get`], borrowed: for comparing without a copy.
+    pub fn get_ref(&self, path: &AttrPath) -> Option<ValueRef<'_>> {
+        self.values.get(self.fields.position(path)?)
     }
 
     /// Whether `path` was read, so that [`PortalUser::get`] tells its value.
@@ -193,17 +201,14 @@ impl PortalUser {
     /// Sets a value read (for tests: the portal as edited); `false` if `path` is not read.
     #[doc(hidden)]
     pub fn set(&mut self, path: &AttrPath, value: Option<Value>) -> bool {
-        match self
-            .fields
-            .position(path)
-            .and_then(|i| self.values.get_mut(i))
-        {
-            Some(slot) => {
-                *slot = value;
-                true
-            }
-            None => false,
-        }
+        let Some(i) = self.fields.position(path) else {
+            return false;
+        };
+        let mut values = self.values.to_values();
+        values.resize(self.fields.paths.len(), None);
+        values[i] = value;
+        self.values = Packed::new(values.iter().map(Option::as_ref));
+        true
     }
 }
 

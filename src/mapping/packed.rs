@@ -1,0 +1,205 @@
+//! A row of attribute values kept compact ([`Packed`]): the plan holds one row per portal
+//! user, so at 100,000 users a value's `String` header and allocation are megabytes.
+
+use std::fmt;
+
+use super::Value;
+
+/// Set on a slot that holds a value.
+const PRESENT: u32 = 1 << 31;
+/// Set on a slot whose value is a set of strings ([`Value::Many`]).
+const MANY: u32 = 1 << 30;
+const COUNT: u32 = MANY - 1;
+
+/// The values of a fixed number of slots, each absent, one string, or a set of strings:
+/// every string in one `text`, and one `index` of `u32`: the slot count, then per slot
+/// its flags and the number of strings up to and including it, then per string where it
+/// ends in `text`. Two allocations for a whole row, where `Option<Value>`s take one per
+/// string besides their slots.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Packed {
+    text: Box<str>,
+    index: Box<[u32]>,
+}
+
+/// A value of a [`Packed`] row, borrowed.
+#[derive(Clone, Copy, Debug)]
+pub enum ValueRef<'a> {
+    One(&'a str),
+    Many(Strings<'a>),
+}
+
+/// The strings of a [`ValueRef::Many`].
+#[derive(Clone, Copy)]
+pub struct Strings<'a> {
+    text: &'a str,
+    start: usize,
+    ends: &'a [u32],
+}
+
+impl<'a> Strings<'a> {
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &'a str> + 'a {
+        let text = self.text;
+        let mut start = self.start;
+        self.ends.iter().map(move |&end| {
+            let s = &text[start..end as usize];
+            start = end as usize;
+            s
+        })
+    }
+}
+
+impl fmt::Debug for Strings<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl ValueRef<'_> {
+    pub fn to_value(self) -> Value {
+        match self {
+            ValueRef::One(s) => Value::One(s.to_string()),
+            ValueRef::Many(m) => Value::Many(m.iter().map(str::to_string).collect()),
+        }
+    }
+
+    /// Whether this is `v`, exactly.
+    pub fn is(self, v: &Value) -> bool {
+        match (self, v) {
+            (ValueRef::One(a), Value::One(b)) => a == b,
+            (ValueRef::Many(a), Value::Many(b)) => a.len() == b.len() && a.iter().eq(b.iter()),
+            _ => false,
+        }
+    }
+}
+
+impl Packed {
+    /// Packs one value per slot, in slot order.
+    pub fn new<'v>(values: impl IntoIterator<Item = Option<&'v Value>>) -> Packed {
+        let mut text = String::new();
+        let mut slots: Vec<u32> = vec![0];
+        let mut ends: Vec<u32> = Vec::new();
+        let mut push = |s: &str, ends: &mut Vec<u32>| {
+            text.push_str(s);
+            ends.push(u32::try_from(text.len()).unwrap_or(u32::MAX));
+        };
+        for v in values {
+            let flags = match v {
+                None => 0,
+                Some(Value::One(s)) => {
+                    push(s, &mut ends);
+                    PRESENT
+                }
+                Some(Value::Many(m)) => {
+                    for s in m.iter() {
+                        push(s, &mut ends);
+                    }
+                    PRESENT | MANY
+                }
+            };
+            slots.push(flags | (ends.len() as u32 & COUNT));
+        }
+        slots[0] = (slots.len() - 1) as u32;
+        slots.extend(ends);
+        Packed {
+            text: text.into_boxed_str(),
+            index: slots.into_boxed_slice(),
+        }
+    }
+
+    /// How many slots the row has.
+    pub fn slots(&self) -> usize {
+        self.index.first().map_or(0, |&n| n as usize)
+    }
+
+    /// The value of slot `i`; `None` when it is absent or there is no such slot.
+    pub fn get(&self, i: usize) -> Option<ValueRef<'_>> {
+        let n = self.slots();
+        if i >= n {
+            return None;
+        }
+        let slot = self.index[1 + i];
+        if slot & PRESENT == 0 {
+            return None;
+        }
+        let first = match i {
+            0 => 0,
+            _ => (self.index[i] & COUNT) as usize,
+        };
+        let last = (slot & COUNT) as usize;
+        let ends = &self.index[1 + n + first..1 + n + last];
+        let start = match first {
+            0 => 0,
+            _ => self.index[n + first] as usize,
+        };
+        Some(if slot & MANY == 0 {
+            ValueRef::One(&self.text[start..ends.first().map_or(start, |&e| e as usize)])
+        } else {
+            ValueRef::Many(Strings {
+                text: &self.text,
+                start,
+                ends,
+            })
+        })
+    }
+
+    /// Every slot's value, owned.
+    pub fn to_values(&self) -> Vec<Option<Value>> {
+        (0..self.slots())
+            .map(|i| self.get(i).map(ValueRef::to_value))
+            .collect()
+    }
+}
+
+impl fmt::Debug for Packed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries((0..self.slots()).map(|i| self.get(i)))
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn value() -> impl Strategy<Value = Option<Value>> {
+        prop_oneof![
+            Just(None),
+            "[a-zé ]{0,6}".prop_map(|s| Some(Value::One(s))),
+            prop::collection::vec("[a-z]{0,3}", 0..4).prop_map(|v| Some(Value::Many(v.into()))),
+        ]
+    }
+
+    proptest! {
+        /// A packed row gives back every value as it was given, and compares each as
+        /// the value does.
+        #[test]
+        fn gives_back_what_it_packed(
+            values in prop::collection::vec(value(), 0..12),
+            other in value(),
+        ) {
+            let packed = Packed::new(values.iter().map(Option::as_ref));
+            prop_assert_eq!(packed.slots(), values.len());
+            prop_assert_eq!(packed.to_values(), values.clone());
+            prop_assert!(packed.get(values.len()).is_none());
+            for (i, v) in values.iter().enumerate() {
+                if let Some(o) = &other {
+                    prop_assert_eq!(packed.get(i).is_some_and(|r| r.is(o)), v.as_ref() == Some(o));
+                }
+            }
+            let again = Packed::new(values.iter().map(Option::as_ref));
+            prop_assert_eq!(again, packed);
+        }
+    }
+}

@@ -434,7 +434,7 @@ pub fn explain_user(
             let dir = desired.get(path).cloned();
             let por = portal.and_then(|p| p.get(path));
             let last = match base.and_then(|b| b.get(path)) {
-                Some(v) => LastSynced::Value(v.clone()),
+                Some(v) => LastSynced::Value(v),
                 None => LastSynced::Never,
             };
             let source = if rule.from.is_empty() {

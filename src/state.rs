@@ -444,9 +444,11 @@ impl State {
             .into_iter()
             .map(|a| (a, Baseline::new()))
             .collect();
+        // A user's rows one after another (the primary key's order: no sort), each
+        // user's baseline built once they are all read.
         let mut stmt = self
             .conn
-            .prepare("SELECT anchor, path, value FROM synced_value")?;
+            .prepare("SELECT anchor, path, value FROM synced_value ORDER BY anchor")?;
         let rows = stmt.query_map([], |r| {
             Ok((
                 r.get::<_, String>(0)?,
@@ -454,10 +456,26 @@ impl State {
                 r.get::<_, Option<String>>(2)?,
             ))
         })?;
-        // Each path parsed once and shared by every user's baseline.
+        // Each path parsed once, and users with the same paths share one list of them.
         let mut paths: HashMap<String, AttrPath> = HashMap::new();
+        let mut template: Option<Baseline> = None;
+        let mut user: Option<(String, Entries)> = None;
+        let mut finish = |user: Option<(String, Entries)>, out: &mut HashMap<String, Baseline>| {
+            if let Some((anchor, entries)) = user {
+                let b = Baseline::sharing(entries, template.as_ref());
+                if template.as_ref().is_none_or(|t| !b.shares_paths(t)) {
+                    template = Some(b.clone());
+                }
+                out.insert(anchor, b);
+            }
+        };
         for row in rows {
             let (anchor, text, value) = row?;
+            let anchor = anchor.to_ascii_lowercase();
+            if user.as_ref().is_none_or(|(a, _)| *a != anchor) {
+                finish(user.take(), &mut out);
+                user = Some((anchor, Vec::new()));
+            }
             // A row this dirsync cannot read counts as never synced: the directory value
             // then flows, which is the safe reading.
             let path = match paths.get(&text) {
@@ -477,13 +495,11 @@ impl State {
                     None => continue,
                 },
             };
-            out.entry(anchor.to_ascii_lowercase())
-                .or_default()
-                .insert(path, value);
+            if let Some((_, entries)) = user.as_mut() {
+                entries.push((path, value));
+            }
         }
-        for b in out.values_mut() {
-            b.shrink_to_fit();
-        }
+        finish(user, &mut out);
         Ok(out)
     }
 
@@ -785,6 +801,9 @@ impl Drop for State {
     }
 }
 
+/// One user's last-synced values as the state's rows give them.
+type Entries = Vec<(AttrPath, Option<Value>)>;
+
 /// A `meta` row written as a stream: a document too big to hold twice in memory (the
 /// directory snapshot of a large directory). `write` is called twice: once to count its
 /// bytes, once into the row, as a blob.
@@ -847,8 +866,8 @@ fn record_in(
         .execute(params![anchor])?;
     let mut insert =
         conn.prepare_cached("INSERT INTO synced_value (anchor, path, value) VALUES (?1, ?2, ?3)")?;
-    for (path, value) in baseline {
-        let text = value.as_ref().map(|v| v.to_json().to_string());
+    for (path, value) in baseline.iter() {
+        let text = value.map(|v| v.to_value().to_json().to_string());
         insert.execute(params![anchor, path.to_string(), text])?;
     }
     Ok(())
@@ -1075,6 +1094,17 @@ mod tests {
         drop(s);
         let mut s = State::open(&path).unwrap();
         assert_eq!(s.baselines().unwrap().get("a-1"), Some(&b));
+        // Users synced alike, read back, share one list of paths; others keep their own.
+        s.record("B-1", "p2", "b@x.se", &b).unwrap();
+        let mut fewer = b.clone();
+        fewer.insert(AttrPath::parse("title").unwrap(), None);
+        s.record("C-1", "p3", "c@x.se", &fewer).unwrap();
+        let all = s.baselines().unwrap();
+        assert_eq!((&all["a-1"], &all["b-1"], &all["c-1"]), (&b, &b, &fewer));
+        assert!(all["a-1"].shares_paths(&all["b-1"]));
+        assert!(!all["a-1"].shares_paths(&all["c-1"]));
+        s.forget_user("b-1").unwrap();
+        s.forget_user("c-1").unwrap();
         // Relinking another anchor to the same portal user forgets the old one.
         s.record("A-2", "p1", "a@x.se", &Baseline::new()).unwrap();
         let all = s.baselines().unwrap();

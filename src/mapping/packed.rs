@@ -107,6 +107,9 @@ impl Packed {
             };
             slots.push(flags | (ends.len() as u32 & COUNT));
         }
+        if slots.len() == 1 {
+            return Packed::default(); // No slots: one spelling of the empty row.
+        }
         slots[0] = (slots.len() - 1) as u32;
         slots.extend(ends);
         Packed {

@@ -1,41 +1,78 @@
 //! The last-synced values of one user ([`Baseline`]), kept small: the state holds one per
 //! managed user, so at 100,000 users every byte here is a tenth of a megabyte.
 
-use crate::mapping::{AttrPath, Value};
+use std::sync::Arc;
+
+use crate::mapping::{AttrPath, Packed, Value, ValueRef};
 
 /// The last-synced value of each directory- or merge-owned attribute of one user; a path
 /// that is missing was never synced, one mapped to `None` was synced as absent.
 ///
-/// A map from path to value, ordered by path (as a `BTreeMap` would be), stored as one
-/// sorted vector: a user has a handful of paths, and a B-tree's smallest node holds
-/// eleven, so the vector is a third of its size and as fast to search.
+/// A map from path to value, ordered by path (as a `BTreeMap` would be), stored packed:
+/// the paths in one shared list (users synced by one configuration have the same paths,
+/// and [`Baseline::sharing`] lets them share it) and the values in one [`Packed`] row.
+/// Built once, read many times: [`Baseline::insert`] rebuilds it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Baseline(Vec<(AttrPath, Option<Value>)>);
+pub struct Baseline {
+    paths: Arc<[AttrPath]>,
+    values: Packed,
+}
 
 impl Baseline {
     pub fn new() -> Baseline {
-        Baseline(Vec::new())
+        Baseline::default()
     }
 
     fn find(&self, path: &AttrPath) -> Result<usize, usize> {
-        self.0.binary_search_by(|(p, _)| p.cmp(path))
+        self.paths.binary_search_by(|p| p.cmp(path))
     }
 
     /// The value last synced to `path`: `None` when it never was, `Some(None)` when it was
     /// synced as absent.
-    pub fn get(&self, path: &AttrPath) -> Option<&Option<Value>> {
-        self.find(path).ok().map(|i| &self.0[i].1)
+    pub fn get(&self, path: &AttrPath) -> Option<Option<Value>> {
+        self.get_ref(path).map(|v| v.map(ValueRef::to_value))
     }
 
-    /// Sets the value of `path`, returning the one it had.
+    /// [`Baseline::get`], borrowed: for comparing without a copy.
+    pub fn get_ref(&self, path: &AttrPath) -> Option<Option<ValueRef<'_>>> {
+        self.find(path).ok().map(|i| self.values.get(i))
+    }
+
+    /// Whether `path` was last synced as exactly `value` (`None`: as absent).
+    pub fn holds(&self, path: &AttrPath, value: Option<&Value>) -> bool {
+        match (self.get_ref(path), value) {
+            (Some(None), None) => true,
+            (Some(Some(r)), Some(v)) => r.is(v),
+            _ => false,
+        }
+    }
+
+    /// Sets the value of `path`, returning the one it had. Rebuilds the baseline.
     pub fn insert(&mut self, path: AttrPath, value: Option<Value>) -> Option<Option<Value>> {
-        match self.find(&path) {
-            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, value)),
+        let mut entries = self.entries();
+        let old = match entries.binary_search_by(|(p, _)| p.cmp(&path)) {
+            Ok(i) => Some(std::mem::replace(&mut entries[i].1, value)),
             Err(i) => {
-                self.0.insert(i, (path, value));
+                entries.insert(i, (path, value));
                 None
             }
+        };
+        *self = Baseline::sorted(entries, None);
+        old
+    }
+
+    /// This baseline, holding `other`'s list of paths instead of its own when the two
+    /// lists are the same.
+    pub fn with_paths_of(mut self, other: &Baseline) -> Baseline {
+        if self.paths[..] == other.paths[..] {
+            self.paths = Arc::clone(&other.paths);
         }
+        self
+    }
+
+    /// Whether this baseline and `other` share one list of paths ([`Baseline::sharing`]).
+    pub fn shares_paths(&self, other: &Baseline) -> bool {
+        Arc::ptr_eq(&self.paths, &other.paths)
     }
 
     pub fn contains_key(&self, path: &AttrPath) -> bool {
@@ -43,46 +80,68 @@ impl Baseline {
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.paths.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.paths.is_empty()
     }
 
     /// The paths and their values, ordered by path.
-    pub fn iter(&self) -> impl Iterator<Item = (&AttrPath, &Option<Value>)> {
-        self.0.iter().map(|(p, v)| (p, v))
+    pub fn iter(&self) -> impl Iterator<Item = (&AttrPath, Option<ValueRef<'_>>)> {
+        self.paths
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p, self.values.get(i)))
     }
 
-    /// Gives back the room a baseline built by inserts may have left over (for the
-    /// baselines a cycle holds for every user).
-    pub fn shrink_to_fit(&mut self) {
-        self.0.shrink_to_fit();
+    /// The paths and their values, owned.
+    fn entries(&self) -> Vec<(AttrPath, Option<Value>)> {
+        self.iter()
+            .map(|(p, v)| (p.clone(), v.map(ValueRef::to_value)))
+            .collect()
+    }
+
+    /// Builds a baseline from entries sorted by path, each path once.
+    fn sorted(entries: Vec<(AttrPath, Option<Value>)>, share: Option<&Baseline>) -> Baseline {
+        let values = Packed::new(entries.iter().map(|(_, v)| v.as_ref()));
+        let paths = match share {
+            Some(b)
+                if b.paths.len() == entries.len()
+                    && b.paths.iter().zip(&entries).all(|(a, (p, _))| a == p) =>
+            {
+                Arc::clone(&b.paths)
+            }
+            _ => entries.into_iter().map(|(p, _)| p).collect(),
+        };
+        Baseline { paths, values }
+    }
+
+    /// Builds a baseline from `entries` (later values of a path replace earlier ones),
+    /// sharing `other`'s list of paths when it is the same: the state's baselines, read
+    /// one user after another, keep one list for all users synced alike.
+    pub fn sharing(
+        entries: impl IntoIterator<Item = (AttrPath, Option<Value>)>,
+        other: Option<&Baseline>,
+    ) -> Baseline {
+        let mut entries: Vec<(AttrPath, Option<Value>)> = entries.into_iter().collect();
+        // Stable: of equal paths the later stays last, and is kept.
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut kept: Vec<(AttrPath, Option<Value>)> = Vec::with_capacity(entries.len());
+        for e in entries {
+            match kept.last_mut() {
+                Some(last) if last.0 == e.0 => *last = e,
+                _ => kept.push(e),
+            }
+        }
+        Baseline::sorted(kept, other)
     }
 }
 
 impl FromIterator<(AttrPath, Option<Value>)> for Baseline {
     /// Later values of a path replace earlier ones, as in a map.
     fn from_iter<I: IntoIterator<Item = (AttrPath, Option<Value>)>>(iter: I) -> Baseline {
-        let mut b = Baseline::new();
-        for (path, value) in iter {
-            b.insert(path, value);
-        }
-        b.shrink_to_fit();
-        b
-    }
-}
-
-impl<'a> IntoIterator for &'a Baseline {
-    type Item = (&'a AttrPath, &'a Option<Value>);
-    type IntoIter = std::iter::Map<
-        std::slice::Iter<'a, (AttrPath, Option<Value>)>,
-        fn(&'a (AttrPath, Option<Value>)) -> (&'a AttrPath, &'a Option<Value>),
-    >;
-
-    fn into_iter(self) -> Self::IntoIter {
-        self.0.iter().map(|(p, v)| (p, v))
+        Baseline::sharing(iter, None)
     }
 }
 
@@ -106,24 +165,51 @@ mod tests {
         AttrPath::parse(PATHS[usize::from(i) % PATHS.len()]).unwrap()
     }
 
+    fn value() -> impl Strategy<Value = Option<Value>> {
+        prop_oneof![
+            Just(None),
+            "[a-c]{0,2}".prop_map(|s| Some(Value::One(s))),
+            prop::collection::vec("[a-c]{0,2}", 0..3).prop_map(|v| Some(Value::Many(v.into()))),
+        ]
+    }
+
     proptest! {
         /// Any sequence of inserts leaves the baseline holding what a `BTreeMap` holds,
-        /// in the same order, with the same answers to `get` and `insert`.
+        /// in the same order, with the same answers to `get`, `holds` and `insert`; built
+        /// at once (sharing another's paths or not), it is the same baseline.
         #[test]
-        fn behaves_as_an_ordered_map(ops in prop::collection::vec((0u8..6, prop::option::of("[a-c]{0,2}")), 0..20)) {
+        fn behaves_as_an_ordered_map(
+            ops in prop::collection::vec((0u8..6, value()), 0..20),
+            probe in value(),
+        ) {
             let mut b = Baseline::new();
             let mut m: BTreeMap<AttrPath, Option<Value>> = BTreeMap::new();
-            for (i, v) in ops {
-                let value = v.map(Value::One);
-                prop_assert_eq!(b.insert(path(i), value.clone()), m.insert(path(i), value));
+            for (i, value) in &ops {
+                prop_assert_eq!(b.insert(path(*i), value.clone()), m.insert(path(*i), value.clone()));
             }
             for i in 0..6 {
-                prop_assert_eq!(b.get(&path(i)), m.get(&path(i)));
+                prop_assert_eq!(b.get(&path(i)), m.get(&path(i)).cloned());
+                prop_assert_eq!(b.contains_key(&path(i)), m.contains_key(&path(i)));
+                prop_assert_eq!(
+                    b.holds(&path(i), probe.as_ref()),
+                    m.get(&path(i)) == Some(&probe)
+                );
             }
             prop_assert_eq!(b.len(), m.len());
-            prop_assert!(b.iter().eq(m.iter()));
-            let collected: Baseline = m.clone().into_iter().collect();
-            prop_assert_eq!(collected, b);
+            let listed: Vec<(AttrPath, Option<Value>)> =
+                b.iter().map(|(p, v)| (p.clone(), v.map(ValueRef::to_value))).collect();
+            let want: Vec<(AttrPath, Option<Value>)> = m.clone().into_iter().collect();
+            prop_assert_eq!(listed, want);
+            let ops: Vec<(AttrPath, Option<Value>)> =
+                ops.into_iter().map(|(i, v)| (path(i), v)).collect();
+            let collected: Baseline = ops.clone().into_iter().collect();
+            prop_assert_eq!(&collected, &b);
+            let shared = Baseline::sharing(ops, Some(&b));
+            prop_assert!(shared.shares_paths(&b) || b.is_empty());
+            let alike = collected.clone().with_paths_of(&b);
+            prop_assert!(alike.shares_paths(&b));
+            prop_assert_eq!(&alike, &collected);
+            prop_assert_eq!(shared, b);
         }
     }
 }

@@ -677,9 +677,9 @@ pub fn differs_from_baseline(desired: &Attributes, base: &Baseline, rules: &[Rul
     rules
         .iter()
         .filter(|r| r.owner != Owner::Portal)
-        .any(|r| match base.get(&r.to) {
+        .any(|r| match base.get_ref(&r.to) {
             None => true,
-            Some(last) => !user::same(&r.to, last.as_ref(), desired.get(&r.to)),
+            Some(last) => !user::same_ref(&r.to, last, desired.get(&r.to)),
         })
 }
 

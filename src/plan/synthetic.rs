@@ -81,6 +81,7 @@ impl Synthetic {
 
         let mut portal = Vec::new();
         let mut state = HashMap::new();
+        let mut template: Option<Baseline> = None;
         let mut portal_ids = HashMap::new();
         let mut id_of: HashMap<String, String> = HashMap::new();
         for (i, u) in before.iter().enumerate() {
@@ -116,7 +117,16 @@ impl Synthetic {
             let resource = Json::Object(resource);
             portal.push(PortalUser::from_json(&resource, &fields).map_err(|e| e.to_string())?);
             let anchor = u.anchor.to_ascii_lowercase();
-            state.insert(anchor.clone(), user::created_baseline(&desired, &rules));
+            // As the state reads them back: users synced alike share their paths.
+            let baseline = user::created_baseline(&desired, &rules);
+            let baseline = match &template {
+                Some(t) => baseline.with_paths_of(t),
+                None => {
+                    template = Some(baseline.clone());
+                    baseline
+                }
+            };
+            state.insert(anchor.clone(), baseline);
             portal_ids.insert(anchor, id.clone());
             id_of.insert(crate::dn::key(&u.dn), id);
         }

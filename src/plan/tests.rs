@@ -735,7 +735,7 @@ fn merge_directory_only_change_flows() {
         )
     );
     assert_eq!(
-        *plan.changes[0]
+        plan.changes[0]
             .baseline
             .get(&AttrPath::parse("displayName").unwrap())
             .unwrap(),
@@ -775,7 +775,7 @@ fn merge_both_changed_keeps_the_portal_value_and_reports_three_values() {
     );
     // The baseline stays, so the conflict is reported until one side gives way.
     assert_eq!(
-        *plan.in_sync[0]
+        plan.in_sync[0]
             .baseline
             .get(&AttrPath::parse("displayName").unwrap())
             .unwrap(),
@@ -796,7 +796,7 @@ fn merge_conflict_resolved_by_the_user_stops_being_reported() {
         "{plan:?}"
     );
     assert_eq!(
-        *plan.in_sync[0]
+        plan.in_sync[0]
             .baseline
             .get(&AttrPath::parse("displayName").unwrap())
             .unwrap(),
@@ -1405,7 +1405,7 @@ mod removal_guard {
         assert_eq!(plan.changes[0].fields, vec![rename]);
         assert_eq!(
             plan.changes[0].baseline.get(&service),
-            Some(&Some(Value::One("fax".into()))),
+            Some(Some(Value::One("fax".into()))),
             "the held revocation stays owed"
         );
     }
@@ -1451,7 +1451,7 @@ fn an_in_step_user_the_state_holds_as_it_is_needs_no_record() {
     let recorded: Vec<&str> = plan.in_sync.iter().map(|s| s.anchor.as_str()).collect();
     assert_eq!(recorded, ["uuid-bo"], "only bo's baseline needs writing");
     assert_eq!(
-        *plan.in_sync[0]
+        plan.in_sync[0]
             .baseline
             .get(&AttrPath::parse("name.familyName").unwrap())
             .unwrap(),

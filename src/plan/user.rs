@@ -28,6 +28,15 @@ pub struct UserDiff {
     pub baseline: Baseline,
 }
 
+/// [`UserDiff`] while it is built: the baseline's entries come one path at a time.
+#[derive(Default)]
+struct Diffing {
+    fields: Vec<FieldChange>,
+    conflicts: Vec<Conflict>,
+    needs_admin: Vec<NeedsAdmin>,
+    baseline: Vec<(AttrPath, Option<Value>)>,
+}
+
 pub fn diff(
     anchor: &str,
     desired: &Attributes,
@@ -36,7 +45,7 @@ pub fn diff(
     rules: &[Rule],
     schema: &PortalSchema,
 ) -> UserDiff {
-    let mut out = UserDiff::default();
+    let mut out = Diffing::default();
     for rule in rules {
         if rule.owner == Owner::Portal {
             continue;
@@ -46,19 +55,19 @@ pub fn diff(
             // Not read from the portal (see `portal::UserFields`): its value there is
             // unknown, so nothing is written; the last-synced value stays.
             if let Some(l) = base.and_then(|b| b.get(path)) {
-                out.baseline.insert(path.clone(), l.clone());
+                out.baseline.push((path.clone(), l));
             }
             continue;
         }
         let dir = desired.get(path);
         let por = portal.get(path);
         if same(path, por.as_ref(), dir) {
-            out.baseline.insert(path.clone(), dir.cloned());
+            out.baseline.push((path.clone(), dir.cloned()));
             continue;
         }
         let dir = dir.cloned();
         // `Some(x)`: the last-synced value is known (and is x, possibly absent).
-        let last: Option<Option<Value>> = base.and_then(|b| b.get(path).cloned());
+        let last: Option<Option<Value>> = base.and_then(|b| b.get(path));
         if schema.is_fixed(path) {
             out.needs_admin.push(NeedsAdmin {
                 anchor: anchor.to_string(),
@@ -75,7 +84,7 @@ pub fn diff(
                 ),
             });
             if let Some(l) = last {
-                out.baseline.insert(path.clone(), l);
+                out.baseline.push((path.clone(), l));
             }
             continue;
         }
@@ -101,7 +110,7 @@ pub fn diff(
                     }
                     // The user's value stays; the baseline stays too, so a conflict is
                     // reported until one side gives way.
-                    out.baseline.insert(path.clone(), l.clone());
+                    out.baseline.push((path.clone(), l.clone()));
                     continue;
                 }
                 Why::DirectoryChange
@@ -114,9 +123,14 @@ pub fn diff(
             why: Some(why),
             detail: None,
         });
-        out.baseline.insert(path.clone(), dir);
+        out.baseline.push((path.clone(), dir));
     }
-    out
+    UserDiff {
+        fields: out.fields,
+        conflicts: out.conflicts,
+        needs_admin: out.needs_admin,
+        baseline: out.baseline.into_iter().collect(),
+    }
 }
 
 /// How many paths [`diff`] compares (and a baseline holds): those of the rules the
@@ -153,9 +167,7 @@ pub fn in_step_as_recorded(
             return false;
         }
         let dir = desired.get(path);
-        if !same_ref(path, portal.get_ref(path), dir)
-            || recorded.get(path).map(Option::as_ref) != Some(dir)
-        {
+        if !same_ref(path, portal.get_ref(path), dir) || !recorded.holds(path, dir) {
             return false;
         }
     }

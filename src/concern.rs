@@ -25,7 +25,7 @@ use crate::access::AccessRules;
 use crate::mapping::Rule;
 use crate::plan::{self, Baseline, KnownGroup};
 use crate::source::delta::Pending;
-use crate::source::{DirectoryGroup, DirectoryUser, Snapshot, Timestamp};
+use crate::source::{DirectoryGroup, DirectoryUser, Timestamp};
 
 /// What an incremental read changed, and what the state remembers.
 pub struct Input<'a> {
@@ -34,7 +34,8 @@ pub struct Input<'a> {
     /// The directory's groups now, with primary-group members.
     pub groups: &'a [DirectoryGroup],
     /// The directory as the last read found it, with primary-group members.
-    pub previous: &'a Snapshot,
+    /// The users and groups as the last read found them.
+    pub previous: (&'a [DirectoryUser], &'a [DirectoryGroup]),
     pub now: Timestamp,
     /// When the last read ran.
     pub before: Timestamp,
@@ -67,23 +68,13 @@ pub fn concerned(input: &Input<'_>) -> Concerned {
     // services and sub-unit without touching the user's entry, and a difference left on
     // purpose (a privileged role kept, a field only an administrator may change, a
     // conflict) is reported again at every cycle, as a full reconcile would.
-    let plan::Desired {
-        users: desired,
-        groups: mirrored_now,
-    } = plan::desired(
-        input.users,
-        input.groups,
-        input.rules,
-        input.access,
-        input.now,
-    );
     let lower = |users: &[DirectoryUser]| -> HashSet<String> {
         users
             .iter()
             .map(|u| u.anchor.to_ascii_lowercase())
             .collect()
     };
-    let (users_now, users_before) = (lower(input.users), lower(&input.previous.users));
+    let (users_now, users_before) = (lower(input.users), lower(input.previous.0));
     let mut users: BTreeSet<String> = input
         .changed
         .iter()
@@ -94,35 +85,45 @@ pub fn concerned(input: &Input<'_>) -> Concerned {
         .cloned()
         .collect();
     users.extend(input.pending.users.iter().cloned());
+    drop((users_now, users_before));
+    // Expired since the last read, though the entry did not change.
     for u in input.users {
-        let key = u.anchor.to_ascii_lowercase();
-        let may_log_in = u.closure(input.now).is_none();
-        // Expired since the last read, though the entry did not change.
-        if u.expires.is_some() && may_log_in != u.closure(input.before).is_none() {
-            users.insert(key.clone());
-        }
-        let Some((_, attrs)) = desired.get(&key) else {
-            continue;
-        };
-        let owed = match input.known.get(&key) {
-            Some(base) => plan::differs_from_baseline(attrs, base, input.rules),
-            None => may_log_in,
-        };
-        if owed {
-            users.insert(key);
+        if u.expires.is_some()
+            && u.closure(input.now).is_none() != u.closure(input.before).is_none()
+        {
+            users.insert(u.anchor.to_ascii_lowercase());
         }
     }
-    let logins = users
-        .iter()
-        .filter_map(|a| desired.get(a).map(|(login, _)| (a.clone(), login.clone())))
-        .collect();
+    // Each user mapped and compared as it comes, none held: the login of each user
+    // concerned is kept.
+    let mut logins: BTreeMap<String, String> = BTreeMap::new();
+    let mirrored_now = plan::desired_each(
+        input.users,
+        input.groups,
+        input.rules,
+        input.access,
+        input.now,
+        |u, login, attrs| {
+            let key = u.anchor.to_ascii_lowercase();
+            let owed = match input.known.get(&key) {
+                Some(base) => plan::differs_from_baseline(&attrs, base, input.rules),
+                None => u.closure(input.now).is_none(),
+            };
+            if owed {
+                users.insert(key.clone());
+            }
+            if users.contains(&key) {
+                logins.insert(key, login);
+            }
+        },
+    );
 
     let mut groups: BTreeMap<String, String> = BTreeMap::new();
     if input.access.portal_groups.is_some() {
         let now = mirrored_now;
         let before = plan::mirrored_groups(
-            &input.previous.users,
-            &input.previous.groups,
+            input.previous.0,
+            input.previous.1,
             input.rules,
             input.access,
             input.before,
@@ -171,7 +172,7 @@ mod tests {
     use super::*;
     use crate::access::{GroupRef, PortalGroupRule, RoleRule};
     use crate::mapping::{AttrPath, Owner};
-    use crate::source::{DirectoryGroup, DirectoryUser};
+    use crate::source::{DirectoryGroup, DirectoryUser, Snapshot};
 
     const NOW: i64 = 1_800_000_000;
 
@@ -280,7 +281,7 @@ mod tests {
         concerned(&Input {
             users: &now.users,
             groups: &now.groups,
-            previous,
+            previous: (&previous.users, &previous.groups),
             now: Timestamp::from_unix(NOW),
             before: Timestamp::from_unix(NOW - 900),
             changed: &set(changed),
@@ -374,7 +375,7 @@ mod tests {
         let c = concerned(&Input {
             users: &now.users,
             groups: &now.groups,
-            previous: &previous,
+            previous: (&previous.users, &previous.groups),
             now: Timestamp::from_unix(NOW),
             before: Timestamp::from_unix(NOW - 900),
             changed: &HashSet::new(),

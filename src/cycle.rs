@@ -750,14 +750,11 @@ struct Remembrance<'a> {
     linked: &'a HashMap<String, String>,
 }
 
-/// What an incremental cycle found the directory's changes concern, with the directory
-/// as the last read found it (for the closure guard's count).
+/// What an incremental cycle found the directory's changes concern, and the managed
+/// users active as of the last read (what a listing would count, for the closure guard).
 struct Incremental {
     concerned: Concerned,
-    /// The last read's directory, with primary-group members.
-    previous: crate::source::Snapshot,
-    /// When the last read ran.
-    before: Timestamp,
+    managed_before: usize,
 }
 
 /// The users and groups the directory's `changes` concern ([`concern::concerned`]).
@@ -770,13 +767,27 @@ fn concern_of(
     now: Timestamp,
 ) -> Incremental {
     let rules = plan::effective_rules(&config.mapping, &config.access);
-    let mut previous = std::mem::take(&mut changes.previous);
-    previous.add_primary_group_members();
+    // The last read's directory with primary-group members; the one read now when
+    // nothing was read as changed.
+    let mut previous = changes.previous.take();
+    if let Some(p) = previous.as_mut() {
+        p.add_primary_group_members();
+    }
+    let previous = previous
+        .as_ref()
+        .map_or((users, groups), |p| (&p.users[..], &p.groups[..]));
     let before = Timestamp::from_unix(i64::try_from(changes.previous_at).unwrap_or(0));
+    let managed_before = previous
+        .0
+        .iter()
+        .filter(|u| {
+            state.known.contains_key(&u.anchor.to_ascii_lowercase()) && u.closure(before).is_none()
+        })
+        .count();
     let concerned = concern::concerned(&concern::Input {
         users,
         groups,
-        previous: &previous,
+        previous,
         now,
         before,
         changed: &changes.changed,
@@ -789,8 +800,7 @@ fn concern_of(
     });
     Incremental {
         concerned,
-        previous,
-        before,
+        managed_before,
     }
 }
 
@@ -806,8 +816,7 @@ async fn read_incremental(
 ) -> Result<(PortalView, PlanScope, Option<usize>), PortalError> {
     let Incremental {
         concerned,
-        previous,
-        before,
+        managed_before,
     } = incremental;
     if listing_is_cheaper(
         &concerned,
@@ -839,14 +848,6 @@ async fn read_incremental(
         config.portal.concurrency,
     )
     .await?;
-    // The managed users active as of the last read: what a listing would count.
-    let managed_before = previous
-        .users
-        .iter()
-        .filter(|u| {
-            state.known.contains_key(&u.anchor.to_ascii_lowercase()) && u.closure(before).is_none()
-        })
-        .count();
     let scope = PlanScope::Only {
         users: concerned
             .users

@@ -559,15 +559,23 @@ impl State {
     /// A `meta` row as bytes, whether it was written as text or streamed as a blob
     /// ([`Document`]).
     pub fn meta_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
+        self.meta_with(key, <[u8]>::to_vec)
+    }
+
+    /// What `read` makes of the bytes of `meta` row `key` (text or blob), read in place:
+    /// a document as large as the directory snapshot is not copied before it is parsed.
+    pub fn meta_with<T>(
+        &self,
+        key: &str,
+        read: impl FnOnce(&[u8]) -> T,
+    ) -> Result<Option<T>, StateError> {
         Ok(self
             .conn
             .query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
-                Ok(match r.get_ref(0)? {
-                    rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
-                        t.to_vec()
-                    }
-                    _ => Vec::new(),
-                })
+                Ok(read(match r.get_ref(0)? {
+                    rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => t,
+                    _ => &[],
+                }))
             })
             .optional()?)
     }

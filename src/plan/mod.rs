@@ -635,22 +635,41 @@ pub fn desired(
     access: &AccessRules,
     now: Timestamp,
 ) -> Desired {
+    let mut users = HashMap::with_capacity(directory.len());
+    let groups = desired_each(
+        directory,
+        groups,
+        rules,
+        access,
+        now,
+        |user, login, attrs| {
+            users.insert(user.anchor.to_ascii_lowercase(), (login, attrs));
+        },
+    );
+    Desired { users, groups }
+}
+
+/// [`desired`], a user at a time: `visit` gets each user it would sync with its login
+/// and attributes, so that a caller that only looks at each once holds none of them.
+/// Returns the mirrored groups.
+pub fn desired_each<'d>(
+    directory: &'d [DirectoryUser],
+    groups: &[DirectoryGroup],
+    rules: &[Rule],
+    access: &AccessRules,
+    now: Timestamp,
+    mut visit: impl FnMut(&'d DirectoryUser, String, Attributes),
+) -> BTreeMap<String, (String, BTreeSet<String>)> {
     let membership = Membership::new(groups);
     let resolved = access::resolve(access, &membership);
     let wanted = validate_all(directory, rules);
     let mirrored = mirrored_of(&wanted, groups, &membership, access, now);
-    let users = wanted
-        .into_iter()
-        .map(|w| {
-            let key = crate::dn::key(&w.user.dn);
-            let attrs = desired_attrs(rules, access, &membership, &resolved, w.user, &key);
-            (w.user.anchor.to_ascii_lowercase(), (w.user_name, attrs))
-        })
-        .collect();
-    Desired {
-        users,
-        groups: mirrored,
+    for w in wanted {
+        let key = crate::dn::key(&w.user.dn);
+        let attrs = desired_attrs(rules, access, &membership, &resolved, w.user, &key);
+        visit(w.user, w.user_name, attrs);
     }
+    mirrored
 }
 
 /// What [`desired`] finds: the users' values and the mirrored groups.

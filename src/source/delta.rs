@@ -165,8 +165,10 @@ impl Basis {
         if forced.is_none() && unusable(&basis, config, now_secs()).is_none() {
             if let Cached::Basis(b) = &mut basis {
                 match state
-                    .meta_bytes(SNAPSHOT_KEY)?
-                    .and_then(|bytes| serde_json::from_slice::<Snapshot>(&bytes).ok())
+                    .meta_with(SNAPSHOT_KEY, |bytes| {
+                        serde_json::from_slice::<Snapshot>(bytes).ok()
+                    })?
+                    .flatten()
                 {
                     Some(snapshot) => b.snapshot = snapshot,
                     None => return Ok(Cached::Unusable),
@@ -346,8 +348,9 @@ impl ReadKind {
 /// What an incremental read changed, for the cycle to find the portal users it concerns.
 #[derive(Clone, Debug)]
 pub struct Changes {
-    /// The basis the changes were applied to (without primary-group members).
-    pub previous: Snapshot,
+    /// The basis the changes were applied to (without primary-group members); `None`
+    /// when the read found nothing changed or gone, so that it is the read's snapshot.
+    pub previous: Option<Snapshot>,
     /// When the basis was read (Unix seconds).
     pub previous_at: u64,
     /// Lowercased anchors of the users and groups read as changed.
@@ -559,7 +562,11 @@ async fn read_ad(
                 pending,
                 ..
             } = *b;
-            let mut snapshot = previous.clone().merge(changed, &gone);
+            let (mut snapshot, previous) = if nothing_read(&changed.snapshot, &gone) {
+                (previous, None)
+            } else {
+                (previous.clone().merge(changed, &gone), Some(previous))
+            };
             snapshot.entries_read = entries;
             if snapshot.users.is_empty() {
                 FullReason::NoUsersLeft
@@ -802,7 +809,14 @@ async fn read_ldap_changes(
         pending,
         ..
     } = *b;
-    let mut snapshot = previous.clone().replace(changed.snapshot, &gone);
+    let (mut snapshot, previous) = if nothing_read(&changed.snapshot, &gone) {
+        (previous, None)
+    } else {
+        (
+            previous.clone().replace(changed.snapshot, &gone),
+            Some(previous),
+        )
+    };
     snapshot.entries_read = entries;
     Ok(Ok(Read {
         snapshot,
@@ -821,6 +835,12 @@ async fn read_ldap_changes(
             pending,
         }),
     }))
+}
+
+/// Whether an incremental read brought no entry and found none gone: the next snapshot
+/// is the last one, not a copy of it.
+fn nothing_read(changed: &Snapshot, gone: &HashSet<String>) -> bool {
+    changed.users.is_empty() && changed.groups.is_empty() && gone.is_empty()
 }
 
 /// The anchors (lowercased) of the entries in `changed` that differ from their selves in
@@ -1287,7 +1307,7 @@ mod tests {
         let quiet = Read {
             kind: ReadKind::Incremental(Method::ModifyTimestamp),
             changes: Some(Changes {
-                previous: snapshot.clone(),
+                previous: Some(snapshot.clone()),
                 previous_at: 0,
                 changed: HashSet::new(),
                 gone: HashSet::new(),

@@ -449,13 +449,7 @@ impl State {
         let mut stmt = self
             .conn
             .prepare("SELECT anchor, path, value FROM synced_value ORDER BY anchor")?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, Option<String>>(2)?,
-            ))
-        })?;
+        let mut rows = stmt.query([])?;
         // Each path parsed once, and users with the same paths share one list of them.
         let mut paths: HashMap<String, AttrPath> = HashMap::new();
         let mut template: Option<Baseline> = None;
@@ -469,28 +463,35 @@ impl State {
                 out.insert(anchor, b);
             }
         };
-        for row in rows {
-            let (anchor, text, value) = row?;
-            let anchor = anchor.to_ascii_lowercase();
-            if user.as_ref().is_none_or(|(a, _)| *a != anchor) {
+        // The rows' text is read where SQLite holds it: only what is kept is copied.
+        fn text<'r>(r: &'r rusqlite::Row<'_>, i: usize) -> Result<Option<&'r str>, StateError> {
+            let value = r.get_ref(i)?;
+            Ok(value.as_str_or_null().map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(i, value.data_type(), Box::new(e))
+            })?)
+        }
+        while let Some(row) = rows.next()? {
+            let anchor = text(row, 0)?.unwrap_or_default();
+            if user
+                .as_ref()
+                .is_none_or(|(a, _)| !a.eq_ignore_ascii_case(anchor))
+            {
                 finish(user.take(), &mut out);
-                user = Some((anchor, Vec::new()));
+                user = Some((anchor.to_ascii_lowercase(), Vec::new()));
             }
             // A row this dirsync cannot read counts as never synced: the directory value
             // then flows, which is the safe reading.
-            let path = match paths.get(&text) {
+            let name = text(row, 1)?.unwrap_or_default();
+            let path = match paths.get(name) {
                 Some(p) => p.clone(),
-                None => match AttrPath::parse(&text) {
-                    Ok(p) => paths.entry(text).or_insert(p).clone(),
+                None => match AttrPath::parse(name) {
+                    Ok(p) => paths.entry(name.to_string()).or_insert(p).clone(),
                     Err(_) => continue,
                 },
             };
-            let value = match value {
+            let value = match text(row, 2)? {
                 None => None,
-                Some(text) => match serde_json::from_str(&text)
-                    .ok()
-                    .and_then(|j| Value::from_json(&j))
-                {
+                Some(json) => match synced_value(json) {
                     Some(v) => Some(v),
                     None => continue,
                 },
@@ -809,6 +810,25 @@ impl Drop for State {
     }
 }
 
+/// A last-synced value as `synced_value.value` holds it (JSON: a string, or a list of
+/// strings); `None` when it is neither.
+fn synced_value(json: &str) -> Option<Value> {
+    // The two shapes dirsync writes, read straight into their types; anything else
+    // (an older or hand-edited row) as the JSON it is.
+    let direct = match json.as_bytes().first() {
+        Some(b'"') => serde_json::from_str::<String>(json).ok().map(Value::One),
+        Some(b'[') => serde_json::from_str::<Vec<String>>(json)
+            .ok()
+            .map(Value::many),
+        _ => None,
+    };
+    direct.or_else(|| {
+        serde_json::from_str(json)
+            .ok()
+            .and_then(|j| Value::from_json(&j))
+    })
+}
+
 /// One user's last-synced values as the state's rows give them.
 type Entries = Vec<(AttrPath, Option<Value>)>;
 
@@ -1078,6 +1098,27 @@ mod tests {
         drop(writer);
         State::open(&path).expect("the lock goes with the writer");
         assert_eq!(lock_path(&path), dir.path().join("state.db.lock"));
+    }
+
+    #[test]
+    fn a_synced_value_reads_as_the_json_it_is() {
+        let one = |s: &str| Some(Value::One(s.into()));
+        assert_eq!(synced_value(r#""Berg""#), one("Berg"));
+        assert_eq!(synced_value(r#""a\"b \u00e9""#), one("a\"b é"));
+        assert_eq!(
+            synced_value(r#"["2","1","2"]"#),
+            Some(Value::many(vec!["1".into(), "2".into()]))
+        );
+        // Shapes dirsync does not write, read as Value::from_json reads them.
+        assert_eq!(synced_value("12"), one("12"));
+        assert_eq!(synced_value("true"), one("true"));
+        assert_eq!(
+            synced_value(r#"["x", 3, {"a": 1}]"#),
+            Some(Value::many(vec!["3".into(), "x".into()]))
+        );
+        assert_eq!(synced_value(r#"{"a": 1}"#), None);
+        assert_eq!(synced_value(r#""unterminated"#), None);
+        assert_eq!(synced_value(""), None);
     }
 
     #[test]

@@ -87,11 +87,13 @@ pub fn concerned(input: &Input<'_>) -> Concerned {
     users.extend(input.pending.users.iter().cloned());
     drop((users_now, users_before));
     // Expired since the last read, though the entry did not change.
+    let mut expired_since = false;
     for u in input.users {
         if u.expires.is_some()
             && u.closure(input.now).is_none() != u.closure(input.before).is_none()
         {
             users.insert(u.anchor.to_ascii_lowercase());
+            expired_since = true;
         }
     }
     // Each user mapped and compared as it comes, none held: the login of each user
@@ -121,13 +123,21 @@ pub fn concerned(input: &Input<'_>) -> Concerned {
     let mut groups: BTreeMap<String, String> = BTreeMap::new();
     if input.access.portal_groups.is_some() {
         let now = mirrored_now;
-        let before = plan::mirrored_groups(
-            input.previous.0,
-            input.previous.1,
-            input.rules,
-            input.access,
-            input.before,
-        );
+        // The mirrored groups depend on the time only through who may log in: with the
+        // directory as it was and nobody expired since, they were as they are.
+        let same_directory = std::ptr::eq(input.previous.0, input.users)
+            && std::ptr::eq(input.previous.1, input.groups);
+        let before = if same_directory && !expired_since {
+            now.clone()
+        } else {
+            plan::mirrored_groups(
+                input.previous.0,
+                input.previous.1,
+                input.rules,
+                input.access,
+                input.before,
+            )
+        };
         let holds_concerned =
             |members: &BTreeSet<String>| members.iter().any(|m| users.contains(m));
         for (anchor, (name, members)) in &now {
@@ -362,6 +372,23 @@ mod tests {
             ["a-bo"],
             "Cid expired before the last read"
         );
+    }
+
+    #[test]
+    fn with_nothing_read_an_account_expiring_between_reads_still_concerns_its_mirrored_group() {
+        // A read that brought nothing passes the one directory as now and as before.
+        let mut now = world();
+        now.users[1].expires = Some(Timestamp::from_unix(NOW - 60));
+        let c = concern(&now, &now, &[], &[]);
+        assert_eq!(names(&c.users), ["a-bo"]);
+        assert_eq!(
+            c.groups.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["g-sales"],
+            "Bo left the mirrored Sales group when his account expired"
+        );
+        // Nobody expired since: nothing is concerned, the groups as they were.
+        now.users[1].expires = Some(Timestamp::from_unix(NOW - 7200));
+        assert_eq!(concern(&now, &now, &[], &[]), Concerned::default());
     }
 
     #[test]

@@ -522,6 +522,23 @@ impl fmt::Display for Value {
     }
 }
 
+/// For property tests: an absent value, one string or a set of strings (possibly
+/// empty), of up to three characters from `alphabet` (a regex class body, `a-c`).
+#[cfg(test)]
+pub(crate) fn any_value(
+    alphabet: &str,
+) -> impl proptest::strategy::Strategy<Value = Option<Value>> {
+    use proptest::prelude::*;
+    let string = || {
+        proptest::string::string_regex(&format!("[{alphabet}]{{0,3}}")).expect("a regex class body")
+    };
+    prop_oneof![
+        Just(None),
+        string().prop_map(|s| Some(Value::One(s))),
+        prop::collection::vec(string(), 0..4).prop_map(|v| Some(Value::Many(v.into()))),
+    ]
+}
+
 /// Who owns a mapped portal attribute.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -176,21 +176,13 @@ mod tests {
 
     use super::*;
 
-    fn value() -> impl Strategy<Value = Option<Value>> {
-        prop_oneof![
-            Just(None),
-            "[a-zé ]{0,6}".prop_map(|s| Some(Value::One(s))),
-            prop::collection::vec("[a-z]{0,3}", 0..4).prop_map(|v| Some(Value::Many(v.into()))),
-        ]
-    }
-
     proptest! {
         /// A packed row gives back every value as it was given, and compares each as
         /// the value does.
         #[test]
         fn gives_back_what_it_packed(
-            values in prop::collection::vec(value(), 0..12),
-            other in value(),
+            values in prop::collection::vec(crate::mapping::any_value("a-zé "), 0..12),
+            other in crate::mapping::any_value("a-zé "),
         ) {
             let packed = Packed::new(values.iter().map(Option::as_ref));
             prop_assert_eq!(packed.slots(), values.len());

@@ -165,22 +165,14 @@ mod tests {
         AttrPath::parse(PATHS[usize::from(i) % PATHS.len()]).unwrap()
     }
 
-    fn value() -> impl Strategy<Value = Option<Value>> {
-        prop_oneof![
-            Just(None),
-            "[a-c]{0,2}".prop_map(|s| Some(Value::One(s))),
-            prop::collection::vec("[a-c]{0,2}", 0..3).prop_map(|v| Some(Value::Many(v.into()))),
-        ]
-    }
-
     proptest! {
         /// Any sequence of inserts leaves the baseline holding what a `BTreeMap` holds,
         /// in the same order, with the same answers to `get`, `holds` and `insert`; built
         /// at once (sharing another's paths or not), it is the same baseline.
         #[test]
         fn behaves_as_an_ordered_map(
-            ops in prop::collection::vec((0u8..6, value()), 0..20),
-            probe in value(),
+            ops in prop::collection::vec((0u8..6, crate::mapping::any_value("a-c")), 0..20),
+            probe in crate::mapping::any_value("a-c"),
         ) {
             let mut b = Baseline::new();
             let mut m: BTreeMap<AttrPath, Option<Value>> = BTreeMap::new();

@@ -174,13 +174,19 @@ pub fn write(
 ) -> Result<Written, ArchiveError> {
     create_dir(&config.dir)?;
     let base = base_name(report, now);
-    let json = report.to_json();
-    let html = render_html(report);
     let json_path = config.dir.join(format!("{base}.json"));
     let html_path = config.dir.join(format!("{base}.html"));
-    write_atomic(&json_path, json.as_bytes())?;
+    // The JSON is written as it is made and copied to `latest`, never held whole.
+    write_atomic_with(&json_path, |f| {
+        let mut out = std::io::BufWriter::new(f);
+        report.write_json(&mut out)?;
+        out.flush()
+    })?;
+    write_atomic_with(&config.dir.join(LATEST_JSON), |f| {
+        std::io::copy(&mut std::fs::File::open(&json_path)?, f).map(drop)
+    })?;
+    let html = render_html(report);
     write_atomic(&html_path, html.as_bytes())?;
-    write_atomic(&config.dir.join(LATEST_JSON), json.as_bytes())?;
     write_atomic(&config.dir.join(LATEST_HTML), html.as_bytes())?;
     sync_dir(&config.dir);
     let removed = prune(config, now)?;
@@ -252,6 +258,14 @@ fn create_dir(dir: &Path) -> Result<(), ArchiveError> {
 /// Writes `bytes` to a 0600 temporary file beside `path`, flushes it to disk and renames
 /// it over `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ArchiveError> {
+    write_atomic_with(path, |f| f.write_all(bytes))
+}
+
+/// [`write_atomic`], the content written by `write` into the temporary file.
+pub fn write_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> Result<(), ArchiveError> {
     let err = |e: std::io::Error| ArchiveError::Write {
         path: path.to_path_buf(),
         reason: io_reason(&e),
@@ -263,7 +277,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ArchiveError> {
         .unwrap_or_default();
     let temp = dir.join(format!(".tmp-{name}.{}", std::process::id()));
     let written = crate::state::create_private(&temp)
-        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+        .and_then(|mut f| write(&mut f).and_then(|()| f.sync_all()))
         .and_then(|()| std::fs::rename(&temp, path));
     if let Err(e) = written {
         let _ = std::fs::remove_file(&temp);

@@ -209,7 +209,16 @@ fn options(confirm: Confirm, adopt_orphans: bool, full: bool) -> cycle::Options 
 fn print_report(report: &report::Report, format: Format) -> u8 {
     match format {
         Format::Text => print!("{}", report::render_text(report)),
-        Format::Json => println!("{}", report.to_json()),
+        Format::Json => {
+            // Written as it is made (a first sync's report is large). A stdout that is
+            // gone (a pipe closed early) loses the report, not the cycle's exit code.
+            use std::io::Write;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let _ = report
+                .write_json(&mut out)
+                .and_then(|()| writeln!(out))
+                .and_then(|()| out.flush());
+        }
         Format::Html => print!("{}", report::render_html(report)),
     }
     report.exit_code()

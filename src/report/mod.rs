@@ -656,7 +656,18 @@ impl Report {
 
     /// The JSON report, as documented in `docs/report.schema.json`.
     pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+        let mut out = Vec::new();
+        match self.write_json(&mut out).map(|()| String::from_utf8(out)) {
+            Ok(Ok(json)) => json,
+            Ok(Err(e)) => format!("{{\"error\": \"{e}\"}}"),
+            Err(e) => format!("{{\"error\": \"{e}\"}}"),
+        }
+    }
+
+    /// Writes [`Report::to_json`] to `out` as it is made: the report of a first sync of
+    /// 100,000 users is some 180 MB of JSON, not to be held as a string.
+    pub fn write_json(&self, out: impl std::io::Write) -> std::io::Result<()> {
+        serde_json::to_writer_pretty(out, self).map_err(std::io::Error::from)
     }
 }
 

@@ -33,9 +33,10 @@ pub struct Input<'a> {
     pub users: &'a [DirectoryUser],
     /// The directory's groups now, with primary-group members.
     pub groups: &'a [DirectoryGroup],
-    /// The directory as the last read found it, with primary-group members.
-    /// The users and groups as the last read found them.
-    pub previous: (&'a [DirectoryUser], &'a [DirectoryGroup]),
+    /// The users and groups as the last read found them, with primary-group members;
+    /// `None` when the read brought no entry and found none gone: they are `users` and
+    /// `groups`.
+    pub previous: Option<(&'a [DirectoryUser], &'a [DirectoryGroup])>,
     pub now: Timestamp,
     /// When the last read ran.
     pub before: Timestamp,
@@ -64,6 +65,7 @@ pub struct Concerned {
 }
 
 pub fn concerned(input: &Input<'_>) -> Concerned {
+    let previous = input.previous.unwrap_or((input.users, input.groups));
     // Every user is mapped and compared with its baseline: a group change alters role,
     // services and sub-unit without touching the user's entry, and a difference left on
     // purpose (a privileged role kept, a field only an administrator may change, a
@@ -74,7 +76,7 @@ pub fn concerned(input: &Input<'_>) -> Concerned {
             .map(|u| u.anchor.to_ascii_lowercase())
             .collect()
     };
-    let (users_now, users_before) = (lower(input.users), lower(input.previous.0));
+    let (users_now, users_before) = (lower(input.users), lower(previous.0));
     let mut users: BTreeSet<String> = input
         .changed
         .iter()
@@ -125,14 +127,12 @@ pub fn concerned(input: &Input<'_>) -> Concerned {
         let now = mirrored_now;
         // The mirrored groups depend on the time only through who may log in: with the
         // directory as it was and nobody expired since, they were as they are.
-        let same_directory = std::ptr::eq(input.previous.0, input.users)
-            && std::ptr::eq(input.previous.1, input.groups);
-        let before = if same_directory && !expired_since {
+        let before = if input.previous.is_none() && !expired_since {
             now.clone()
         } else {
             plan::mirrored_groups(
-                input.previous.0,
-                input.previous.1,
+                previous.0,
+                previous.1,
                 input.rules,
                 input.access,
                 input.before,
@@ -284,20 +284,26 @@ mod tests {
         )])
     }
 
-    fn concern(now: &Snapshot, previous: &Snapshot, changed: &[&str], gone: &[&str]) -> Concerned {
+    /// `previous`: `None` for a read that brought nothing (the directory is `now`).
+    fn concern(
+        now: &Snapshot,
+        previous: Option<&Snapshot>,
+        changed: &[&str],
+        gone: &[&str],
+    ) -> Concerned {
         let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<HashSet<_>>();
         let rules = rules();
         let access = access();
         concerned(&Input {
             users: &now.users,
             groups: &now.groups,
-            previous: (&previous.users, &previous.groups),
+            previous: previous.map(|p| (&p.users[..], &p.groups[..])),
             now: Timestamp::from_unix(NOW),
             before: Timestamp::from_unix(NOW - 900),
             changed: &set(changed),
             gone: &set(gone),
             pending: &Pending::default(),
-            known: &synced(previous),
+            known: &synced(previous.unwrap_or(now)),
             known_groups: &known_groups(),
             rules: &rules,
             access: &access,
@@ -310,7 +316,7 @@ mod tests {
 
     #[test]
     fn nothing_changed_concerns_nobody() {
-        let c = concern(&world(), &world(), &[], &[]);
+        let c = concern(&world(), Some(&world()), &[], &[]);
         assert_eq!(c, Concerned::default());
     }
 
@@ -319,7 +325,7 @@ mod tests {
         let mut now = world();
         now.users[0] = user("anna", "Lind");
         now.users.retain(|u| u.anchor != "A-cid");
-        let c = concern(&now, &world(), &["a-anna"], &["a-cid"]);
+        let c = concern(&now, Some(&world()), &["a-anna"], &["a-cid"]);
         assert_eq!(names(&c.users), ["a-anna", "a-cid"]);
         assert_eq!(
             c.logins.get("a-anna").map(String::as_str),
@@ -338,7 +344,7 @@ mod tests {
         let mut now = world();
         // Bo joins the admins; Sales itself is untouched, Bo's entry too.
         now.groups[0] = group("admins", &["anna", "bo"]);
-        let c = concern(&now, &world(), &["g-admins"], &[]);
+        let c = concern(&now, Some(&world()), &["g-admins"], &[]);
         assert_eq!(names(&c.users), ["a-bo"], "the role Bo should have changed");
         assert_eq!(
             c.groups.keys().map(String::as_str).collect::<Vec<_>>(),
@@ -354,7 +360,7 @@ mod tests {
         let mut eve = user("eve", "Ek");
         eve.disabled = true;
         now.users.push(eve);
-        let c = concern(&now, &world(), &[], &[]);
+        let c = concern(&now, Some(&world()), &[], &[]);
         assert_eq!(names(&c.users), ["a-dag"]);
         assert_eq!(c.logins["a-dag"], "dag@x.se");
     }
@@ -366,7 +372,7 @@ mod tests {
         now.users[2].expires = Some(Timestamp::from_unix(NOW - 7200));
         let mut previous = now.clone();
         previous.users[1].expires = Some(Timestamp::from_unix(NOW - 60));
-        let c = concern(&now, &previous, &[], &[]);
+        let c = concern(&now, Some(&previous), &[], &[]);
         assert_eq!(
             names(&c.users),
             ["a-bo"],
@@ -376,10 +382,10 @@ mod tests {
 
     #[test]
     fn with_nothing_read_an_account_expiring_between_reads_still_concerns_its_mirrored_group() {
-        // A read that brought nothing passes the one directory as now and as before.
+        // A read that brought nothing: the directory as it was is the one now.
         let mut now = world();
         now.users[1].expires = Some(Timestamp::from_unix(NOW - 60));
-        let c = concern(&now, &now, &[], &[]);
+        let c = concern(&now, None, &[], &[]);
         assert_eq!(names(&c.users), ["a-bo"]);
         assert_eq!(
             c.groups.keys().map(String::as_str).collect::<Vec<_>>(),
@@ -388,7 +394,7 @@ mod tests {
         );
         // Nobody expired since: nothing is concerned, the groups as they were.
         now.users[1].expires = Some(Timestamp::from_unix(NOW - 7200));
-        assert_eq!(concern(&now, &now, &[], &[]), Concerned::default());
+        assert_eq!(concern(&now, None, &[], &[]), Concerned::default());
     }
 
     #[test]
@@ -402,7 +408,7 @@ mod tests {
         let c = concerned(&Input {
             users: &now.users,
             groups: &now.groups,
-            previous: (&previous.users, &previous.groups),
+            previous: Some((&previous.users, &previous.groups)),
             now: Timestamp::from_unix(NOW),
             before: Timestamp::from_unix(NOW - 900),
             changed: &HashSet::new(),

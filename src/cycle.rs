@@ -767,18 +767,16 @@ fn concern_of(
     now: Timestamp,
 ) -> Incremental {
     let rules = plan::effective_rules(&config.mapping, &config.access);
-    // The last read's directory with primary-group members; the one read now when
-    // nothing was read as changed.
+    // The last read's directory with primary-group members; `None` when nothing was
+    // read as changed: it is the one read now.
     let mut previous = changes.previous.take();
     if let Some(p) = previous.as_mut() {
         p.add_primary_group_members();
     }
-    let previous = previous
-        .as_ref()
-        .map_or((users, groups), |p| (&p.users[..], &p.groups[..]));
+    let previous = previous.as_ref().map(|p| (&p.users[..], &p.groups[..]));
     let before = Timestamp::from_unix(i64::try_from(changes.previous_at).unwrap_or(0));
     let managed_before = previous
-        .0
+        .map_or(users, |(u, _)| u)
         .iter()
         .filter(|u| {
             state.known.contains_key(&u.anchor.to_ascii_lowercase()) && u.closure(before).is_none()

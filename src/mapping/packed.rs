@@ -1,6 +1,7 @@
 //! A row of attribute values kept compact ([`Packed`]): the plan holds one row per portal
 //! user, so at 100,000 users a value's `String` header and allocation are megabytes.
 
+use std::borrow::Borrow;
 use std::fmt;
 
 use super::Value;
@@ -83,7 +84,7 @@ impl ValueRef<'_> {
 
 impl Packed {
     /// Packs one value per slot, in slot order.
-    pub fn new<'v>(values: impl IntoIterator<Item = Option<&'v Value>>) -> Packed {
+    pub fn new<V: Borrow<Value>>(values: impl IntoIterator<Item = Option<V>>) -> Packed {
         let mut text = String::new();
         let mut slots: Vec<u32> = vec![0];
         let mut ends: Vec<u32> = Vec::new();
@@ -92,7 +93,7 @@ impl Packed {
             ends.push(u32::try_from(text.len()).unwrap_or(u32::MAX));
         };
         for v in values {
-            let flags = match v {
+            let flags = match v.as_ref().map(Borrow::borrow) {
                 None => 0,
                 Some(Value::One(s)) => {
                     push(s, &mut ends);

@@ -28,15 +28,6 @@ pub struct UserDiff {
     pub baseline: Baseline,
 }
 
-/// [`UserDiff`] while it is built: the baseline's entries come one path at a time.
-#[derive(Default)]
-struct Diffing {
-    fields: Vec<FieldChange>,
-    conflicts: Vec<Conflict>,
-    needs_admin: Vec<NeedsAdmin>,
-    baseline: Vec<(AttrPath, Option<Value>)>,
-}
-
 pub fn diff(
     anchor: &str,
     desired: &Attributes,
@@ -45,7 +36,9 @@ pub fn diff(
     rules: &[Rule],
     schema: &PortalSchema,
 ) -> UserDiff {
-    let mut out = Diffing::default();
+    let mut out = UserDiff::default();
+    // The baseline's entries, one path at a time; packed once at the end.
+    let mut baseline: Vec<(AttrPath, Option<Value>)> = Vec::new();
     for rule in rules {
         if rule.owner == Owner::Portal {
             continue;
@@ -55,14 +48,14 @@ pub fn diff(
             // Not read from the portal (see `portal::UserFields`): its value there is
             // unknown, so nothing is written; the last-synced value stays.
             if let Some(l) = base.and_then(|b| b.get(path)) {
-                out.baseline.push((path.clone(), l));
+                baseline.push((path.clone(), l));
             }
             continue;
         }
         let dir = desired.get(path);
         let por = portal.get(path);
         if same(path, por.as_ref(), dir) {
-            out.baseline.push((path.clone(), dir.cloned()));
+            baseline.push((path.clone(), dir.cloned()));
             continue;
         }
         let dir = dir.cloned();
@@ -84,7 +77,7 @@ pub fn diff(
                 ),
             });
             if let Some(l) = last {
-                out.baseline.push((path.clone(), l));
+                baseline.push((path.clone(), l));
             }
             continue;
         }
@@ -110,7 +103,7 @@ pub fn diff(
                     }
                     // The user's value stays; the baseline stays too, so a conflict is
                     // reported until one side gives way.
-                    out.baseline.push((path.clone(), l.clone()));
+                    baseline.push((path.clone(), l.clone()));
                     continue;
                 }
                 Why::DirectoryChange
@@ -123,14 +116,10 @@ pub fn diff(
             why: Some(why),
             detail: None,
         });
-        out.baseline.push((path.clone(), dir));
+        baseline.push((path.clone(), dir));
     }
-    UserDiff {
-        fields: out.fields,
-        conflicts: out.conflicts,
-        needs_admin: out.needs_admin,
-        baseline: out.baseline.into_iter().collect(),
-    }
+    out.baseline = baseline.into_iter().collect();
+    out
 }
 
 /// How many paths [`diff`] compares (and a baseline holds): those of the rules the

@@ -154,11 +154,7 @@ impl PortalUser {
                 .map(str::to_string),
             id,
             user_name,
-            values: {
-                let values: Vec<Option<Value>> =
-                    fields.paths.iter().map(|p| p.get(resource)).collect();
-                Packed::new(values.iter().map(Option::as_ref))
-            },
+            values: Packed::new(fields.paths.iter().map(|p| p.get(resource))),
             fields: Arc::clone(fields),
         })
     }
@@ -207,7 +203,7 @@ impl PortalUser {
         let mut values = self.values.to_values();
         values.resize(self.fields.paths.len(), None);
         values[i] = value;
-        self.values = Packed::new(values.iter().map(Option::as_ref));
+        self.values = Packed::new(values);
         true
     }
 }

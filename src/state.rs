@@ -456,7 +456,11 @@ impl State {
         let mut user: Option<(String, Entries)> = None;
         let mut finish = |user: Option<(String, Entries)>, out: &mut HashMap<String, Baseline>| {
             if let Some((anchor, entries)) = user {
-                let b = Baseline::sharing(entries, template.as_ref());
+                let b: Baseline = entries.into_iter().collect();
+                let b = match &template {
+                    Some(t) => b.with_paths_of(t),
+                    None => b,
+                };
                 if template.as_ref().is_none_or(|t| !b.shares_paths(t)) {
                     template = Some(b.clone());
                 }

@@ -10,7 +10,7 @@ use crate::mapping::{AttrPath, Packed, Value, ValueRef};
 ///
 /// A map from path to value, ordered by path (as a `BTreeMap` would be), stored packed:
 /// the paths in one shared list (users synced by one configuration have the same paths,
-/// and [`Baseline::sharing`] lets them share it) and the values in one [`Packed`] row.
+/// and [`Baseline::with_paths_of`] lets them share it) and the values in one [`Packed`] row.
 /// Built once, read many times: [`Baseline::insert`] rebuilds it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Baseline {
@@ -57,7 +57,7 @@ impl Baseline {
                 None
             }
         };
-        *self = Baseline::sorted(entries, None);
+        *self = Baseline::sorted(entries);
         old
     }
 
@@ -70,7 +70,7 @@ impl Baseline {
         self
     }
 
-    /// Whether this baseline and `other` share one list of paths ([`Baseline::sharing`]).
+    /// Whether this baseline and `other` share one list of paths ([`Baseline::with_paths_of`]).
     pub fn shares_paths(&self, other: &Baseline) -> bool {
         Arc::ptr_eq(&self.paths, &other.paths)
     }
@@ -103,28 +103,17 @@ impl Baseline {
     }
 
     /// Builds a baseline from entries sorted by path, each path once.
-    fn sorted(entries: Vec<(AttrPath, Option<Value>)>, share: Option<&Baseline>) -> Baseline {
+    fn sorted(entries: Vec<(AttrPath, Option<Value>)>) -> Baseline {
         let values = Packed::new(entries.iter().map(|(_, v)| v.as_ref()));
-        let paths = match share {
-            Some(b)
-                if b.paths.len() == entries.len()
-                    && b.paths.iter().zip(&entries).all(|(a, (p, _))| a == p) =>
-            {
-                Arc::clone(&b.paths)
-            }
-            _ => entries.into_iter().map(|(p, _)| p).collect(),
-        };
+        let paths = entries.into_iter().map(|(p, _)| p).collect();
         Baseline { paths, values }
     }
+}
 
-    /// Builds a baseline from `entries` (later values of a path replace earlier ones),
-    /// sharing `other`'s list of paths when it is the same: the state's baselines, read
-    /// one user after another, keep one list for all users synced alike.
-    pub fn sharing(
-        entries: impl IntoIterator<Item = (AttrPath, Option<Value>)>,
-        other: Option<&Baseline>,
-    ) -> Baseline {
-        let mut entries: Vec<(AttrPath, Option<Value>)> = entries.into_iter().collect();
+impl FromIterator<(AttrPath, Option<Value>)> for Baseline {
+    /// Later values of a path replace earlier ones, as in a map.
+    fn from_iter<I: IntoIterator<Item = (AttrPath, Option<Value>)>>(iter: I) -> Baseline {
+        let mut entries: Vec<(AttrPath, Option<Value>)> = iter.into_iter().collect();
         // Stable: of equal paths the later stays last, and is kept.
         entries.sort_by(|a, b| a.0.cmp(&b.0));
         let mut kept: Vec<(AttrPath, Option<Value>)> = Vec::with_capacity(entries.len());
@@ -134,14 +123,7 @@ impl Baseline {
                 _ => kept.push(e),
             }
         }
-        Baseline::sorted(kept, other)
-    }
-}
-
-impl FromIterator<(AttrPath, Option<Value>)> for Baseline {
-    /// Later values of a path replace earlier ones, as in a map.
-    fn from_iter<I: IntoIterator<Item = (AttrPath, Option<Value>)>>(iter: I) -> Baseline {
-        Baseline::sharing(iter, None)
+        Baseline::sorted(kept)
     }
 }
 
@@ -194,14 +176,11 @@ mod tests {
             prop_assert_eq!(listed, want);
             let ops: Vec<(AttrPath, Option<Value>)> =
                 ops.into_iter().map(|(i, v)| (path(i), v)).collect();
-            let collected: Baseline = ops.clone().into_iter().collect();
+            let collected: Baseline = ops.into_iter().collect();
             prop_assert_eq!(&collected, &b);
-            let shared = Baseline::sharing(ops, Some(&b));
-            prop_assert!(shared.shares_paths(&b) || b.is_empty());
             let alike = collected.clone().with_paths_of(&b);
             prop_assert!(alike.shares_paths(&b));
             prop_assert_eq!(&alike, &collected);
-            prop_assert_eq!(shared, b);
         }
     }
 }

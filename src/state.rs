@@ -873,11 +873,7 @@ fn write_document(conn: &Connection, doc: &Document<'_>) -> Result<(), StateErro
         "INSERT INTO meta (key, value) VALUES (?1, zeroblob(?2))",
         params![doc.key, size],
     )?;
-    let row: i64 = conn.query_row(
-        "SELECT rowid FROM meta WHERE key = ?1",
-        params![doc.key],
-        |r| r.get(0),
-    )?;
+    let row = conn.last_insert_rowid();
     let blob = conn.blob_open(rusqlite::MAIN_DB, "meta", "value", row, false)?;
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, blob);
     (doc.write)(&mut out).map_err(io)?;

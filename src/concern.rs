@@ -70,24 +70,33 @@ pub fn concerned(input: &Input<'_>) -> Concerned {
     // services and sub-unit without touching the user's entry, and a difference left on
     // purpose (a privileged role kept, a field only an administrator may change, a
     // conflict) is reported again at every cycle, as a full reconcile would.
-    let lower = |users: &[DirectoryUser]| -> HashSet<String> {
-        users
-            .iter()
-            .map(|u| u.anchor.to_ascii_lowercase())
-            .collect()
-    };
-    let (users_now, users_before) = (lower(input.users), lower(previous.0));
-    let mut users: BTreeSet<String> = input
-        .changed
-        .iter()
-        .chain(input.gone)
-        .filter(|a| {
-            users_now.contains(*a) || users_before.contains(*a) || input.known.contains_key(*a)
-        })
-        .cloned()
-        .collect();
+    let mut users: BTreeSet<String> = BTreeSet::new();
+    if !input.changed.is_empty() || !input.gone.is_empty() {
+        let lower = |users: &[DirectoryUser]| -> HashSet<String> {
+            users
+                .iter()
+                .map(|u| u.anchor.to_ascii_lowercase())
+                .collect()
+        };
+        let users_now = lower(input.users);
+        let users_before = match input.previous {
+            Some((before, _)) => lower(before),
+            None => HashSet::new(),
+        };
+        users.extend(
+            input
+                .changed
+                .iter()
+                .chain(input.gone)
+                .filter(|a| {
+                    users_now.contains(*a)
+                        || users_before.contains(*a)
+                        || input.known.contains_key(*a)
+                })
+                .cloned(),
+        );
+    }
     users.extend(input.pending.users.iter().cloned());
-    drop((users_now, users_before));
     // Expired since the last read, though the entry did not change.
     let mut expired_since = false;
     for u in input.users {
@@ -108,16 +117,16 @@ pub fn concerned(input: &Input<'_>) -> Concerned {
         input.access,
         input.now,
         |u, login, attrs| {
-            let key = u.anchor.to_ascii_lowercase();
-            let owed = match input.known.get(&key) {
+            let key = plan::folded::lowered(&u.anchor);
+            let owed = match input.known.get(key.as_ref()) {
                 Some(base) => plan::differs_from_baseline(&attrs, base, input.rules),
                 None => u.closure(input.now).is_none(),
             };
             if owed {
-                users.insert(key.clone());
+                users.insert(key.clone().into_owned());
             }
-            if users.contains(&key) {
-                logins.insert(key, login);
+            if users.contains(key.as_ref()) {
+                logins.insert(key.into_owned(), login);
             }
         },
     );

@@ -779,7 +779,10 @@ fn concern_of(
         .map_or(users, |(u, _)| u)
         .iter()
         .filter(|u| {
-            state.known.contains_key(&u.anchor.to_ascii_lowercase()) && u.closure(before).is_none()
+            state
+                .known
+                .contains_key(plan::folded::lowered(&u.anchor).as_ref())
+                && u.closure(before).is_none()
         })
         .count();
     let concerned = concern::concerned(&concern::Input {

@@ -2,8 +2,18 @@
 //! indexes every user by anchor and login, and a lowercased copy of each key would cost
 //! an allocation per user and key.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+
+/// `s` ASCII-lowercased, as a key of a map of lowercased keys: borrowed when it already
+/// is lowercase, as most anchors are.
+pub fn lowered(s: &str) -> Cow<'_, str> {
+    match s.bytes().any(|b| b.is_ascii_uppercase()) {
+        true => Cow::Owned(s.to_ascii_lowercase()),
+        false => Cow::Borrowed(s),
+    }
+}
 
 /// A string that equals and hashes as its ASCII-lowercased self, without being copied.
 #[derive(Clone, Copy, Debug)]
@@ -114,6 +124,13 @@ mod tests {
         }
 
         /// A `Multi` answers as a map of lists keyed by the lowercased key.
+        #[test]
+        fn lowered_is_the_lowercase_copied_only_when_it_differs(a in "[a-cA-CéÉ=,]{0,70}") {
+            let l = lowered(&a);
+            prop_assert_eq!(l.as_ref(), a.to_ascii_lowercase());
+            prop_assert_eq!(matches!(l, Cow::Borrowed(_)), a == a.to_ascii_lowercase());
+        }
+
         #[test]
         fn multi_is_a_map_of_lists(keys in prop::collection::vec("[aAbB]{1,2}", 0..30)) {
             let mut m = Multi::with_capacity(0);

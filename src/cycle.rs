@@ -217,6 +217,22 @@ pub async fn run(
         _ = &mut deadline => Err(CycleError::Timeout(config.cycle_timeout)),
         r = prepare(config, &options, remembered, context.telemetry.clone(), forced) => r,
     };
+    // The directory brought a change after a cycle that settled: the baselines left
+    // unread are read now, and the cycle plans.
+    let prepared = match prepared {
+        Ok(Step::Ready(p)) => Ok(*p),
+        Ok(Step::Load(side)) => match Loaded::read(state.as_ref()) {
+            Ok(loaded) => tokio::select! {
+                biased;
+                _ = stop.hard.cancelled() => Err(CycleError::Interrupted),
+                _ = stop.soft.cancelled() => Err(CycleError::Interrupted),
+                _ = &mut deadline => Err(CycleError::Timeout(config.cycle_timeout)),
+                r = plan_read(config, &options, *side, loaded) => r,
+            },
+            Err(e) => Err(e.into()),
+        },
+        Err(e) => Err(e),
+    };
     let mut prepared = match prepared {
         Ok(p) => p,
         Err(e) => {
@@ -252,6 +268,7 @@ pub async fn run(
         planned,
         legacy_basis,
         mut phases,
+        settled,
         mut plan,
         ..
     } = prepared;
@@ -360,8 +377,19 @@ pub async fn run(
         if applying {
             meta.push((SCOPE_KEY, config.scope_text()));
         }
+        // The findings of a cycle that left nothing to do, for the next one (only when
+        // nothing is owed, and the cycle ran to its end).
+        let settled = settled
+            .filter(|_| pending.users.is_empty() && pending.groups.is_empty() && stopped.is_none())
+            .and_then(|s| serde_json::to_value(s).ok());
         if let Some(read) = &directory_read {
-            meta.extend(delta::basis_meta(read, config, &pending, legacy_basis));
+            meta.extend(delta::basis_meta(
+                read,
+                config,
+                &pending,
+                settled.as_ref(),
+                legacy_basis,
+            ));
         }
         // The snapshot, streamed into the state, unless the one it keeps is still true.
         let snapshot = directory_read.as_ref().filter(|r| !r.snapshot_unchanged());
@@ -499,18 +527,45 @@ pub struct Prepared {
     linked: HashMap<String, String>,
     /// The reads' and the plan's timings; apply and record add theirs.
     phases: Phases,
+    /// What this cycle remembers with its basis if it leaves nothing to do.
+    settled: Option<plan::settled::Settled>,
     pub plan: Plan,
 }
 
 /// What a cycle needs from the state, read before anything is awaited (the database
 /// stays with the cycle, never shared across tasks).
 struct Remembered {
-    known: HashMap<String, plan::Baseline>,
-    known_groups: HashMap<String, KnownGroup>,
-    linked: HashMap<String, String>,
+    /// `None` when left unread for a plan that may stand ([`may_stand`]).
+    loaded: Option<Loaded>,
     basis: Cached,
     legacy_basis: bool,
     last_scope: Option<String>,
+}
+
+/// What the state says of every managed user and mirrored group: what a plan is made on.
+struct Loaded {
+    known: HashMap<String, plan::Baseline>,
+    known_groups: HashMap<String, KnownGroup>,
+    linked: HashMap<String, String>,
+}
+
+impl Loaded {
+    fn read(state: Option<&State>) -> Result<Loaded, StateError> {
+        let Some(s) = state else {
+            return Ok(Loaded {
+                known: HashMap::new(),
+                known_groups: HashMap::new(),
+                linked: HashMap::new(),
+            });
+        };
+        blocking(|| {
+            Ok(Loaded {
+                known: s.baselines()?,
+                known_groups: s.groups()?,
+                linked: s.portal_ids()?,
+            })
+        })
+    }
 }
 
 impl Remembered {
@@ -521,25 +576,46 @@ impl Remembered {
     ) -> Result<Remembered, StateError> {
         let Some(s) = state else {
             return Ok(Remembered {
-                known: HashMap::new(),
-                known_groups: HashMap::new(),
-                linked: HashMap::new(),
+                loaded: Some(Loaded::read(None)?),
                 basis: Cached::Nothing,
                 legacy_basis: false,
                 last_scope: None,
             });
         };
-        blocking(|| {
-            Ok(Remembered {
-                known: s.baselines()?,
-                known_groups: s.groups()?,
-                linked: s.portal_ids()?,
-                basis: delta::Basis::load(s, config, forced)?,
-                legacy_basis: delta::legacy(s)?,
-                last_scope: s.meta(SCOPE_KEY)?,
-            })
+        let (basis, legacy_basis, last_scope) = blocking(|| {
+            Ok::<_, StateError>((
+                delta::Basis::load(s, config, forced)?,
+                delta::legacy(s)?,
+                s.meta(SCOPE_KEY)?,
+            ))
+        })?;
+        let loaded = match may_stand(&basis, config, forced) {
+            true => None,
+            false => Some(Loaded::read(state)?),
+        };
+        Ok(Remembered {
+            loaded,
+            basis,
+            legacy_basis,
+            last_scope,
         })
     }
+}
+
+/// Whether the last cycle's plan may stand ([`plan::settled`]), as far as the basis
+/// tells before the directory is read: then the baselines are left unread until the
+/// read shows whether anything changed.
+fn may_stand(basis: &Cached, config: &Config, forced: Option<&FullReason>) -> bool {
+    let Cached::Basis(b) = basis else {
+        return false;
+    };
+    !delta::full_ahead(basis, config, forced)
+        && b.pending.users.is_empty()
+        && b.pending.groups.is_empty()
+        && b.settled
+            .as_ref()
+            .and_then(settled_of)
+            .is_some_and(|s| s.holds(Timestamp::now()))
 }
 
 /// The changes a plan holds before the guards, by lowercased anchor, with how much each
@@ -616,26 +692,51 @@ struct PortalView {
     unread: Pending,
 }
 
+/// Where [`prepare`] got to.
+enum Step {
+    /// Planned (or the last plan stands): ready to apply.
+    Ready(Box<Prepared>),
+    /// Both sides read, the state's baselines and links not: they were left unread for a
+    /// plan that might stand ([`plan::settled`]), and the directory brought a change.
+    /// The cycle reads them and plans ([`plan_read`]).
+    Load(Box<ReadSide>),
+}
+
+/// What the reads gave, before planning.
+struct ReadSide {
+    read: delta::Read,
+    directory_took: Duration,
+    portal: PortalClient,
+    schema: PortalSchema,
+    /// The portal listed whole, when a full read was known ahead.
+    listed: Option<PortalView>,
+    portal_took: Duration,
+    legacy_basis: bool,
+    last_scope: Option<String>,
+}
+
 /// Reads the directory and the portal and plans. A full reconcile lists the portal while
 /// the directory is read; an incremental cycle reads, once the directory said what
-/// changed, only the portal users and groups the changes concern.
+/// changed, only the portal users and groups the changes concern. When the last cycle
+/// settled and the directory brought nothing, its plan stands.
 async fn prepare(
     config: &Config,
     options: &Options,
     remembered: Remembered,
     telemetry: Option<std::sync::Arc<crate::telemetry::Telemetry>>,
     forced: Option<FullReason>,
-) -> Result<Prepared, CycleError> {
+) -> Result<Step, CycleError> {
     let Remembered {
-        known,
-        known_groups,
-        linked,
+        loaded,
         basis,
         legacy_basis,
         last_scope,
     } = remembered;
     let mirror_groups = config.access.portal_groups.is_some();
+    // Left unread only when no full read is ahead: a listing needs the links.
     let full_ahead = delta::full_ahead(&basis, config, forced.as_ref());
+    let no_links = HashMap::new();
+    let linked = loaded.as_ref().map_or(&no_links, |l| &l.linked);
 
     let attributes = source_attributes(config);
     let rules = plan::effective_rules(&config.mapping, &config.access);
@@ -655,14 +756,162 @@ async fn prepare(
         portal.discover().await?;
         let schema = portal.schema().await?;
         let listed = if full_ahead {
-            Some(list_portal(&portal, &linked, mirror_groups).await?)
+            Some(list_portal(&portal, linked, mirror_groups).await?)
         } else {
             None
         };
         Ok::<_, PortalError>((portal, schema, listed, started.elapsed()))
     };
     let (read, portal_side) = tokio::join!(read_directory, read_portal);
-    let (mut read, directory_took) = read?;
+    let (read, directory_took) = read?;
+    // The portal is asked at every cycle, also when nothing concerns it: its discovery
+    // says whether it is reachable and takes the credentials (health and alerts rely on
+    // that), and costs two small requests made while the directory is read.
+    let (portal, schema, listed, portal_took) = portal_side?;
+    let side = ReadSide {
+        read,
+        directory_took,
+        portal,
+        schema,
+        listed,
+        portal_took,
+        legacy_basis,
+        last_scope,
+    };
+    match loaded {
+        Some(loaded) => Ok(Step::Ready(Box::new(
+            plan_read(config, options, side, loaded).await?,
+        ))),
+        None => match standing(config, &side) {
+            Some(settled) => Ok(Step::Ready(Box::new(stand(config, side, settled)))),
+            None => Ok(Step::Load(Box::new(side))),
+        },
+    }
+}
+
+/// The last cycle's plan, if it stands: that cycle settled, this read brought nothing,
+/// no account expired since, and the scope is the one last synced.
+fn standing(config: &Config, side: &ReadSide) -> Option<plan::settled::Settled> {
+    let changes = side.read.changes.as_ref()?;
+    let quiet = changes.changed.is_empty()
+        && changes.gone.is_empty()
+        && changes.pending.users.is_empty()
+        && changes.pending.groups.is_empty();
+    let same_scope = side
+        .last_scope
+        .as_deref()
+        .is_none_or(|last| last == config.scope_text());
+    let settled = changes.settled.as_ref().and_then(settled_of)?;
+    (quiet && same_scope && settled.holds(Timestamp::now())).then_some(settled)
+}
+
+/// The settled findings a basis carries (`None` when it carries none it can read).
+fn settled_of(json: &serde_json::Value) -> Option<plan::settled::Settled> {
+    serde::Deserialize::deserialize(json).ok()
+}
+
+/// A cycle whose plan stands ([`standing`]): the last cycle's findings, reported again,
+/// without the state's baselines read or a user mapped.
+fn stand(config: &Config, side: ReadSide, settled: plan::settled::Settled) -> Prepared {
+    let plan_started = Instant::now(); // Timing: the plan.
+    let ReadSide {
+        read,
+        directory_took,
+        portal,
+        schema,
+        portal_took,
+        legacy_basis,
+        ..
+    } = side;
+    info!(
+        "nothing changed in the directory since a cycle that left nothing to do: its findings stand"
+    );
+    let plan = settled.plan();
+    let now = Timestamp::now();
+    let snapshot = &read.snapshot;
+    let phases = Phases {
+        directory_read: DirectoryRead {
+            ms: millis(directory_took),
+            entries: snapshot.entries_read,
+        },
+        portal_read: PortalRead {
+            ms: millis(portal_took),
+            users: 0,
+            groups: 0,
+            fetched: 0,
+            requests: portal.requests_sent(),
+        },
+        plan: PlanPhase {
+            ms: millis(plan_started.elapsed()),
+            changes: 0,
+        },
+        apply: None,
+        record: None,
+    };
+    Prepared {
+        directory: DirectorySummary {
+            url: config.source.url.to_string(),
+            users: snapshot.users.len(),
+            disabled: snapshot
+                .users
+                .iter()
+                .filter(|u| u.closure(now).is_some())
+                .count(),
+            groups: config.source.groups.as_ref().map(|_| snapshot.groups.len()),
+            read: read.kind.label().into(),
+            read_reason: Some(format!("{}; {STANDS}", read.kind.reason())),
+            domain_controller: read.identity.clone(),
+            entries_read: snapshot.entries_read,
+        },
+        portal_summary: PortalSummary {
+            url: config.portal.url.to_string(),
+            users: 0,
+            managed: settled.managed,
+            listed: false,
+            managed_active: settled.managed,
+        },
+        directory_read: Some(read),
+        known: HashMap::new(),
+        linked: HashMap::new(),
+        phases,
+        portal,
+        schema,
+        may_apply: true,
+        legacy_basis,
+        planned: Planned::default(),
+        deleted_in_portal: Vec::new(),
+        settled: Some(settled),
+        plan,
+    }
+}
+
+/// What the report says of a cycle whose plan stands.
+pub const STANDS: &str =
+    "nothing changed since a cycle that left nothing to do, so its findings stand \
+     (the users were not mapped again)";
+
+/// Plans on what both sides gave.
+async fn plan_read(
+    config: &Config,
+    options: &Options,
+    side: ReadSide,
+    loaded: Loaded,
+) -> Result<Prepared, CycleError> {
+    let Loaded {
+        known,
+        known_groups,
+        linked,
+    } = loaded;
+    let ReadSide {
+        mut read,
+        directory_took,
+        portal,
+        schema,
+        listed,
+        portal_took,
+        legacy_basis,
+        last_scope,
+    } = side;
     // The groups with AD's primary-group members: a copy of the groups where AD's
     // primary groups add some, else none. The snapshot stays as read (the next basis).
     let primary_groups = match read.snapshot.with_primary_group_members() {
@@ -690,13 +939,10 @@ async fn prepare(
         )
     });
     let concern_took = concern_started.elapsed();
-    // The portal is asked at every cycle, also when nothing concerns it: its discovery
-    // says whether it is reachable and takes the credentials (health and alerts rely on
-    // that), and costs two small requests made while the directory is read.
-    let (portal, schema, listed, portal_took) = portal_side?;
     // Timing: the portal read goes on here when it had to wait for the directory (a
     // listing after a forced full read, or an incremental cycle's reads by id).
     let view_started = Instant::now();
+    let mirror_groups = config.access.portal_groups.is_some();
     let (view, scope, managed_before) = match (incremental, listed) {
         (_, Some(listed)) => (listed, PlanScope::Full, None),
         (None, None) => (
@@ -1050,6 +1296,7 @@ fn plan_and_guard(
     } else {
         (known.len(), known.len())
     };
+    let settled = plan::settled::Settled::of(&plan, &scope, &snapshot.users, read.read_at, managed);
     Ok(Prepared {
         known,
         linked,
@@ -1082,6 +1329,7 @@ fn plan_and_guard(
             managed_active,
         },
         may_apply,
+        settled,
         plan,
     })
 }

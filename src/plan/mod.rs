@@ -7,6 +7,7 @@ pub(crate) mod folded;
 pub mod groups;
 pub mod guard;
 pub mod links;
+pub mod settled;
 #[doc(hidden)]
 pub mod synthetic;
 pub mod user;

@@ -118,6 +118,10 @@ pub struct Basis {
     pub containers: BTreeMap<String, String>,
     #[serde(default)]
     pub pending: Pending,
+    /// What the cycle that read it remembers when it left nothing to do (the cycle's
+    /// own document, `crate::cycle::Settled`): while nothing changes, it still stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settled: Option<serde_json::Value>,
 }
 
 /// [`Basis`] as written, borrowing what the cycle holds.
@@ -132,6 +136,8 @@ struct BasisOut<'a> {
     rules: &'a str,
     containers: &'a BTreeMap<String, String>,
     pending: &'a Pending,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    settled: Option<&'a serde_json::Value>,
 }
 
 /// What the state remembers to build an incremental read on.
@@ -361,6 +367,9 @@ pub struct Changes {
     pub deleted: HashSet<String>,
     /// The changes the basis says are not applied yet.
     pub pending: Pending,
+    /// What the last cycle remembered as settled ([`Basis::settled`]), when this read
+    /// found no entry changed and none gone.
+    pub settled: Option<serde_json::Value>,
 }
 
 /// What a cycle read from the directory.
@@ -560,8 +569,11 @@ async fn read_ad(
                 read_at: previous_at,
                 containers,
                 pending,
+                settled,
                 ..
             } = *b;
+            // Entries read again as they were change nothing: what was settled stands.
+            let settled = settled.filter(|_| differ.is_empty() && gone.is_empty());
             let (mut snapshot, previous) = if nothing_read(&changed.snapshot, &gone) {
                 (previous, None)
             } else {
@@ -586,6 +598,7 @@ async fn read_ad(
                         gone,
                         deleted,
                         pending,
+                        settled,
                     }),
                 });
             }
@@ -807,8 +820,12 @@ async fn read_ldap_changes(
         full_at,
         read_at: previous_at,
         pending,
+        settled,
         ..
     } = *b;
+    // Entries read again as they were (a `modifyTimestamp` read goes back a margin)
+    // change nothing: what was settled stands.
+    let settled = settled.filter(|_| changed_anchors.is_empty() && gone.is_empty());
     let (mut snapshot, previous) = if nothing_read(&changed.snapshot, &gone) {
         (previous, None)
     } else {
@@ -833,6 +850,7 @@ async fn read_ldap_changes(
             gone,
             deleted: HashSet::new(),
             pending,
+            settled,
         }),
     }))
 }
@@ -959,6 +977,7 @@ pub fn basis_meta(
     read: &Read,
     config: &Config,
     pending: &Pending,
+    settled: Option<&serde_json::Value>,
     legacy: bool,
 ) -> Vec<(&'static str, String)> {
     let scope = config.scope_text();
@@ -972,6 +991,7 @@ pub fn basis_meta(
         rules: &rules,
         containers: &read.containers,
         pending,
+        settled,
     };
     let mut rows = Vec::new();
     // Serialising these types cannot fail; if it did, a full read next time is safe. The
@@ -1053,6 +1073,7 @@ mod tests {
             snapshot: Snapshot::default(),
             containers: BTreeMap::new(),
             pending: Pending::default(),
+            settled: None,
         }
     }
 
@@ -1244,7 +1265,7 @@ mod tests {
             changes: None,
         };
         let config = config(dir.path());
-        for (k, v) in basis_meta(&read, &config, &Pending::default(), true) {
+        for (k, v) in basis_meta(&read, &config, &Pending::default(), None, true) {
             state.set_meta(k, &v).unwrap();
         }
         assert!(!legacy(&state).unwrap());
@@ -1281,7 +1302,7 @@ mod tests {
             containers: BTreeMap::new(),
             changes: None,
         };
-        let rows = basis_meta(&full, &config, &Pending::default(), false);
+        let rows = basis_meta(&full, &config, &Pending::default(), None, false);
         let keys: Vec<&str> = rows.iter().map(|(k, _)| *k).collect();
         assert_eq!(keys, [KEY], "the snapshot is streamed apart");
         for (k, v) in &rows {
@@ -1313,6 +1334,7 @@ mod tests {
                 gone: HashSet::new(),
                 deleted: HashSet::new(),
                 pending: Pending::default(),
+                settled: None,
             }),
             ..full.clone()
         };

@@ -309,6 +309,23 @@ fn bulk_users(dc: &SambaDc, ou: &str, n: usize) {
     dc.ldif(&ldif);
 }
 
+/// A report's changes: (action, login), sorted.
+fn actions_of(report: &Json) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = report["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["action"].as_str().unwrap().to_string(),
+                c["user_name"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 fn read_of(report: &Json) -> (String, u64) {
     (
         report["directory"]["read"].as_str().unwrap().to_string(),
@@ -610,12 +627,40 @@ fn ad_an_account_expiring_between_cycles_is_closed_by_the_next_delta_as_expired(
     assert_eq!(read_of(&report).0, "incremental");
     assert_eq!(count(&report, "close"), 0, "{report:#}");
     assert_eq!(w.user("anna@dirsync.test")["active"], json!(true));
+    // Nothing changes: the next sync plans nothing and settles; the one after finds its
+    // findings standing (nobody mapped), as long as nobody's account expired.
+    let settling = w.sync();
+    assert!(
+        settling["changes"].as_array().unwrap().is_empty(),
+        "{settling:#}"
+    );
+    let stands = |r: &Json| {
+        r["directory"]["read_reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("its findings stand")
+    };
+    assert!(!stands(&settling), "{:#}", settling["directory"]);
+    let quiet = w.sync();
+    assert!(stands(&quiet), "{:#}", quiet["directory"]);
+    assert!(quiet["changes"].as_array().unwrap().is_empty(), "{quiet:#}");
 
-    // Time passes; nothing changes in AD for Anna. Bo is disabled, Cid deleted.
+    // Time passes; nothing changes in AD. Anna's expiry ends what stood: she is closed.
     let at = start + std::time::Duration::from_secs(21);
     if let Ok(wait) = at.duration_since(std::time::SystemTime::now()) {
         std::thread::sleep(wait);
     }
+    let expired = w.run(&["plan", "--format", "json"]);
+    assert_eq!(expired.code, 0, "{}", expired.all_output());
+    let expired = expired.json();
+    assert!(!stands(&expired), "{:#}", expired["directory"]);
+    assert_eq!(
+        actions_of(&expired),
+        [("close".to_string(), "anna@dirsync.test".to_string())],
+        "{expired:#}"
+    );
+
+    // Then Bo is disabled, Cid deleted.
     w.modify(&bo, "replace: userAccountControl\nuserAccountControl: 514");
     w.dc.ldif(&format!("dn: {cid}\nchangetype: delete\n"));
     let report = w.sync();

@@ -5,7 +5,8 @@
 //! changes (nested groups, so derived roles and services change) and a user leaving scope
 //! by the filter. After each step the incremental plan equals a full plan of the same data,
 //! lists no portal users or groups and reads by id only the users the step concerns; after
-//! the step's sync, the next incremental plan is empty.
+//! the step's sync, the next sync plans nothing and settles, and the plan after it stands
+//! (it reports the same, and maps nobody) until the next change.
 
 use std::collections::BTreeSet;
 
@@ -42,7 +43,7 @@ fn group(cn: &str, members: &[String]) -> String {
     s
 }
 
-/// Anna, Bo, Cia and Eve in Sales, Dan in Ops. Night-Shift (Anna, Dan) is inside Ops-Team,
+/// Anna, Bo, Cia and Eve in Sales (and an entry without mail), Dan in Ops. Night-Shift (Anna, Dan) is inside Ops-Team,
 /// which is inside Portal-Admins (administrators) and Fax-Users (fax, with Cia); Eve and
 /// Helpdesk (Anna) have SMS. Sales and Ops-Team are mirrored as portal groups; the
 /// sub-unit is the OU path.
@@ -60,6 +61,8 @@ fn directory() -> String {
     ] {
         ldif.push_str(&person(uid, ou, sn));
     }
+    // An entry without mail: skipped, and reported at every cycle.
+    ldif.push_str(&person("nomail", "sales", "Tom").replace("mail: nomail@example.se\n", ""));
     ldif.push_str(&group(
         "Night-Shift",
         &[dn("anna", "sales"), dn("dan", "ops")],
@@ -257,21 +260,69 @@ fn step(w: &World, proxy: &Proxy, what: &str, reads: &[&str]) -> Json {
     );
     assert_eq!(synced["outcome"], "ok", "{what}: {synced:#}");
 
+    // Nothing changed since: the next sync maps every user, concerns nobody and plans
+    // nothing. It settles: until the directory changes, its findings stand.
     proxy.clear();
-    let after = run_json(w, &["plan"]);
-    assert_eq!(read_of(&after).0, "incremental", "{what}");
+    let settling = run_json(w, &["sync"]);
+    assert_eq!(read_of(&settling).0, "incremental", "{what}");
+    assert!(
+        !read_of(&settling).1.contains(STANDS),
+        "{what}: the cycle after a change maps the users: {:#}",
+        settling["directory"]
+    );
     assert_eq!(
-        shape(&after),
+        shape(&settling),
         (BTreeSet::new(), BTreeSet::new()),
-        "{what}: nothing is left after the sync: {after:#}"
+        "{what}: nothing is left after the sync: {settling:#}"
     );
     assert!(
         read_by_id(proxy).is_empty(),
         "{what}: nothing changed since the sync, nobody is read:\n{}",
         proxy.summary()
     );
+    proxy.clear();
+    let after = run_json(w, &["plan"]);
+    assert_eq!(read_of(&after).0, "incremental", "{what}");
+    assert!(
+        read_of(&after).1.contains(STANDS),
+        "{what}: after a cycle that settled, nothing changed: {:#}",
+        after["directory"]
+    );
+    assert_eq!(
+        shape(&after),
+        (BTreeSet::new(), BTreeSet::new()),
+        "{what}: {after:#}"
+    );
+    assert!(
+        read_by_id(proxy).is_empty() && listings(proxy).is_empty(),
+        "{what}: nobody is read:\n{}",
+        proxy.summary()
+    );
+    // It reports what the settled cycle found: the entry without mail, the counts.
+    assert_eq!(
+        after["skipped"].as_array().map(Vec::len),
+        Some(1),
+        "{what}: {after:#}"
+    );
+    for key in ["skipped", "notes", "needs_admin", "conflicts"] {
+        assert_eq!(after[key], settling[key], "{what}: {key}");
+    }
+    for (side, key) in [
+        ("directory", "users"),
+        ("directory", "disabled"),
+        ("directory", "groups"),
+        ("portal", "managed"),
+    ] {
+        assert_eq!(
+            after[side][key], settling[side][key],
+            "{what}: {side}.{key}"
+        );
+    }
     incremental
 }
+
+/// What the report's read reason says when a settled cycle's findings stand.
+const STANDS: &str = "its findings stand";
 
 fn actions(report: &Json) -> Vec<(String, String)> {
     let mut v: Vec<(String, String)> = report["changes"]

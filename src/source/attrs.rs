@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Attribute values by lowercased attribute name, in name order. Built once from what
@@ -200,8 +201,123 @@ impl Serialize for EntryAttrs {
 }
 
 impl<'de> Deserialize<'de> for EntryAttrs {
+    /// Read straight into the compact form (an incremental cycle reads the snapshot of
+    /// every user): names and values appended as they come, no map and no string per
+    /// value. Names out of order or repeated (not as dirsync writes them) are sorted
+    /// after, the last of a name kept, as a map would.
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<EntryAttrs, D::Error> {
-        BTreeMap::<String, Vec<String>>::deserialize(d).map(EntryAttrs::from)
+        d.deserialize_map(Build)
+    }
+}
+
+/// Builds an [`EntryAttrs`] from a map of names to lists of values.
+struct Build;
+
+impl<'de> Visitor<'de> for Build {
+    type Value = EntryAttrs;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a map of attribute names to lists of values")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<EntryAttrs, A::Error> {
+        // Built in this thread's scratch buffers, then copied out at its size: three
+        // allocations per entry, none grown.
+        thread_local! {
+            static SCRATCH: std::cell::Cell<Scratch> = std::cell::Cell::default();
+        }
+        let mut scratch = SCRATCH.take();
+        let built = build(map, &mut scratch);
+        scratch.0.clear();
+        scratch.1.clear();
+        scratch.2.clear();
+        SCRATCH.set(scratch);
+        built
+    }
+}
+
+/// Text, names and value ends of the entry being read.
+type Scratch = (String, Vec<(u32, u32)>, Vec<u32>);
+
+/// Reads an entry's attributes into `scratch`, then copies them out at their size.
+fn build<'de, A: MapAccess<'de>>(
+    mut map: A,
+    (text, names, ends): &mut Scratch,
+) -> Result<EntryAttrs, A::Error> {
+    let at = |len: usize| u32::try_from(len).unwrap_or(u32::MAX);
+    let mut sorted = true;
+    let mut last_name: Option<(usize, usize)> = None;
+    loop {
+        let start = text.len();
+        if map.next_key_seed(Append(text))?.is_none() {
+            break;
+        }
+        let name_end = text.len();
+        if let Some((s, e)) = last_name {
+            sorted &= text[s..e] < text[start..name_end];
+        }
+        map.next_value_seed(AppendAll(text, ends))?;
+        names.push((at(name_end), at(ends.len())));
+        last_name = Some((start, name_end));
+    }
+    let attrs = EntryAttrs {
+        text: text.as_str().into(),
+        names: names.as_slice().into(),
+        ends: ends.as_slice().into(),
+    };
+    Ok(match sorted {
+        true => attrs,
+        false => EntryAttrs::from(attrs.to_map()),
+    })
+}
+
+/// A string, appended to the text.
+struct Append<'a>(&'a mut String);
+
+impl<'de> DeserializeSeed<'de> for Append<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Append<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<(), E> {
+        self.0.push_str(v);
+        Ok(())
+    }
+}
+
+/// A list of strings, each appended to the text, with where it ends.
+struct AppendAll<'a>(&'a mut String, &'a mut Vec<u32>);
+
+impl<'de> DeserializeSeed<'de> for AppendAll<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for AppendAll<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a list of values")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Append(self.0))?.is_some() {
+            self.1.push(u32::try_from(self.0.len()).unwrap_or(u32::MAX));
+        }
+        Ok(())
     }
 }
 
@@ -257,6 +373,35 @@ mod tests {
             prop_assert_eq!(&json, &serde_json::to_string(&map).unwrap());
             let back: EntryAttrs = serde_json::from_str(&json).unwrap();
             prop_assert_eq!(back, a);
+        }
+
+        /// A map written in another order, or with a name twice, reads as a map would
+        /// (sorted, the last of a name kept).
+        #[test]
+        fn any_order_reads_as_a_map(
+            pairs in proptest::collection::vec(
+                ("[a-cé\\\\\"]{0,3}", proptest::collection::vec("\\PC{0,4}", 0..3)),
+                0..8,
+            )
+        ) {
+            let json = format!(
+                "{{{}}}",
+                pairs
+                    .iter()
+                    .map(|(k, vs)| format!("{}:{}", serde_json::to_string(k).unwrap(), serde_json::to_string(vs).unwrap()))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            let map: BTreeMap<String, Vec<String>> = pairs.into_iter().collect();
+            let read: EntryAttrs = serde_json::from_str(&json).unwrap();
+            prop_assert_eq!(read, EntryAttrs::from(map));
+        }
+    }
+
+    #[test]
+    fn what_is_not_a_map_of_lists_of_strings_is_refused() {
+        for bad in [r#"[]"#, r#"{"a": "x"}"#, r#"{"a": [1]}"#, r#"{"a": ["x""#] {
+            assert!(serde_json::from_str::<EntryAttrs>(bad).is_err(), "{bad}");
         }
     }
 }

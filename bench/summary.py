@@ -232,7 +232,9 @@ def render():
         w("| plan alone, 100k × 100k, 1%% changes (criterion) | %s (`%s`) | — | — | ≤ 0.25 s | %s |"
           % (secs(value), name, verdict(value <= 0.25)))
     else:
-        w("| plan alone, 100k × 100k, 1% changes (criterion) | n/a (no `benches/plan.rs` in this build) | — | — | ≤ 0.25 s | — |")
+        why = ("not run (BENCH_CRITERION=0)" if env("CRITERION", "1") == "0"
+               else "no `benches/plan.rs` in this build")
+        w("| plan alone, 100k × 100k, 1%% changes (criterion) | n/a (%s) | — | — | ≤ 0.25 s | — |" % why)
     rss = peak_mib("full")
     w("| peak RSS, full cycle | %s | — | — | ≤ 250 MB at 100k | %s |"
       % ("%.0f MiB" % rss if rss else "n/a",

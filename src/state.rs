@@ -1178,11 +1178,7 @@ mod tests {
         let path = dir.path().join("state.db");
         // A database as dirsync left it before migration 8: a row per synced attribute.
         {
-            let c = Connection::open(&path).unwrap();
-            for sql in &MIGRATIONS[..7] {
-                c.execute_batch(sql).unwrap();
-            }
-            c.pragma_update(None, "user_version", 7).unwrap();
+            let c = database_at(&path, 7);
             c.execute_batch(
                 r#"INSERT INTO managed_user VALUES ('A-1', 'p1', 'a@x.se', '2026-01-01');
                    INSERT INTO managed_user VALUES ('b-1', 'p2', 'b@x.se', '2026-01-01');
@@ -1450,6 +1446,17 @@ mod tests {
         assert_eq!(s.recent_runs(1).unwrap()[0].phases, None);
     }
 
+    /// A database at `path` as a dirsync that knew the first `version` migrations left it.
+    fn database_at(path: &Path, version: usize) -> Connection {
+        let c = Connection::open(path).unwrap();
+        for sql in &MIGRATIONS[..version] {
+            c.execute_batch(sql).unwrap();
+        }
+        c.pragma_update(None, "user_version", version as i64)
+            .unwrap();
+        c
+    }
+
     /// How SQLite would run `sql`: the detail column of `EXPLAIN QUERY PLAN`.
     fn query_plan(conn: &Connection, sql: &str, args: impl rusqlite::Params) -> String {
         let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
@@ -1463,11 +1470,7 @@ mod tests {
         let path = dir.path().join("state.db");
         // A database as dirsync left it before migration 7, with a link in it.
         {
-            let c = Connection::open(&path).unwrap();
-            for sql in &MIGRATIONS[..6] {
-                c.execute_batch(sql).unwrap();
-            }
-            c.pragma_update(None, "user_version", 6).unwrap();
+            let c = database_at(&path, 6);
             c.execute(
                 "INSERT INTO managed_user VALUES ('a-1', 'p1', 'a@x.se', '2026-01-01')",
                 [],

@@ -14,7 +14,7 @@ use serde_json::Value as Json;
 
 use crate::harness::proxy::Proxy;
 use crate::harness::Slapd;
-use crate::support::{count, World};
+use crate::support::{actions, count, stands, World};
 
 const SUFFIX: &str = "dc=example,dc=com";
 
@@ -266,7 +266,7 @@ fn step(w: &World, proxy: &Proxy, what: &str, reads: &[&str]) -> Json {
     let settling = run_json(w, &["sync"]);
     assert_eq!(read_of(&settling).0, "incremental", "{what}");
     assert!(
-        !read_of(&settling).1.contains(STANDS),
+        !stands(&settling),
         "{what}: the cycle after a change maps the users: {:#}",
         settling["directory"]
     );
@@ -284,7 +284,7 @@ fn step(w: &World, proxy: &Proxy, what: &str, reads: &[&str]) -> Json {
     let after = run_json(w, &["plan"]);
     assert_eq!(read_of(&after).0, "incremental", "{what}");
     assert!(
-        read_of(&after).1.contains(STANDS),
+        stands(&after),
         "{what}: after a cycle that settled, nothing changed: {:#}",
         after["directory"]
     );
@@ -319,25 +319,6 @@ fn step(w: &World, proxy: &Proxy, what: &str, reads: &[&str]) -> Json {
         );
     }
     incremental
-}
-
-/// What the report's read reason says when a settled cycle's findings stand.
-const STANDS: &str = "its findings stand";
-
-fn actions(report: &Json) -> Vec<(String, String)> {
-    let mut v: Vec<(String, String)> = report["changes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| {
-            (
-                c["action"].as_str().unwrap().to_string(),
-                c["user_name"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
-    v.sort();
-    v
 }
 
 fn pair(a: &str, u: &str) -> (String, String) {

@@ -260,6 +260,31 @@ pub fn count(report: &Json, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("no count {key} in {report:#}"))
 }
 
+/// A report's changes as (action, login), sorted.
+pub fn actions(report: &Json) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = report["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["action"].as_str().unwrap().to_string(),
+                c["user_name"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Whether a report says the last settled cycle's findings stand (its read reason).
+pub fn stands(report: &Json) -> bool {
+    report["directory"]["read_reason"]
+        .as_str()
+        .unwrap_or("")
+        .contains("its findings stand")
+}
+
 /// A portal resource without its `meta` (which changes on every read of some servers).
 pub fn without_meta(mut v: Json) -> Json {
     if let Some(o) = v.as_object_mut() {

@@ -782,16 +782,20 @@ async fn prepare(
         Some(loaded) => Ok(Step::Ready(Box::new(
             plan_read(config, options, side, loaded).await?,
         ))),
-        None => match standing(config, &side) {
-            Some(settled) => Ok(Step::Ready(Box::new(stand(config, side, settled)))),
-            None => Ok(Step::Load(Box::new(side))),
-        },
+        None => {
+            // One "now" for whether the findings hold and for what the report counts.
+            let now = Timestamp::now();
+            match standing(config, &side, now) {
+                Some(settled) => Ok(Step::Ready(Box::new(stand(config, side, settled, now)))),
+                None => Ok(Step::Load(Box::new(side))),
+            }
+        }
     }
 }
 
 /// The last cycle's plan, if it stands: that cycle settled, this read brought nothing,
 /// no account expired since, and the scope is the one last synced.
-fn standing(config: &Config, side: &ReadSide) -> Option<plan::settled::Settled> {
+fn standing(config: &Config, side: &ReadSide, now: Timestamp) -> Option<plan::settled::Settled> {
     let changes = side.read.changes.as_ref()?;
     let quiet = changes.changed.is_empty()
         && changes.gone.is_empty()
@@ -802,7 +806,7 @@ fn standing(config: &Config, side: &ReadSide) -> Option<plan::settled::Settled> 
         .as_deref()
         .is_none_or(|last| last == config.scope_text());
     let settled = changes.settled.as_ref().and_then(settled_of)?;
-    (quiet && same_scope && settled.holds(Timestamp::now())).then_some(settled)
+    (quiet && same_scope && settled.holds(now)).then_some(settled)
 }
 
 /// The settled findings a basis carries (`None` when it carries none it can read).
@@ -812,7 +816,12 @@ fn settled_of(json: &serde_json::Value) -> Option<plan::settled::Settled> {
 
 /// A cycle whose plan stands ([`standing`]): the last cycle's findings, reported again,
 /// without the state's baselines read or a user mapped.
-fn stand(config: &Config, side: ReadSide, settled: plan::settled::Settled) -> Prepared {
+fn stand(
+    config: &Config,
+    side: ReadSide,
+    settled: plan::settled::Settled,
+    now: Timestamp,
+) -> Prepared {
     let plan_started = Instant::now(); // Timing: the plan.
     let ReadSide {
         read,
@@ -827,12 +836,10 @@ fn stand(config: &Config, side: ReadSide, settled: plan::settled::Settled) -> Pr
         "nothing changed in the directory since a cycle that left nothing to do: its findings stand"
     );
     let plan = settled.plan();
-    let now = Timestamp::now();
-    let snapshot = &read.snapshot;
     let phases = Phases {
         directory_read: DirectoryRead {
             ms: millis(directory_took),
-            entries: snapshot.entries_read,
+            entries: read.snapshot.entries_read,
         },
         portal_read: PortalRead {
             ms: millis(portal_took),
@@ -849,20 +856,12 @@ fn stand(config: &Config, side: ReadSide, settled: plan::settled::Settled) -> Pr
         record: None,
     };
     Prepared {
-        directory: DirectorySummary {
-            url: config.source.url.to_string(),
-            users: snapshot.users.len(),
-            disabled: snapshot
-                .users
-                .iter()
-                .filter(|u| u.closure(now).is_some())
-                .count(),
-            groups: config.source.groups.as_ref().map(|_| snapshot.groups.len()),
-            read: read.kind.label().into(),
-            read_reason: Some(format!("{}; {STANDS}", read.kind.reason())),
-            domain_controller: read.identity.clone(),
-            entries_read: snapshot.entries_read,
-        },
+        directory: directory_summary(
+            config,
+            &read,
+            now,
+            format!("{}; {STANDS}", read.kind.reason()),
+        ),
         portal_summary: PortalSummary {
             url: config.portal.url.to_string(),
             users: 0,
@@ -882,6 +881,31 @@ fn stand(config: &Config, side: ReadSide, settled: plan::settled::Settled) -> Pr
         deleted_in_portal: Vec::new(),
         settled: Some(settled),
         plan,
+    }
+}
+
+/// What the report says of the directory `read`, with why it was read so; who is
+/// disabled is counted as of the cycle's `now`.
+fn directory_summary(
+    config: &Config,
+    read: &delta::Read,
+    now: Timestamp,
+    reason: String,
+) -> DirectorySummary {
+    let snapshot = &read.snapshot;
+    DirectorySummary {
+        url: config.source.url.to_string(),
+        users: snapshot.users.len(),
+        disabled: snapshot
+            .users
+            .iter()
+            .filter(|u| u.closure(now).is_some())
+            .count(),
+        groups: config.source.groups.as_ref().map(|_| snapshot.groups.len()),
+        read: read.kind.label().into(),
+        read_reason: Some(reason),
+        domain_controller: read.identity.clone(),
+        entries_read: snapshot.entries_read,
     }
 }
 
@@ -1303,20 +1327,7 @@ fn plan_and_guard(
         phases,
         portal,
         schema,
-        directory: DirectorySummary {
-            url: config.source.url.to_string(),
-            users: snapshot.users.len(),
-            disabled: snapshot
-                .users
-                .iter()
-                .filter(|u| u.closure(now).is_some())
-                .count(),
-            groups: config.source.groups.as_ref().map(|_| snapshot.groups.len()),
-            read: read.kind.label().into(),
-            read_reason: Some(read.kind.reason()),
-            domain_controller: read.identity.clone(),
-            entries_read: read.snapshot.entries_read,
-        },
+        directory: directory_summary(config, &read, now, read.kind.reason()),
         directory_read: Some(read),
         legacy_basis,
         planned,

@@ -119,7 +119,7 @@ pub struct Basis {
     #[serde(default)]
     pub pending: Pending,
     /// What the cycle that read it remembers when it left nothing to do (the cycle's
-    /// own document, `crate::cycle::Settled`): while nothing changes, it still stands.
+    /// own document, [`crate::plan::settled::Settled`]): while nothing changes, it stands.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settled: Option<serde_json::Value>,
 }

@@ -559,10 +559,11 @@ impl Loaded {
             });
         };
         blocking(|| {
+            let (known, linked) = s.managed_users()?;
             Ok(Loaded {
-                known: s.baselines()?,
+                known,
                 known_groups: s.groups()?,
-                linked: s.portal_ids()?,
+                linked,
             })
         })
     }

@@ -215,7 +215,7 @@ async fn read(config: &Config) -> Result<Facts, ExplainError> {
     };
     let (snapshot, portal) = tokio::join!(directory, portal);
     let (baselines, links) = match blocking(|| State::open_read_only(&config.state_path))? {
-        Some(s) => blocking(|| Ok::<_, StateError>((s.baselines()?, s.portal_ids()?)))?,
+        Some(s) => blocking(|| s.managed_users())?,
         None => (HashMap::new(), HashMap::new()),
     };
     Ok(Facts {

@@ -457,14 +457,20 @@ impl State {
 
     /// Every managed user (anchor lowercased) with its last-synced values.
     pub fn baselines(&self) -> Result<HashMap<String, Baseline>, StateError> {
+        Ok(self.managed_users()?.0)
+    }
+
+    /// Every managed user (anchor lowercased) with its last-synced values, and with its
+    /// portal id: [`State::baselines`] and [`State::portal_ids`] in one read of the table.
+    pub fn managed_users(&self) -> Result<ManagedUsers, StateError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT anchor, synced FROM managed_user")?;
+            .prepare("SELECT anchor, portal_id, synced FROM managed_user")?;
         let mut rows = stmt.query([])?;
         // Each path parsed once, and users with the same paths share one list of them.
         let mut paths: HashMap<String, AttrPath> = HashMap::new();
         let mut template: Option<Baseline> = None;
-        let mut out = HashMap::new();
+        let (mut out, mut ids) = (HashMap::new(), HashMap::new());
         // The rows' text is read where SQLite holds it: only what is kept is copied.
         fn text<'r>(r: &'r rusqlite::Row<'_>, i: usize) -> Result<&'r str, StateError> {
             let value = r.get_ref(i)?;
@@ -474,7 +480,8 @@ impl State {
         }
         while let Some(row) = rows.next()? {
             let anchor = text(row, 0)?.to_ascii_lowercase();
-            let b: Baseline = synced_entries(text(row, 1)?, &mut paths)
+            ids.insert(anchor.clone(), text(row, 1)?.to_string());
+            let b: Baseline = synced_entries(text(row, 2)?, &mut paths)
                 .into_iter()
                 .collect();
             let b = match &template {
@@ -486,7 +493,7 @@ impl State {
             }
             out.insert(anchor, b);
         }
-        Ok(out)
+        Ok((out, ids))
     }
 
     /// Records, in one transaction, that `anchor` is the portal user `portal_id` and that
@@ -807,6 +814,9 @@ fn synced_value(json: &str) -> Option<Value> {
             .and_then(|j| Value::from_json(&j))
     })
 }
+
+/// The managed users' last-synced values and portal ids, by lowercased anchor.
+pub type ManagedUsers = (HashMap<String, Baseline>, HashMap<String, String>);
 
 /// One user's last-synced values as the state's rows give them.
 type Entries = Vec<(AttrPath, Option<Value>)>;
@@ -1279,6 +1289,11 @@ mod tests {
         drop(s);
         let mut s = State::open(&path).unwrap();
         assert_eq!(s.baselines().unwrap().get("a-1"), Some(&b));
+        // Read with the links in one pass, the same links as on their own.
+        let (baselines, ids) = s.managed_users().unwrap();
+        assert_eq!(baselines.get("a-1"), Some(&b));
+        assert_eq!(ids, s.portal_ids().unwrap());
+        assert_eq!(ids["a-1"], "p1");
         // Users synced alike, read back, share one list of paths; others keep their own.
         s.record("B-1", "p2", "b@x.se", &b).unwrap();
         let mut fewer = b.clone();

@@ -3,7 +3,10 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::OnceLock;
+
+use hashbrown::HashTable;
 
 use crate::dn::{self, Dn};
 use crate::mapping::{AttrPath, Attributes, PathParts, Value};
@@ -102,37 +105,95 @@ pub fn service_path(service: &str) -> AttrPath {
 
 /// The group graph, with transitive membership. DNs are compared by their RFC 4514 key
 /// ([`dn::key`]), never as strings: `ou=R&D\, Lab` and `ou=R&D\2C Lab` are one OU.
+///
+/// Every DN key some group lists as a member is held once ([`Members`]); a group's members
+/// are indices into it. A large directory lists a person in several groups, and its groups
+/// hold most of its member values, so they are not kept as a string each.
 pub struct Membership<'a> {
     groups: &'a [DirectoryGroup],
     /// Each group's DN key, by index in `groups`.
     keys: Vec<String>,
     /// DN key → index in `groups`.
     by_dn: HashMap<String, usize>,
-    /// Member DN key → groups (indices) that list it directly.
-    parents: HashMap<String, Vec<usize>>,
-    /// Each group's direct members, as DN keys.
-    members: Vec<Vec<String>>,
+    /// The member DN keys, each once, with the groups that list each directly.
+    listed: Members,
+    /// Each group's direct members (indices into `listed`).
+    members: Vec<Vec<usize>>,
     /// Lowercased name (`cn`) → groups (indices, in directory order) of that name.
     by_name: HashMap<String, Vec<usize>>,
+}
+
+/// The distinct member DN keys of the groups, each with an index (its place in `keys`),
+/// found by key through a table of indices, and the groups (indices) that list it directly.
+struct Members {
+    keys: Vec<Box<str>>,
+    parents: Vec<Vec<usize>>,
+    /// The group each member key is, if it is one of the groups read.
+    group: Vec<Option<usize>>,
+    table: HashTable<usize>,
+    hasher: RandomState,
+}
+
+impl Members {
+    fn new() -> Members {
+        Members {
+            keys: Vec::new(),
+            parents: Vec::new(),
+            group: Vec::new(),
+            table: HashTable::new(),
+            hasher: RandomState::new(),
+        }
+    }
+
+    fn find(&self, key: &str) -> Option<usize> {
+        let hash = self.hasher.hash_one(key);
+        self.table.find(hash, |&i| &*self.keys[i] == key).copied()
+    }
+
+    /// The index of `key`, added if new.
+    fn intern(&mut self, key: String) -> usize {
+        let hash = self.hasher.hash_one(key.as_str());
+        let keys = &self.keys;
+        if let Some(&i) = self.table.find(hash, |&i| *keys[i] == *key) {
+            return i;
+        }
+        let i = self.keys.len();
+        self.keys.push(key.into_boxed_str());
+        self.parents.push(Vec::new());
+        self.group.push(None);
+        let (keys, hasher) = (&self.keys, &self.hasher);
+        self.table
+            .insert_unique(hash, i, |&j| hasher.hash_one(&*keys[j]));
+        i
+    }
 }
 
 impl<'a> Membership<'a> {
     pub fn new(groups: &'a [DirectoryGroup]) -> Membership<'a> {
         let keys: Vec<String> = groups.iter().map(|g| dn::key(&g.dn)).collect();
-        let by_dn = keys
+        let by_dn: HashMap<String, usize> = keys
             .iter()
             .enumerate()
             .map(|(i, k)| (k.clone(), i))
             .collect();
-        let members: Vec<Vec<String>> = groups
+        let mut listed = Members::new();
+        let members: Vec<Vec<usize>> = groups
             .iter()
-            .map(|g| g.members.iter().map(|m| dn::key(m)).collect())
+            .enumerate()
+            .map(|(g, group)| {
+                group
+                    .members
+                    .iter()
+                    .map(|m| {
+                        let i = listed.intern(dn::key(m));
+                        listed.parents[i].push(g);
+                        i
+                    })
+                    .collect()
+            })
             .collect();
-        let mut parents: HashMap<String, Vec<usize>> = HashMap::new();
-        for (i, ms) in members.iter().enumerate() {
-            for m in ms {
-                parents.entry(m.clone()).or_default().push(i);
-            }
+        for (i, key) in listed.keys.iter().enumerate() {
+            listed.group[i] = by_dn.get(&**key).copied();
         }
         let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, g) in groups.iter().enumerate() {
@@ -145,7 +206,7 @@ impl<'a> Membership<'a> {
             groups,
             keys,
             by_dn,
-            parents,
+            listed,
             members,
             by_name,
         }
@@ -229,7 +290,11 @@ impl<'a> Membership<'a> {
     pub fn ancestry_keyed(&self, key: &str) -> Ancestry {
         let mut via: HashMap<usize, Option<usize>> = HashMap::new();
         let mut todo: VecDeque<usize> = VecDeque::new();
-        let parents_of = |key: &str| self.parents.get(key).map(Vec::as_slice).unwrap_or_default();
+        let parents_of = |key: &str| {
+            self.listed
+                .find(key)
+                .map_or(&[][..], |i| self.listed.parents[i].as_slice())
+        };
         for &i in parents_of(key) {
             if let std::collections::hash_map::Entry::Vacant(e) = via.entry(i) {
                 e.insert(None);
@@ -312,17 +377,18 @@ impl<'a> Membership<'a> {
         };
         while let Some(g) = todo.pop_front() {
             let here = path(g, &above);
-            for key in &self.members[g] {
-                match self.by_dn.get(key) {
-                    Some(&i) => {
+            for &m in &self.members[g] {
+                match self.listed.group[m] {
+                    Some(i) => {
                         if flatten && !above.contains_key(&i) {
                             above.insert(i, Some(g));
                             todo.push_back(i);
                         }
                     }
                     None => {
-                        if !out.contains_key(key) {
-                            out.insert(key.clone(), here.clone());
+                        let key = &self.listed.keys[m];
+                        if !out.contains_key(&**key) {
+                            out.insert(key.to_string(), here.clone());
                         }
                     }
                 }
@@ -352,7 +418,7 @@ impl<'a> Membership<'a> {
             while let Some(&mut (node, ref mut next)) = stack.last_mut() {
                 let children: Vec<usize> = self.members[node]
                     .iter()
-                    .filter_map(|m| self.by_dn.get(m).copied())
+                    .filter_map(|&m| self.listed.group[m])
                     .collect();
                 if *next < children.len() {
                     let child = children[*next];

@@ -1,10 +1,9 @@
 //! Access from the directory: role, services, sub-unit and portal-group membership, from
 //! (nested) group membership and the user's place in the tree. Pure: no I/O.
 
-use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use hashbrown::HashTable;
 
@@ -571,8 +570,8 @@ pub struct Resolved<'a> {
     pub sub_unit_base: Option<Dn>,
     pub problems: Vec<String>,
     /// The OU path below a plain parent DN ([`dn::is_plain`]), as written: the users of
-    /// one OU share it.
-    ou_paths: RefCell<HashMap<String, Option<String>>>,
+    /// one OU share it. Behind a lock: the plan maps users on several threads.
+    ou_paths: Mutex<HashMap<String, Option<String>>>,
 }
 
 impl Resolved<'_> {
@@ -584,8 +583,9 @@ impl Resolved<'_> {
             Some((_, parent)) if dn::is_plain(entry) => parent,
             _ => return ou_path_of(&Dn::parse(entry).ok()?, base),
         };
-        if let Some(hit) = self.ou_paths.borrow().get(parent) {
-            return hit.clone();
+        let known = |paths: &HashMap<String, Option<String>>| paths.get(parent).cloned();
+        if let Some(hit) = self.ou_paths.lock().map_or(None, |p| known(&p)) {
+            return hit;
         }
         // The entry's own RDN is not part of its OU path: its parent's RDNs below the
         // base are.
@@ -598,9 +598,9 @@ impl Resolved<'_> {
                 .collect();
             (!ous.is_empty()).then(|| ous.join("/"))
         });
-        self.ou_paths
-            .borrow_mut()
-            .insert(parent.to_string(), path.clone());
+        if let Ok(mut paths) = self.ou_paths.lock() {
+            paths.insert(parent.to_string(), path.clone());
+        }
         path
     }
 }
@@ -644,7 +644,7 @@ pub fn resolve<'a>(rules: &AccessRules, membership: &Membership<'a>) -> Resolved
             _ => None,
         },
         problems,
-        ou_paths: RefCell::default(),
+        ou_paths: Mutex::default(),
     }
 }
 

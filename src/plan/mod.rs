@@ -377,6 +377,14 @@ pub fn portal_fields(rules: &[Rule]) -> Arc<UserFields> {
 
 /// Computes the plan.
 pub fn compute(input: &Input<'_>) -> Plan {
+    compute_on(
+        input,
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+    )
+}
+
+/// [`compute`], mapping the users on up to `threads` threads ([`quiet_users`]).
+pub(crate) fn compute_on(input: &Input<'_>, threads: usize) -> Plan {
     let mut plan = Plan::default();
     for bad in input.bad_entries {
         plan.skipped.push(Skipped {
@@ -457,7 +465,8 @@ pub fn compute(input: &Input<'_>) -> Plan {
     let mirror = input.access.portal_groups.is_some();
     let made_keys = made_member_keys(&wanted, mirror, input.now);
     let members = group_members(&wanted, &made_keys, mirror, input.now);
-    for w in &wanted {
+    let quiet = quiet_users(&wanted, &cx, &by_anchor, compared, recorded, threads);
+    for (w, _) in wanted.iter().zip(&quiet).filter(|(_, &q)| !q) {
         let key = crate::dn::key(&w.user.dn);
         let anchor = w.user.anchor.to_ascii_lowercase();
         if !input.scope.covers_user(&anchor) {
@@ -965,6 +974,56 @@ fn push_linking_change(
             base: base.cloned(),
         }),
     });
+}
+
+/// Which of `wanted` need nothing planned or recorded: linked to one active portal user,
+/// by the anchor the state links to that user's id, not closed, and in step with it as
+/// the state recorded them ([`user::in_step_as_recorded`]). Most users, most cycles.
+/// Finding that out maps each user, the plan's main cost, so it runs on every core;
+/// the rest of the plan (what the others need) stays in directory order, on one.
+fn quiet_users(
+    wanted: &[Wanted<'_>],
+    cx: &Context<'_, '_>,
+    by_anchor: &Multi<'_, &PortalUser>,
+    compared: usize,
+    recorded: &HashMap<String, Baseline>,
+    threads: usize,
+) -> Vec<bool> {
+    let input = cx.input;
+    let quiet = |w: &Wanted<'_>| {
+        let anchor = folded::lowered(&w.user.anchor);
+        let (true, [p]) = (input.scope.covers_user(&anchor), by_anchor.get(&anchor)) else {
+            return false;
+        };
+        let Some(r) = recorded.get(&*anchor) else {
+            return false;
+        };
+        p.active
+            && input.links.portal_ids.get(&*anchor) == Some(&p.id)
+            && w.user.closure(input.now).is_none()
+            && user::in_step_as_recorded(
+                &cx.desired(w.user, &crate::dn::key(&w.user.dn)),
+                p,
+                input.rules,
+                compared,
+                r,
+            )
+    };
+    // Below a few thousand users a thread costs more than it saves.
+    let chunk = wanted.len().div_ceil(threads.max(1)).max(4096);
+    if wanted.len() <= chunk {
+        return wanted.iter().map(quiet).collect();
+    }
+    std::thread::scope(|s| {
+        let parts: Vec<_> = wanted
+            .chunks(chunk)
+            .map(|ws| s.spawn(move || ws.iter().map(quiet).collect::<Vec<bool>>()))
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|part| part.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    })
 }
 
 /// A directory user linked to portal user `p` by its anchor (`key`, lowercased);

@@ -412,7 +412,19 @@ fn schema() -> PortalSchema {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{compute, Action};
+    use crate::plan::{compute, compute_on, Action};
+
+    #[test]
+    fn the_plan_is_the_same_on_one_thread_and_on_several() {
+        // 9000 users: the users are mapped in three parts of 4096 at most.
+        let s = Synthetic::new(9000).unwrap();
+        let one = compute_on(&s.input(), 1);
+        // One user in 500 is new and one in 500 has left: the plan is not empty.
+        assert_eq!(one.count(Action::Create), 18);
+        assert_eq!(one.count(Action::Close), 18);
+        assert!(one.count(Action::Update) >= 36, "{:?}", one.changes.len());
+        assert_eq!(compute_on(&s.input(), 3), one);
+    }
 
     #[test]
     fn about_one_percent_of_the_synthetic_organisation_changes() {

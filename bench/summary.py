@@ -178,12 +178,12 @@ def render():
     w("<!-- bench N=%d begin -->" % n)
     w("## %s users" % format(n, ","))
     w("")
-    w("%s users, %s groups (%s member values, some nested), %s of them mirrored to the portal. "
-      "Measured %s on %s; load average before %s, after %s. %s%s (release build), %s, "
+    w("%s users, %s groups (%s member values, some nested), %s of them mirrored to the portal; "
+      "portal pages of %s. Measured %s on %s; load average before %s, after %s. %s%s (release build), %s, "
       "scim2-server %s. Median of %d runs (provisioning, the group sync and the cycle after the "
       "changes: one run). The whole run took %s s (slapadd: %s s)."
       % (format(n, ","), format(int(env("GROUPS")), ","), format(int(env("MEMBERSHIPS")), ","),
-         env("PORTAL_GROUPS"), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), machine(),
+         env("PORTAL_GROUPS"), env("PAGE_SIZE"), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), machine(),
          env("LOAD_BEFORE"), env("LOAD_AFTER"), env("DIRSYNC_VERSION"),
          ", given as BENCH_DIRSYNC=%s" % env("GIVEN") if env("GIVEN")
          else ", with uncommitted changes in src/" if env("DIRTY") == "yes" else "",

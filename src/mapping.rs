@@ -15,9 +15,11 @@
 //! first value.
 
 use std::collections::BTreeMap;
+use std::collections::HashSet;
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::ops::Deref;
-use std::sync::Arc;
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use serde::{Serialize, Serializer};
 use serde_json::{Map, Value as Json};
@@ -25,19 +27,37 @@ use serde_json::{Map, Value as Json};
 mod packed;
 pub use packed::{Packed, Strings, ValueRef};
 
-/// A parsed SCIM attribute path. Its parts ([`PathParts`]) are shared: a clone is a
-/// reference count, so the baselines and attribute maps of many users hold one copy of
-/// each path, and two clones compare equal by address first.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct AttrPath(Arc<PathParts>);
+/// A parsed SCIM attribute path. Paths are interned: each distinct path ([`PathParts`])
+/// is made once and kept for the life of the process, so a clone is a pointer copy (no
+/// reference count for the threads that map users to share), the baselines and
+/// attribute maps of many users hold one copy of each path, and two paths are equal
+/// exactly when they are one. The paths a process makes are those of its config, its
+/// state and the access rules: a few dozen, not one per user.
+#[derive(Clone)]
+pub struct AttrPath(&'static PathParts);
+
+impl PartialEq for AttrPath {
+    fn eq(&self, other: &AttrPath) -> bool {
+        self.same(other)
+    }
+}
+
+impl Eq for AttrPath {}
+
+impl Hash for AttrPath {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        std::ptr::hash(self.0, state)
+    }
+}
 
 impl Ord for AttrPath {
-    /// By the parts; clones of one path are equal without looking.
+    /// By the parts (so maps of paths list them by name); one path is equal to itself
+    /// without looking.
     fn cmp(&self, other: &AttrPath) -> std::cmp::Ordering {
         if self.same(other) {
             return std::cmp::Ordering::Equal;
         }
-        self.0.cmp(&other.0)
+        self.0.cmp(other.0)
     }
 }
 
@@ -62,7 +82,7 @@ impl Deref for AttrPath {
     type Target = PathParts;
 
     fn deref(&self) -> &PathParts {
-        &self.0
+        self.0
     }
 }
 
@@ -73,16 +93,27 @@ impl fmt::Debug for AttrPath {
 }
 
 impl From<PathParts> for AttrPath {
+    /// The interned path of `parts`: the one made before, or a new one.
     fn from(parts: PathParts) -> AttrPath {
-        AttrPath(Arc::new(parts))
+        static PATHS: OnceLock<Mutex<HashSet<&'static PathParts>>> = OnceLock::new();
+        let mut paths = PATHS
+            .get_or_init(Mutex::default)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(&made) = paths.get(&parts) {
+            return AttrPath(made);
+        }
+        let made: &'static PathParts = Box::leak(Box::new(parts));
+        paths.insert(made);
+        AttrPath(made)
     }
 }
 
 impl AttrPath {
-    /// Whether `self` and `other` are clones of one parsed path (then they are equal;
-    /// equal paths parsed apart are not the same).
+    /// Whether `self` and `other` are one path: since paths are interned, whether they
+    /// are equal.
     pub fn same(&self, other: &AttrPath) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
+        std::ptr::eq(self.0, other.0)
     }
 
     /// The name to ask the portal for this attribute by, in a listing's `attributes`
@@ -144,7 +175,7 @@ impl AttrPath {
     }
 
     pub fn parts(&self) -> &PathParts {
-        &self.0
+        self.0
     }
 
     /// True for the login attribute, `userName` of the core schema.

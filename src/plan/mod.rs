@@ -383,7 +383,10 @@ pub fn compute(input: &Input<'_>) -> Plan {
     )
 }
 
-/// [`compute`], mapping the users on up to `threads` threads ([`quiet_users`]).
+/// [`compute`] on up to `threads` threads: the users are mapped on all of them
+/// ([`quiet_users`]); the directory's group membership is built while the users are
+/// validated, and the portal groups are planned while the users are ([`both`]). One
+/// thread gives the same plan.
 pub(crate) fn compute_on(input: &Input<'_>, threads: usize) -> Plan {
     let mut plan = Plan::default();
     for bad in input.bad_entries {
@@ -393,27 +396,76 @@ pub(crate) fn compute_on(input: &Input<'_>, threads: usize) -> Plan {
         });
     }
 
-    let membership = Membership::new(input.groups);
-    let resolved = access::resolve(input.access, &membership);
-    plan.notes.extend(resolved.problems.iter().cloned());
-    for cycle in membership.cycles() {
-        plan.notes.push(format!(
-            "group cycle in the directory: {cycle} (membership counted once)"
-        ));
-    }
     let login_rules: Vec<Rule> = input
         .rules
         .iter()
         .filter(|r| r.to.is_user_name())
         .cloned()
         .collect();
-    let wanted = validate::validate(
-        input.directory,
-        input.rules,
-        &login_rules,
-        &mut plan.skipped,
-        &mut plan.notes,
+    let adopt = input.links.adopt_orphans;
+    let ((membership, resolved), read) = both(
+        threads,
+        || {
+            let membership = Membership::new(input.groups);
+            let resolved = access::resolve(input.access, &membership);
+            (membership, resolved)
+        },
+        || {
+            let (mut skipped, mut notes) = (Vec::new(), Vec::new());
+            let wanted = validate::validate(
+                input.directory,
+                input.rules,
+                &login_rules,
+                &mut skipped,
+                &mut notes,
+            );
+            // Portal users by externalId (anchors are compared case-insensitively: GUID
+            // strings differ in case between tools). Two portal users claiming one anchor
+            // is a conflict an admin must resolve; neither is touched.
+            let mut by_anchor: Multi<'_, &PortalUser> = Multi::with_capacity(input.portal.len());
+            for p in input.portal {
+                if let Some(x) = &p.external_id {
+                    by_anchor.push(x, p);
+                }
+            }
+            let in_directory: HashSet<Folded<'_>> =
+                input.directory.iter().map(|u| Folded(&u.anchor)).collect();
+            // Orphans are found by listing the whole portal; a partial plan sees only some.
+            let orphans = if input.scope == &PlanScope::Full {
+                links::orphans(input.portal, input.state, &in_directory, adopt)
+            } else {
+                Vec::new()
+            };
+            let index = PortalIndex::new(input.portal);
+            Read {
+                wanted,
+                skipped,
+                notes,
+                by_anchor,
+                in_directory,
+                orphans,
+                index,
+            }
+        },
     );
+    let Read {
+        wanted,
+        skipped,
+        notes,
+        by_anchor,
+        in_directory,
+        orphans,
+        index,
+    } = read;
+    plan.notes.extend(resolved.problems.iter().cloned());
+    for cycle in membership.cycles() {
+        plan.notes.push(format!(
+            "group cycle in the directory: {cycle} (membership counted once)"
+        ));
+    }
+    plan.skipped.extend(skipped);
+    plan.notes.extend(notes);
+    plan.orphans = orphans;
     if let Some(p) = input.portal.first() {
         for r in input.rules.iter().filter(|r| r.owner != Owner::Portal) {
             if !p.reads(&r.to) {
@@ -425,22 +477,6 @@ pub(crate) fn compute_on(input: &Input<'_>, threads: usize) -> Plan {
         }
     }
 
-    // Portal users by externalId (anchors are compared case-insensitively: GUID strings
-    // differ in case between tools). Two portal users claiming one anchor is a conflict
-    // an admin must resolve; neither is touched.
-    let mut by_anchor: Multi<'_, &PortalUser> = Multi::with_capacity(input.portal.len());
-    for p in input.portal {
-        if let Some(x) = &p.external_id {
-            by_anchor.push(x, p);
-        }
-    }
-    let in_directory: HashSet<Folded<'_>> =
-        input.directory.iter().map(|u| Folded(&u.anchor)).collect();
-    let adopt = input.links.adopt_orphans;
-    // Orphans are found by listing the whole portal; a partial plan sees only some.
-    if input.scope == &PlanScope::Full {
-        plan.orphans = links::orphans(input.portal, input.state, &in_directory, adopt);
-    }
     let recorded = input.state;
     let with_orphans;
     let input = if adopt && !plan.orphans.is_empty() {
@@ -452,7 +488,6 @@ pub(crate) fn compute_on(input: &Input<'_>, threads: usize) -> Plan {
     } else {
         input
     };
-    let index = PortalIndex::new(input.portal);
     let cx = Context {
         input,
         in_directory: &in_directory,
@@ -460,12 +495,61 @@ pub(crate) fn compute_on(input: &Input<'_>, threads: usize) -> Plan {
         membership: &membership,
         resolved: &resolved,
     };
+    let ((group_changes, group_notes), ()) = both(
+        threads,
+        || plan_groups(input, &wanted, &membership),
+        || plan_users(&cx, &wanted, &by_anchor, recorded, threads, &mut plan),
+    );
+    plan.group_changes = group_changes;
+    plan.notes.extend(group_notes);
+    plan.changes
+        .sort_by_cached_key(|c| (c.action, c.user_name.to_ascii_lowercase()));
+    plan
+}
+
+/// What [`compute_on`] reads off the directory users and the portal users, apart from
+/// the directory's groups.
+struct Read<'a> {
+    /// The users that pass validation, with what it skipped and noted.
+    wanted: Vec<Wanted<'a>>,
+    skipped: Vec<Skipped>,
+    notes: Vec<String>,
+    by_anchor: Multi<'a, &'a PortalUser>,
+    in_directory: HashSet<Folded<'a>>,
+    orphans: Vec<links::Orphan>,
+    index: PortalIndex<'a>,
+}
+
+/// `a()` and `b()`: on a thread of their own each when `threads` is 2 or more, else one
+/// after the other.
+fn both<A: Send, B>(threads: usize, a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B) -> (A, B) {
+    if threads < 2 {
+        let a = a();
+        return (a, b());
+    }
+    std::thread::scope(|s| {
+        let a = s.spawn(a);
+        let b = b();
+        let a = a.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+        (a, b)
+    })
+}
+
+/// The users' changes, closures and notes, into `plan`: each validated user (`wanted`)
+/// against the portal user of its anchor (`by_anchor`), or created or adopted; `recorded`
+/// is what the state holds.
+fn plan_users(
+    cx: &Context<'_, '_>,
+    wanted: &[Wanted<'_>],
+    by_anchor: &Multi<'_, &PortalUser>,
+    recorded: &HashMap<String, Baseline>,
+    threads: usize,
+    plan: &mut Plan,
+) {
+    let input = cx.input;
     let compared = user::compared_paths(input.rules);
     let mut claimed: HashSet<String> = HashSet::new();
-    let mirror = input.access.portal_groups.is_some();
-    let made_keys = made_member_keys(&wanted, mirror, input.now);
-    let members = group_members(&wanted, &made_keys, mirror, input.now);
-    let quiet = quiet_users(&wanted, &cx, &by_anchor, compared, recorded, threads);
+    let quiet = quiet_users(wanted, cx, by_anchor, compared, recorded, threads);
     for (w, _) in wanted.iter().zip(&quiet).filter(|(_, &q)| !q) {
         let key = crate::dn::key(&w.user.dn);
         let anchor = w.user.anchor.to_ascii_lowercase();
@@ -473,7 +557,7 @@ pub(crate) fn compute_on(input: &Input<'_>, threads: usize) -> Plan {
             continue;
         }
         match by_anchor.get(&anchor) {
-            [] => plan_unlinked(w, &cx, &key, &mut claimed, &mut plan),
+            [] => plan_unlinked(w, cx, &key, &mut claimed, plan),
             [p] => {
                 let closed = w.user.closure(input.now);
                 let attrs = match closed {
@@ -481,9 +565,7 @@ pub(crate) fn compute_on(input: &Input<'_>, threads: usize) -> Plan {
                     None => cx.desired(w.user, &key),
                 };
                 let base = input.state.get(&anchor);
-                plan_linked(
-                    w, &anchor, compared, attrs, p, base, recorded, input, &mut plan,
-                )
+                plan_linked(w, &anchor, compared, attrs, p, base, recorded, input, plan)
             }
             many => {
                 plan.skipped.push(Skipped {
@@ -499,7 +581,7 @@ pub(crate) fn compute_on(input: &Input<'_>, threads: usize) -> Plan {
         }
     }
 
-    plan_closures(input, &in_directory, &claimed, &mut plan);
+    plan_closures(input, cx.in_directory, &claimed, plan);
     // Where each derived value came from, for the users with changes.
     let changed: HashSet<&str> = plan
         .changes
@@ -523,8 +605,8 @@ pub(crate) fn compute_on(input: &Input<'_>, threads: usize) -> Plan {
             let key = crate::dn::key(&w.user.dn);
             access::derive_keyed(
                 input.access,
-                &membership,
-                &resolved,
+                cx.membership,
+                cx.resolved,
                 w.user,
                 &key,
                 Some(&mut why),
@@ -534,52 +616,58 @@ pub(crate) fn compute_on(input: &Input<'_>, threads: usize) -> Plan {
             }
         }
     }
-    keep_one_privileged(&cx, &wanted, &mut plan);
-
-    if let Some(rule) = &input.access.portal_groups {
-        let with_members;
-        let portal_users = match input.scope {
-            PlanScope::Full => input.portal,
-            PlanScope::Only { .. } => {
-                with_members = with_linked_members(input, &wanted);
-                &with_members
-            }
-        };
-        plan.group_changes = groups::plan(
-            &groups::GroupInput {
-                rule,
-                directory: input.groups,
-                membership: &membership,
-                users: &members,
-                portal_users,
-                portal_groups: input.portal_groups,
-                known: input.known_groups,
-                only: input.scope.groups(),
-            },
-            &mut plan.notes,
-        );
-    }
-    plan.changes
-        .sort_by_cached_key(|c| (c.action, c.user_name.to_ascii_lowercase()));
-    plan
+    keep_one_privileged(cx, wanted, plan);
 }
 
-/// The directory users that may be portal group members (none unless groups are
-/// mirrored), by DN key: their anchor and login. A plain DN ([`crate::dn::is_plain`]) is
+/// The portal groups' changes ([`groups::plan`]) and the notes it makes; none unless
+/// groups are mirrored.
+fn plan_groups(
+    input: &Input<'_>,
+    wanted: &[Wanted<'_>],
+    membership: &Membership<'_>,
+) -> (Vec<GroupChange>, Vec<String>) {
+    let mut notes = Vec::new();
+    let Some(rule) = &input.access.portal_groups else {
+        return (Vec::new(), notes);
+    };
+    let made_keys = made_member_keys(wanted, input.now);
+    let members = group_members(wanted, &made_keys, input.now);
+    let with_members;
+    let portal_users = match input.scope {
+        PlanScope::Full => input.portal,
+        PlanScope::Only { .. } => {
+            with_members = with_linked_members(input, wanted);
+            &with_members
+        }
+    };
+    let changes = groups::plan(
+        &groups::GroupInput {
+            rule,
+            directory: input.groups,
+            membership,
+            users: &members,
+            portal_users,
+            portal_groups: input.portal_groups,
+            known: input.known_groups,
+            only: input.scope.groups(),
+        },
+        &mut notes,
+    );
+    (changes, notes)
+}
+
+/// The directory users that may be portal group members (those not closed), by DN key:
+/// their anchor and login. A plain DN ([`crate::dn::is_plain`]) is
 /// its own key without case, so it is borrowed; the others' keys are made first
 /// ([`made_member_keys`], in the same order) and borrowed from there.
 fn group_members<'w>(
     wanted: &'w [Wanted<'_>],
     made: &'w [String],
-    mirror: bool,
     now: Timestamp,
 ) -> HashMap<Folded<'w>, (&'w str, &'w str)> {
     let mut made = made.iter();
     let mut by_key = HashMap::new();
-    for w in wanted
-        .iter()
-        .filter(|w| mirror && w.user.closure(now).is_none())
-    {
+    for w in wanted.iter().filter(|w| w.user.closure(now).is_none()) {
         let key = if crate::dn::is_plain(&w.user.dn) {
             w.user.dn.as_str()
         } else {
@@ -592,10 +680,10 @@ fn group_members<'w>(
 
 /// The DN keys [`group_members`] cannot borrow: those of the possible members whose DN
 /// is not plain, in their order.
-fn made_member_keys(wanted: &[Wanted<'_>], mirror: bool, now: Timestamp) -> Vec<String> {
+fn made_member_keys(wanted: &[Wanted<'_>], now: Timestamp) -> Vec<String> {
     wanted
         .iter()
-        .filter(|w| mirror && w.user.closure(now).is_none() && !crate::dn::is_plain(&w.user.dn))
+        .filter(|w| w.user.closure(now).is_none() && !crate::dn::is_plain(&w.user.dn))
         .map(|w| crate::dn::key(&w.user.dn))
         .collect()
 }

@@ -904,6 +904,11 @@ mod access_rules {
 
     impl World {
         fn plan(&self) -> Plan {
+            self.plan_on(std::thread::available_parallelism().map_or(1, |n| n.get()))
+        }
+
+        /// [`World::plan`] on up to `threads` threads.
+        fn plan_on(&self, threads: usize) -> Plan {
             let rules = effective_rules(&rules(), &self.access);
             let state: State = self
                 .portal
@@ -912,22 +917,25 @@ mod access_rules {
                 .map(|a| (a.to_ascii_lowercase(), Baseline::new()))
                 .collect();
             let schema = portal_schema();
-            compute(&Input {
-                directory: &self.users,
-                bad_entries: &[],
-                portal: &self.portal,
-                state: &state,
-                rules: &rules,
-                schema: &schema,
-                groups: &self.groups,
-                access: &self.access,
-                portal_groups: &self.portal_groups,
-                known_groups: &self.known_groups,
-                now: Timestamp::from_unix(1_800_000_000),
-                deleted: &HashSet::new(),
-                links: &Links::default(),
-                scope: &PlanScope::Full,
-            })
+            compute_on(
+                &Input {
+                    directory: &self.users,
+                    bad_entries: &[],
+                    portal: &self.portal,
+                    state: &state,
+                    rules: &rules,
+                    schema: &schema,
+                    groups: &self.groups,
+                    access: &self.access,
+                    portal_groups: &self.portal_groups,
+                    known_groups: &self.known_groups,
+                    now: Timestamp::from_unix(1_800_000_000),
+                    deleted: &HashSet::new(),
+                    links: &Links::default(),
+                    scope: &PlanScope::Full,
+                },
+                threads,
+            )
         }
 
         /// Portal users as a first cycle would have created them.
@@ -1090,6 +1098,46 @@ mod access_rules {
             }),
             ..Default::default()
         }
+    }
+
+    /// The groups are read and planned beside the users on a second thread: what each
+    /// part finds (notes, skips, changes) comes out the same, in the same order, as on one.
+    #[test]
+    fn one_thread_and_two_give_the_same_plan_and_notes_in_order() {
+        let mut users: Vec<DirectoryUser> = (0..6)
+            .map(|i| dir_user(&format!("u{i}"), Some(&format!("u{i}@example.se")), "X"))
+            .collect();
+        users.push(dir_user("nomail", None, "Y"));
+        let refs: Vec<&DirectoryUser> = users.iter().take(4).collect();
+        let mut a = group("Loop-A", &refs[..2]);
+        let mut b = group("Loop-B", &refs[2..]);
+        a.members.push(b.dn.clone());
+        b.members.push(a.dn.clone());
+        let mut access = mirrored(&["Loop-A", "Missing-Group"]);
+        access.services = vec![ServiceRule {
+            group: GroupRef("No-Such-Service-Group".into()),
+            service: "fax".into(),
+        }];
+        let w = World::synced(users, vec![a, b], access);
+        let one = w.plan_on(1);
+        assert_eq!(w.plan_on(2), one);
+        // Access rules, then the directory's groups, then its users, then the portal groups.
+        let at = |needle: &str| {
+            one.notes
+                .iter()
+                .position(|n| n.contains(needle))
+                .unwrap_or_else(|| panic!("no note with {needle:?}: {:#?}", one.notes))
+        };
+        assert!(
+            at("No-Such-Service-Group") < at("group cycle"),
+            "{:#?}",
+            one.notes
+        );
+        assert!(at("group cycle") < at("Missing-Group"), "{:#?}", one.notes);
+        assert_eq!(one.skipped.len(), 1, "{:?}", one.skipped);
+        assert!(one.skipped[0].dn.starts_with("uid=nomail,"));
+        assert_eq!(one.group_changes.len(), 1, "{:?}", one.group_changes);
+        assert_eq!(one.group_changes[0].add.len(), 4);
     }
 
     #[test]

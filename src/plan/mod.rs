@@ -551,11 +551,11 @@ fn plan_users(
     let mut claimed: HashSet<String> = HashSet::new();
     let quiet = quiet_users(wanted, cx, by_anchor, compared, recorded, threads);
     for (w, _) in wanted.iter().zip(&quiet).filter(|(_, &q)| !q) {
-        let key = crate::dn::key(&w.user.dn);
-        let anchor = w.user.anchor.to_ascii_lowercase();
+        let anchor = folded::lowered(&w.user.anchor);
         if !input.scope.covers_user(&anchor) {
             continue;
         }
+        let key = crate::dn::key(&w.user.dn);
         match by_anchor.get(&anchor) {
             [] => plan_unlinked(w, cx, &key, &mut claimed, plan),
             [p] => {
@@ -564,7 +564,7 @@ fn plan_users(
                     Some(_) => Attributes::new(),
                     None => cx.desired(w.user, &key),
                 };
-                let base = input.state.get(&anchor);
+                let base = input.state.get(&*anchor);
                 plan_linked(w, &anchor, compared, attrs, p, base, recorded, input, plan)
             }
             many => {

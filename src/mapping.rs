@@ -14,8 +14,7 @@
 //! `faxNumbers`) takes every value of the directory attribute; any other target takes the
 //! first value.
 
-use std::collections::BTreeMap;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::ops::Deref;

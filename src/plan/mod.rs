@@ -396,12 +396,7 @@ pub(crate) fn compute_on(input: &Input<'_>, threads: usize) -> Plan {
         });
     }
 
-    let login_rules: Vec<Rule> = input
-        .rules
-        .iter()
-        .filter(|r| r.to.is_user_name())
-        .cloned()
-        .collect();
+    let login_rules = login_rules(input.rules);
     let adopt = input.links.adopt_orphans;
     let ((membership, resolved), read) = both(
         threads,
@@ -448,24 +443,15 @@ pub(crate) fn compute_on(input: &Input<'_>, threads: usize) -> Plan {
             }
         },
     );
-    let Read {
-        wanted,
-        skipped,
-        notes,
-        by_anchor,
-        in_directory,
-        orphans,
-        index,
-    } = read;
     plan.notes.extend(resolved.problems.iter().cloned());
     for cycle in membership.cycles() {
         plan.notes.push(format!(
             "group cycle in the directory: {cycle} (membership counted once)"
         ));
     }
-    plan.skipped.extend(skipped);
-    plan.notes.extend(notes);
-    plan.orphans = orphans;
+    plan.skipped.extend(read.skipped);
+    plan.notes.extend(read.notes);
+    plan.orphans = read.orphans;
     if let Some(p) = input.portal.first() {
         for r in input.rules.iter().filter(|r| r.owner != Owner::Portal) {
             if !p.reads(&r.to) {
@@ -490,15 +476,24 @@ pub(crate) fn compute_on(input: &Input<'_>, threads: usize) -> Plan {
     };
     let cx = Context {
         input,
-        in_directory: &in_directory,
-        index: &index,
+        in_directory: &read.in_directory,
+        index: &read.index,
         membership: &membership,
         resolved: &resolved,
     };
     let ((group_changes, group_notes), ()) = both(
         threads,
-        || plan_groups(input, &wanted, &membership),
-        || plan_users(&cx, &wanted, &by_anchor, recorded, threads, &mut plan),
+        || plan_groups(input, &read.wanted, &membership),
+        || {
+            plan_users(
+                &cx,
+                &read.wanted,
+                &read.by_anchor,
+                recorded,
+                threads,
+                &mut plan,
+            )
+        },
     );
     plan.group_changes = group_changes;
     plan.notes.extend(group_notes);

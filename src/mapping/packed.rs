@@ -12,15 +12,15 @@ const PRESENT: u32 = 1 << 31;
 const MANY: u32 = 1 << 30;
 const COUNT: u32 = MANY - 1;
 
-/// The values of a fixed number of slots, each absent, one string, or a set of strings:
-/// every string in one `text`, and one `index` of `u32`: the slot count, then per slot
-/// its flags and the number of strings up to and including it, then per string where it
-/// ends in `text`. Two allocations for a whole row, where `Option<Value>`s take one per
-/// string besides their slots.
+/// The values of a fixed number of slots, each absent, one string, or a set of strings,
+/// in one allocation: an index of `u32` words (little-endian), then every string's
+/// bytes. The index holds the slot count, then per slot its flags and the number of
+/// strings up to and including it, then per string where it ends in the text. One
+/// allocation for a whole row, where `Option<Value>`s take one per string besides their
+/// slots.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Packed {
-    text: Box<str>,
-    index: Box<[u32]>,
+    bytes: Box<[u8]>,
 }
 
 /// A value of a [`Packed`] row, borrowed.
@@ -35,12 +35,13 @@ pub enum ValueRef<'a> {
 pub struct Strings<'a> {
     text: &'a str,
     start: usize,
-    ends: &'a [u32],
+    /// Where each string ends in `text`: `u32` words, little-endian.
+    ends: &'a [u8],
 }
 
 impl<'a> Strings<'a> {
     pub fn len(&self) -> usize {
-        self.ends.len()
+        self.ends.len() / 4
     }
 
     pub fn is_empty(&self) -> bool {
@@ -50,9 +51,10 @@ impl<'a> Strings<'a> {
     pub fn iter(&self) -> impl Iterator<Item = &'a str> + 'a {
         let text = self.text;
         let mut start = self.start;
-        self.ends.iter().map(move |&end| {
-            let s = &text[start..end as usize];
-            start = end as usize;
+        self.ends.chunks_exact(4).map(move |end| {
+            let end = word_at(end, 0) as usize;
+            let s = &text[start..end];
+            start = end;
             s
         })
     }
@@ -80,6 +82,12 @@ impl ValueRef<'_> {
             _ => false,
         }
     }
+}
+
+/// The `k`th `u32` word of `bytes` (little-endian).
+fn word_at(bytes: &[u8], k: usize) -> u32 {
+    let at = 4 * k;
+    u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
 }
 
 impl Packed {
@@ -112,16 +120,39 @@ impl Packed {
             return Packed::default(); // No slots: one spelling of the empty row.
         }
         slots[0] = (slots.len() - 1) as u32;
-        slots.extend(ends);
-        Packed {
-            text: text.into_boxed_str(),
-            index: slots.into_boxed_slice(),
+        let mut bytes = Vec::with_capacity(4 * (slots.len() + ends.len()) + text.len());
+        for w in slots.iter().chain(&ends) {
+            bytes.extend_from_slice(&w.to_le_bytes());
         }
+        bytes.extend_from_slice(text.as_bytes());
+        Packed {
+            bytes: bytes.into_boxed_slice(),
+        }
+    }
+
+    fn word(&self, k: usize) -> u32 {
+        word_at(&self.bytes, k)
     }
 
     /// How many slots the row has.
     pub fn slots(&self) -> usize {
-        self.index.first().map_or(0, |&n| n as usize)
+        match self.bytes.is_empty() {
+            true => 0,
+            false => self.word(0) as usize,
+        }
+    }
+
+    /// Every string of the row, one after the other.
+    fn text(&self) -> &str {
+        let n = self.slots();
+        if n == 0 {
+            return "";
+        }
+        let strings = (self.word(n) & COUNT) as usize;
+        let bytes = &self.bytes[4 * (1 + n + strings)..];
+        // SAFETY: `new` wrote these bytes from one `String` (valid UTF-8) and nothing
+        // changes them; the index before them is as long as `new` made it.
+        unsafe { std::str::from_utf8_unchecked(bytes) }
     }
 
     /// The value of slot `i`; `None` when it is absent or there is no such slot.
@@ -130,28 +161,29 @@ impl Packed {
         if i >= n {
             return None;
         }
-        let slot = self.index[1 + i];
+        let slot = self.word(1 + i);
         if slot & PRESENT == 0 {
             return None;
         }
         let first = match i {
             0 => 0,
-            _ => (self.index[i] & COUNT) as usize,
+            _ => (self.word(i) & COUNT) as usize,
         };
         let last = (slot & COUNT) as usize;
-        let ends = &self.index[1 + n + first..1 + n + last];
+        let ends = &self.bytes[4 * (1 + n + first)..4 * (1 + n + last)];
         let start = match first {
             0 => 0,
-            _ => self.index[n + first] as usize,
+            _ => self.word(n + first) as usize,
         };
+        let text = self.text();
         Some(if slot & MANY == 0 {
-            ValueRef::One(&self.text[start..ends.first().map_or(start, |&e| e as usize)])
+            let end = match ends.is_empty() {
+                true => start,
+                false => word_at(ends, 0) as usize,
+            };
+            ValueRef::One(&text[start..end])
         } else {
-            ValueRef::Many(Strings {
-                text: &self.text,
-                start,
-                ends,
-            })
+            ValueRef::Many(Strings { text, start, ends })
         })
     }
 

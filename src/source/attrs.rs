@@ -1,7 +1,7 @@
 //! An entry's attribute values, compact: a directory of 100,000 users is held in memory
 //! for the whole cycle, so each entry keeps all its attribute names and values in one
-//! string with one small index, instead of a map of strings (three allocations and map
-//! nodes per attribute).
+//! allocation, a small index before the text, instead of a map of strings (three
+//! allocations and map nodes per attribute).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -11,15 +11,21 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Attribute values by lowercased attribute name, in name order. Built once from what
 /// the source read, read-only after that.
+///
+/// One allocation per entry: `u32` words (little-endian), then the text. The words are
+/// the number of attributes; per attribute, in name order, where its name ends in the
+/// text (it starts where the attribute before it ends) and how many values it and those
+/// before it have; then where each value ends in the text (it starts where the name or
+/// value before it ends). The text is every name and value, one after another.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct EntryAttrs {
-    /// Every name and value, one after another.
-    text: Box<str>,
-    /// Per attribute, in name order: where its name ends in `text` (it starts where the
-    /// attribute before it ends), and how many values it and those before it have.
-    names: Box<[(u32, u32)]>,
-    /// Where each value ends in `text` (it starts where the name or value before it ends).
-    ends: Box<[u32]>,
+    bytes: Box<[u8]>,
+}
+
+/// The `k`th `u32` word of `bytes` (little-endian).
+fn word_at(bytes: &[u8], k: usize) -> u32 {
+    let at = 4 * k;
+    u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
 }
 
 /// The values of one attribute.
@@ -28,12 +34,13 @@ pub struct Values<'a> {
     text: &'a str,
     /// Where the first value starts.
     start: u32,
-    ends: &'a [u32],
+    /// Where each value ends: `u32` words, little-endian.
+    ends: &'a [u8],
 }
 
 impl<'a> Values<'a> {
     pub fn len(&self) -> usize {
-        self.ends.len()
+        self.ends.len() / 4
     }
 
     pub fn is_empty(&self) -> bool {
@@ -47,9 +54,10 @@ impl<'a> Values<'a> {
     pub fn iter(&self) -> impl Iterator<Item = &'a str> + 'a {
         let text = self.text;
         let mut start = self.start as usize;
-        self.ends.iter().map(move |&end| {
-            let v = &text[start..end as usize];
-            start = end as usize;
+        self.ends.chunks_exact(4).map(move |end| {
+            let end = word_at(end, 0) as usize;
+            let v = &text[start..end];
+            start = end;
             v
         })
     }
@@ -73,7 +81,7 @@ impl EntryAttrs {
 
     /// Every attribute (lowercased name) with its values, in name order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, Values<'_>)> + '_ {
-        (0..self.names.len()).map(|i| (self.name_at(i), self.values_at(i)))
+        (0..self.names()).map(|i| (self.name_at(i), self.values_at(i)))
     }
 
     /// Adds (or replaces) attribute `name` (lowercased), rebuilding the entry (for tests:
@@ -100,7 +108,7 @@ impl EntryAttrs {
     }
 
     fn position(&self, name: &str) -> Option<usize> {
-        let (mut lo, mut hi) = (0, self.names.len());
+        let (mut lo, mut hi) = (0, self.names());
         while lo < hi {
             let mid = (lo + hi) / 2;
             match self.name_at(mid).cmp(name) {
@@ -112,19 +120,54 @@ impl EntryAttrs {
         None
     }
 
+    /// How many attributes the entry has.
+    fn names(&self) -> usize {
+        match self.bytes.is_empty() {
+            true => 0,
+            false => word_at(&self.bytes, 0) as usize,
+        }
+    }
+
+    /// Where attribute `i`'s name ends in the text, and how many values it and those
+    /// before it have.
+    fn name_entry(&self, i: usize) -> (u32, u32) {
+        (
+            word_at(&self.bytes, 1 + 2 * i),
+            word_at(&self.bytes, 2 + 2 * i),
+        )
+    }
+
+    /// The word where the value ends start.
+    fn ends_at(&self) -> usize {
+        1 + 2 * self.names()
+    }
+
+    /// Every name and value, one after another.
+    fn text(&self) -> &str {
+        let n = self.names();
+        if n == 0 {
+            return "";
+        }
+        let values = self.name_entry(n - 1).1 as usize;
+        let bytes = &self.bytes[4 * (self.ends_at() + values)..];
+        // SAFETY: `pack` wrote these bytes from one `str` (valid UTF-8) and nothing
+        // changes them; the words before them are as many as `pack` wrote.
+        unsafe { std::str::from_utf8_unchecked(bytes) }
+    }
+
     /// The index of attribute `i`'s first value.
     fn first_value(&self, i: usize) -> usize {
         match i {
             0 => 0,
-            _ => self.names[i - 1].1 as usize,
+            _ => self.name_entry(i - 1).1 as usize,
         }
     }
 
-    /// Where attribute `i` ends in `text`: its last value's end, else its name's.
+    /// Where attribute `i` ends in the text: its last value's end, else its name's.
     fn end_of(&self, i: usize) -> usize {
-        let (name_end, values_end) = self.names[i];
+        let (name_end, values_end) = self.name_entry(i);
         match values_end as usize > self.first_value(i) {
-            true => self.ends[values_end as usize - 1] as usize,
+            true => word_at(&self.bytes, self.ends_at() + values_end as usize - 1) as usize,
             false => name_end as usize,
         }
     }
@@ -134,15 +177,38 @@ impl EntryAttrs {
             0 => 0,
             _ => self.end_of(i - 1),
         };
-        &self.text[start..self.names[i].0 as usize]
+        &self.text()[start..self.name_entry(i).0 as usize]
     }
 
     fn values_at(&self, i: usize) -> Values<'_> {
-        let (name_end, values_end) = self.names[i];
+        let (name_end, values_end) = self.name_entry(i);
+        let ends = self.ends_at();
         Values {
-            text: &self.text,
+            text: self.text(),
             start: name_end,
-            ends: &self.ends[self.first_value(i)..values_end as usize],
+            ends: &self.bytes[4 * (ends + self.first_value(i))..4 * (ends + values_end as usize)],
+        }
+    }
+
+    /// Packs an entry: its text, and per attribute where its name ends and how many
+    /// values it and those before it have, and where each value ends.
+    fn pack(text: &str, names: &[(u32, u32)], ends: &[u32]) -> EntryAttrs {
+        if names.is_empty() {
+            return EntryAttrs::default(); // No attributes: one spelling of the empty entry.
+        }
+        let words = 1 + 2 * names.len() + ends.len();
+        let mut bytes = Vec::with_capacity(4 * words + text.len());
+        let count = u32::try_from(names.len()).unwrap_or(u32::MAX);
+        let pairs = names.iter().flat_map(|&(name, values)| [name, values]);
+        for w in std::iter::once(count)
+            .chain(pairs)
+            .chain(ends.iter().copied())
+        {
+            bytes.extend_from_slice(&w.to_le_bytes());
+        }
+        bytes.extend_from_slice(text.as_bytes());
+        EntryAttrs {
+            bytes: bytes.into_boxed_slice(),
         }
     }
 }
@@ -167,11 +233,7 @@ impl From<BTreeMap<String, Vec<String>>> for EntryAttrs {
             }
             names.push((name_end, u32::try_from(ends.len()).unwrap_or(u32::MAX)));
         }
-        EntryAttrs {
-            text: text.into_boxed_str(),
-            names: names.into_boxed_slice(),
-            ends: ends.into_boxed_slice(),
-        }
+        EntryAttrs::pack(&text, &names, &ends)
     }
 }
 
@@ -221,8 +283,8 @@ impl<'de> Visitor<'de> for Build {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<EntryAttrs, A::Error> {
-        // Built in this thread's scratch buffers, then copied out at its size: three
-        // allocations per entry, none grown.
+        // Built in this thread's scratch buffers, then copied out at its size: one
+        // allocation per entry, none grown.
         thread_local! {
             static SCRATCH: std::cell::Cell<Scratch> = std::cell::Cell::default();
         }
@@ -260,11 +322,7 @@ fn build<'de, A: MapAccess<'de>>(
         names.push((at(name_end), at(ends.len())));
         last_name = Some((start, name_end));
     }
-    let attrs = EntryAttrs {
-        text: text.as_str().into(),
-        names: names.as_slice().into(),
-        ends: ends.as_slice().into(),
-    };
+    let attrs = EntryAttrs::pack(text, names, ends);
     Ok(match sorted {
         true => attrs,
         false => EntryAttrs::from(attrs.to_map()),

@@ -1,6 +1,7 @@
 //! Access from the directory: role, services, sub-unit and portal-group membership, from
 //! (nested) group membership and the user's place in the tree. Pure: no I/O.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Mutex, OnceLock};
@@ -9,6 +10,7 @@ use hashbrown::HashTable;
 
 use crate::dn::{self, Dn};
 use crate::mapping::{AttrPath, Attributes, PathParts, Value};
+use crate::plan::folded::Folded;
 use crate::source::{DirectoryGroup, DirectoryUser};
 
 /// A directory group named in the config: by DN (contains `=`) or by `cn`.
@@ -107,7 +109,8 @@ pub fn service_path(service: &str) -> AttrPath {
 ///
 /// Every DN key some group lists as a member is held once ([`Members`]); a group's members
 /// are indices into it. A large directory lists a person in several groups, and its groups
-/// hold most of its member values, so they are not kept as a string each.
+/// hold most of its member values, so they are not kept as a string each (a plain DN not
+/// even once: it is borrowed from the group that lists it).
 pub struct Membership<'a> {
     groups: &'a [DirectoryGroup],
     /// Each group's DN key, by index in `groups`.
@@ -115,28 +118,34 @@ pub struct Membership<'a> {
     /// DN key → index in `groups`.
     by_dn: HashMap<String, usize>,
     /// The member DN keys, each once, with the groups that list each directly.
-    listed: Members,
+    listed: Members<'a>,
     /// Each group's direct members (indices into `listed`).
-    members: Vec<Vec<usize>>,
+    members: Vec<Vec<u32>>,
     /// Lowercased name (`cn`) → groups (indices, in directory order) of that name.
     by_name: HashMap<String, Vec<usize>>,
 }
 
 /// The distinct member DN keys of the groups, each with an index (its place in `keys`),
 /// found by key through a table of indices, and the groups (indices) that list it directly.
-struct Members {
-    keys: Vec<Box<str>>,
-    parents: Vec<Vec<usize>>,
+/// A plain DN ([`dn::is_plain`]) is its own key without ASCII case, so it is kept as the
+/// group lists it, borrowed, and every key is hashed and compared without ASCII case
+/// ([`Folded`]); the others are keyed ([`dn::key`]) and owned.
+struct Members<'a> {
+    keys: Vec<Cow<'a, str>>,
+    /// The groups that list member `i` directly are `parents[starts[i]..starts[i + 1]]`.
+    starts: Vec<u32>,
+    parents: Vec<u32>,
     /// The group each member key is, if it is one of the groups read.
-    group: Vec<Option<usize>>,
-    table: HashTable<usize>,
+    group: Vec<Option<u32>>,
+    table: HashTable<u32>,
     hasher: RandomState,
 }
 
-impl Members {
-    fn new() -> Members {
+impl<'a> Members<'a> {
+    fn new() -> Members<'a> {
         Members {
             keys: Vec::new(),
+            starts: Vec::new(),
             parents: Vec::new(),
             group: Vec::new(),
             table: HashTable::new(),
@@ -145,25 +154,67 @@ impl Members {
     }
 
     fn find(&self, key: &str) -> Option<usize> {
-        let hash = self.hasher.hash_one(key);
-        self.table.find(hash, |&i| &*self.keys[i] == key).copied()
+        let hash = self.hasher.hash_one(Folded(key));
+        self.table
+            .find(hash, |&i| self.keys[i as usize].eq_ignore_ascii_case(key))
+            .map(|&i| i as usize)
     }
 
-    /// The index of `key`, added if new.
-    fn intern(&mut self, key: String) -> usize {
-        let hash = self.hasher.hash_one(key.as_str());
+    /// The index of member DN `dn`, added if its key is new.
+    fn intern(&mut self, dn: &'a str) -> u32 {
+        let key: Cow<'a, str> = match dn::is_plain(dn) {
+            true => Cow::Borrowed(dn),
+            false => Cow::Owned(dn::key(dn)),
+        };
+        let hash = self.hasher.hash_one(Folded(&key));
         let keys = &self.keys;
-        if let Some(&i) = self.table.find(hash, |&i| *keys[i] == *key) {
+        if let Some(&i) = self
+            .table
+            .find(hash, |&i| keys[i as usize].eq_ignore_ascii_case(&key))
+        {
             return i;
         }
-        let i = self.keys.len();
-        self.keys.push(key.into_boxed_str());
-        self.parents.push(Vec::new());
-        self.group.push(None);
+        // Indices are u32: four billion member keys are not a directory's groups.
+        let i = self.keys.len() as u32;
+        self.keys.push(key);
         let (keys, hasher) = (&self.keys, &self.hasher);
         self.table
-            .insert_unique(hash, i, |&j| hasher.hash_one(&*keys[j]));
+            .insert_unique(hash, i, |&j| hasher.hash_one(Folded(&keys[j as usize])));
         i
+    }
+
+    /// The key of member `i` as [`dn::key`] spells it (lowercased).
+    fn key(&self, i: usize) -> Cow<'_, str> {
+        crate::plan::folded::lowered(&self.keys[i])
+    }
+
+    /// Records which groups list each member directly, from each group's `members`.
+    fn link(&mut self, members: &[Vec<u32>]) {
+        let n = self.keys.len();
+        let mut starts = vec![0u32; n + 1];
+        for &m in members.iter().flatten() {
+            starts[m as usize + 1] += 1;
+        }
+        for i in 0..n {
+            starts[i + 1] += starts[i];
+        }
+        let mut next = starts.clone();
+        let mut parents = vec![0u32; starts[n] as usize];
+        for (g, ms) in members.iter().enumerate() {
+            for &m in ms {
+                let at = &mut next[m as usize];
+                parents[*at as usize] = g as u32;
+                *at += 1;
+            }
+        }
+        self.starts = starts;
+        self.parents = parents;
+        self.group = vec![None; n];
+    }
+
+    /// The groups (indices) that list member `i` directly, in directory order.
+    fn parents(&self, i: usize) -> &[u32] {
+        &self.parents[self.starts[i] as usize..self.starts[i + 1] as usize]
     }
 }
 
@@ -176,23 +227,13 @@ impl<'a> Membership<'a> {
             .map(|(i, k)| (k.clone(), i))
             .collect();
         let mut listed = Members::new();
-        let members: Vec<Vec<usize>> = groups
+        let members: Vec<Vec<u32>> = groups
             .iter()
-            .enumerate()
-            .map(|(g, group)| {
-                group
-                    .members
-                    .iter()
-                    .map(|m| {
-                        let i = listed.intern(dn::key(m));
-                        listed.parents[i].push(g);
-                        i
-                    })
-                    .collect()
-            })
+            .map(|group| group.members.iter().map(|m| listed.intern(m)).collect())
             .collect();
-        for (i, key) in listed.keys.iter().enumerate() {
-            listed.group[i] = by_dn.get(&**key).copied();
+        listed.link(&members);
+        for i in 0..listed.keys.len() {
+            listed.group[i] = by_dn.get(&*listed.key(i)).map(|&g| g as u32);
         }
         let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, g) in groups.iter().enumerate() {
@@ -292,16 +333,16 @@ impl<'a> Membership<'a> {
         let parents_of = |key: &str| {
             self.listed
                 .find(key)
-                .map_or(&[][..], |i| self.listed.parents[i].as_slice())
+                .map_or(&[][..], |i| self.listed.parents(i))
         };
-        for &i in parents_of(key) {
+        for i in parents_of(key).iter().map(|&i| i as usize) {
             if let std::collections::hash_map::Entry::Vacant(e) = via.entry(i) {
                 e.insert(None);
                 todo.push_back(i);
             }
         }
         while let Some(g) = todo.pop_front() {
-            for &i in parents_of(&self.keys[g]) {
+            for i in parents_of(&self.keys[g]).iter().map(|&i| i as usize) {
                 if let std::collections::hash_map::Entry::Vacant(e) = via.entry(i) {
                     e.insert(Some(g));
                     todo.push_back(i);
@@ -377,7 +418,7 @@ impl<'a> Membership<'a> {
         while let Some(g) = todo.pop_front() {
             let here = path(g, &above);
             for &m in &self.members[g] {
-                match self.listed.group[m] {
+                match self.listed.group[m as usize].map(|i| i as usize) {
                     Some(i) => {
                         if flatten && !above.contains_key(&i) {
                             above.insert(i, Some(g));
@@ -385,9 +426,9 @@ impl<'a> Membership<'a> {
                         }
                     }
                     None => {
-                        let key = &self.listed.keys[m];
-                        if !out.contains_key(&**key) {
-                            out.insert(key.to_string(), here.clone());
+                        let key = self.listed.key(m as usize);
+                        if !out.contains_key(&*key) {
+                            out.insert(key.into_owned(), here.clone());
                         }
                     }
                 }
@@ -417,7 +458,7 @@ impl<'a> Membership<'a> {
             while let Some(&mut (node, ref mut next)) = stack.last_mut() {
                 let children: Vec<usize> = self.members[node]
                     .iter()
-                    .filter_map(|&m| self.listed.group[m])
+                    .filter_map(|&m| self.listed.group[m as usize].map(|g| g as usize))
                     .collect();
                 if *next < children.len() {
                     let child = children[*next];

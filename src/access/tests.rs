@@ -255,6 +255,47 @@ fn membership_matches_dns_whatever_their_escaping() {
 }
 
 #[test]
+fn a_plain_member_dn_in_any_case_is_one_member_with_its_other_spellings() {
+    // Plain DNs are kept as the groups list them (borrowed, any case); each must still
+    // be the same member as the keyed spellings of its entry, nest a group named in
+    // capitals, and come out of `members_of` as its key.
+    let anna = "uid=anna,ou=people,dc=x";
+    let groups = vec![
+        group(
+            "Plain",
+            &["UID=Anna,OU=People,DC=x", "uid=bo,ou=people,dc=x"],
+        ),
+        group("Spaced", &["uid=ANNA, ou=people, dc=x"]),
+        group("Escaped", &[r"uid=ann\61,ou=people,dc=x"]),
+        group(
+            "Outer",
+            &["CN=Plain,OU=Groups,DC=X", "uid=Bo,ou=people,dc=x"],
+        ),
+    ];
+    let m = Membership::new(&groups);
+    assert_eq!(
+        m.groups_of(anna),
+        ["Plain", "Spaced", "Escaped", "Outer"]
+            .iter()
+            .map(|g| gdn(g).to_ascii_lowercase())
+            .collect(),
+        "one member, in every group that lists it in any spelling, and in Outer by nesting"
+    );
+    assert_eq!(
+        m.members_of(&groups[3], true),
+        BTreeSet::from([anna.to_string(), "uid=bo,ou=people,dc=x".to_string()]),
+        "members come out as their keys, lowercased"
+    );
+    assert_eq!(
+        m.members_of(&groups[0], false),
+        BTreeSet::from([anna.to_string(), "uid=bo,ou=people,dc=x".to_string()])
+    );
+    assert_eq!(m.groups_of("uid=bo,ou=people,dc=x").len(), 2);
+    assert!(m.groups_of("uid=anna,ou=other,dc=x").is_empty());
+    assert!(m.cycles().is_empty());
+}
+
+#[test]
 fn a_role_or_service_names_the_groups_from_the_users_own_up_to_the_rules() {
     let lea = user("lea", "uid=lea,ou=people,dc=x");
     let bo = user("bo", "uid=bo,ou=people,dc=x");

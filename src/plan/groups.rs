@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::folded::Folded;
+use super::Wanted;
 
 use serde::Serialize;
 
@@ -66,13 +67,14 @@ pub struct KnownGroup {
     pub created: bool,
 }
 
-pub struct GroupInput<'a> {
+pub(crate) struct GroupInput<'a> {
     pub rule: &'a PortalGroupRule,
     pub directory: &'a [DirectoryGroup],
     pub membership: &'a Membership<'a>,
-    /// Directory users that may be members: DN key ([`crate::dn::key`]) → (anchor, login).
-    pub users: &'a HashMap<Folded<'a>, (&'a str, &'a str)>,
-    pub portal_users: &'a [PortalUser],
+    /// Directory users that may be members, by DN key ([`crate::dn::key`]).
+    pub users: &'a HashMap<Folded<'a>, &'a Wanted<'a>>,
+    /// The portal users, by id.
+    pub portal_by_id: &'a HashMap<&'a str, &'a PortalUser>,
     pub portal_groups: &'a [PortalGroup],
     /// Lowercased anchor → the portal group the state links it to.
     pub known: &'a HashMap<String, KnownGroup>,
@@ -82,7 +84,7 @@ pub struct GroupInput<'a> {
 }
 
 /// Plans the group changes; notes go to `notes`.
-pub fn plan(input: &GroupInput<'_>, notes: &mut Vec<String>) -> Vec<GroupChange> {
+pub(crate) fn plan(input: &GroupInput<'_>, notes: &mut Vec<String>) -> Vec<GroupChange> {
     let mut out = Vec::new();
     let covered = |anchor: &str| input.only.is_none_or(|only| only.contains(anchor));
     // The configured groups, resolved once: their DN keys.
@@ -127,11 +129,7 @@ pub fn plan(input: &GroupInput<'_>, notes: &mut Vec<String>) -> Vec<GroupChange>
         .iter()
         .filter_map(|g| g.external_id.as_ref().map(|x| (x.to_ascii_lowercase(), g)))
         .collect();
-    let user_by_id: HashMap<&str, &PortalUser> = input
-        .portal_users
-        .iter()
-        .map(|u| (u.id.as_str(), u))
-        .collect();
+    let user_by_id = input.portal_by_id;
 
     for g in &selected {
         let desired: BTreeMap<String, ((&str, &str), String)> = input
@@ -139,11 +137,10 @@ pub fn plan(input: &GroupInput<'_>, notes: &mut Vec<String>) -> Vec<GroupChange>
             .members_via(g, input.rule.flatten)
             .into_iter()
             .filter_map(|(dn, via)| {
-                input
-                    .users
-                    .get(&Folded(&dn))
-                    .copied()
-                    .map(|u| (u.0.to_ascii_lowercase(), (u, via)))
+                input.users.get(&Folded(&dn)).map(|w| {
+                    let (anchor, login) = (w.user.anchor.as_str(), w.user_name.as_str());
+                    (anchor.to_ascii_lowercase(), ((anchor, login), via))
+                })
             })
             .collect();
         let key = g.anchor.to_ascii_lowercase();

@@ -262,9 +262,9 @@ impl PlanScope {
 
 /// A directory user that passed validation. Its attributes are mapped when it is planned,
 /// and dropped once it is: a plan holds no copy of every user's attributes.
-struct Wanted<'a> {
-    user: &'a DirectoryUser,
-    user_name: String,
+pub(crate) struct Wanted<'a> {
+    pub(crate) user: &'a DirectoryUser,
+    pub(crate) user_name: String,
 }
 
 /// The rules the planner diffs by: the config's mappings, then the attributes derived
@@ -483,7 +483,7 @@ pub(crate) fn compute_on(input: &Input<'_>, threads: usize) -> Plan {
     };
     let ((group_changes, group_notes), ()) = both(
         threads,
-        || plan_groups(input, &read.wanted, &membership),
+        || plan_groups(input, &read.wanted, &membership, &read.index),
         || {
             plan_users(
                 &cx,
@@ -620,6 +620,7 @@ fn plan_groups(
     input: &Input<'_>,
     wanted: &[Wanted<'_>],
     membership: &Membership<'_>,
+    index: &PortalIndex<'_>,
 ) -> (Vec<GroupChange>, Vec<String>) {
     let mut notes = Vec::new();
     let Some(rule) = &input.access.portal_groups else {
@@ -627,12 +628,13 @@ fn plan_groups(
     };
     let made_keys = made_member_keys(wanted, input.now);
     let members = group_members(wanted, &made_keys, input.now);
-    let with_members;
-    let portal_users = match input.scope {
-        PlanScope::Full => input.portal,
+    let (with_members, by_id);
+    let portal_by_id = match input.scope {
+        PlanScope::Full => &index.by_id,
         PlanScope::Only { .. } => {
             with_members = with_linked_members(input, wanted);
-            &with_members
+            by_id = with_members.iter().map(|u| (u.id.as_str(), u)).collect();
+            &by_id
         }
     };
     let changes = groups::plan(
@@ -641,7 +643,7 @@ fn plan_groups(
             directory: input.groups,
             membership,
             users: &members,
-            portal_users,
+            portal_by_id,
             portal_groups: input.portal_groups,
             known: input.known_groups,
             only: input.scope.groups(),
@@ -651,15 +653,15 @@ fn plan_groups(
     (changes, notes)
 }
 
-/// The directory users that may be portal group members (those not closed), by DN key:
-/// their anchor and login. A plain DN ([`crate::dn::is_plain`]) is
+/// The directory users that may be portal group members (those not closed), by DN key.
+/// A plain DN ([`crate::dn::is_plain`]) is
 /// its own key without case, so it is borrowed; the others' keys are made first
 /// ([`made_member_keys`], in the same order) and borrowed from there.
-fn group_members<'w>(
-    wanted: &'w [Wanted<'_>],
+fn group_members<'w, 'a>(
+    wanted: &'w [Wanted<'a>],
     made: &'w [String],
     now: Timestamp,
-) -> HashMap<Folded<'w>, (&'w str, &'w str)> {
+) -> HashMap<Folded<'w>, &'w Wanted<'a>> {
     let mut made = made.iter();
     let mut by_key = HashMap::new();
     for w in wanted.iter().filter(|w| w.user.closure(now).is_none()) {
@@ -668,7 +670,7 @@ fn group_members<'w>(
         } else {
             made.next().map_or("", String::as_str)
         };
-        by_key.insert(Folded(key), (w.user.anchor.as_str(), w.user_name.as_str()));
+        by_key.insert(Folded(key), w);
     }
     by_key
 }

@@ -23,7 +23,7 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 use serde::{Serialize, Serializer};
 use serde_json::{Map, Value as Json};
 
-mod packed;
+pub(crate) mod packed;
 pub use packed::{Packed, Strings, ValueRef};
 
 /// A parsed SCIM attribute path. Paths are interned: each distinct path ([`PathParts`])

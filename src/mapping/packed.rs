@@ -84,8 +84,9 @@ impl ValueRef<'_> {
     }
 }
 
-/// The `k`th `u32` word of `bytes` (little-endian).
-fn word_at(bytes: &[u8], k: usize) -> u32 {
+/// The `k`th `u32` word of `bytes` (little-endian); [`crate::source::attrs`] lays its
+/// entries out the same way.
+pub(crate) fn word_at(bytes: &[u8], k: usize) -> u32 {
     let at = 4 * k;
     u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
 }

@@ -9,6 +9,8 @@ use std::fmt;
 use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::mapping::packed::word_at;
+
 /// Attribute values by lowercased attribute name, in name order. Built once from what
 /// the source read, read-only after that.
 ///
@@ -20,12 +22,6 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct EntryAttrs {
     bytes: Box<[u8]>,
-}
-
-/// The `k`th `u32` word of `bytes` (little-endian).
-fn word_at(bytes: &[u8], k: usize) -> u32 {
-    let at = 4 * k;
-    u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
 }
 
 /// The values of one attribute.

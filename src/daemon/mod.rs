@@ -160,9 +160,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
             published.write();
         }
         start_now = false;
-        let until_tick = next
-            .and_then(|n| n.duration_since(SystemTime::now()).ok())
-            .unwrap_or(Duration::from_secs(3600));
+        let until_tick = until(next, SystemTime::now());
         tokio::select! {
             // A cycle ended.
             ended = async { (&mut running.as_mut()?.handle).await.ok() }, if running.is_some() => {
@@ -450,6 +448,17 @@ fn next_tick(config: &Config) -> Option<SystemTime> {
     Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
 }
 
+/// How long the loop sleeps before the tick `next`. A tick that fell due while the loop
+/// handled something else (a cycle that ended just after it, a signal) fires at once, not
+/// never: a time already past is no wait at all.
+fn until(next: Option<SystemTime>, now: SystemTime) -> Duration {
+    match next {
+        Some(next) => next.duration_since(now).unwrap_or(Duration::ZERO),
+        // No tick to wait for: the branch is off; the value is never slept.
+        None => Duration::from_secs(3600),
+    }
+}
+
 fn format_time(t: SystemTime) -> String {
     time::OffsetDateTime::from(t)
         .format(&time::format_description::well_known::Rfc3339)
@@ -466,5 +475,24 @@ fn watchdog_interval() -> Option<Duration> {
 fn notify(states: &[sd_notify::NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(false, states) {
         warn!(error = %e, "cannot notify systemd");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tick_that_fell_due_while_the_loop_was_busy_fires_at_once() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        assert_eq!(
+            until(Some(now - Duration::from_millis(300)), now),
+            Duration::ZERO
+        );
+        assert_eq!(until(Some(now), now), Duration::ZERO);
+        assert_eq!(
+            until(Some(now + Duration::from_secs(2)), now),
+            Duration::from_secs(2)
+        );
     }
 }

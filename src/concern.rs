@@ -17,7 +17,9 @@
 //!
 //! Nothing else is read or planned: a portal-side edit of a user nothing concerns (an
 //! admin-locked field changed in the portal, a user deleted there) is seen at the next
-//! full reconcile.
+//! full reconcile. A mirrored group the last cycle left in step is not read either: it is
+//! planned from the members the last cycle left ([`Concerned::left`]), so a membership
+//! edited in the portal is also seen at the next full reconcile.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -62,6 +64,14 @@ pub struct Concerned {
     pub logins: BTreeMap<String, String>,
     /// Lowercased anchors of the mirrored groups, with the name to look one up by.
     pub groups: BTreeMap<String, String>,
+    /// Of those groups, the ones whose portal group the last cycle left as the directory
+    /// then asked: its name then and the lowercased anchors of its members then. Such a
+    /// group is planned from this and the state's links, without reading its members
+    /// (a membership edited in the portal is seen at the next full reconcile, as an
+    /// admin-locked user field is). A group is left out when the state does not know
+    /// it, when it or one of its members has a change pending, or when it is new or
+    /// leaves.
+    pub left: BTreeMap<String, (String, BTreeSet<String>)>,
 }
 
 pub fn concerned(input: &Input<'_>) -> Concerned {
@@ -132,6 +142,7 @@ pub fn concerned(input: &Input<'_>) -> Concerned {
     );
 
     let mut groups: BTreeMap<String, String> = BTreeMap::new();
+    let mut left = BTreeMap::new();
     if input.access.portal_groups.is_some() {
         let now = mirrored_now;
         // The mirrored groups depend on the time only through who may log in: with the
@@ -178,11 +189,26 @@ pub fn concerned(input: &Input<'_>) -> Concerned {
                 .entry(anchor.clone())
                 .or_insert_with(|| name_of(anchor));
         }
+        let pending_member =
+            |members: &BTreeSet<String>| members.iter().any(|m| input.pending.users.contains(m));
+        for anchor in groups.keys() {
+            let (Some(then), Some((_, members_now))) = (before.get(anchor), now.get(anchor)) else {
+                continue;
+            };
+            if input.known_groups.contains_key(anchor)
+                && !input.pending.groups.contains(anchor)
+                && !pending_member(&then.1)
+                && !pending_member(members_now)
+            {
+                left.insert(anchor.clone(), then.clone());
+            }
+        }
     }
     Concerned {
         users,
         logins,
         groups,
+        left,
     }
 }
 
@@ -300,6 +326,22 @@ mod tests {
         changed: &[&str],
         gone: &[&str],
     ) -> Concerned {
+        concern_with(
+            now,
+            previous,
+            (changed, gone),
+            &Pending::default(),
+            &known_groups(),
+        )
+    }
+
+    fn concern_with(
+        now: &Snapshot,
+        previous: Option<&Snapshot>,
+        (changed, gone): (&[&str], &[&str]),
+        pending: &Pending,
+        known_groups: &HashMap<String, KnownGroup>,
+    ) -> Concerned {
         let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<HashSet<_>>();
         let rules = rules();
         let access = access();
@@ -311,9 +353,9 @@ mod tests {
             before: Timestamp::from_unix(NOW - 900),
             changed: &set(changed),
             gone: &set(gone),
-            pending: &Pending::default(),
+            pending,
             known: &synced(previous.unwrap_or(now)),
-            known_groups: &known_groups(),
+            known_groups,
             rules: &rules,
             access: &access,
         })
@@ -436,6 +478,46 @@ mod tests {
             c.groups.keys().map(String::as_str).collect::<Vec<_>>(),
             ["g-sales"],
             "known, no longer mirrored: to delete"
+        );
+    }
+
+    #[test]
+    fn a_known_group_is_planned_from_what_was_left_unless_it_or_a_member_has_a_change_pending() {
+        let mut now = world();
+        now.users.retain(|u| u.anchor != "A-cid");
+        let gone: &[&str] = &["a-cid"];
+        let c = concern(&now, Some(&world()), &[], gone);
+        assert_eq!(c.groups.keys().collect::<Vec<_>>(), ["g-sales"]);
+        // Sales as the last cycle left it: Cid still in it.
+        let (name, members) = &c.left["g-sales"];
+        assert_eq!(name, "sales");
+        assert_eq!(names(members), ["a-bo", "a-cid"]);
+
+        let read = |pending: Pending, known: HashMap<String, KnownGroup>| {
+            let c = concern_with(&now, Some(&world()), (&[], gone), &pending, &known);
+            assert_eq!(c.groups.keys().collect::<Vec<_>>(), ["g-sales"]);
+            c.left.is_empty()
+        };
+        let pending = |users: &[&str], groups: &[&str]| Pending {
+            users: users.iter().map(|s| s.to_string()).collect(),
+            groups: groups.iter().map(|s| s.to_string()).collect(),
+        };
+        assert!(!read(Pending::default(), known_groups()));
+        assert!(
+            read(pending(&["a-bo"], &[]), known_groups()),
+            "a member pending"
+        );
+        assert!(
+            read(pending(&[], &["g-sales"]), known_groups()),
+            "the group pending"
+        );
+        assert!(
+            read(Pending::default(), HashMap::new()),
+            "unknown to the state"
+        );
+        assert!(
+            !read(pending(&["a-anna"], &[]), known_groups()),
+            "a user pending elsewhere"
         );
     }
 }

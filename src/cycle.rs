@@ -1393,7 +1393,13 @@ fn listing_is_cheaper(
         .keys()
         .filter(|a| !linked.contains_key(*a))
         .count();
-    let reads = concerned.users.len() + 2 * lookups + 2 * concerned.groups.len();
+    // A group planned from what the last cycle left costs no read.
+    let groups_read = concerned
+        .groups
+        .keys()
+        .filter(|a| !concerned.left.contains_key(*a))
+        .count();
+    let reads = concerned.users.len() + 2 * lookups + 2 * groups_read;
     let page_size = page_size.max(1);
     let pages = managed / page_size + 1 + groups / page_size + 1;
     reads > ALWAYS_BY_ID && reads > 2 * (pages + (managed + groups) / LISTED_PER_READ)
@@ -1480,9 +1486,36 @@ async fn read_concerned(
         }
     }
 
-    let group_reads: Vec<_> = concerned
-        .groups
-        .iter()
+    // A group the last cycle left as the directory then asked is planned from that and
+    // the links, unread, unless one of its members was found deleted in the portal.
+    let mut groups: Vec<PortalGroup> = Vec::new();
+    let mut to_read: Vec<(&String, &String)> = Vec::new();
+    for (anchor, name) in &concerned.groups {
+        let left = concerned
+            .left
+            .get(anchor)
+            .filter(|(_, members)| !members.iter().any(|m| deleted.contains_key(m)));
+        match (left, known_groups.get(anchor)) {
+            (Some((left_name, members)), Some(known)) => groups.push(PortalGroup {
+                id: known.portal_id.clone(),
+                display_name: left_name.clone(),
+                external_id: Some(anchor.clone()),
+                members: members
+                    .iter()
+                    .filter_map(|m| linked.get(m).cloned())
+                    .collect(),
+            }),
+            _ => to_read.push((anchor, name)),
+        }
+    }
+    if !groups.is_empty() {
+        info!(
+            groups = groups.len(),
+            "mirrored groups planned from the members the last cycle left, without reading them"
+        );
+    }
+    let group_reads: Vec<_> = to_read
+        .into_iter()
         .map(|(anchor, name)| async move {
             let found = async {
                 if let Some(known) = known_groups.get(anchor) {
@@ -1506,7 +1539,6 @@ async fn read_concerned(
         .buffer_unordered(concurrency)
         .collect()
         .await;
-    let mut groups: Vec<PortalGroup> = Vec::new();
     for (anchor, found) in group_results {
         match found {
             Ok(found) => groups.extend(found),

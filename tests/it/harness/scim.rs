@@ -244,6 +244,13 @@ impl ScimServer {
         self.send("PATCH", &format!("/Users/{id}"), &body).0
     }
 
+    /// `PATCH /Groups/{id}` with a PatchOp envelope around `ops`; returns the status.
+    #[track_caller]
+    pub fn patch_group(&self, id: &str, ops: Value) -> u16 {
+        let body = json!({ "schemas": [PATCH_OP], "Operations": ops });
+        self.send("PATCH", &format!("/Groups/{id}"), &body).0
+    }
+
     /// `DELETE /Users/{id}`: returns the status (scim2-server answers 204 on success).
     #[track_caller]
     pub fn delete_user(&self, id: &str) -> u16 {

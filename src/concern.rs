@@ -71,7 +71,7 @@ pub struct Concerned {
     /// admin-locked user field is). A group is left out when the state does not know
     /// it, when it or one of its members has a change pending, or when it is new or
     /// leaves.
-    pub left: BTreeMap<String, (String, BTreeSet<String>)>,
+    pub left: plan::MirroredGroups,
 }
 
 pub fn concerned(input: &Input<'_>) -> Concerned {
@@ -117,10 +117,9 @@ pub fn concerned(input: &Input<'_>) -> Concerned {
             expired_since = true;
         }
     }
-    // Each user mapped and compared as it comes, none held: the login of each user
-    // concerned is kept.
-    let mut logins: BTreeMap<String, String> = BTreeMap::new();
-    let mirrored_now = plan::desired_each(
+    // Each user mapped and compared as it comes (on every core), none held: the login of
+    // each user concerned is kept.
+    let (kept, mirrored_now) = plan::desired_each(
         input.users,
         input.groups,
         input.rules,
@@ -132,14 +131,14 @@ pub fn concerned(input: &Input<'_>) -> Concerned {
                 Some(base) => plan::differs_from_baseline(&attrs, base, input.rules),
                 None => u.closure(input.now).is_none(),
             };
-            if owed {
-                users.insert(key.clone().into_owned());
-            }
-            if users.contains(key.as_ref()) {
-                logins.insert(key.into_owned(), login);
-            }
+            (owed || users.contains(key.as_ref())).then(|| (key.into_owned(), login.to_string()))
         },
     );
+    let mut logins: BTreeMap<String, String> = BTreeMap::new();
+    for (key, login) in kept {
+        users.insert(key.clone());
+        logins.insert(key, login);
+    }
 
     let mut groups: BTreeMap<String, String> = BTreeMap::new();
     let mut left = BTreeMap::new();

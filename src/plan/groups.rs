@@ -60,6 +60,10 @@ pub struct GroupChange {
     pub take_over: bool,
 }
 
+/// Mirrored groups as the directory asks for them: lowercased anchor → (name, the
+/// lowercased anchors of the members).
+pub type MirroredGroups = BTreeMap<String, (String, BTreeSet<String>)>;
+
 /// A portal group the state knows: its id and whether dirsync created it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KnownGroup {
@@ -299,7 +303,7 @@ pub fn desired_members(
     directory: &[DirectoryGroup],
     membership: &Membership<'_>,
     users: &HashMap<String, (String, String)>,
-) -> BTreeMap<String, (String, BTreeSet<String>)> {
+) -> MirroredGroups {
     let named: HashSet<String> = rule
         .groups
         .iter()

@@ -13,12 +13,12 @@ pub mod synthetic;
 pub mod user;
 mod validate;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use serde::Serialize;
 
-pub use self::groups::{GroupAction, GroupChange, KnownGroup};
+pub use self::groups::{GroupAction, GroupChange, KnownGroup, MirroredGroups};
 pub use self::links::{Links, Orphan};
 use crate::access::{self, AccessRules, Membership};
 use crate::mapping::{self, AttrPath, Attributes, Owner, Rule, Value};
@@ -730,47 +730,86 @@ pub fn desired(
     access: &AccessRules,
     now: Timestamp,
 ) -> Desired {
-    let mut users = HashMap::with_capacity(directory.len());
-    let groups = desired_each(
+    let (users, groups) = desired_each(
         directory,
         groups,
         rules,
         access,
         now,
-        |user, login, attrs| {
-            users.insert(user.anchor.to_ascii_lowercase(), (login, attrs));
-        },
+        |user, login, attrs| Some((user.anchor.to_ascii_lowercase(), (login.to_string(), attrs))),
     );
-    Desired { users, groups }
+    Desired {
+        users: users.into_iter().collect(),
+        groups,
+    }
 }
 
 /// [`desired`], a user at a time: `visit` gets each user it would sync with its login
-/// and attributes, so that a caller that only looks at each once holds none of them.
-/// Returns the mirrored groups.
-pub fn desired_each<'d>(
+/// and attributes, and keeps what it returns, so that a caller that only looks at each
+/// once holds none of them. The users are mapped on every core (in the directory's
+/// order within each part; the parts in order); the group membership is built while
+/// the users are validated. Returns what `visit` kept and the mirrored groups.
+pub fn desired_each<'d, T: Send>(
     directory: &'d [DirectoryUser],
     groups: &[DirectoryGroup],
     rules: &[Rule],
     access: &AccessRules,
     now: Timestamp,
-    mut visit: impl FnMut(&'d DirectoryUser, String, Attributes),
-) -> BTreeMap<String, (String, BTreeSet<String>)> {
-    let membership = Membership::new(groups);
+    visit: impl Fn(&'d DirectoryUser, &str, Attributes) -> Option<T> + Sync,
+) -> (Vec<T>, MirroredGroups) {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    desired_each_on(directory, groups, rules, access, now, visit, threads)
+}
+
+/// [`desired_each`] on up to `threads` threads; one gives the same.
+pub(crate) fn desired_each_on<'d, T: Send>(
+    directory: &'d [DirectoryUser],
+    groups: &[DirectoryGroup],
+    rules: &[Rule],
+    access: &AccessRules,
+    now: Timestamp,
+    visit: impl Fn(&'d DirectoryUser, &str, Attributes) -> Option<T> + Sync,
+    threads: usize,
+) -> (Vec<T>, MirroredGroups) {
+    let (membership, wanted) = both(
+        threads,
+        || Membership::new(groups),
+        || validate_all(directory, rules),
+    );
     let resolved = access::resolve(access, &membership);
-    let wanted = validate_all(directory, rules);
-    let mirrored = mirrored_of(&wanted, groups, &membership, access, now);
-    for w in wanted {
-        let key = crate::dn::key(&w.user.dn);
-        let attrs = desired_attrs(rules, access, &membership, &resolved, w.user, &key);
-        visit(w.user, w.user_name, attrs);
+    let map = |ws: &[Wanted<'d>]| -> Vec<T> {
+        ws.iter()
+            .filter_map(|w| {
+                let key = crate::dn::key(&w.user.dn);
+                let attrs = desired_attrs(rules, access, &membership, &resolved, w.user, &key);
+                visit(w.user, &w.user_name, attrs)
+            })
+            .collect()
+    };
+    // Below a few thousand users a thread costs more than it saves.
+    let chunk = wanted.len().div_ceil(threads.max(1)).max(4096);
+    if wanted.len() <= chunk {
+        let kept = map(&wanted);
+        return (kept, mirrored_of(&wanted, groups, &membership, access, now));
     }
-    mirrored
+    std::thread::scope(|s| {
+        let parts: Vec<_> = wanted
+            .chunks(chunk)
+            .map(|ws| s.spawn(move || map(ws)))
+            .collect();
+        let mirrored = mirrored_of(&wanted, groups, &membership, access, now);
+        let kept = parts
+            .into_iter()
+            .flat_map(|part| part.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect();
+        (kept, mirrored)
+    })
 }
 
 /// What [`desired`] finds: the users' values and the mirrored groups.
 pub struct Desired {
     pub users: HashMap<String, (String, Attributes)>,
-    pub groups: BTreeMap<String, (String, BTreeSet<String>)>,
+    pub groups: MirroredGroups,
 }
 
 /// The directory users that pass validation (notes and skips are [`compute`]'s to report).
@@ -806,7 +845,7 @@ pub fn mirrored_groups(
     rules: &[Rule],
     access: &AccessRules,
     now: Timestamp,
-) -> BTreeMap<String, (String, BTreeSet<String>)> {
+) -> MirroredGroups {
     if access.portal_groups.is_none() {
         return BTreeMap::new();
     }
@@ -827,7 +866,7 @@ fn mirrored_of(
     membership: &Membership<'_>,
     access: &AccessRules,
     now: Timestamp,
-) -> BTreeMap<String, (String, BTreeSet<String>)> {
+) -> MirroredGroups {
     let Some(rule) = &access.portal_groups else {
         return BTreeMap::new();
     };

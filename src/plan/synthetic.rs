@@ -427,6 +427,41 @@ mod tests {
     }
 
     #[test]
+    fn the_users_are_mapped_alike_on_one_thread_and_on_several() {
+        // What an incremental cycle's concern does: keep the users whose values differ
+        // from their baseline, in order, with the mirrored groups.
+        let s = Synthetic::new(9000).unwrap();
+        let on = |threads| {
+            crate::plan::desired_each_on(
+                &s.directory,
+                &s.groups,
+                &s.rules,
+                &s.access,
+                s.now,
+                |u, login, attrs| {
+                    let key = u.anchor.to_ascii_lowercase();
+                    let owed = s.state.get(&key).is_none_or(|base| {
+                        crate::plan::differs_from_baseline(&attrs, base, &s.rules)
+                    });
+                    owed.then(|| (key, login.to_string()))
+                },
+                threads,
+            )
+        };
+        let (kept, groups) = on(1);
+        // The 18 new users (no baseline) and the changed ones, not the others.
+        let new = kept
+            .iter()
+            .filter(|(key, _)| !s.state.contains_key(key))
+            .count();
+        assert_eq!(new, 18);
+        assert!(kept.len() > new, "{}", kept.len());
+        assert!(kept.len() < 1000, "{}", kept.len());
+        assert!(!groups.is_empty());
+        assert_eq!(on(3), (kept, groups));
+    }
+
+    #[test]
     fn about_one_percent_of_the_synthetic_organisation_changes() {
         let s = Synthetic::new(5000).unwrap();
         let plan = compute(&s.input());

@@ -786,24 +786,11 @@ pub(crate) fn desired_each_on<'d, T: Send>(
             })
             .collect()
     };
-    // Below a few thousand users a thread costs more than it saves.
-    let chunk = wanted.len().div_ceil(threads.max(1)).max(4096);
-    if wanted.len() <= chunk {
-        let kept = map(&wanted);
-        return (kept, mirrored_of(&wanted, groups, &membership, access, now));
-    }
-    std::thread::scope(|s| {
-        let parts: Vec<_> = wanted
-            .chunks(chunk)
-            .map(|ws| s.spawn(move || map(ws)))
-            .collect();
-        let mirrored = mirrored_of(&wanted, groups, &membership, access, now);
-        let kept = parts
-            .into_iter()
-            .flat_map(|part| part.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-            .collect();
-        (kept, mirrored)
-    })
+    both(
+        threads,
+        || in_parts(&wanted, threads, map),
+        || mirrored_of(&wanted, groups, &membership, access, now),
+    )
 }
 
 /// What [`desired`] finds: the users' values and the mirrored groups.
@@ -1133,15 +1120,25 @@ fn quiet_users(
                 r,
             )
     };
-    // Below a few thousand users a thread costs more than it saves.
-    let chunk = wanted.len().div_ceil(threads.max(1)).max(4096);
-    if wanted.len() <= chunk {
-        return wanted.iter().map(quiet).collect();
+    in_parts(wanted, threads, |ws| ws.iter().map(quiet).collect())
+}
+
+/// `f` of each part of `items`, in order: one part per thread up to `threads`, each of
+/// 4,096 items at least (below a few thousand users a thread costs more than it saves).
+fn in_parts<W: Sync, R: Send>(
+    items: &[W],
+    threads: usize,
+    f: impl Fn(&[W]) -> Vec<R> + Sync,
+) -> Vec<R> {
+    let chunk = items.len().div_ceil(threads.max(1)).max(4096);
+    if items.len() <= chunk {
+        return f(items);
     }
+    let f = &f;
     std::thread::scope(|s| {
-        let parts: Vec<_> = wanted
+        let parts: Vec<_> = items
             .chunks(chunk)
-            .map(|ws| s.spawn(move || ws.iter().map(quiet).collect::<Vec<bool>>()))
+            .map(|part| s.spawn(move || f(part)))
             .collect();
         parts
             .into_iter()
